@@ -1,0 +1,34 @@
+# The two commands a user needs: `make demo` and `make test`. Both set up what is missing first.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.deltaml-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast lint clean
+
+setup: $(STAMP)
+	$(BIN)/deltaml setup-jars
+
+# Reinstall when the dependency list changes; a second `make` reuses the environment.
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/deltaml run conf/telco_churn.yml --env local
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Skips the tests marked slow (cluster and end-to-end runs); CI runs everything.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check lib tests jobs
+	$(BIN)/mypy lib
+
+clean:
+	rm -rf .deltaml

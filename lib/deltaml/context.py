@@ -1,0 +1,57 @@
+"""What one pipeline run carries from step to step: the session, the config, resolved tables, results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from deltaml.catalog import Table, resolve_table
+from deltaml.config import LoadedConfig, PipelineConfig
+
+# The pipeline's steps, in the order they run.
+STEP_NAMES = ("ingest", "split", "fit", "evaluate", "register", "score")
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The pipeline's Delta tables, resolved against the state dir."""
+
+    raw: Table
+    split: Table
+    predictions: Table
+
+
+@dataclass
+class StepResult:
+    """What a step reports: metrics and tags for its MLflow run, and outputs for later steps."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+
+@dataclass
+class StepContext:
+    """Shared state of one pipeline run. ``outputs`` holds what earlier steps of this run produced."""
+
+    spark: SparkSession
+    loaded: LoadedConfig
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> PipelineConfig:
+        """The validated pipeline config."""
+        return self.loaded.pipeline
+
+    @property
+    def tables(self) -> Tables:
+        """The resolved tables of this pipeline."""
+        cfg = self.config
+        return Tables(
+            raw=resolve_table(cfg.tables.raw, cfg.state_path),
+            split=resolve_table(cfg.tables.split, cfg.state_path),
+            predictions=resolve_table(cfg.tables.predictions, cfg.state_path),
+        )

@@ -1,0 +1,135 @@
+"""Runs the pipeline's steps in order: one MLflow parent run, a child run per step, progress on the console."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from pyspark.sql import SparkSession
+
+from deltaml import __version__
+from deltaml.config import LoadedConfig
+from deltaml.context import STEP_NAMES, StepContext, StepResult
+from deltaml.evaluation import run_evaluate
+from deltaml.ingest import run_ingest
+from deltaml.registry import run_register
+from deltaml.scoring import run_score
+from deltaml.session import get_spark
+from deltaml.split import run_split
+from deltaml.tracking import (
+    TAG_CONFIG_HASH,
+    TAG_GIT_SHA,
+    TAG_PIPELINE,
+    TAG_STEP,
+    TAG_VERSION,
+    configure_tracking,
+    git_sha,
+    package_versions,
+)
+from deltaml.train import run_fit
+
+LOG = logging.getLogger(__name__)
+
+StepFunction = Callable[[StepContext], StepResult]
+
+STEPS: dict[str, StepFunction] = {
+    "ingest": run_ingest,
+    "split": run_split,
+    "fit": run_fit,
+    "evaluate": run_evaluate,
+    "register": run_register,
+    "score": run_score,
+}
+assert tuple(STEPS) == STEP_NAMES, "runner.STEPS must list context.STEP_NAMES in order"
+
+
+@dataclass
+class PipelineOutcome:
+    """What a pipeline run did: its MLflow parent run, each step's result and duration."""
+
+    run_id: str
+    results: dict[str, StepResult] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+def run_pipeline(
+    loaded: LoadedConfig,
+    steps: Sequence[str] | None = None,
+    spark: SparkSession | None = None,
+) -> PipelineOutcome:
+    """Run the named steps (all, in order, by default) under one MLflow parent run.
+
+    Args:
+        loaded: The validated config (see :func:`deltaml.config.load_config`).
+        steps: Step names to run, in pipeline order; each reads its inputs from Delta/MLflow,
+            so any step can run alone once its inputs exist.
+        spark: A session to use; by default :func:`deltaml.session.get_spark` builds one.
+
+    Returns:
+        The parent run id and each step's result.
+
+    Raises:
+        DeltamlError: A step's input broke its contract; the parent run is marked FAILED.
+    """
+    cfg = loaded.pipeline
+    chosen = list(STEPS) if not steps else [s for s in STEPS if s in set(steps)]
+    spark = spark or get_spark(cfg)
+    configure_tracking(cfg)
+    sha = git_sha()
+    ctx = StepContext(spark=spark, loaded=loaded, outputs={"git_sha": sha})
+    run_name = f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    tags = {TAG_PIPELINE: cfg.name, TAG_CONFIG_HASH: loaded.config_hash, TAG_GIT_SHA: sha, TAG_VERSION: __version__}
+    LOG.info("pipeline %s: steps %s (config hash %s)", cfg.name, ", ".join(chosen), loaded.config_hash)
+    with mlflow.start_run(run_name=run_name, tags={**tags, TAG_STEP: "pipeline"}) as parent:
+        _log_config(loaded)
+        mlflow.log_params({f"package.{k}": v for k, v in package_versions().items()})
+        outcome = PipelineOutcome(run_id=parent.info.run_id)
+        for name in chosen:
+            outcome.results[name], outcome.seconds[name] = _run_step(name, STEPS[name], ctx, tags)
+        mlflow.log_metrics({f"seconds_{k}": v for k, v in outcome.seconds.items()})
+    outcome.outputs = ctx.outputs
+    total = sum(outcome.seconds.values())
+    LOG.info("pipeline %s finished in %.1fs (MLflow run %s)", cfg.name, total, outcome.run_id)
+    return outcome
+
+
+def _run_step(name: str, function: StepFunction, ctx: StepContext, tags: dict[str, str]) -> tuple[StepResult, float]:
+    LOG.info("[%s] started", name)
+    started = time.perf_counter()
+    with mlflow.start_run(run_name=name, nested=True, tags={**tags, TAG_STEP: name}):
+        result = function(ctx)
+        seconds = time.perf_counter() - started
+        mlflow.log_metrics({**result.metrics, "seconds": seconds})
+        mlflow.set_tags({f"deltaml.{k}": v for k, v in result.tags.items()})
+    LOG.info("[%s] done in %.1fs: %s", name, seconds, result.summary)
+    return result, seconds
+
+
+def _log_config(loaded: LoadedConfig) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yml"
+        path.write_text(yaml.safe_dump(loaded.effective, sort_keys=False))
+        mlflow.log_artifact(str(path))
+    flat = _flatten(loaded.effective)
+    mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+    mlflow.set_tag("deltaml.config_files", ", ".join(loaded.source_files))
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,108 @@
+"""MLflow set-up and run bookkeeping: one parent run per pipeline run, one child run per step."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from deltaml.config import PipelineConfig
+from deltaml.errors import StepInputError
+
+LOG = logging.getLogger(__name__)
+
+TAG_PIPELINE = "deltaml.pipeline"
+TAG_STEP = "deltaml.step"
+TAG_CONFIG_HASH = "deltaml.config_hash"
+TAG_GIT_SHA = "deltaml.git_sha"
+TAG_VERSION = "deltaml.version"
+TRACKED_PACKAGES = ("deltaml", "pyspark", "delta-spark", "mlflow", "hyperopt", "pandas", "pyarrow")
+
+
+def resolve_tracking_uri(config: PipelineConfig) -> str:
+    """``mlflow.tracking_uri`` from the config, else ``MLFLOW_TRACKING_URI``, else SQLite in the state dir."""
+    if config.mlflow.tracking_uri:
+        return config.mlflow.tracking_uri
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env:
+        return from_env
+    return f"sqlite:///{config.state_path / 'mlflow.db'}"
+
+
+def configure_tracking(config: PipelineConfig) -> str:
+    """Point MLflow tracking and registry at the pipeline's store and select its experiment.
+
+    With the embedded store, artifacts go to ``<state_dir>/mlartifacts`` rather than to
+    ``./mlruns`` in whatever folder the command ran from.
+
+    Returns:
+        The experiment id.
+    """
+    uri = resolve_tracking_uri(config)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    if experiment is None:
+        artifact_location = None
+        if uri.startswith("sqlite:") or uri.startswith("file:"):
+            artifact_location = (config.state_path / "mlartifacts").as_uri()
+        experiment_id = client.create_experiment(config.mlflow.experiment, artifact_location=artifact_location)
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    LOG.info("MLflow tracking at %s, experiment %s", uri, config.mlflow.experiment)
+    return str(experiment_id)
+
+
+def git_sha() -> str:
+    """The commit of the working tree the command runs in, or 'unknown' outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide a run's results."""
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def latest_step_run(config: PipelineConfig, step: str) -> Run:
+    """The most recent finished child run of ``step`` for this pipeline.
+
+    Raises:
+        StepInputError: No such run exists yet.
+    """
+    runs = MlflowClient().search_runs(
+        experiment_ids=[mlflow.get_experiment_by_name(config.mlflow.experiment).experiment_id],
+        filter_string=(
+            f"tags.`{TAG_PIPELINE}` = '{config.name}' and tags.`{TAG_STEP}` = '{step}' "
+            "and attributes.status = 'FINISHED'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise StepInputError(
+            f"no finished '{step}' run of pipeline '{config.name}' in experiment {config.mlflow.experiment}; "
+            f"run `deltaml run CONF --step {step}` (or the whole pipeline) first"
+        )
+    return runs[0]

