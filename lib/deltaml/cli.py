@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from deltaml import __version__
@@ -96,6 +97,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _configure_logging(quiet: bool) -> None:
+    # PySpark warns on every pandas conversion that pandas 3 is not fully supported; deltaml
+    # converts only through Arrow with explicit types, so the warning is noise on the console.
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s deltaml %(message)s", datefmt="%H:%M:%S"))
     LOG.handlers[:] = [handler]

@@ -159,14 +159,29 @@ def get_spark(config: PipelineConfig, maven_repo: Path | None = None) -> SparkSe
                 builder = builder.config(key, value)
         LOG.info("using the cluster session from spark-submit (master %s)", submitted.get("spark.master", "?"))
         return builder.getOrCreate()
-    return build_local_session(config, maven_repo)
+    return build_local_session(
+        config.state_path,
+        master=config.spark.master,
+        conf={k: str(v) for k, v in config.spark.conf.items()},
+        app_name=app_name,
+        maven_repo=maven_repo,
+    )
 
 
-def build_local_session(config: PipelineConfig, maven_repo: Path | None = None) -> SparkSession:
+def build_local_session(
+    state_path: Path,
+    master: str = "local[*]",
+    conf: dict[str, str] | None = None,
+    app_name: str = "deltaml",
+    maven_repo: Path | None = None,
+) -> SparkSession:
     """Start a local Spark session with Delta Lake from jars installed by set-up.
 
     Args:
-        config: The pipeline config (``spark.master``, ``spark.conf``, ``state_dir``).
+        state_path: The state folder; the Spark SQL warehouse goes below it.
+        master: The Spark master, ``local[*]`` by default.
+        conf: Extra Spark settings; they win over deltaml's local defaults.
+        app_name: The application name shown by Spark.
         maven_repo: Local Maven repository holding the Delta jars.
 
     Returns:
@@ -179,20 +194,19 @@ def build_local_session(config: PipelineConfig, maven_repo: Path | None = None) 
     # Python workers must run this interpreter, or they miss deltaml's dependencies.
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    warehouse = config.state_path / "spark-warehouse"
     settings: dict[str, str] = {
         **LOCAL_DEFAULTS,
         "spark.jars": ",".join(str(p) for p in jars),
         "spark.sql.extensions": DELTA_EXTENSION,
         "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
-        "spark.sql.warehouse.dir": str(warehouse),
-        "spark.driver.extraJavaOptions": f"-Dderby.system.home={config.state_path / 'derby'}",
-        **{k: str(v) for k, v in config.spark.conf.items()},
+        "spark.sql.warehouse.dir": str(state_path / "spark-warehouse"),
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={state_path / 'derby'}",
+        **(conf or {}),
     }
-    builder = SparkSession.builder.master(config.spark.master).appName(config.spark.app_name or f"deltaml-{config.name}")
+    builder = SparkSession.builder.master(master).appName(app_name)
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    LOG.info("started local Spark %s (%s) with Delta jars %s", spark.version, config.spark.master, jars[0].name)
+    LOG.info("started local Spark %s (%s) with Delta jars %s", spark.version, master, jars[0].name)
     return spark

@@ -1,0 +1,60 @@
+"""Shared fixtures: one local Spark session with Delta for the whole test session, tiny configs."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pyspark.sql import SparkSession
+
+ROOT = Path(__file__).resolve().parents[1]
+TELCO_CONF = ROOT / "conf" / "telco_churn.yml"
+
+warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_environment() -> Iterator[None]:
+    """Keep the developer's MLflow server and Spark settings out of the tests."""
+    saved = {k: os.environ.pop(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI") if k in os.environ}
+    yield
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
+    """The one SparkSession of the test run: local[2], Delta from set-up's jars, 2 shuffle partitions."""
+    from deltaml.session import build_local_session
+
+    session = build_local_session(
+        tmp_path_factory.mktemp("spark-state"),
+        master="local[2]",
+        conf={"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2"},
+        app_name="deltaml-tests",
+    )
+    yield session
+    session.stop()
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    """Write a config dict as YAML and return its path."""
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def telco_config_dict() -> dict[str, Any]:
+    """The Telco demo config as a dict, to edit in a test."""
+    return yaml.safe_load(TELCO_CONF.read_text())
+
+
+@pytest.fixture
+def telco_conf(tmp_path: Path) -> Path:
+    """The Telco config with its state folder in ``tmp_path``."""
+    data = telco_config_dict()
+    data["state_dir"] = str(tmp_path / "state")
+    return write_config(tmp_path / "telco_churn.yml", data)

