@@ -43,12 +43,10 @@ def assign_split(key: str, label: str, seed: int, split: SplitConfig) -> Callabl
         with_u = df.withColumn("_u", split_uniform(key, seed))
         if split.strategy == "random":
             return with_u.withColumn(SPLIT_COL, label_split(F.col("_u"), train_cut, validation_cut)).drop("_u")
-        cuts = with_u.groupBy(label).agg(
+        cuts = with_u.groupBy(F.col(label).alias("_cut_label")).agg(
             F.percentile_approx("_u", [train_cut, validation_cut], 100_000).alias("_cuts")
         )
-        joined = with_u.join(F.broadcast(cuts), on=with_u[label].eqNullSafe(cuts[label]), how="left").drop(
-            cuts[label]
-        )
+        joined = with_u.join(F.broadcast(cuts), F.col(label).eqNullSafe(F.col("_cut_label")), "left").drop("_cut_label")
         assigned = label_split(F.col("_u"), F.col("_cuts")[0], F.col("_cuts")[1])
         return joined.withColumn(SPLIT_COL, assigned).drop("_u", "_cuts")
 

@@ -25,12 +25,18 @@ TAG_VERSION = "deltaml.version"
 TRACKED_PACKAGES = ("deltaml", "pyspark", "delta-spark", "mlflow", "hyperopt", "pandas", "pyarrow")
 
 
+# mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; the URIs deltaml set are remembered so
+# that a second pipeline in the same process (a notebook, a test run) does not mistake the
+# first one's store for a user's choice.
+_URIS_WE_SET: set[str] = set()
+
+
 def resolve_tracking_uri(config: PipelineConfig) -> str:
     """``mlflow.tracking_uri`` from the config, else ``MLFLOW_TRACKING_URI``, else SQLite in the state dir."""
     if config.mlflow.tracking_uri:
         return config.mlflow.tracking_uri
     from_env = os.environ.get("MLFLOW_TRACKING_URI")
-    if from_env:
+    if from_env and from_env not in _URIS_WE_SET:
         return from_env
     return f"sqlite:///{config.state_path / 'mlflow.db'}"
 
@@ -49,6 +55,8 @@ def configure_tracking(config: PipelineConfig) -> str:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if os.environ.get("MLFLOW_TRACKING_URI") == uri:
+        _URIS_WE_SET.add(uri)
     client = MlflowClient()
     experiment = client.get_experiment_by_name(config.mlflow.experiment)
     if experiment is None:
