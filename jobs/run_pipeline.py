@@ -1,6 +1,6 @@
 """spark-submit entry point: run a deltaml pipeline (all steps, or those named with --step).
 
-    spark-submit --py-files deltaml.zip jobs/run_pipeline.py conf/telco_churn.yml --env cluster
+spark-submit --py-files deltaml.zip jobs/run_pipeline.py conf/telco_churn.yml --env cluster
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """spark-submit entry point: batch-score the configured table with the champion model.
 
-    spark-submit --py-files deltaml.zip jobs/score.py conf/telco_churn.yml --env cluster
+spark-submit --py-files deltaml.zip jobs/score.py conf/telco_churn.yml --env cluster
 """
 
 from __future__ import annotations

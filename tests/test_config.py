@@ -128,5 +128,7 @@ def test_missing_file_invalid_yaml_and_unknown_overlay(tmp_path: Path) -> None:
     listy.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match=r"top level must be a mapping of keys, got list"):
         load_config(listy)
-    with pytest.raises(ConfigError, match=r"overlay 'moon' not found .* available: \['cluster', 'databricks', 'local'\]"):
+    with pytest.raises(
+        ConfigError, match=r"overlay 'moon' not found .* available: \['cluster', 'databricks', 'local'\]"
+    ):
         load_config(TELCO_CONF, env="moon")

@@ -18,8 +18,12 @@ P = [0.9, 0.2, 0.65, 0.4, 0.3, 0.55, 0.8, 0.1, 0.45, 0.35, 0.05, 0.6]
 
 def test_metrics_match_scikit_learn(spark: SparkSession) -> None:
     rows = [
-        (float(y), Vectors.dense([1 - p, p]), Vectors.dense([-math.log(p / (1 - p)), math.log(p / (1 - p))]),
-         float(p >= 0.5))
+        (
+            float(y),
+            Vectors.dense([1 - p, p]),
+            Vectors.dense([-math.log(p / (1 - p)), math.log(p / (1 - p))]),
+            float(p >= 0.5),
+        )
         for y, p in zip(Y, P, strict=True)
     ]
     df = spark.createDataFrame(rows, ["_label", "probability", "rawPrediction", "prediction"])

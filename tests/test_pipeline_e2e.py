@@ -58,9 +58,12 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     steps = _step_runs(parent.info.run_id)
     assert sorted(steps) == ["evaluate", "fit", "ingest", "register", "score", "split"]
     assert steps["ingest"].data.metrics["rows_written"] == 7043
-    assert steps["fit"].data.metrics["rows_train"] + steps["split"].data.metrics["rows_validation"] + steps[
-        "split"
-    ].data.metrics["rows_test"] == 7043
+    assert (
+        steps["fit"].data.metrics["rows_train"]
+        + steps["split"].data.metrics["rows_validation"]
+        + steps["split"].data.metrics["rows_test"]
+        == 7043
+    )
     assert all("seconds" in run.data.metrics for run in steps.values())
     assert parent.data.params["model.params.regParam"] == "0.001"
 
@@ -97,5 +100,7 @@ def test_a_step_without_its_input_fails_in_one_line(
 
 def test_bad_config_exits_2_before_spark_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(tmp_path / "missing.yml")]) == 2
-    assert capsys.readouterr().err.strip() == f"deltaml: error: config file not found: {tmp_path / 'missing.yml'} " \
+    assert (
+        capsys.readouterr().err.strip() == f"deltaml: error: config file not found: {tmp_path / 'missing.yml'} "
         "(give the path of a pipeline YAML such as conf/telco_churn.yml)"
+    )

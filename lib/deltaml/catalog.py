@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import importlib.metadata
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path

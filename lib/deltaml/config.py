@@ -110,9 +110,9 @@ class SplitConfig(_Model):
     """Seeded train/validation/test split, recorded as a column of the split table."""
 
     strategy: Literal["random", "stratified"] = "stratified"
-    train: float = Field(0.7, gt=0, lt=1)
-    validation: float = Field(0.15, ge=0, lt=1)
-    test: float = Field(0.15, gt=0, lt=1)
+    train: float = Field(default=0.7, gt=0, lt=1)
+    validation: float = Field(default=0.15, ge=0, lt=1)
+    test: float = Field(default=0.15, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> SplitConfig:
@@ -132,7 +132,7 @@ class ModelConfig(_Model):
 class EvaluateConfig(_Model):
     """Metrics reported on validation and test."""
 
-    threshold: float = Field(0.5, gt=0, lt=1)
+    threshold: float = Field(default=0.5, gt=0, lt=1)
 
 
 class IngestConfig(_Model):
@@ -260,7 +260,9 @@ def load_config(
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path} (give the path of a pipeline YAML such as conf/telco_churn.yml)")
+        raise ConfigError(
+            f"config file not found: {path} (give the path of a pipeline YAML such as conf/telco_churn.yml)"
+        )
     try:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -29,7 +29,7 @@ def binary_metrics(predictions: DataFrame, label_col: str = LABEL_COL) -> dict[s
         F.col(label_col).alias("y"),
         F.col("prediction"),
         F.col("rawPrediction"),
-        vector_to_array("probability")[1].alias("p"),
+        vector_to_array(F.col("probability"))[1].alias("p"),
     ).cache()
     p = F.least(F.greatest(F.col("p"), F.lit(_EPS)), F.lit(1 - _EPS))
     row = scored.agg(
@@ -58,7 +58,9 @@ def run_evaluate(ctx: StepContext) -> StepResult:
     cfg = ctx.config
     model, model_uri = load_fitted_model(ctx)
     data, split_version = read_table(ctx.spark, ctx.tables.split, "evaluate")
-    check_columns(data, [*cfg.features.columns, cfg.label.column, SPLIT_COL], "evaluate", f"split table {ctx.tables.split}")
+    check_columns(
+        data, [*cfg.features.columns, cfg.label.column, SPLIT_COL], "evaluate", f"split table {ctx.tables.split}"
+    )
     labelled = data.where(F.col(cfg.label.column).isNotNull()).transform(
         with_binary_label(cfg.label.column, cfg.label.positive)
     )

@@ -43,7 +43,9 @@ def load_scoring_model(name: str, alias: str, version: int | None) -> ScoringMod
     """
     client = MlflowClient()
     try:
-        found = client.get_model_version(name, str(version)) if version else client.get_model_version_by_alias(name, alias)
+        found = (
+            client.get_model_version(name, str(version)) if version else client.get_model_version_by_alias(name, alias)
+        )
     except MlflowException as exc:
         wanted = f"version {version}" if version else f"alias @{alias}"
         raise StepInputError(
@@ -74,7 +76,7 @@ def score_frame(
         scored = scoring.model.transform(df.withColumn("_batch", batch))
         return scored.select(
             F.col(key),
-            vector_to_array("probability")[1].alias("probability"),
+            vector_to_array(F.col("probability"))[1].alias("probability"),
             F.col("prediction"),
             F.lit(scoring.name).alias("model_name"),
             F.lit(scoring.version).alias("model_version"),
@@ -96,9 +98,7 @@ def run_score(ctx: StepContext) -> StepResult:
     check_columns(data, [cfg.key, *cfg.features.columns], "score", f"input table {table}")
     scored_at = datetime.now().astimezone().replace(microsecond=0)
     predictions = data.transform(score_frame(scoring, cfg.key, str(table), source_version, scored_at))
-    batches = (
-        distinct_values(data, INGEST_BATCH_COL) if INGEST_BATCH_COL in data.columns else [f"v{source_version}"]
-    )
+    batches = distinct_values(data, INGEST_BATCH_COL) if INGEST_BATCH_COL in data.columns else [f"v{source_version}"]
     if not batches:
         raise StepInputError(f"step 'score': input table {table} v{source_version} is empty; ingest data first")
     written = replace_where(ctx.spark, predictions, ctx.tables.predictions, BATCH_COL, batches)

@@ -101,9 +101,15 @@ def install_delta_jars(maven_repo: Path | None = None) -> list[Path]:
     import shutil
     import subprocess
 
-    missing = [(artifact, path) for artifact, path in zip(delta_artifacts(), delta_jar_paths(maven_repo)) if not path.is_file()]
+    missing = [
+        (artifact, path)
+        for artifact, path in zip(delta_artifacts(), delta_jar_paths(maven_repo), strict=True)
+        if not path.is_file()
+    ]
     if missing and shutil.which("mvn") is None:
-        raise SetupError("Maven (mvn) is not on PATH; install it (e.g. apt-get install maven) and run `make setup` again")
+        raise SetupError(
+            "Maven (mvn) is not on PATH; install it (e.g. apt-get install maven) and run `make setup` again"
+        )
     for (group, artifact, version), path in missing:
         coordinate = f"{group}:{artifact}:{version}"
         command = ["mvn", "--batch-mode", "--quiet", "dependency:get", f"-Dartifact={coordinate}", "-Dtransitive=false"]

@@ -74,9 +74,7 @@ def configure_tracking(config: PipelineConfig) -> str:
 def git_sha() -> str:
     """The commit of the working tree the command runs in, or 'unknown' outside a git checkout."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
@@ -99,8 +97,9 @@ def latest_step_run(config: PipelineConfig, step: str) -> Run:
     Raises:
         StepInputError: No such run exists yet.
     """
+    experiment = mlflow.get_experiment_by_name(config.mlflow.experiment)
     runs = MlflowClient().search_runs(
-        experiment_ids=[mlflow.get_experiment_by_name(config.mlflow.experiment).experiment_id],
+        experiment_ids=[experiment.experiment_id] if experiment else [],
         filter_string=(
             f"tags.`{TAG_PIPELINE}` = '{config.name}' and tags.`{TAG_STEP}` = '{step}' "
             "and attributes.status = 'FINISHED'"
@@ -108,7 +107,7 @@ def latest_step_run(config: PipelineConfig, step: str) -> Run:
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
-    if not runs:
+    if experiment is None or not runs:
         raise StepInputError(
             f"no finished '{step}' run of pipeline '{config.name}' in experiment {config.mlflow.experiment}; "
             f"run `deltaml run CONF --step {step}` (or the whole pipeline) first"

@@ -8,7 +8,7 @@ from typing import Any
 import mlflow
 import mlflow.spark
 from mlflow.models.signature import ModelSignature
-from mlflow.types.schema import ColSpec, Schema
+from mlflow.types.schema import ColSpec, Schema, TensorSpec
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.classification import LogisticRegression
 from pyspark.sql import DataFrame
@@ -58,14 +58,15 @@ def build_training_pipeline(config: PipelineConfig) -> Pipeline:
             f"step 'fit': model.params {unknown} are not params of {type(estimator).__name__}; "
             f"valid: {sorted(p.name for p in estimator.params)}"
         )
-    estimator.setParams(**params)
+    for name, value in params.items():
+        estimator.set(estimator.getParam(name), value)
     return Pipeline(stages=[*build_feature_stages(config.features), estimator])
 
 
 def model_signature(df: DataFrame, columns: list[str]) -> ModelSignature:
     """The model's input schema from the Spark schema; every column optional, since the pipeline imputes."""
     fields = {f.name: f for f in df.schema.fields}
-    specs = []
+    specs: list[ColSpec | TensorSpec] = []
     for column in columns:
         mlflow_type = _MLFLOW_TYPES.get(type(fields[column].dataType))
         if mlflow_type is None:
@@ -129,7 +130,11 @@ def run_fit(ctx: StepContext) -> StepResult:
     )
     ctx.outputs.update(model=model, model_uri=info.model_uri, split_version=split_version)
     return StepResult(
-        metrics={"rows_train": float(rows), "positives_train": float(positives), "split_table_version": float(split_version)},
+        metrics={
+            "rows_train": float(rows),
+            "positives_train": float(positives),
+            "split_table_version": float(split_version),
+        },
         tags={"model_uri": info.model_uri, "split_table": str(ctx.tables.split)},
         summary=f"fitted on {rows} train rows ({positives} positive), logged {info.model_uri}",
     )
