@@ -19,15 +19,16 @@ $(STAMP): setup.py
 demo: setup
 	$(BIN)/deltaml run conf/telco_churn.yml --env local
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Skips the tests marked slow (cluster and end-to-end runs); CI runs everything.
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: setup
-	$(BIN)/ruff check lib tests jobs
+lint: $(STAMP)
+	$(BIN)/ruff check lib tests jobs notebooks
+	$(BIN)/ruff format --check lib tests jobs notebooks
 	$(BIN)/mypy lib
 
 clean:

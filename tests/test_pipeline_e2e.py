@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import mlflow
 import pytest
@@ -23,6 +25,33 @@ PREDICTIONS = "warehouse/gold/telco_churn_predictions"
 def _rows(spark: SparkSession, path: Path, column: str) -> tuple[int, int]:
     df = spark.read.format("delta").load(str(path))
     return df.count(), df.select(column).distinct().count()
+
+
+def _model_versions(spark: SparkSession, path: Path) -> set[int]:
+    return {r["model_version"] for r in spark.read.format("delta").load(str(path)).select("model_version").collect()}
+
+
+class _Widgets:
+    """A minimal stand-in for Databricks' ``dbutils.widgets``: values given by the test win over defaults."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = dict(values)
+
+    def text(self, name: str, default: str, label: str = "") -> None:
+        self.values.setdefault(name, default)
+
+    def get(self, name: str) -> str:
+        return self.values[name]
+
+
+def run_notebook(name: str, **widgets: str) -> dict[str, Any]:
+    """Execute a Databricks source-format notebook cell by cell, as the workspace would."""
+    source = (ROOT / "notebooks" / name).read_text()
+    assert source.startswith("# Databricks notebook source\n")
+    namespace: dict[str, Any] = {"dbutils": SimpleNamespace(widgets=_Widgets(widgets))}
+    for cell in source.split("# COMMAND ----------"):
+        exec(compile(cell, str(ROOT / "notebooks" / name), "exec"), namespace)
+    return namespace
 
 
 def _step_runs(parent_run_id: str) -> dict[str, mlflow.entities.Run]:
@@ -67,8 +96,9 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     assert all("seconds" in run.data.metrics for run in steps.values())
     assert parent.data.params["model.params.regParam"] == "0.001"
 
-    # Second run of the same source batch: ingest replaces it, scoring replaces its predictions.
-    assert main(["run", str(telco_conf)]) == 0
+    # Second run, through the Databricks train notebook: ingest replaces the same source batch
+    # and scoring replaces its predictions.
+    run_notebook("train.py", conf=str(telco_conf), env="", overrides="")
     assert client.get_model_version_by_alias("telco_churn", "champion").version == 2
     assert _rows(spark, state / RAW, "customer_id") == (7043, 7043)
     assert _rows(spark, state / PREDICTIONS, "customer_id") == (7043, 7043)
@@ -76,14 +106,19 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     assert {r["model_version"] for r in predictions.select("model_version").distinct().collect()} == {2}
     assert {r["source_version"] for r in predictions.select("source_version").distinct().collect()} == {1}
 
-    # The score step alone, through the spark-submit job's main().
+    # The score step alone, through the spark-submit job's main(), with a pinned version.
     spec = importlib.util.spec_from_file_location("score_job", ROOT / "jobs" / "score.py")
     assert spec is not None and spec.loader is not None
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
     assert job.main([str(telco_conf), "--set", "score.model_version=1"]) == 0
     assert _rows(spark, state / PREDICTIONS, "customer_id") == (7043, 7043)
-    assert {r["model_version"] for r in spark.read.format("delta").load(str(state / PREDICTIONS)).collect()} == {1}
+    assert _model_versions(spark, state / PREDICTIONS) == {1}
+
+    # And through the score notebook, with widget overrides, back to the champion.
+    run_notebook("score.py", conf=str(telco_conf), env="", overrides="score.model_alias=champion; seed=42")
+    assert _rows(spark, state / PREDICTIONS, "customer_id") == (7043, 7043)
+    assert _model_versions(spark, state / PREDICTIONS) == {2}
 
 
 def test_a_step_without_its_input_fails_in_one_line(
