@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.deltaml-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast lint zip clean
 
 setup: $(STAMP)
 	$(BIN)/deltaml setup-jars
@@ -31,5 +31,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check lib tests jobs notebooks
 	$(BIN)/mypy lib
 
+# The package as a .zip for spark-submit --py-files (executors cannot import from a .whl).
+zip: $(STAMP)
+	mkdir -p dist
+	rm -f dist/deltaml.zip
+	cd lib && ../$(BIN)/python -m zipfile -c ../dist/deltaml.zip deltaml
+
 clean:
-	rm -rf .deltaml
+	rm -rf .deltaml dist

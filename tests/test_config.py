@@ -33,6 +33,11 @@ def test_overrides_are_typed_and_change_the_hash() -> None:
     assert changed.config_hash != base.config_hash
 
 
+def test_override_of_a_dotted_spark_setting_is_one_key() -> None:
+    cfg = load_config(TELCO_CONF, overrides=["spark.conf.spark.sql.shuffle.partitions=8"]).pipeline
+    assert cfg.spark.conf == {"spark.sql.shuffle.partitions": 8}
+
+
 def test_overlay_deep_merges_and_keeps_unrelated_keys(tmp_path: Path) -> None:
     conf_dir = tmp_path / "conf"
     (conf_dir / "env").mkdir(parents=True)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,6 +17,7 @@ from pyspark.sql import SparkSession
 
 from deltaml.cli import main
 from deltaml.config import load_config
+from deltaml.session import check_delta_jars
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -52,6 +56,28 @@ def run_notebook(name: str, **widgets: str) -> dict[str, Any]:
     for cell in source.split("# COMMAND ----------"):
         exec(compile(cell, str(ROOT / "notebooks" / name), "exec"), namespace)
     return namespace
+
+
+def _spark_submit_score(tmp_path: Path, conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    archive = tmp_path / "deltaml.zip"
+    subprocess.run([sys.executable, "-m", "zipfile", "-c", str(archive), "deltaml"], cwd=ROOT / "lib", check=True)
+    jars = ",".join(str(p) for p in check_delta_jars())
+    command = [
+        str(Path(sys.executable).parent / "spark-submit"),
+        "--master",
+        "local[1]",
+        "--conf",
+        "spark.sql.shuffle.partitions=3",
+        "--jars",
+        jars,
+        "--py-files",
+        str(archive),
+        str(ROOT / "jobs" / "score.py"),
+        str(conf),
+        *args,
+    ]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
 
 
 def _step_runs(parent_run_id: str) -> dict[str, mlflow.entities.Run]:
@@ -119,6 +145,24 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     run_notebook("score.py", conf=str(telco_conf), env="", overrides="score.model_alias=champion; seed=42")
     assert _rows(spark, state / PREDICTIONS, "customer_id") == (7043, 7043)
     assert _model_versions(spark, state / PREDICTIONS) == {2}
+
+    # And as a scheduled job would: spark-submit with the package as a .zip, spark-submit's
+    # own --conf kept, version 1 pinned.
+    done = _spark_submit_score(
+        tmp_path,
+        telco_conf,
+        "--set",
+        "score.model_version=1",
+        "--set",
+        "spark.conf.spark.sql.shuffle.partitions=5",
+    )
+    # spark-submit merges the Python driver's stderr into its stdout.
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "using spark-submit's session (master local[1]); kept spark-submit's spark.sql.shuffle.partitions=3" in (
+        done.stdout
+    )
+    assert _rows(spark, state / PREDICTIONS, "customer_id") == (7043, 7043)
+    assert _model_versions(spark, state / PREDICTIONS) == {1}
 
 
 def test_a_step_without_its_input_fails_in_one_line(

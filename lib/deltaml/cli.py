@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import warnings
 from collections.abc import Sequence
 
 from deltaml import __version__
@@ -41,7 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("config", metavar="CONF")
     _add_config_options(score)
 
-    commands.add_parser("setup-jars", help="fetch the Delta Lake jars into ~/.m2 with Maven (run by `make setup`)")
+    jars = commands.add_parser(
+        "setup-jars", help="fetch the Delta Lake jars into ~/.m2 with Maven (run by `make setup`)"
+    )
+    jars.add_argument(
+        "--spark-jars",
+        action="store_true",
+        help="print only the comma-separated jar paths, for spark-submit --jars",
+    )
 
     check = commands.add_parser("check-config", help="validate a config and print its effective form and hash")
     check.add_argument("config", metavar="CONF")
@@ -80,8 +86,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "setup-jars":
         from deltaml.session import install_delta_jars
 
-        for path in install_delta_jars():
-            print(f"Delta jar ready: {path}")
+        paths = install_delta_jars()
+        if args.spark_jars:
+            print(",".join(str(p) for p in paths))
+        else:
+            for path in paths:
+                print(f"Delta jar ready: {path}")
         return 0
 
     loaded = load_config(args.config, env=args.env, overrides=args.overrides)
@@ -91,16 +101,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     from deltaml.runner import run_pipeline
 
+    # MLflow sets its own logger to INFO when imported; its per-file DFS notes are noise here.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     steps = ["score"] if args.command == "score" else args.step
     run_pipeline(loaded, steps=steps)
     return 0
 
 
 def _configure_logging(quiet: bool) -> None:
-    # PySpark warns on every pandas conversion that pandas 3 is not fully supported; deltaml
-    # converts only through Arrow with explicit types, so the warning is noise on the console.
-    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s deltaml %(message)s", datefmt="%H:%M:%S"))
     LOG.handlers[:] = [handler]

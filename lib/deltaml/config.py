@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from deltaml.errors import ConfigError
 
+# Free-form mappings whose keys contain dots themselves: in ``--set spark.conf.spark.sql.x=1``
+# everything after the section is one key.
+_DOTTED_KEY_SECTIONS = (("spark", "conf"), ("source", "options"), ("source", "rename"), ("model", "params"))
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 REDACTED_NOTE = "interpolated from the environment; not logged"
 
@@ -307,6 +310,9 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     except yaml.YAMLError:
         value = raw_value
     parts = key.split(".")
+    for section in _DOTTED_KEY_SECTIONS:
+        if tuple(parts[: len(section)]) == section and len(parts) > len(section) + 1:
+            parts = [*section, ".".join(parts[len(section) :])]
     node = data
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})

@@ -32,6 +32,7 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.session.timeZone": "UTC",
     "spark.driver.memory": "2g",
+    "spark.sql.debug.maxToStringFields": "200",
 }
 
 
@@ -152,8 +153,10 @@ def get_spark(config: PipelineConfig, maven_repo: Path | None = None) -> SparkSe
     app_name = config.spark.app_name or f"deltaml-{config.name}"
     builder = SparkSession.builder.appName(app_name)
     if _under_spark_submit():
-        from pyspark import SparkConf
+        from pyspark import SparkConf, SparkContext
 
+        # Connect to spark-submit's JVM first: only then does SparkConf() see its settings.
+        SparkContext._ensure_initialized()
         submitted = SparkConf()
         wanted: dict[str, str] = {
             "spark.sql.extensions": DELTA_EXTENSION,
@@ -163,7 +166,12 @@ def get_spark(config: PipelineConfig, maven_repo: Path | None = None) -> SparkSe
         for key, value in wanted.items():
             if not submitted.contains(key):
                 builder = builder.config(key, value)
-        LOG.info("using the cluster session from spark-submit (master %s)", submitted.get("spark.master", "?"))
+        kept = sorted(k for k in wanted if submitted.contains(k))
+        LOG.info(
+            "using spark-submit's session (master %s); kept spark-submit's %s",
+            submitted.get("spark.master", "?"),
+            ", ".join(f"{k}={submitted.get(k)}" for k in kept) or "nothing",
+        )
         return builder.getOrCreate()
     return build_local_session(
         config.state_path,
