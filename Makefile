@@ -27,8 +27,8 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check lib tests jobs notebooks
-	$(BIN)/ruff format --check lib tests jobs notebooks
+	$(BIN)/ruff check lib tests jobs notebooks benchmarks
+	$(BIN)/ruff format --check lib tests jobs notebooks benchmarks
 	$(BIN)/mypy lib
 
 # The package as a .zip for spark-submit --py-files (executors cannot import from a .whl).
