@@ -111,8 +111,12 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
         filter_string="tags.`deltaml.step` = 'pipeline'",
     )[0]
     steps = _step_runs(parent.info.run_id)
-    assert sorted(steps) == ["evaluate", "fit", "ingest", "register", "score", "split"]
+    assert sorted(steps) == ["evaluate", "fit", "ingest", "register", "score", "split", "validate"]
     assert steps["ingest"].data.metrics["rows_written"] == 7043
+    assert (steps["validate"].data.metrics["rows_clean"], steps["validate"].data.metrics["rows_quarantined"]) == (
+        7043,
+        0,
+    )
     assert (
         steps["fit"].data.metrics["rows_train"]
         + steps["split"].data.metrics["rows_validation"]

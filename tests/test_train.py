@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from pyspark.ml import PipelineModel
 from pyspark.sql import SparkSession
 
 from deltaml.config import load_config
@@ -37,7 +40,8 @@ def test_statistics_come_from_train_rows_only(spark: SparkSession) -> None:
     data = spark.createDataFrame(ROWS, "id long, tenure double, contract string, churn string, split string")
     train = data.where("split = 'train'").transform(with_binary_label("churn", "Yes"))
     model = build_training_pipeline(cfg).fit(train)
-    imputer, scaler, indexer = model.stages[0], model.stages[2], model.stages[3]
+    by_type = {type(stage).__name__: stage for stage in model.stages}
+    imputer, scaler, indexer = by_type["ImputerModel"], by_type["StandardScalerModel"], by_type["StringIndexerModel"]
     # Mean of train tenure (1, 2, 3); validation/test values of 1000 and 2000 would move it a lot.
     assert imputer.surrogateDF.first()["tenure"] == pytest.approx(2.0)
     assert scaler.mean.toArray().tolist() == pytest.approx([2.0])
@@ -62,3 +66,36 @@ def test_unknown_model_param_is_named() -> None:
 def test_threshold_from_config_reaches_the_model(spark: SparkSession) -> None:
     cfg = _config(**{"evaluate.threshold": "0.3"})
     assert build_training_pipeline(cfg).getStages()[-1].getThreshold() == pytest.approx(0.3)
+
+
+def test_cleaning_options_learn_on_train_and_survive_save_and_load(spark: SparkSession, tmp_path: Path) -> None:
+    cfg = load_config(
+        TELCO_CONF,
+        overrides=[
+            "key=id",
+            "features.numeric=[tenure]",
+            "features.categorical=[contract]",
+            "features.impute={strategy: constant, value: -1, indicator: true}",
+            "features.outliers={method: iqr, iqr_multiplier: 1.0}",
+            "features.rare_categories={min_count: 2}",
+        ],
+    ).pipeline
+    train_rows = [(i, float(i), "Month" if i % 2 else "Year", "Yes" if i % 3 else "No") for i in range(1, 9)]
+    train_rows += [(9, None, "Once", "No")]
+    schema = "id long, tenure double, contract string, churn string"
+    train = spark.createDataFrame(train_rows, schema).transform(with_binary_label("churn", "Yes"))
+    model = build_training_pipeline(cfg).fit(train)
+    by_type = {type(stage).__name__: stage for stage in model.stages}
+    # Train tenure after the constant fill: -1, 1..8 -> q1 = 2, q3 = 6, IQR 4 -> fences [-2, 10].
+    capper = by_type["OutlierCapperModel"]
+    assert capper.getOrDefault("lowerBounds") == pytest.approx([-2.0])
+    assert capper.getOrDefault("upperBounds") == pytest.approx([10.0])
+    assert by_type["RareCategoryGrouperModel"].getOrDefault("keptCategories") == [["Month", "Year"]]
+    scoring = spark.createDataFrame([(20, 1000.0, "Never", None), (21, None, "Year", None)], schema)
+    out = model.transform(scoring).select("id", "_imputed_tenure", "_missing_tenure", "_grouped_contract")
+    expected = [(20, 10.0, 0.0, "__other__"), (21, -1.0, 1.0, "Year")]
+    assert [tuple(r) for r in out.orderBy("id").collect()] == expected
+    model.write().save(str(tmp_path / "model"))
+    reloaded = PipelineModel.load(str(tmp_path / "model"))
+    again = reloaded.transform(scoring).select("id", "_imputed_tenure", "_missing_tenure", "_grouped_contract")
+    assert [tuple(r) for r in again.orderBy("id").collect()] == expected

@@ -19,6 +19,9 @@ from deltaml.errors import StepInputError
 
 LOG = logging.getLogger(__name__)
 
+# Where a CSV line that does not parse under the contract's types keeps its text.
+CORRUPT_RECORD = "_corrupt_record"
+
 
 @dataclass(frozen=True)
 class Table:
@@ -100,11 +103,14 @@ def _writer_target(df_writer: object, table: Table) -> None:
         df_writer.saveAsTable(table.ref)  # type: ignore[attr-defined]
 
 
-def replace_where(spark: SparkSession, df: DataFrame, table: Table, column: str, values: list[str]) -> WriteResult:
+def replace_where(
+    spark: SparkSession, df: DataFrame, table: Table, column: str, values: list[str], merge_schema: bool = False
+) -> WriteResult:
     """Atomically replace the rows whose ``column`` is in ``values`` (all rows of ``df`` must be).
 
     A rerun of the same batch replaces its rows and never duplicates them; rows of other
     values are untouched. One Delta commit, so a failed write leaves the last version intact.
+    ``merge_schema`` lets the write add columns the table does not have yet.
 
     Returns:
         The version this write committed and the rows it wrote.
@@ -116,6 +122,8 @@ def replace_where(spark: SparkSession, df: DataFrame, table: Table, column: str,
         writer = df.write.format("delta").mode("overwrite").option("replaceWhere", f"`{column}` IN ({quoted})")
     else:
         writer = df.write.format("delta").mode("append")
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
     _writer_target(writer, table)
     return _last_write(spark, table)
 
@@ -131,6 +139,16 @@ def overwrite_table(spark: SparkSession, df: DataFrame, table: Table) -> WriteRe
     return _last_write(spark, table)
 
 
+def append_rows(spark: SparkSession, df: DataFrame, table: Table) -> WriteResult:
+    """Append to a log-like table (quality results), creating it on first use.
+
+    Returns:
+        The version this write committed and the rows it wrote.
+    """
+    _writer_target(df.write.format("delta").mode("append"), table)
+    return _last_write(spark, table)
+
+
 @dataclass(frozen=True)
 class SourceData:
     """What a source read produced: the rows, a content fingerprint and a description for lineage."""
@@ -140,8 +158,16 @@ class SourceData:
     description: str
 
 
-def read_source(spark: SparkSession, source: SourceConfig) -> SourceData:
+def read_source(spark: SparkSession, source: SourceConfig, types: dict[str, str] | None = None) -> SourceData:
     """Read the configured source; the fingerprint changes whenever its content does.
+
+    Args:
+        spark: The session.
+        source: The ``source`` section of the config.
+        types: Column types from the data contract (by source column name, before ``rename``).
+            A CSV source is then read with them, and a line that does not parse keeps its text
+            in ``_corrupt_record`` (for the validate step to quarantine) instead of failing
+            the read or turning silently into nulls.
 
     Raises:
         StepInputError: The path or data set does not exist.
@@ -151,7 +177,7 @@ def read_source(spark: SparkSession, source: SourceConfig) -> SourceData:
     elif source.kind == "delta":
         data = _read_delta_source(spark, source)
     else:
-        data = _read_files(spark, source)
+        data = _read_files(spark, source, types or {})
     df = data.df
     for old, new in source.rename.items():
         if old not in df.columns:
@@ -193,16 +219,24 @@ def _read_delta_source(spark: SparkSession, source: SourceConfig) -> SourceData:
     return SourceData(df, f"delta-v{version}", f"delta {source.path}@v{version}")
 
 
-def _read_files(spark: SparkSession, source: SourceConfig) -> SourceData:
+def _read_files(spark: SparkSession, source: SourceConfig, types: dict[str, str]) -> SourceData:
     assert source.path is not None
     fs_path = Path(source.path)
     if "://" not in source.path and not fs_path.exists():
         raise StepInputError(f"step 'ingest': source path {source.path} does not exist; check source.path")
     reader = spark.read.format(source.kind).options(**source.options)
     if source.kind == "csv":
-        reader = reader.option("header", source.options.get("header", "true")).option(
-            "inferSchema", source.options.get("inferSchema", "true")
-        )
+        reader = reader.option("header", source.options.get("header", "true"))
+        if types:
+            header = reader.option("inferSchema", "false").load(source.path).columns
+            ddl = ", ".join(f"`{c}` {types.get(c, 'string')}" for c in header)
+            reader = (
+                reader.schema(f"{ddl}, `{CORRUPT_RECORD}` string")
+                .option("mode", "PERMISSIVE")
+                .option("columnNameOfCorruptRecord", CORRUPT_RECORD)
+            )
+        else:
+            reader = reader.option("inferSchema", source.options.get("inferSchema", "true"))
     df = reader.load(source.path)
     files = sorted(df.inputFiles())
     stamp = hashlib.sha256()

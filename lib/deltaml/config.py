@@ -66,11 +66,134 @@ class TableRef(_Model):
 
 
 class TablesConfig(_Model):
-    """The Delta tables the pipeline reads and writes."""
+    """The Delta tables the pipeline reads and writes.
+
+    ``clean``, ``quarantine`` and ``quality`` (used when a contract is declared) default to
+    paths beside ``raw``: ``<raw>_clean``, ``<raw>_quarantine`` and ``<raw>_quality``.
+    """
 
     raw: TableRef
     split: TableRef
     predictions: TableRef
+    clean: TableRef | None = None
+    quarantine: TableRef | None = None
+    quality: TableRef | None = None
+
+    @model_validator(mode="after")
+    def _derive_contract_tables(self) -> TablesConfig:
+        for suffix in ("clean", "quarantine", "quality"):
+            if getattr(self, suffix) is None:
+                derived = (
+                    TableRef(path=f"{self.raw.path}_{suffix}")
+                    if self.raw.path is not None
+                    else TableRef(name=f"{self.raw.name}_{suffix}")
+                )
+                setattr(self, suffix, derived)
+        return self
+
+
+Action = Literal["quarantine", "fail", "warn"]
+RuleKind = Literal["type", "not_null", "min", "max", "allowed", "regex", "finite"]
+# Spark SQL type names a contract may name, with the aliases people write.
+CONTRACT_TYPES = {
+    "string": "string",
+    "bigint": "bigint",
+    "long": "bigint",
+    "int": "int",
+    "integer": "int",
+    "double": "double",
+    "float": "float",
+    "boolean": "boolean",
+    "timestamp": "timestamp",
+    "date": "date",
+}
+
+
+class ColumnContract(_Model):
+    """What one column must hold. Row rules break per row; ``action`` says what a broken row costs.
+
+    ``actions`` overrides the action of single rules, e.g. ``{max: warn}``.
+    """
+
+    type: str | None = None
+    nullable: bool = True
+    min: float | None = None
+    max: float | None = None
+    allowed: list[str | int | float | bool] | None = None
+    regex: str | None = None
+    finite: bool = True
+    action: Action = "quarantine"
+    actions: dict[RuleKind, Action] = Field(default_factory=dict)
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.lower() not in CONTRACT_TYPES:
+            raise ValueError(f"unknown type '{value}'; use one of {sorted(set(CONTRACT_TYPES))}")
+        return CONTRACT_TYPES[value.lower()]
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"regex does not compile: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> ColumnContract:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is greater than max ({self.max:g})")
+        if self.allowed is not None and not self.allowed:
+            raise ValueError("'allowed' is empty; list the allowed values or remove the rule")
+        return self
+
+    def action_for(self, kind: str) -> Action:
+        """The action of rule ``kind`` of this column."""
+        return self.actions.get(kind, self.action)  # type: ignore[call-overload]
+
+
+class SchemaPolicy(_Model):
+    """What schema drift against the contract does: a missing column, a new one, a changed type.
+
+    ``type_mismatch: coerce`` casts to the contract's type; values that do not convert break
+    the column's ``type`` rule (and follow its action).
+    """
+
+    missing_column: Literal["fail", "warn"] = "fail"
+    extra_column: Literal["fail", "warn", "ignore"] = "warn"
+    type_mismatch: Literal["fail", "warn", "coerce"] = "coerce"
+
+
+class UniqueRule(_Model):
+    """The columns that together must be unique; every row of a duplicated key breaks the rule."""
+
+    columns: list[str] = Field(min_length=1)
+    action: Action = "quarantine"
+
+
+class FreshnessRule(_Model):
+    """The newest value of a timestamp column must be at most ``max_age_hours`` old."""
+
+    column: str
+    max_age_hours: float = Field(gt=0)
+    action: Literal["fail", "warn"] = "fail"
+
+
+class ContractConfig(_Model):
+    """The data contract of the raw table, checked by the validate step before anything is trained."""
+
+    max_bad_fraction: float = Field(default=0.05, ge=0, le=1)
+    schema_policy: SchemaPolicy = Field(default_factory=SchemaPolicy)
+    columns: dict[str, ColumnContract] = Field(default_factory=dict)
+    unique: UniqueRule | None = None
+    min_rows: int | None = Field(default=None, ge=0)
+    freshness: FreshnessRule | None = None
+    labels_present: list[str | int | float | bool] | None = None
 
 
 class LabelConfig(_Model):
@@ -81,9 +204,33 @@ class LabelConfig(_Model):
 
 
 class ImputeConfig(_Model):
-    """How missing numeric values are filled (Spark ML ``Imputer``)."""
+    """How missing numeric values are filled, learned on the train split.
 
-    strategy: Literal["mean", "median", "mode"] = "median"
+    ``mean``/``median``/``mode`` use Spark's ``Imputer``; ``constant`` fills ``value``.
+    ``indicator`` adds a 0/1 feature per numeric column that says the value was missing.
+    """
+
+    strategy: Literal["mean", "median", "mode", "constant"] = "median"
+    value: float = 0.0
+    indicator: bool = False
+
+
+class OutliersConfig(_Model):
+    """Cap numeric values at bounds learned on the train split (quantiles, or Tukey's IQR fences)."""
+
+    method: Literal["quantile", "iqr"] = "quantile"
+    lower_quantile: float = Field(default=0.01, ge=0, lt=0.5)
+    upper_quantile: float = Field(default=0.99, gt=0.5, le=1)
+    iqr_multiplier: float = Field(default=1.5, gt=0)
+    columns: list[str] | None = None
+
+
+class RareCategoriesConfig(_Model):
+    """Group categories rarer than the thresholds (and unseen ones) into one ``other`` level, learned on train."""
+
+    min_frequency: float = Field(default=0.01, ge=0, lt=1)
+    min_count: int = Field(default=0, ge=0)
+    other_label: str = "__other__"
 
 
 class FeaturesConfig(_Model):
@@ -92,6 +239,8 @@ class FeaturesConfig(_Model):
     numeric: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
     impute: ImputeConfig = Field(default_factory=ImputeConfig)
+    outliers: OutliersConfig | None = None
+    rare_categories: RareCategoriesConfig | None = None
     scale: bool = True
 
     @model_validator(mode="after")
@@ -101,6 +250,9 @@ class FeaturesConfig(_Model):
         both = sorted(set(self.numeric) & set(self.categorical))
         if both:
             raise ValueError(f"columns listed as both numeric and categorical: {both}")
+        unknown = sorted(set(self.outliers.columns or []) - set(self.numeric)) if self.outliers else []
+        if unknown:
+            raise ValueError(f"outliers.columns {unknown} are not listed under 'numeric'")
         return self
 
     @property
@@ -156,7 +308,7 @@ class ScoreConfig(_Model):
 
     model_alias: str = "champion"
     model_version: int | None = None
-    input: Literal["raw", "split"] = "raw"
+    input: Literal["raw", "clean", "split"] = "raw"
 
 
 class MlflowConfig(_Model):
@@ -190,6 +342,7 @@ class PipelineConfig(_Model):
     split: SplitConfig = Field(default_factory=SplitConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    contract: ContractConfig | None = None
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     mlflow: MlflowConfig
     spark: SparkConfig = Field(default_factory=SparkConfig)

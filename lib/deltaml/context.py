@@ -11,7 +11,7 @@ from deltaml.catalog import Table, resolve_table
 from deltaml.config import LoadedConfig, PipelineConfig
 
 # The pipeline's steps, in the order they run.
-STEP_NAMES = ("ingest", "split", "fit", "evaluate", "register", "score")
+STEP_NAMES = ("ingest", "validate", "split", "fit", "evaluate", "register", "score")
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,9 @@ class Tables:
     raw: Table
     split: Table
     predictions: Table
+    clean: Table
+    quarantine: Table
+    quality: Table
 
 
 @dataclass
@@ -50,8 +53,18 @@ class StepContext:
     def tables(self) -> Tables:
         """The resolved tables of this pipeline."""
         cfg = self.config
+        refs = cfg.tables
+        assert refs.clean is not None and refs.quarantine is not None and refs.quality is not None
         return Tables(
-            raw=resolve_table(cfg.tables.raw, cfg.state_path),
-            split=resolve_table(cfg.tables.split, cfg.state_path),
-            predictions=resolve_table(cfg.tables.predictions, cfg.state_path),
+            raw=resolve_table(refs.raw, cfg.state_path),
+            split=resolve_table(refs.split, cfg.state_path),
+            predictions=resolve_table(refs.predictions, cfg.state_path),
+            clean=resolve_table(refs.clean, cfg.state_path),
+            quarantine=resolve_table(refs.quarantine, cfg.state_path),
+            quality=resolve_table(refs.quality, cfg.state_path),
         )
+
+    @property
+    def training_source(self) -> Table:
+        """The table the split step reads: the contract's clean table, or raw without a contract."""
+        return self.tables.clean if self.config.contract is not None else self.tables.raw

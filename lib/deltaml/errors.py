@@ -25,3 +25,9 @@ class StepInputError(DeltamlError):
     """A step received input that breaks its contract (a missing table, column or model)."""
 
     exit_code = 4
+
+
+class ContractError(DeltamlError):
+    """The data broke its data contract; nothing downstream was written."""
+
+    exit_code = 5

@@ -35,6 +35,7 @@ from deltaml.tracking import (
     package_versions,
 )
 from deltaml.train import run_fit
+from deltaml.validate import run_validate
 
 LOG = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ StepFunction = Callable[[StepContext], StepResult]
 
 STEPS: dict[str, StepFunction] = {
     "ingest": run_ingest,
+    "validate": run_validate,
     "split": run_split,
     "fit": run_fit,
     "evaluate": run_evaluate,
@@ -82,6 +84,8 @@ def run_pipeline(
     """
     cfg = loaded.pipeline
     chosen = list(STEPS) if not steps else [s for s in STEPS if s in set(steps)]
+    if cfg.contract is None and not steps:
+        chosen.remove("validate")
     spark = spark or get_spark(cfg)
     configure_tracking(cfg)
     sha = git_sha()

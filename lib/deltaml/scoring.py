@@ -93,7 +93,7 @@ def run_score(ctx: StepContext) -> StepResult:
     """Score the configured input table and replace its batches in the predictions table."""
     cfg = ctx.config
     scoring = load_scoring_model(cfg.mlflow.registered_model, cfg.score.model_alias, cfg.score.model_version)
-    table = ctx.tables.raw if cfg.score.input == "raw" else ctx.tables.split
+    table = {"raw": ctx.tables.raw, "clean": ctx.tables.clean, "split": ctx.tables.split}[cfg.score.input]
     data, source_version = read_table(ctx.spark, table, "score")
     check_columns(data, [cfg.key, *cfg.features.columns], "score", f"input table {table}")
     scored_at = datetime.now().astimezone().replace(microsecond=0)

@@ -54,13 +54,14 @@ def assign_split(key: str, label: str, seed: int, split: SplitConfig) -> Callabl
 
 
 def run_split(ctx: StepContext) -> StepResult:
-    """Read the raw table at its latest version and write it, with the split column, to the split table."""
+    """Read the clean table (raw without a contract) and write it, with the split column, to the split table."""
     cfg = ctx.config
-    raw, raw_version = read_table(ctx.spark, ctx.tables.raw, "split")
+    source = ctx.training_source
+    raw, raw_version = read_table(ctx.spark, source, "split")
     missing = [c for c in (cfg.key, cfg.label.column) if c not in raw.columns]
     if missing:
         raise StepInputError(
-            f"step 'split': raw table {ctx.tables.raw} has no column(s) {missing}; columns are {raw.columns} "
+            f"step 'split': input table {source} has no column(s) {missing}; columns are {raw.columns} "
             "(check 'key' and 'label.column')"
         )
     split_df = raw.transform(assign_split(cfg.key, cfg.label.column, cfg.seed, cfg.split))
@@ -71,11 +72,11 @@ def run_split(ctx: StepContext) -> StepResult:
     return StepResult(
         metrics={
             "rows_written": float(written.rows_written),
-            "raw_table_version": float(raw_version),
+            "input_table_version": float(raw_version),
             "split_table_version": float(written.version),
             **{f"rows_{name}": float(n) for name, n in counts.items()},
         },
-        tags={"raw_table": str(ctx.tables.raw), "split_table": str(ctx.tables.split)},
+        tags={"input_table": str(source), "split_table": str(ctx.tables.split)},
         summary=", ".join(f"{name} {counts.get(name, 0)}" for name in (TRAIN, VALIDATION, TEST))
         + f" -> {ctx.tables.split} v{written.version}",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -15,6 +16,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+import deltaml
 from deltaml.catalog import read_table
 from deltaml.config import PipelineConfig
 from deltaml.context import StepContext, StepResult
@@ -127,6 +129,9 @@ def run_fit(ctx: StepContext) -> StepResult:
         signature=model_signature(data, cfg.features.columns),
         input_example=example,
         pip_requirements=model_requirements(),
+        # The pipeline's cleaning stages are deltaml classes: the model carries their code, so
+        # it loads wherever MLflow does, with or without deltaml installed.
+        code_paths=[str(Path(deltaml.__file__).parent)],
     )
     ctx.outputs.update(model=model, model_uri=info.model_uri, split_version=split_version)
     return StepResult(

@@ -1,0 +1,345 @@
+"""The validate step on bad data: exactly the bad rows quarantined with their reasons, or a clean failure."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from deltaml.catalog import table_exists
+from deltaml.config import load_config
+from deltaml.context import StepContext
+from deltaml.errors import ConfigError, ContractError
+from deltaml.runner import run_pipeline
+from tests.conftest import write_config
+
+SCHEMA = "id long, x double, cat string, code string, y string"
+GOOD = [
+    (1, 1.0, "a", "AB-1", "Yes"),
+    (2, 2.0, "b", "AB-2", "No"),
+    (3, 3.0, "a", "AB-3", "No"),
+    (4, 4.0, "b", "AB-4", "Yes"),
+]
+CONTRACT: dict[str, Any] = {
+    "max_bad_fraction": 0.5,
+    "unique": {"columns": ["id"]},
+    "labels_present": ["Yes", "No"],
+    "columns": {
+        "id": {"type": "bigint", "nullable": False},
+        "x": {"type": "double", "nullable": False, "min": 0, "max": 100},
+        "cat": {"type": "string", "allowed": ["a", "b"]},
+        "code": {"type": "string", "regex": "^AB-[0-9]+$"},
+        "y": {"type": "string", "nullable": False, "allowed": ["Yes", "No"]},
+    },
+}
+
+
+def _config(tmp_path: Path, contract: dict[str, Any] | None = None, **extra: Any) -> Path:
+    data: dict[str, Any] = {
+        "name": "tiny",
+        "state_dir": str(tmp_path / "state"),
+        "key": "id",
+        "source": {"kind": "parquet", "path": str(tmp_path / "source")},
+        "tables": {"raw": {"path": "raw"}, "split": {"path": "split"}, "predictions": {"path": "predictions"}},
+        "label": {"column": "y", "positive": "Yes"},
+        "features": {"numeric": ["x"], "categorical": ["cat"]},
+        "mlflow": {"experiment": "tiny", "registered_model": "tiny"},
+        "contract": contract if contract is not None else CONTRACT,
+        **extra,
+    }
+    return write_config(tmp_path / "tiny.yml", data)
+
+
+def _write_source(spark: SparkSession, tmp_path: Path, rows: list[tuple[Any, ...]], schema: str = SCHEMA) -> None:
+    spark.createDataFrame(rows, schema).coalesce(1).write.mode("overwrite").parquet(str(tmp_path / "source"))
+
+
+def _validate(conf: Path, spark: SparkSession, *overrides: str) -> StepContext:
+    loaded = load_config(conf, overrides=list(overrides))
+    run_pipeline(loaded, steps=["ingest", "validate"], spark=spark)
+    return StepContext(spark, loaded)
+
+
+def _table(spark: SparkSession, ctx: StepContext, name: str) -> list[dict[str, Any]]:
+    table = getattr(ctx.tables, name)
+    return [r.asDict() for r in spark.read.format("delta").load(table.ref).orderBy("id").collect()]
+
+
+def _quarantined(spark: SparkSession, ctx: StepContext) -> dict[int, list[str]]:
+    return {r["id"]: sorted(r["_violations"]) for r in _table(spark, ctx, "quarantine")}
+
+
+BAD_ROWS = {
+    # id: (row, the rules it breaks)
+    10: ((10, -5.0, "a", "AB-10", "No"), ["x.min"]),  # out of range
+    11: ((11, 500.0, "a", "AB-11", "No"), ["x.max"]),
+    12: ((12, None, "a", "AB-12", "No"), ["x.not_null"]),  # null in a non-nullable column
+    13: ((13, math.nan, "a", "AB-13", "No"), ["x.finite"]),  # NaN and infinity
+    14: ((14, math.inf, "b", "AB-14", "No"), ["x.finite"]),
+    15: ((15, 1.0, "zzz", "AB-15", "No"), ["cat.allowed"]),  # a category the contract does not know
+    16: ((16, 1.0, "a", "AB-16", "Maybe"), ["y.allowed"]),  # unexpected label value
+    17: ((17, 1.0, "a", "XX", "No"), ["code.regex"]),
+    18: ((18, -1.0, "zzz", None, None), ["cat.allowed", "x.min", "y.not_null"]),  # several rules at once
+}
+
+
+def test_bad_rows_go_to_quarantine_with_every_rule_they_broke(spark: SparkSession, tmp_path: Path) -> None:
+    duplicate = (2, 9.0, "a", "AB-9", "No")  # key 2 twice: both copies are quarantined
+    _write_source(spark, tmp_path, [*GOOD, duplicate, *(row for row, _ in BAD_ROWS.values())])
+    ctx = _validate(_config(tmp_path, contract={**CONTRACT, "max_bad_fraction": 0.9}), spark)
+    quarantine = _table(spark, ctx, "quarantine")
+    assert sorted((r["id"], sorted(r["_violations"])) for r in quarantine) == sorted(
+        [(2, ["id.unique"]), (2, ["id.unique"]), *((key, rules) for key, (_, rules) in BAD_ROWS.items())]
+    )
+    assert [r["id"] for r in _table(spark, ctx, "clean")] == [1, 3, 4]
+    assert all(r["_ingest_batch_id"].startswith("src-") for r in quarantine)
+    assert all(isinstance(r["_quarantined_at"], datetime) for r in quarantine)
+    nan_row = next(r for r in quarantine if r["id"] == 13)
+    assert math.isnan(nan_row["x"])  # original values are kept
+
+
+def test_values_of_the_wrong_type_are_coerced_or_quarantined(spark: SparkSession, tmp_path: Path) -> None:
+    rows = [(1, "1.5", "a", "AB-1", "Yes"), (2, "abc", "b", "AB-2", "No"), (3, "3", "a", "AB-3", "No")]
+    _write_source(spark, tmp_path, rows, "id long, x string, cat string, code string, y string")
+    ctx = _validate(_config(tmp_path), spark)
+    assert _quarantined(spark, ctx) == {2: ["x.type"]}
+    # The quarantine keeps the original value; the clean table has the contract's type.
+    assert _table(spark, ctx, "quarantine")[0]["x"] == "abc"
+    clean = spark.read.format("delta").load(ctx.tables.clean.ref)
+    assert dict(clean.dtypes)["x"] == "double"
+    assert [(r["id"], r["x"]) for r in clean.orderBy("id").collect()] == [(1, 1.5), (3, 3.0)]
+
+
+def test_malformed_csv_lines_are_quarantined_with_their_text(spark: SparkSession, tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("id,x,cat,code,y\n1,1.0,a,AB-1,Yes\n2,2.0,b,AB-2,No\n3,oops,a,AB-3,No\n4,4.0,b,AB-4,Yes,extra\n")
+    conf = _config(tmp_path, source={"kind": "csv", "path": str(source)})
+    ctx = _validate(conf, spark)
+    quarantined = _table(spark, ctx, "quarantine")
+    assert {r["id"]: sorted(r["_violations"]) for r in quarantined} == {
+        3: ["row.malformed", "x.not_null"],
+        4: ["row.malformed"],
+    }
+    assert [r["_corrupt_record"] for r in quarantined] == ["3,oops,a,AB-3,No", "4,4.0,b,AB-4,Yes,extra"]
+    assert [r["id"] for r in _table(spark, ctx, "clean")] == [1, 2]
+    assert "_corrupt_record" not in spark.read.format("delta").load(ctx.tables.clean.ref).columns
+
+
+def test_a_rerun_of_the_same_batch_replaces_its_rows(spark: SparkSession, tmp_path: Path) -> None:
+    _write_source(spark, tmp_path, [*GOOD, (10, -5.0, "a", "AB-10", "No")])
+    conf = _config(tmp_path)
+    _validate(conf, spark)
+    ctx = _validate(conf, spark)
+    assert len(_table(spark, ctx, "clean")) == 4
+    assert _quarantined(spark, ctx) == {10: ["x.min"]}
+    quality = spark.read.format("delta").load(ctx.tables.quality.ref)
+    assert quality.where("rule = 'x.min'").select("rows_broken").distinct().collect()[0][0] == 1
+    assert quality.count() == 2 * quality.select("rule").distinct().count()  # one row per rule per run
+
+
+def test_report_counts_rules_and_shows_examples(spark: SparkSession, tmp_path: Path) -> None:
+    _write_source(spark, tmp_path, [*GOOD, (10, -5.0, "a", "AB-10", "No"), (11, -7.0, "zzz", "AB-11", "No")])
+    loaded = load_config(_config(tmp_path))
+    outcome = run_pipeline(loaded, steps=["ingest", "validate"], spark=spark)
+    child = mlflow.search_runs(
+        experiment_names=["tiny"], filter_string="tags.`deltaml.step` = 'validate'", output_format="list"
+    )[0]
+    assert child.data.tags["mlflow.parentRunId"] == outcome.run_id
+    report = json.loads(
+        Path(mlflow.artifacts.download_artifacts(f"runs:/{child.info.run_id}/validation/report.json")).read_text()
+    )
+    by_rule = {r["rule"]: r for r in report["rules"]}
+    assert (report["rows_in"], report["rows_passed"], report["rows_quarantined"]) == (6, 4, 2)
+    assert by_rule["x.min"]["rows_broken"] == 2
+    assert by_rule["x.min"]["examples"] == [{"key": "10", "value": "-5.0"}, {"key": "11", "value": "-7.0"}]
+    assert by_rule["cat.allowed"]["examples"] == [{"key": "11", "value": "zzz"}]
+    assert by_rule["y.allowed"]["rows_broken"] == 0
+    page = Path(mlflow.artifacts.download_artifacts(f"runs:/{child.info.run_id}/validation/report.html")).read_text()
+    assert "x.min" in page and "11: -7.0" in page
+
+
+def _fails_and_writes_nothing(
+    spark: SparkSession, tmp_path: Path, bad_source: list[tuple[Any, ...]] | None, message: str, **config: Any
+) -> None:
+    """Run a good batch, then the bad input: the error names the problem and no table moves."""
+    _write_source(spark, tmp_path, GOOD)
+    conf = _config(tmp_path)
+    ctx = _validate(conf, spark)
+    before = {name: _table(spark, ctx, name) for name in ("clean", "quarantine")}
+    versions = {name: spark.sql(f"DESCRIBE HISTORY delta.`{getattr(ctx.tables, name).ref}`").count() for name in before}
+    if bad_source is not None:
+        schema = config.pop("schema", SCHEMA)
+        _write_source(spark, tmp_path, bad_source, schema)
+    bad_conf = _config(tmp_path, **config) if config else conf
+    with pytest.raises(ContractError, match=message) as caught:
+        _validate(bad_conf, spark, "ingest.batch_id=second")
+    assert "\n" not in str(caught.value)
+    for name, rows in before.items():
+        assert _table(spark, ctx, name) == rows
+        assert spark.sql(f"DESCRIBE HISTORY delta.`{getattr(ctx.tables, name).ref}`").count() == versions[name]
+    assert not table_exists(spark, ctx.tables.split)
+
+
+def test_too_many_bad_rows_fail_before_writing(spark: SparkSession, tmp_path: Path) -> None:
+    bad = [(10 + i, -1.0, "a", "AB-1", "No") for i in range(6)]
+    _fails_and_writes_nothing(
+        spark, tmp_path, bad, r"6 of 10 rows \(60.0%\) broke the contract, above max_bad_fraction 50.0% \(x.min 6\)"
+    )
+
+
+def test_missing_label_column_fails(spark: SparkSession, tmp_path: Path) -> None:
+    rows = [(i, float(i), "a", "AB-1") for i in range(1, 5)]
+    _fails_and_writes_nothing(
+        spark,
+        tmp_path,
+        rows,
+        r"^step 'ingest': column 'y' is missing \(the contract expects it",
+        schema="id long, x double, cat string, code string",
+    )
+
+
+def test_renamed_column_is_reported_as_missing_and_new(spark: SparkSession, tmp_path: Path) -> None:
+    rows = [(i, float(i), "a", "AB-1", "No") for i in range(1, 5)]
+    _fails_and_writes_nothing(
+        spark,
+        tmp_path,
+        rows,
+        r"^step 'ingest': column 'x' is missing .* \(\+1 more: step 'ingest': column\(s\) \['x_renamed'\] are not in",
+        schema="id long, x_renamed double, cat string, code string, y string",
+        contract={**CONTRACT, "schema_policy": {"extra_column": "fail"}},
+    )
+
+
+def test_type_change_fails_when_the_policy_says_so(spark: SparkSession, tmp_path: Path) -> None:
+    rows = [(i, str(i), "a", "AB-1", "Yes" if i % 2 else "No") for i in range(1, 5)]
+    _fails_and_writes_nothing(
+        spark,
+        tmp_path,
+        rows,
+        r"^step 'ingest': column 'x' has type string, the contract says double \(fix the source or set schema_policy",
+        schema="id long, x string, cat string, code string, y string",
+        contract={**CONTRACT, "schema_policy": {"type_mismatch": "fail"}},
+    )
+
+
+def test_empty_table_fails_and_creates_no_table(spark: SparkSession, tmp_path: Path) -> None:
+    spark.createDataFrame([], SCHEMA).write.parquet(str(tmp_path / "empty"))
+    conf = _config(tmp_path, source={"kind": "parquet", "path": str(tmp_path / "empty")})
+    with pytest.raises(ContractError, match=r"^step 'validate': the table is empty; ingest data first"):
+        _validate(conf, spark)
+    ctx = StepContext(spark, load_config(conf))
+    assert not table_exists(spark, ctx.tables.clean)
+    assert not table_exists(spark, ctx.tables.quarantine)
+
+
+def test_min_rows_fails(spark: SparkSession, tmp_path: Path) -> None:
+    _fails_and_writes_nothing(
+        spark,
+        tmp_path,
+        None,
+        r"the table has 8 rows, the contract needs at least 100",
+        contract={**CONTRACT, "min_rows": 100},
+    )
+
+
+def test_all_null_column_fails(spark: SparkSession, tmp_path: Path) -> None:
+    rows = [(i, float(i), None, "AB-1", "Yes" if i % 2 else "No") for i in range(10, 14)]
+    _fails_and_writes_nothing(
+        spark,
+        tmp_path,
+        rows,
+        r"column 'cat' is null in all 4 rows",
+        contract={**CONTRACT, "unique": None},
+        tables={
+            "raw": {"path": "raw2"},
+            "split": {"path": "split"},
+            "predictions": {"path": "predictions"},
+            "clean": {"path": "raw_clean"},
+            "quarantine": {"path": "raw_quarantine"},
+        },
+    )
+
+
+def test_a_fail_action_rule_stops_the_run(spark: SparkSession, tmp_path: Path) -> None:
+    contract = json.loads(json.dumps(CONTRACT))
+    contract["columns"]["x"]["actions"] = {"max": "fail"}
+    _fails_and_writes_nothing(
+        spark,
+        tmp_path,
+        [(20, 5000.0, "a", "AB-1", "No")],
+        r"rule x.max \(x is above 100\) broken by 1 rows and its action is fail",
+        contract=contract,
+    )
+
+
+def test_missing_label_value_fails(spark: SparkSession, tmp_path: Path) -> None:
+    rows = [(i, float(i), "a", "AB-1", "No") for i in range(10, 14)]
+    _fails_and_writes_nothing(
+        spark,
+        tmp_path,
+        rows,
+        r"label value\(s\) \['Yes'\] do not occur; the contract expects \['Yes', 'No'\]",
+        tables={
+            "raw": {"path": "raw2"},
+            "split": {"path": "split"},
+            "predictions": {"path": "predictions"},
+            "clean": {"path": "raw_clean"},
+            "quarantine": {"path": "raw_quarantine"},
+        },
+    )
+
+
+def test_stale_table_fails_on_freshness(spark: SparkSession, tmp_path: Path) -> None:
+    old = datetime.now() - timedelta(days=3)
+    rows = [(i, float(i), "a", "AB-1", "Yes" if i % 2 else "No", old) for i in range(1, 5)]
+    contract = json.loads(json.dumps(CONTRACT))
+    contract["columns"]["updated_at"] = {"type": "timestamp"}
+    contract["freshness"] = {"column": "updated_at", "max_age_hours": 24}
+    _fails_and_writes_nothing(
+        spark,
+        tmp_path,
+        rows,
+        r"the newest 'updated_at' is .*, 72.0 h old; the contract allows 24 h",
+        schema=f"{SCHEMA}, updated_at timestamp",
+        contract=contract,
+    )
+
+
+def test_warn_rules_pass_rows_and_are_counted(spark: SparkSession, tmp_path: Path) -> None:
+    contract = json.loads(json.dumps(CONTRACT))
+    contract["columns"]["x"]["actions"] = {"max": "warn"}
+    _write_source(spark, tmp_path, [*GOOD, (10, 500.0, "a", "AB-10", "No")])
+    ctx = _validate(_config(tmp_path, contract=contract), spark)
+    assert [r["id"] for r in _table(spark, ctx, "clean")] == [1, 2, 3, 4, 10]
+    quality = spark.read.format("delta").load(ctx.tables.quality.ref)
+    assert quality.where(F.col("rule") == "x.max").select("action", "rows_broken").first().asDict() == {
+        "action": "warn",
+        "rows_broken": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("contract", "message"),
+    [
+        ({"columns": {"x": {"type": "double", "bogus_rule": 1}}}, r"unknown key 'contract.columns.x.bogus_rule'"),
+        ({"columns": {"x": {"min": 10, "max": 1}}}, r"'contract.columns.x': min \(10\) is greater than max \(1\)"),
+        ({"columns": {"x": {"type": "decimalish"}}}, r"'contract.columns.x.type': unknown type 'decimalish'"),
+        ({"columns": {"x": {"regex": "([a-"}}}, r"'contract.columns.x.regex': regex does not compile"),
+        (
+            {"columns": {"x": {"action": "explode"}}},
+            r"'contract.columns.x.action': Input should be 'quarantine', 'fail'",
+        ),
+        ({"max_bad_fraction": 2}, r"'contract.max_bad_fraction': Input should be less than or equal to 1"),
+        ({"columns": {"x": {"allowed": []}}}, r"'allowed' is empty"),
+    ],
+)
+def test_invalid_contract_is_a_config_error(tmp_path: Path, contract: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(_config(tmp_path, contract=contract))
