@@ -23,6 +23,20 @@ def _isolated_environment() -> Iterator[None]:
     os.environ.update(saved)
 
 
+@pytest.fixture(autouse=True)
+def _restore_mlflow_environment() -> Iterator[None]:
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; undo that after every test so no test
+    sends a later test's runs to its store."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {k: os.environ.get(k) for k in keys}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     """The one SparkSession of the test run: local[2], Delta from set-up's jars, 2 shuffle partitions."""

@@ -25,6 +25,16 @@ def test_precedence_config_then_environment_then_embedded(tmp_path: Path, monkey
     assert resolve_tracking_uri(explicit) == "sqlite:////elsewhere/m.db"
 
 
+def test_a_users_environment_uri_stays_in_force(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    user_uri = f"sqlite:///{tmp_path / 'user' / 'mlflow.db'}"
+    (tmp_path / "user").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", user_uri)
+    configure_tracking(_config(tmp_path / "a"))
+    configure_tracking(_config(tmp_path / "b"))
+    assert mlflow.get_tracking_uri() == user_uri
+    assert resolve_tracking_uri(_config(tmp_path / "c")) == user_uri
+
+
 def test_a_second_pipeline_gets_its_own_embedded_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     first, second = _config(tmp_path / "a"), _config(tmp_path / "b")

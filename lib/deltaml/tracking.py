@@ -53,9 +53,10 @@ def configure_tracking(config: PipelineConfig) -> str:
     uri = resolve_tracking_uri(config)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    chosen_by_user = bool(config.mlflow.tracking_uri) or os.environ.get("MLFLOW_TRACKING_URI") == uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if os.environ.get("MLFLOW_TRACKING_URI") == uri:
+    if not chosen_by_user:
         _URIS_WE_SET.add(uri)
     client = MlflowClient()
     experiment = client.get_experiment_by_name(config.mlflow.experiment)
