@@ -233,11 +233,92 @@ class RareCategoriesConfig(_Model):
     other_label: str = "__other__"
 
 
+DerivedKind = Literal[
+    "log",
+    "log1p",
+    "ratio",
+    "difference",
+    "power",
+    "clip",
+    "interaction",
+    "date_part",
+    "days_between",
+    "cyclical",
+    "bucket",
+    "sql",
+]
+DATE_PARTS = ("hour", "day_of_week", "day_of_month", "day_of_year", "week_of_year", "month", "year")
+# How many input columns each kind takes (None: any number, at least one).
+_DERIVED_ARITY: dict[str, int | None] = {
+    "log": 1,
+    "log1p": 1,
+    "power": 1,
+    "clip": 1,
+    "date_part": 1,
+    "cyclical": 1,
+    "bucket": 1,
+    "ratio": 2,
+    "difference": 2,
+    "days_between": 2,
+    "interaction": None,
+    "sql": None,
+}
+
+
+class DerivedFeature(_Model):
+    """A feature computed from input columns inside the fitted pipeline, so scoring computes it identically.
+
+    ``ratio`` is ``columns[0] / columns[1]`` (missing where the denominator is 0 or missing);
+    ``difference`` is ``columns[0] - columns[1]``; ``days_between`` is the days from
+    ``columns[0]`` to ``columns[1]``; ``cyclical`` adds ``<name>_sin`` and ``<name>_cos`` over
+    ``period``; ``bucket`` uses fixed ``splits`` or ``quantiles`` learned on train; ``sql`` is a
+    Spark SQL ``expression`` over ``columns``. ``as`` says whether the result is encoded as a
+    number or as a category.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    kind: DerivedKind
+    columns: list[str] = Field(min_length=1)
+    exponent: float | None = None
+    min: float | None = None
+    max: float | None = None
+    part: Literal["hour", "day_of_week", "day_of_month", "day_of_year", "week_of_year", "month", "year"] | None = None
+    period: float | None = Field(default=None, gt=0)
+    splits: list[float] | None = None
+    quantiles: int | None = Field(default=None, ge=2)
+    expression: str | None = None
+    as_: Literal["numeric", "categorical"] = Field(default="numeric", alias="as")
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> DerivedFeature:
+        arity = _DERIVED_ARITY[self.kind]
+        if arity is not None and len(self.columns) != arity:
+            raise ValueError(f"kind '{self.kind}' takes {arity} column(s), got {len(self.columns)}")
+        needs = {"power": "exponent", "date_part": "part", "cyclical": "period", "sql": "expression"}
+        if self.kind in needs and getattr(self, needs[self.kind]) is None:
+            raise ValueError(f"kind '{self.kind}' needs '{needs[self.kind]}'")
+        if self.kind == "clip" and self.min is None and self.max is None:
+            raise ValueError("kind 'clip' needs 'min', 'max' or both")
+        if self.kind == "clip" and self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is greater than max ({self.max:g})")
+        if self.kind == "bucket" and (self.splits is None) == (self.quantiles is None):
+            raise ValueError("kind 'bucket' needs exactly one of 'splits' or 'quantiles'")
+        if self.splits is not None and (not self.splits or sorted(set(self.splits)) != self.splits):
+            raise ValueError("'splits' must be strictly increasing numbers (the cut points between buckets)")
+        return self
+
+    @property
+    def outputs(self) -> list[str]:
+        """The column(s) this feature adds."""
+        return [f"{self.name}_sin", f"{self.name}_cos"] if self.kind == "cyclical" else [self.name]
+
+
 class FeaturesConfig(_Model):
-    """The model's input columns and the standard cleaning/encoding applied to them."""
+    """The model's input columns, the features derived from them, and the cleaning/encoding applied."""
 
     numeric: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
+    derived: list[DerivedFeature] = Field(default_factory=list)
     impute: ImputeConfig = Field(default_factory=ImputeConfig)
     outliers: OutliersConfig | None = None
     rare_categories: RareCategoriesConfig | None = None
@@ -253,12 +334,30 @@ class FeaturesConfig(_Model):
         unknown = sorted(set(self.outliers.columns or []) - set(self.numeric)) if self.outliers else []
         if unknown:
             raise ValueError(f"outliers.columns {unknown} are not listed under 'numeric'")
+        outputs = [o for d in self.derived for o in d.outputs]
+        clash = sorted({o for o in outputs if outputs.count(o) > 1} | (set(outputs) & set(self.columns)))
+        if clash:
+            raise ValueError(f"derived feature names {clash} repeat or shadow an input column")
         return self
 
     @property
     def columns(self) -> list[str]:
-        """All input feature columns, numeric first."""
-        return [*self.numeric, *self.categorical]
+        """Every input column the pipeline reads: numeric, categorical, then derived features' inputs."""
+        used = [*self.numeric, *self.categorical]
+        derived_names = {o for d in self.derived for o in d.outputs}
+        for feature in self.derived:
+            used.extend(c for c in feature.columns if c not in used and c not in derived_names)
+        return used
+
+    @property
+    def model_numeric(self) -> list[str]:
+        """The numeric features the model sees: ``numeric`` plus numeric derived outputs."""
+        return [*self.numeric, *(o for d in self.derived if d.as_ == "numeric" for o in d.outputs)]
+
+    @property
+    def model_categorical(self) -> list[str]:
+        """The categorical features the model sees: ``categorical`` plus categorical derived outputs."""
+        return [*self.categorical, *(o for d in self.derived if d.as_ == "categorical" for o in d.outputs)]
 
 
 class SplitConfig(_Model):
@@ -407,7 +506,7 @@ def load_config(
         pipeline = PipelineConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, files)) from None
-    effective = pipeline.model_dump(mode="json")
+    effective = pipeline.model_dump(mode="json", by_alias=True)
     for key_path, template in templates.items():
         _set_path(effective, key_path, f"{template} ({REDACTED_NOTE})")
     digest = hashlib.sha256(json.dumps(effective, sort_keys=True).encode()).hexdigest()

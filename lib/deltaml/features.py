@@ -2,13 +2,97 @@
 
 from __future__ import annotations
 
+from pyspark.ml import PipelineModel
 from pyspark.ml.base import Estimator, Transformer
-from pyspark.ml.feature import Imputer, OneHotEncoder, StandardScaler, StringIndexer, VectorAssembler
+from pyspark.ml.feature import (
+    Bucketizer,
+    Imputer,
+    OneHotEncoder,
+    QuantileDiscretizer,
+    SQLTransformer,
+    StandardScaler,
+    StringIndexer,
+    StringIndexerModel,
+    VectorAssembler,
+)
 
 from deltaml.cleaning import ConstantImputer, MissingIndicator, OutlierCapper, RareCategoryGrouper, TypeCoercer
-from deltaml.config import FeaturesConfig
+from deltaml.config import DerivedFeature, FeaturesConfig
 
 FEATURES_COL = "features"
+_DATE_PART_SQL = {
+    "hour": "hour",
+    "day_of_week": "dayofweek",
+    "day_of_month": "dayofmonth",
+    "day_of_year": "dayofyear",
+    "week_of_year": "weekofyear",
+    "month": "month",
+    "year": "year",
+}
+
+
+def derived_sql(feature: DerivedFeature) -> list[tuple[str, str]]:
+    """The Spark SQL expression(s) of a row-wise derived feature, as ``(output, expression)`` pairs.
+
+    Undefined results (log of a non-positive number, a zero denominator) are NULL, so the
+    imputer treats them as missing instead of the model seeing NaN or infinity.
+    """
+    cols = [f"`{c}`" for c in feature.columns]
+    first = cols[0]
+    kind = feature.kind
+    if kind == "log":
+        return [(feature.name, f"CASE WHEN {first} > 0 THEN ln({first}) END")]
+    if kind == "log1p":
+        return [(feature.name, f"CASE WHEN {first} > -1 THEN log1p({first}) END")]
+    if kind == "ratio":
+        return [(feature.name, f"CASE WHEN {cols[1]} <> 0 THEN {first} / {cols[1]} END")]
+    if kind == "difference":
+        return [(feature.name, f"{first} - {cols[1]}")]
+    if kind == "power":
+        return [(feature.name, f"power({first}, {feature.exponent!r})")]
+    if kind == "clip":
+        clipped = first
+        if feature.min is not None:
+            clipped = f"greatest({clipped}, {feature.min!r})"
+        if feature.max is not None:
+            clipped = f"least({clipped}, {feature.max!r})"
+        return [(feature.name, f"CASE WHEN {first} IS NOT NULL THEN {clipped} END")]
+    if kind == "interaction":
+        return [(feature.name, " * ".join(f"CAST({c} AS DOUBLE)" for c in cols))]
+    if kind == "date_part":
+        assert feature.part is not None
+        return [(feature.name, f"{_DATE_PART_SQL[feature.part]}({first})")]
+    if kind == "days_between":
+        return [(feature.name, f"datediff({cols[1]}, {first})")]
+    if kind == "cyclical":
+        angle = f"2 * pi() * {first} / {feature.period!r}"
+        return [(f"{feature.name}_sin", f"sin({angle})"), (f"{feature.name}_cos", f"cos({angle})")]
+    if kind == "sql":
+        assert feature.expression is not None
+        return [(feature.name, feature.expression)]
+    return []  # bucket: learned or fixed splits, not a SQL expression
+
+
+def _derived_stages(features: FeaturesConfig) -> list[Estimator | Transformer]:
+    stages: list[Estimator | Transformer] = []
+    expressions = [f"{expr} AS `{name}`" for d in features.derived for name, expr in derived_sql(d)]
+    if expressions:
+        stages.append(SQLTransformer(statement=f"SELECT *, {', '.join(expressions)} FROM __THIS__"))
+    for feature in features.derived:
+        if feature.kind != "bucket":
+            continue
+        source = feature.columns[0]
+        if feature.splits is not None:
+            splits = [float("-inf"), *feature.splits, float("inf")]
+            stages.append(Bucketizer(inputCol=source, outputCol=feature.name, splits=splits, handleInvalid="keep"))
+        else:
+            assert feature.quantiles is not None  # DerivedFeature requires splits or quantiles
+            stages.append(
+                QuantileDiscretizer(
+                    inputCol=source, outputCol=feature.name, numBuckets=feature.quantiles, handleInvalid="keep"
+                )
+            )
+    return stages
 
 
 def build_feature_stages(features: FeaturesConfig, output_col: str = FEATURES_COL) -> list[Estimator | Transformer]:
@@ -31,8 +115,13 @@ def build_feature_stages(features: FeaturesConfig, output_col: str = FEATURES_CO
     stages: list[Estimator | Transformer] = []
     parts: list[str] = []
     if features.numeric:
-        numeric = features.numeric
-        stages.append(TypeCoercer(inputCols=numeric, targetTypes=["double"] * len(numeric)))
+        stages.append(TypeCoercer(inputCols=features.numeric, targetTypes=["double"] * len(features.numeric)))
+    stages.extend(_derived_stages(features))
+    derived_numeric = features.model_numeric[len(features.numeric) :]
+    if derived_numeric:
+        stages.append(TypeCoercer(inputCols=derived_numeric, targetTypes=["double"] * len(derived_numeric)))
+    if features.model_numeric:
+        numeric = features.model_numeric
         indicators = [f"_missing_{c}" for c in numeric] if features.impute.indicator else []
         if indicators:
             stages.append(MissingIndicator(inputCols=numeric, outputCols=indicators))
@@ -62,8 +151,8 @@ def build_feature_stages(features: FeaturesConfig, output_col: str = FEATURES_CO
         else:
             parts.append("_numeric_vector")
         parts.extend(indicators)
-    if features.categorical:
-        categorical = features.categorical
+    if features.model_categorical:
+        categorical = features.model_categorical
         if features.rare_categories is not None:
             grouped = [f"_grouped_{c}" for c in categorical]
             stages.append(
@@ -76,8 +165,8 @@ def build_feature_stages(features: FeaturesConfig, output_col: str = FEATURES_CO
                 )
             )
             categorical = grouped
-        indexed = [f"_indexed_{c}" for c in features.categorical]
-        encoded = [f"_onehot_{c}" for c in features.categorical]
+        indexed = [f"_indexed_{c}" for c in features.model_categorical]
+        encoded = [f"_onehot_{c}" for c in features.model_categorical]
         stages.append(
             StringIndexer(
                 inputCols=categorical,
@@ -90,3 +179,29 @@ def build_feature_stages(features: FeaturesConfig, output_col: str = FEATURES_CO
         parts.extend(encoded)
     stages.append(VectorAssembler(inputCols=parts, outputCol=output_col))
     return stages
+
+
+def feature_names(model: PipelineModel, features: FeaturesConfig) -> list[str]:
+    """Human-readable names of the slots of the assembled feature vector, in order.
+
+    Numeric features keep their names, missing indicators read ``missing(x)``, and each one-hot
+    slot reads ``column=level`` with the levels the fitted StringIndexer learned, followed by
+    ``column=<unseen or null>``.
+
+    Args:
+        model: A pipeline fitted from :func:`build_feature_stages` (plus a model stage).
+        features: The config the stages were built from.
+
+    Returns:
+        One name per slot of the ``features`` vector.
+    """
+    names = list(features.model_numeric)
+    if features.impute.indicator:
+        names += [f"missing({c})" for c in features.model_numeric]
+    indexers = [s for s in model.stages if isinstance(s, StringIndexerModel)]
+    if features.model_categorical and indexers:
+        for column, labels in zip(features.model_categorical, indexers[0].labelsArray, strict=True):
+            # StringIndexer(handleInvalid="keep") adds one index for unseen and null values, and
+            # the encoder keeps its slot (dropLast drops the encoder's own invalid slot).
+            names += [*(f"{column}={label}" for label in labels), f"{column}=<unseen or null>"]
+    return names

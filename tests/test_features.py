@@ -1,0 +1,135 @@
+"""Derived features: hand-computed expected values, statistics from train only, and readable slot names."""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+
+import pytest
+from pyspark.ml import Pipeline
+from pyspark.sql import SparkSession
+from pyspark.testing import assertDataFrameEqual
+
+from deltaml.config import FeaturesConfig, load_config
+from deltaml.errors import ConfigError
+from deltaml.features import build_feature_stages, feature_names
+from deltaml.train import build_training_pipeline, with_binary_label
+from tests.conftest import TELCO_CONF
+
+ROWS = [
+    # id, a, b, d1, d2
+    (1, 10.0, 2.0, date(2024, 1, 1), date(2024, 1, 31)),
+    (2, 0.0, 0.0, date(2024, 3, 15), date(2024, 3, 15)),
+    (3, -3.0, None, None, date(2024, 12, 31)),
+]
+SCHEMA = "id long, a double, b double, d1 date, d2 date"
+
+
+def _derived(spark: SparkSession, derived: list[dict[str, object]], columns: list[str]) -> list[tuple[object, ...]]:
+    features = FeaturesConfig.model_validate({"numeric": ["a", "b"], "derived": derived, "scale": False})
+    stages = build_feature_stages(features)
+    data = spark.createDataFrame(ROWS, SCHEMA)
+    out = Pipeline(stages=stages).fit(data).transform(data).orderBy("id").select("id", *columns)
+    return [tuple(row) for row in out.collect()]
+
+
+def test_row_wise_derived_features_match_hand_computed_values(spark: SparkSession) -> None:
+    derived = [
+        {"name": "ratio", "kind": "ratio", "columns": ["a", "b"]},
+        {"name": "diff", "kind": "difference", "columns": ["a", "b"]},
+        {"name": "log_a", "kind": "log", "columns": ["a"]},
+        {"name": "log1p_a", "kind": "log1p", "columns": ["a"]},
+        {"name": "sq", "kind": "power", "columns": ["a"], "exponent": 2},
+        {"name": "clipped", "kind": "clip", "columns": ["a"], "min": -1, "max": 5},
+        {"name": "ab", "kind": "interaction", "columns": ["a", "b"]},
+        {"name": "days", "kind": "days_between", "columns": ["d1", "d2"]},
+        {"name": "month", "kind": "date_part", "columns": ["d2"], "part": "month"},
+        {"name": "dow", "kind": "date_part", "columns": ["d1"], "part": "day_of_week"},
+        {"name": "twice", "kind": "sql", "columns": ["a"], "expression": "a * 2 + 1"},
+    ]
+    names = ["ratio", "diff", "log_a", "log1p_a", "sq", "clipped", "ab", "days", "month", "dow", "twice"]
+    got = _derived(spark, derived, names)
+    assert got == [
+        (1, 5.0, 8.0, math.log(10), math.log1p(10), 100.0, 5.0, 20.0, 30.0, 1.0, 2.0, 21.0),
+        (2, None, 0.0, None, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0, 6.0, 1.0),
+        (3, None, None, None, None, 9.0, -1.0, None, None, 12.0, None, -5.0),
+    ]
+
+
+def test_cyclical_encoding_puts_december_next_to_january(spark: SparkSession) -> None:
+    derived = [
+        {"name": "m", "kind": "date_part", "columns": ["d2"], "part": "month"},
+        {"name": "mc", "kind": "cyclical", "columns": ["m"], "period": 12},
+    ]
+    got = {row[0]: row[1:] for row in _derived(spark, derived, ["mc_sin", "mc_cos"])}
+    assert got[1] == pytest.approx((math.sin(2 * math.pi / 12), math.cos(2 * math.pi / 12)))
+    assert got[3] == pytest.approx((0.0, 1.0), abs=1e-12)  # December: the angle 2*pi is back at January's side
+
+
+def test_quantile_buckets_are_learned_on_train_only(spark: SparkSession) -> None:
+    features = FeaturesConfig.model_validate(
+        {"numeric": ["a"], "derived": [{"name": "a_q", "kind": "bucket", "columns": ["a"], "quantiles": 2}]}
+    )
+    train = spark.createDataFrame([(i, float(i)) for i in range(1, 11)], "id long, a double")
+    model = Pipeline(stages=build_feature_stages(features)).fit(train)
+    bucketizer = next(s for s in model.stages if type(s).__name__ == "Bucketizer")
+    # The median of train's 1..10 splits the buckets; a later 1000 cannot move it.
+    assert bucketizer.getSplits()[1] == pytest.approx(5.0, abs=1.0)
+    scoring = spark.createDataFrame([(1, 2.0), (2, 1000.0)], "id long, a double")
+    expected = spark.createDataFrame([(1, 0.0), (2, 1.0)], "id long, a_q double")
+    assertDataFrameEqual(model.transform(scoring).select("id", "a_q"), expected)
+
+
+def test_feature_names_follow_the_vector_slots(spark: SparkSession) -> None:
+    cfg = load_config(
+        TELCO_CONF,
+        overrides=[
+            "key=id",
+            "features.numeric=[tenure]",
+            "features.categorical=[contract]",
+            "features.impute.indicator=true",
+            "features.derived=[{name: tenure_q, kind: bucket, columns: [tenure], splits: [10], as: categorical}]",
+        ],
+    ).pipeline
+    rows = [(1, 5.0, "Month", "Yes"), (2, 20.0, "Year", "No"), (3, None, "Month", "No")]
+    data = spark.createDataFrame(rows, "id long, tenure double, contract string, churn string")
+    model = build_training_pipeline(cfg).fit(data.transform(with_binary_label("churn", "Yes")))
+    names = feature_names(model, cfg.features)
+    assert names == [
+        "tenure",
+        "missing(tenure)",
+        "contract=Month",
+        "contract=Year",
+        "contract=<unseen or null>",
+        "tenure_q=0.0",
+        "tenure_q=1.0",
+        "tenure_q=<unseen or null>",
+    ]
+    vectors = [r[0] for r in model.transform(data).orderBy("id").select("features").collect()]
+    assert len(names) == vectors[0].size
+    # Row 1: tenure 5 (standardised), not missing, contract=Month, tenure_q=0.0 (5 < 10).
+    assert [names[i] for i in vectors[0].indices if i > 0] == ["contract=Month", "tenure_q=0.0"]
+
+
+@pytest.mark.parametrize(
+    ("derived", "message"),
+    [
+        ({"name": "r", "kind": "ratio", "columns": ["a"]}, r"kind 'ratio' takes 2 column\(s\), got 1"),
+        ({"name": "p", "kind": "power", "columns": ["a"]}, r"kind 'power' needs 'exponent'"),
+        ({"name": "c", "kind": "clip", "columns": ["a"], "min": 5, "max": 1}, r"min \(5\) is greater than max \(1\)"),
+        (
+            {"name": "q", "kind": "bucket", "columns": ["a"], "quantiles": 4, "splits": [1, 2]},
+            r"exactly one of 'splits' or 'quantiles'",
+        ),
+        ({"name": "q", "kind": "bucket", "columns": ["a"], "splits": [3, 1]}, r"strictly increasing"),
+        ({"name": "tenure", "kind": "log", "columns": ["monthly_charges"]}, r"repeat or shadow an input column"),
+        ({"name": "x", "kind": "cube", "columns": ["a"]}, r"'features.derived.0.kind': Input should be 'log'"),
+    ],
+)
+def test_bad_derived_feature_is_a_config_error(derived: dict[str, object], message: str) -> None:
+    import yaml
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(
+            TELCO_CONF, overrides=[f"features.derived=[{yaml.safe_dump(derived, default_flow_style=True).strip()}]"]
+        )
