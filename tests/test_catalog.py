@@ -19,6 +19,7 @@ def test_resolve_table_paths_and_names(tmp_path: Path) -> None:
     assert resolve_table(TableRef(path="bronze/x"), tmp_path) == Table(str(tmp_path / "warehouse" / "bronze/x"), True)
     assert resolve_table(TableRef(path="/abs/x"), tmp_path) == Table("/abs/x", True)
     assert resolve_table(TableRef(path="s3://bucket/x"), tmp_path) == Table("s3://bucket/x", True)
+    assert resolve_table(TableRef(path="dbfs:/mnt/x"), tmp_path) == Table("dbfs:/mnt/x", True)
     assert resolve_table(TableRef(name="main.ml.x"), tmp_path) == Table("main.ml.x", False)
 
 
@@ -84,5 +85,9 @@ def test_csv_source_fingerprint_changes_with_content(spark: SparkSession, tmp_pa
     source = SourceConfig(kind="csv", path=str(path))
     first = read_source(spark, source)
     assert dict(first.df.dtypes) == {"id": "int", "x": "double"}
+    path.write_text("id,x\n2,3.5\n1,2.5\n")  # same rows, another order and a new mtime
+    assert read_source(spark, source).fingerprint == first.fingerprint
     path.write_text("id,x\n1,2.5\n2,3.5\n3,4.5\n")
+    assert read_source(spark, source).fingerprint != first.fingerprint
+    path.write_text("id,x\n1,2.5\n2,3.6\n")
     assert read_source(spark, source).fingerprint != first.fingerprint

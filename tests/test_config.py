@@ -24,6 +24,18 @@ def test_demo_config_loads_with_types_and_a_stable_hash() -> None:
     assert first.source_files == [str(TELCO_CONF), str(TELCO_CONF.parent / "env" / "local.yml")]
 
 
+@pytest.mark.parametrize("env", ["local", "cluster", "databricks"])
+def test_every_shipped_overlay_loads(env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DELTAML_WAREHOUSE", "s3a://bucket/deltaml")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    cfg = load_config(TELCO_CONF, env=env).pipeline
+    refs = [cfg.tables.raw, cfg.tables.clean, cfg.tables.quarantine, cfg.tables.quality, cfg.tables.split]
+    if env == "cluster":
+        assert all(ref.path is not None and ref.path.startswith("s3a://bucket/deltaml/") for ref in refs)
+    if env == "databricks":
+        assert all(ref.name is not None and ref.name.startswith("main.deltaml.") for ref in refs)
+
+
 def test_overrides_are_typed_and_change_the_hash() -> None:
     base = load_config(TELCO_CONF)
     changed = load_config(TELCO_CONF, overrides=["seed=7", "model.params.regParam=0.5", "split.strategy=random"])

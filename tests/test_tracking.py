@@ -35,6 +35,15 @@ def test_a_users_environment_uri_stays_in_force(tmp_path: Path, monkeypatch: pyt
     assert resolve_tracking_uri(_config(tmp_path / "c")) == user_uri
 
 
+def test_a_config_uri_does_not_leak_into_the_next_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    explicit = f"sqlite:///{tmp_path / 'explicit.db'}"
+    configure_tracking(_config(tmp_path / "a", f"mlflow.tracking_uri={explicit}"))
+    assert mlflow.get_tracking_uri() == explicit
+    configure_tracking(_config(tmp_path / "b"))
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}"
+
+
 def test_a_second_pipeline_gets_its_own_embedded_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     first, second = _config(tmp_path / "a"), _config(tmp_path / "b")

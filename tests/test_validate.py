@@ -343,3 +343,27 @@ def test_warn_rules_pass_rows_and_are_counted(spark: SparkSession, tmp_path: Pat
 def test_invalid_contract_is_a_config_error(tmp_path: Path, contract: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(_config(tmp_path, contract=contract))
+
+
+@pytest.mark.parametrize(
+    ("contract_edit", "message"),
+    [
+        (
+            {"unique": {"columns": ["idd"]}},
+            r"contract.unique names column\(s\) \['idd'\], which the data does not have",
+        ),
+        ({"freshness": {"column": "x", "max_age_hours": 1}}, r"contract.freshness column 'x' is double; it must be a"),
+        (
+            {"columns": {**CONTRACT["columns"], "cat": {"type": "string", "min": 1}}},
+            r"contract.columns.cat has min/max but the column is string",
+        ),
+    ],
+)
+def test_a_rule_that_cannot_apply_fails_at_ingest(
+    spark: SparkSession, tmp_path: Path, contract_edit: dict[str, Any], message: str
+) -> None:
+    _write_source(spark, tmp_path, GOOD)
+    conf = _config(tmp_path, contract={**CONTRACT, **contract_edit})
+    with pytest.raises(ContractError, match=r"^step 'ingest': " + message):
+        _validate(conf, spark)
+    assert not table_exists(spark, StepContext(spark, load_config(conf)).tables.raw)

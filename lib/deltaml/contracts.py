@@ -79,11 +79,42 @@ def check_schema(df: DataFrame, contract: ContractConfig, step: str, ignore: tup
     if extra and contract.columns and policy.extra_column != "ignore":
         message = f"step '{step}': column(s) {extra} are not in the contract (add them to contract.columns)"
         (report.failures if policy.extra_column == "fail" else report.warnings).append(message)
+    report.failures += _rule_type_problems(df, contract, step, report.coerced)
     for column, (_, target) in report.coerced.items():
         report.df = report.df.withColumn(f"_original_{column}", F.col(column)).withColumn(
             column, F.expr(f"try_cast(`{column}` AS {target})")
         )
     return report
+
+
+def _rule_type_problems(
+    df: DataFrame, contract: ContractConfig, step: str, coerced: dict[str, tuple[str, str]]
+) -> list[str]:
+    """Rules that cannot apply to the columns as they are: a typo in a rule's column, a range on text."""
+    types = {f.name: f.dataType for f in df.schema.fields}
+    problems = []
+    if contract.unique is not None:
+        absent = [c for c in contract.unique.columns if c not in types]
+        if absent:
+            problems.append(f"step '{step}': contract.unique names column(s) {absent}, which the data does not have")
+    if contract.freshness is not None:
+        column = contract.freshness.column
+        if column not in types:
+            problems.append(f"step '{step}': contract.freshness names column '{column}', which the data does not have")
+        elif not isinstance(types[column], T.TimestampType | T.TimestampNTZType | T.DateType):
+            problems.append(
+                f"step '{step}': contract.freshness column '{column}' is {types[column].simpleString()}; "
+                "it must be a timestamp or a date"
+            )
+    for column, spec in contract.columns.items():
+        ranged = spec.min is not None or spec.max is not None
+        numeric = column in coerced or (column in types and isinstance(types[column], _NUMERIC))
+        if ranged and column in types and not numeric:
+            problems.append(
+                f"step '{step}': contract.columns.{column} has min/max but the column is "
+                f"{types[column].simpleString()}; give it a numeric type"
+            )
+    return problems
 
 
 def row_rules(df: DataFrame, contract: ContractConfig, coerced: dict[str, tuple[str, str]]) -> list[RowRule]:

@@ -27,6 +27,12 @@ class StepInputError(DeltamlError):
     exit_code = 4
 
 
+class StepFailedError(DeltamlError):
+    """A step failed inside Spark, Delta or MLflow; the message is the first line of their error."""
+
+    exit_code = 1
+
+
 class ContractError(DeltamlError):
     """The data broke its data contract; nothing downstream was written."""
 

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from deltaml import __version__
 from deltaml.catalog import table_version
 from deltaml.context import StepContext, StepResult
+from deltaml.errors import StepInputError
 from deltaml.tracking import latest_step_run
 from deltaml.train import load_fitted_model
 
@@ -28,7 +29,13 @@ def run_register(ctx: StepContext) -> StepResult:
     _, model_uri = load_fitted_model(ctx)
     metrics = ctx.outputs.get("metrics")
     if metrics is None:
-        metrics = dict(latest_step_run(cfg, "evaluate").data.metrics)
+        evaluated = latest_step_run(cfg, "evaluate")
+        if evaluated.data.tags.get("deltaml.model_uri") != model_uri:
+            raise StepInputError(
+                f"step 'register': the latest evaluate run scored {evaluated.data.tags.get('deltaml.model_uri')}, "
+                f"not the model to register ({model_uri}); run --step evaluate first"
+            )
+        metrics = dict(evaluated.data.metrics)
     split_version = ctx.outputs.get("split_version")
     if split_version is None:
         split_version = table_version(ctx.spark, ctx.tables.split)

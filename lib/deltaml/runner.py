@@ -18,6 +18,7 @@ from pyspark.sql import SparkSession
 from deltaml import __version__
 from deltaml.config import LoadedConfig
 from deltaml.context import STEP_NAMES, StepContext, StepResult
+from deltaml.errors import DeltamlError, StepFailedError
 from deltaml.evaluation import run_evaluate
 from deltaml.ingest import run_ingest
 from deltaml.registry import run_register
@@ -110,7 +111,15 @@ def _run_step(name: str, function: StepFunction, ctx: StepContext, tags: dict[st
     LOG.info("[%s] started", name)
     started = time.perf_counter()
     with mlflow.start_run(run_name=name, nested=True, tags={**tags, TAG_STEP: name}):
-        result = function(ctx)
+        try:
+            result = function(ctx)
+        except DeltamlError:
+            raise
+        except Exception as exc:
+            # Spark, Delta and MLflow errors run to pages of JVM trace; keep one line, chain the rest.
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            LOG.debug("step %s failed", name, exc_info=True)
+            raise StepFailedError(f"step '{name}' failed: {type(exc).__name__}: {first[:500]}") from exc
         seconds = time.perf_counter() - started
         mlflow.log_metrics({**result.metrics, "seconds": seconds})
         mlflow.set_tags({f"deltaml.{k}": v for k, v in result.tags.items()})

@@ -93,7 +93,8 @@ def run_score(ctx: StepContext) -> StepResult:
     """Score the configured input table and replace its batches in the predictions table."""
     cfg = ctx.config
     scoring = load_scoring_model(cfg.mlflow.registered_model, cfg.score.model_alias, cfg.score.model_version)
-    table = {"raw": ctx.tables.raw, "clean": ctx.tables.clean, "split": ctx.tables.split}[cfg.score.input]
+    choice = cfg.score.input or ("clean" if cfg.contract is not None else "raw")
+    table = {"raw": ctx.tables.raw, "clean": ctx.tables.clean, "split": ctx.tables.split}[choice]
     data, source_version = read_table(ctx.spark, table, "score")
     check_columns(data, [cfg.key, *cfg.features.columns], "score", f"input table {table}")
     scored_at = datetime.now().astimezone().replace(microsecond=0)

@@ -132,7 +132,9 @@ def _under_spark_submit() -> bool:
 def get_spark(config: PipelineConfig, maven_repo: Path | None = None) -> SparkSession:
     """Return the session for a pipeline: the active one, spark-submit's, or a new local one.
 
-    An active session (Databricks, a notebook, a test fixture) is used as it is. Under
+    An active session (Databricks, a notebook, a test fixture) is reused; the config's
+    ``spark.conf`` settings that can change at run time are set on it, the others are
+    reported. Under
     spark-submit, only settings spark-submit did not set are added (Delta's extension and
     catalog where absent, the config's ``spark.conf``). Otherwise a local session is built
     with the Delta jars from the local Maven repository, so nothing is downloaded.
@@ -149,6 +151,16 @@ def get_spark(config: PipelineConfig, maven_repo: Path | None = None) -> SparkSe
     """
     active = SparkSession.getActiveSession()
     if active is not None:
+        for key, value in config.spark.conf.items():
+            if active.conf.isModifiable(key):
+                active.conf.set(key, str(value))
+            elif active.conf.get(key, None) != str(value):
+                LOG.warning(
+                    "spark.conf %s=%s cannot change in a running session; it stays %s",
+                    key,
+                    value,
+                    active.conf.get(key, None),
+                )
         return active
     app_name = config.spark.app_name or f"deltaml-{config.name}"
     builder = SparkSession.builder.appName(app_name)

@@ -30,9 +30,11 @@ def split_uniform(key: str, seed: int) -> Column:
 def assign_split(key: str, label: str, seed: int, split: SplitConfig) -> Callable[[DataFrame], DataFrame]:
     """Return a transform that adds the ``split`` column.
 
-    ``random`` cuts the key-hash uniform at the configured fractions. ``stratified`` cuts it
-    at per-label quantiles (one small aggregation, joined back by broadcast), so every label
-    value is split in the configured proportions.
+    ``random`` cuts the key-hash uniform at the configured fractions: a key keeps its split
+    however much data is added, and each label is split in the configured proportions in
+    expectation. ``stratified`` cuts it at per-label quantiles (one small aggregation, joined
+    back by broadcast), so every label value is split in exactly the configured proportions;
+    when rows are added the cuts move, and keys close to a cut can change split.
     """
     train_cut, validation_cut = split.train, split.train + split.validation
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -53,10 +54,12 @@ def configure_tracking(config: PipelineConfig) -> str:
     uri = resolve_tracking_uri(config)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    chosen_by_user = bool(config.mlflow.tracking_uri) or os.environ.get("MLFLOW_TRACKING_URI") == uri
+    from_environment = not config.mlflow.tracking_uri and os.environ.get("MLFLOW_TRACKING_URI") == uri
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    if not chosen_by_user:
+    if not uri.startswith("databricks"):
+        # On Databricks the registry defaults to Unity Catalog; setting it would pick the legacy one.
+        mlflow.set_registry_uri(uri)
+    if not from_environment:
         _URIS_WE_SET.add(uri)
     client = MlflowClient()
     experiment = client.get_experiment_by_name(config.mlflow.experiment)
@@ -68,8 +71,13 @@ def configure_tracking(config: PipelineConfig) -> str:
     else:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
-    LOG.info("MLflow tracking at %s, experiment %s", uri, config.mlflow.experiment)
+    LOG.info("MLflow tracking at %s, experiment %s", _without_credentials(uri), config.mlflow.experiment)
     return str(experiment_id)
+
+
+def _without_credentials(uri: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://***@host``, for logs."""
+    return re.sub(r"//[^/@]+@", "//***@", uri)
 
 
 def git_sha() -> str:

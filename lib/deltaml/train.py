@@ -37,6 +37,10 @@ _MLFLOW_TYPES = {
     T.DoubleType: "double",
     T.StringType: "string",
     T.BooleanType: "boolean",
+    T.DateType: "datetime",
+    T.TimestampType: "datetime",
+    T.TimestampNTZType: "datetime",
+    T.DecimalType: "double",
 }
 
 
@@ -61,7 +65,10 @@ def build_training_pipeline(config: PipelineConfig) -> Pipeline:
             f"valid: {sorted(p.name for p in estimator.params)}"
         )
     for name, value in params.items():
-        estimator.set(estimator.getParam(name), value)
+        try:
+            estimator.set(estimator.getParam(name), value)
+        except (TypeError, ValueError) as exc:
+            raise StepInputError(f"step 'fit': model.params.{name}={value!r} is invalid: {exc}") from None
     return Pipeline(stages=[*build_feature_stages(config.features), estimator])
 
 
@@ -102,6 +109,7 @@ def check_columns(df: DataFrame, columns: list[str], step: str, where: str) -> N
 def run_fit(ctx: StepContext) -> StepResult:
     """Fit the pipeline on the train split of the split table and log it to the step's MLflow run."""
     cfg = ctx.config
+    pipeline = build_training_pipeline(cfg)  # bad model params fail here, before any Spark work
     data, split_version = read_table(ctx.spark, ctx.tables.split, "fit")
     check_columns(data, [*cfg.features.columns, cfg.label.column, SPLIT_COL], "fit", f"split table {ctx.tables.split}")
     train = (
@@ -120,7 +128,7 @@ def run_fit(ctx: StepContext) -> StepResult:
             f"step 'fit': the train split has {rows} rows and {positives} with label "
             f"{cfg.label.column}={cfg.label.positive!r}; both classes are needed (check label.positive)"
         )
-    model = build_training_pipeline(cfg).fit(train)
+    model = pipeline.fit(train)
     example = train.select(*cfg.features.columns).limit(5).toPandas()
     train.unpersist()
     info = mlflow.spark.log_model(

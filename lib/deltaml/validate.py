@@ -118,8 +118,11 @@ def _validate(
     )
     helper_columns = {VIOLATIONS_COL, WARNINGS_COL, CORRUPT_RECORD_COL, *(f"_original_{c}" for c in coerced)}
     clean = annotated.where(~is_bad).select(*[F.col(f"`{c}`") for c in annotated.columns if c not in helper_columns])
-    quarantine_write = replace_where(ctx.spark, quarantined, ctx.tables.quarantine, INGEST_BATCH_COL, batches)
-    clean_write = replace_where(ctx.spark, clean, ctx.tables.clean, INGEST_BATCH_COL, batches)
+    # A column bronze gained (extra_column: warn) is carried on, not refused by Delta.
+    quarantine_write = replace_where(
+        ctx.spark, quarantined, ctx.tables.quarantine, INGEST_BATCH_COL, batches, merge_schema=True
+    )
+    clean_write = replace_where(ctx.spark, clean, ctx.tables.clean, INGEST_BATCH_COL, batches, merge_schema=True)
     if clean_write.rows_written + quarantine_write.rows_written != rows:
         raise ContractError(
             f"step 'validate': row accounting failed: {rows} rows in, {clean_write.rows_written} clean + "
