@@ -133,3 +133,24 @@ def test_bad_derived_feature_is_a_config_error(derived: dict[str, object], messa
         load_config(
             TELCO_CONF, overrides=[f"features.derived=[{yaml.safe_dump(derived, default_flow_style=True).strip()}]"]
         )
+
+
+def test_encodings_join_the_numeric_features_and_are_named(spark: SparkSession) -> None:
+    cfg = load_config(
+        TELCO_CONF,
+        overrides=[
+            "key=id",
+            "features.numeric=[tenure]",
+            "features.categorical=[]",
+            "features.encodings={frequency: [contract], target: [contract], target_smoothing: 0}",
+            "features.scale=false",
+        ],
+    ).pipeline
+    assert cfg.features.columns == ["tenure", "contract"]
+    rows = [(1, 5.0, "Month", "Yes"), (2, 20.0, "Year", "No"), (3, 7.0, "Month", "No")]
+    data = spark.createDataFrame(rows, "id long, tenure double, contract string, churn string")
+    model = build_training_pipeline(cfg).fit(data.transform(with_binary_label("churn", "Yes")))
+    assert feature_names(model, cfg.features) == ["tenure", "contract_freq", "contract_target"]
+    vectors = {r["id"]: r["features"].toArray().tolist() for r in model.transform(data).collect()}
+    assert vectors[1] == pytest.approx([5.0, 2 / 3, 0.5])
+    assert vectors[2] == pytest.approx([20.0, 1 / 3, 0.0])

@@ -313,12 +313,25 @@ class DerivedFeature(_Model):
         return [f"{self.name}_sin", f"{self.name}_cos"] if self.kind == "cyclical" else [self.name]
 
 
+class EncodingsConfig(_Model):
+    """Categorical columns encoded as numbers learned on train: ``<col>_freq`` and ``<col>_target``.
+
+    Target encoding is fitted on the train rows it then encodes, so ``target_smoothing`` (in
+    rows) pulls rare categories towards the overall mean to limit that leak.
+    """
+
+    frequency: list[str] = Field(default_factory=list)
+    target: list[str] = Field(default_factory=list)
+    target_smoothing: float = Field(default=10.0, ge=0)
+
+
 class FeaturesConfig(_Model):
     """The model's input columns, the features derived from them, and the cleaning/encoding applied."""
 
     numeric: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
     derived: list[DerivedFeature] = Field(default_factory=list)
+    encodings: EncodingsConfig = Field(default_factory=EncodingsConfig)
     impute: ImputeConfig = Field(default_factory=ImputeConfig)
     outliers: OutliersConfig | None = None
     rare_categories: RareCategoriesConfig | None = None
@@ -347,12 +360,20 @@ class FeaturesConfig(_Model):
         derived_names = {o for d in self.derived for o in d.outputs}
         for feature in self.derived:
             used.extend(c for c in feature.columns if c not in used and c not in derived_names)
+        for column in [*self.encodings.frequency, *self.encodings.target]:
+            if column not in used:
+                used.append(column)
         return used
 
     @property
     def model_numeric(self) -> list[str]:
         """The numeric features the model sees: ``numeric`` plus numeric derived outputs."""
-        return [*self.numeric, *(o for d in self.derived if d.as_ == "numeric" for o in d.outputs)]
+        return [
+            *self.numeric,
+            *(o for d in self.derived if d.as_ == "numeric" for o in d.outputs),
+            *(f"{c}_freq" for c in self.encodings.frequency),
+            *(f"{c}_target" for c in self.encodings.target),
+        ]
 
     @property
     def model_categorical(self) -> list[str]:

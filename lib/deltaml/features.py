@@ -18,6 +18,7 @@ from pyspark.ml.feature import (
 
 from deltaml.cleaning import ConstantImputer, MissingIndicator, OutlierCapper, RareCategoryGrouper, TypeCoercer
 from deltaml.config import DerivedFeature, FeaturesConfig
+from deltaml.encoders import CategoryEncoder
 
 FEATURES_COL = "features"
 _DATE_PART_SQL = {
@@ -117,6 +118,20 @@ def build_feature_stages(features: FeaturesConfig, output_col: str = FEATURES_CO
     if features.numeric:
         stages.append(TypeCoercer(inputCols=features.numeric, targetTypes=["double"] * len(features.numeric)))
     stages.extend(_derived_stages(features))
+    encodings = features.encodings
+    for method, columns, suffix in (
+        ("frequency", encodings.frequency, "_freq"),
+        ("target", encodings.target, "_target"),
+    ):
+        if columns:
+            stages.append(
+                CategoryEncoder(
+                    inputCols=columns,
+                    outputCols=[f"{c}{suffix}" for c in columns],
+                    method=method,
+                    smoothing=encodings.target_smoothing,
+                )
+            )
     derived_numeric = features.model_numeric[len(features.numeric) :]
     if derived_numeric:
         stages.append(TypeCoercer(inputCols=derived_numeric, targetTypes=["double"] * len(derived_numeric)))
