@@ -144,6 +144,8 @@ def test_encodings_join_the_numeric_features_and_are_named(spark: SparkSession) 
             "features.categorical=[]",
             "features.encodings={frequency: [contract], target: [contract], target_smoothing: 0}",
             "features.scale=false",
+            "features.derived=[]",
+            "features.impute.indicator=false",
         ],
     ).pipeline
     assert cfg.features.columns == ["tenure", "contract"]

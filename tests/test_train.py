@@ -30,6 +30,7 @@ def _config(**overrides: str):  # type: ignore[no-untyped-def]
         "features.categorical=[contract]",
         "key=id",
         "features.impute.strategy=mean",
+        "features.derived=[]",
         *[f"{k}={v}" for k, v in overrides.items()],
     ]
     return load_config(TELCO_CONF, overrides=sets).pipeline
@@ -78,6 +79,7 @@ def test_cleaning_options_learn_on_train_and_survive_save_and_load(spark: SparkS
             "features.impute={strategy: constant, value: -1, indicator: true}",
             "features.outliers={method: iqr, iqr_multiplier: 1.0}",
             "features.rare_categories={min_count: 2}",
+            "features.derived=[]",
         ],
     ).pipeline
     train_rows = [(i, float(i), "Month" if i % 2 else "Year", "Yes" if i % 3 else "No") for i in range(1, 9)]
