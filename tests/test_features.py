@@ -124,6 +124,10 @@ def test_feature_names_follow_the_vector_slots(spark: SparkSession) -> None:
         ({"name": "q", "kind": "bucket", "columns": ["a"], "splits": [3, 1]}, r"strictly increasing"),
         ({"name": "tenure", "kind": "log", "columns": ["monthly_charges"]}, r"repeat or shadow an input column"),
         ({"name": "x", "kind": "cube", "columns": ["a"]}, r"'features.derived.0.kind': Input should be 'log'"),
+        (
+            {"name": "leak", "kind": "sql", "columns": ["tenure"], "expression": "CASE WHEN churn = 'Yes' THEN 1 END"},
+            r"derived feature 'leak' uses the label column 'churn' in its expression",
+        ),
     ],
 )
 def test_bad_derived_feature_is_a_config_error(derived: dict[str, object], message: str) -> None:

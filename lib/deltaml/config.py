@@ -475,6 +475,13 @@ class PipelineConfig(_Model):
             raise ValueError(f"the key or label column is also listed as a feature: {clash}")
         if self.key == self.label.column:
             raise ValueError("'key' and 'label.column' must be different columns")
+        label_word = re.compile(rf"(?<![\w`]){re.escape(self.label.column)}(?![\w`])|`{re.escape(self.label.column)}`")
+        for feature in self.features.derived:
+            if feature.expression and label_word.search(feature.expression):
+                raise ValueError(
+                    f"derived feature '{feature.name}' uses the label column '{self.label.column}' in its "
+                    "expression; a feature computed from the label leaks the answer into the model"
+                )
         return self
 
     @property
