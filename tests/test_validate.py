@@ -41,6 +41,16 @@ CONTRACT: dict[str, Any] = {
 }
 
 
+# A second raw table, so the bad batch is validated alone, while clean and quarantine are the first run's.
+FRESH_RAW_TABLES = {
+    "raw": {"path": "raw2"},
+    "split": {"path": "split"},
+    "predictions": {"path": "predictions"},
+    "clean": {"path": "raw_clean"},
+    "quarantine": {"path": "raw_quarantine"},
+}
+
+
 def _config(tmp_path: Path, contract: dict[str, Any] | None = None, **extra: Any) -> Path:
     data: dict[str, Any] = {
         "name": "tiny",
@@ -257,13 +267,7 @@ def test_all_null_column_fails(spark: SparkSession, tmp_path: Path) -> None:
         rows,
         r"column 'cat' is null in all 4 rows",
         contract={**CONTRACT, "unique": None},
-        tables={
-            "raw": {"path": "raw2"},
-            "split": {"path": "split"},
-            "predictions": {"path": "predictions"},
-            "clean": {"path": "raw_clean"},
-            "quarantine": {"path": "raw_quarantine"},
-        },
+        tables=FRESH_RAW_TABLES,
     )
 
 
@@ -286,13 +290,7 @@ def test_missing_label_value_fails(spark: SparkSession, tmp_path: Path) -> None:
         tmp_path,
         rows,
         r"label value\(s\) \['Yes'\] do not occur; the contract expects \['Yes', 'No'\]",
-        tables={
-            "raw": {"path": "raw2"},
-            "split": {"path": "split"},
-            "predictions": {"path": "predictions"},
-            "clean": {"path": "raw_clean"},
-            "quarantine": {"path": "raw_quarantine"},
-        },
+        tables=FRESH_RAW_TABLES,
     )
 
 
