@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,102 @@ def test_rare_category_grouper_learns_categories_from_the_fitted_data_only(
     assert_same(model.transform(score), expected)
 
 
+# Train counts: city A 5, B 3, C 1, D 1; plan X 6, Y 2, Z 2.
+@pytest.mark.parametrize(
+    ("min_count", "max_categories", "kept", "grouped"),
+    [
+        # The top one by count.
+        (0, 1, [["A"], ["X"]], [("A", "OTHER"), ("OTHER", "OTHER"), ("OTHER", "OTHER"), (None, None), ("OTHER", "X")]),
+        # Ties by value: Y before Z, C before D.
+        (
+            0,
+            2,
+            [["A", "B"], ["X", "Y"]],
+            [("A", "Y"), ("OTHER", "OTHER"), ("OTHER", "OTHER"), (None, None), ("B", "X")],
+        ),
+        (
+            0,
+            3,
+            [["A", "B", "C"], ["X", "Y", "Z"]],
+            [("A", "Y"), ("C", "Z"), ("OTHER", "OTHER"), (None, None), ("B", "X")],
+        ),
+        # The cap counts only categories that pass minCount: city has two, plan one.
+        (3, 3, [["A", "B"], ["X"]], [("A", "OTHER"), ("OTHER", "OTHER"), ("OTHER", "OTHER"), (None, None), ("B", "X")]),
+        (
+            2,
+            2,
+            [["A", "B"], ["X", "Y"]],
+            [("A", "Y"), ("OTHER", "OTHER"), ("OTHER", "OTHER"), (None, None), ("B", "X")],
+        ),
+        # 0 is no cap.
+        (
+            0,
+            0,
+            [["A", "B", "C", "D"], ["X", "Y", "Z"]],
+            [("A", "Y"), ("C", "Z"), ("OTHER", "OTHER"), (None, None), ("B", "X")],
+        ),
+    ],
+)
+def test_rare_category_grouper_caps_the_kept_categories_at_the_most_frequent(
+    spark: SparkSession,
+    min_count: int,
+    max_categories: int,
+    kept: list[list[str]],
+    grouped: list[tuple[str | None, str | None]],
+) -> None:
+    grouper = RareCategoryGrouper(
+        inputCols=["city", "plan"],
+        outputCols=["city_g", "plan_g"],
+        minFrequency=0.0,
+        minCount=min_count,
+        maxCategories=max_categories,
+        otherLabel="OTHER",
+    )
+    # The same categories whatever the row order and partitioning of the fitted data.
+    for rows in (GROUPER_TRAIN, GROUPER_TRAIN[::-1]):
+        model = grouper.fit(spark.createDataFrame(rows, "city string, plan string").repartition(2))
+        assert model.getKeptCategories() == kept
+        assert model.getMaxCategories() == max_categories
+    score = spark.createDataFrame(GROUPER_SCORE, "city string, plan string")
+    expected = spark.createDataFrame(
+        [(*row, *groups) for row, groups in zip(GROUPER_SCORE, grouped, strict=True)],
+        "city string, plan string, city_g string, plan_g string",
+    )
+    assert_same(model.transform(score), expected)
+
+
+def test_rare_category_grouper_max_categories_survives_save_and_load(spark: SparkSession, tmp_path: Path) -> None:
+    grouper = RareCategoryGrouper(inputCols=["city"], outputCols=["city_g"], minFrequency=0.0, maxCategories=2)
+    grouper.save(str(tmp_path / "grouper"))
+    loaded_grouper = RareCategoryGrouper.load(str(tmp_path / "grouper"))
+    assert loaded_grouper.getMaxCategories() == 2
+    assert _param_values(loaded_grouper) == _param_values(grouper)
+
+    model = loaded_grouper.fit(spark.createDataFrame(GROUPER_TRAIN, "city string, plan string"))
+    model.save(str(tmp_path / "model"))
+    loaded = RareCategoryGrouperModel.load(str(tmp_path / "model"))
+    assert (loaded.getMaxCategories(), loaded.getKeptCategories()) == (2, [["A", "B"]])
+    assert _param_values(loaded) == _param_values(model)
+
+
+def test_rare_category_grouper_model_saved_before_max_categories_loads_without_a_cap(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    model = RareCategoryGrouper(inputCols=["city"], outputCols=["city_g"], minFrequency=0.0).fit(
+        spark.createDataFrame(GROUPER_TRAIN, "city string, plan string")
+    )
+    model.save(str(tmp_path / "model"))
+    # Rewrite the saved metadata as an older deltaml wrote it: without the maxCategories param.
+    (part,) = [p for p in (tmp_path / "model" / "metadata").glob("part-*") if p.read_text().strip()]
+    metadata = json.loads(part.read_text())
+    assert metadata["defaultParamMap"].pop("maxCategories") == 0
+    metadata["paramMap"].pop("maxCategories", None)
+    part.write_text(json.dumps(metadata) + "\n")
+    part.with_name(f".{part.name}.crc").unlink()  # Hadoop's checksum of the old text would fail the read.
+    loaded = RareCategoryGrouperModel.load(str(tmp_path / "model"))
+    assert (loaded.getMaxCategories(), loaded.getKeptCategories()) == (0, [["A", "B", "C", "D"]])
+
+
 @pytest.mark.parametrize(
     ("stage", "message"),
     [
@@ -248,6 +345,7 @@ def test_rare_category_grouper_learns_categories_from_the_fitted_data_only(
         (OutlierCapper(inputCols=["a"], outputCols=["x"], lowerQuantile=0.9, upperQuantile=0.1), "lowerQuantile <="),
         (OutlierCapper(inputCols=["empty"], outputCols=["x"]), r"columns \['empty'\] have no finite values"),
         (RareCategoryGrouper(inputCols=["a"], outputCols=["x"]), "must be strings"),
+        (RareCategoryGrouper(inputCols=["s"], outputCols=["x"], maxCategories=-1), "maxCategories must be >= 0"),
         (OutlierCapperModel(inputCols=["a"], outputCols=["x"]), "lowerBounds and upperBounds are not set"),
         (OutlierCapperModel(inputCols=["a"], outputCols=["x"], lowerBounds=None, upperBounds=[1.0]), "are not set"),
         (OutlierCapperModel(inputCols=["a"], outputCols=["x"], lowerBounds=[2.0], upperBounds=[1.0]), "lowerBound <="),

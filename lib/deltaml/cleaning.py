@@ -569,6 +569,12 @@ class _RareCategoryGrouperParams(_InputOutputCols):
         "smallest number of rows a category needs to be kept",
         typeConverter=TypeConverters.toInt,
     )
+    maxCategories: Param[int] = Param(
+        Params._dummy(),
+        "maxCategories",
+        "most categories kept per column, the most frequent first (ties by value); 0 means no cap",
+        typeConverter=TypeConverters.toInt,
+    )
     otherLabel: Param[str] = Param(
         Params._dummy(),
         "otherLabel",
@@ -578,7 +584,7 @@ class _RareCategoryGrouperParams(_InputOutputCols):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._setDefault(minFrequency=0.01, minCount=0, otherLabel="__other__")
+        self._setDefault(minFrequency=0.01, minCount=0, maxCategories=0, otherLabel="__other__")
 
     def getMinFrequency(self) -> float:
         """Gets the value of :py:attr:`minFrequency`."""
@@ -587,6 +593,10 @@ class _RareCategoryGrouperParams(_InputOutputCols):
     def getMinCount(self) -> int:
         """Gets the value of :py:attr:`minCount`."""
         return self.getOrDefault(self.minCount)
+
+    def getMaxCategories(self) -> int:
+        """Gets the value of :py:attr:`maxCategories`."""
+        return self.getOrDefault(self.maxCategories)
 
     def getOtherLabel(self) -> str:
         """Gets the value of :py:attr:`otherLabel`."""
@@ -602,14 +612,17 @@ class RareCategoryGrouper(
     """Learns which categories of each string column are frequent; the model maps the rest to one label.
 
     A category is kept when it occurs in at least ``minCount`` rows and in at least ``minFrequency``
-    of the column's non-null rows. Counting is one aggregation over all input columns stacked
-    together; only the kept categories and their counts reach the driver.
+    of the column's non-null rows and, when ``maxCategories`` is positive, is among the
+    ``maxCategories`` most frequent of those (equal counts are ordered by category value, so the
+    same data always keeps the same categories). Counting is one aggregation over all input columns
+    stacked together; only the kept categories and their counts reach the driver.
 
     Params:
         inputCols: String columns to group.
         outputCols: One string output column per input column.
         minFrequency: Smallest share of non-null values to keep a category (default 0.01).
         minCount: Smallest row count to keep a category (default 0).
+        maxCategories: Most categories kept per column, the most frequent first (default 0: no cap).
         otherLabel: Label for rare and unseen categories (default ``"__other__"``).
     """
 
@@ -623,6 +636,7 @@ class RareCategoryGrouper(
         outputCols: list[str] | None = None,
         minFrequency: float = 0.01,
         minCount: int = 0,
+        maxCategories: int = 0,
         otherLabel: str = "__other__",
     ) -> None:
         """Create the estimator.
@@ -632,6 +646,7 @@ class RareCategoryGrouper(
             outputCols: One output column per input column.
             minFrequency: Smallest share of non-null values to keep a category.
             minCount: Smallest row count to keep a category.
+            maxCategories: Most categories kept per column, the most frequent first; 0 means no cap.
             otherLabel: Label for rare and unseen categories.
         """
         super().__init__()
@@ -645,6 +660,7 @@ class RareCategoryGrouper(
         outputCols: list[str] | None = None,
         minFrequency: float = 0.01,
         minCount: int = 0,
+        maxCategories: int = 0,
         otherLabel: str = "__other__",
     ) -> Self:
         """Sets params for this RareCategoryGrouper; arguments as for the constructor."""
@@ -658,17 +674,25 @@ class RareCategoryGrouper(
         """Sets the value of :py:attr:`minCount`."""
         return self._set(minCount=value)
 
+    def setMaxCategories(self, value: int) -> Self:
+        """Sets the value of :py:attr:`maxCategories`."""
+        return self._set(maxCategories=value)
+
     def setOtherLabel(self, value: str) -> Self:
         """Sets the value of :py:attr:`otherLabel`."""
         return self._set(otherLabel=value)
 
     def _fit(self, dataset: DataFrame) -> RareCategoryGrouperModel:
         pairs = self._column_pairs()
-        min_frequency, min_count = self.getMinFrequency(), self.getMinCount()
+        min_frequency, min_count, max_categories = self.getMinFrequency(), self.getMinCount(), self.getMaxCategories()
         if not 0.0 <= min_frequency <= 1.0:
             raise StepInputError(f"RareCategoryGrouper: minFrequency must be in [0, 1], got {min_frequency}")
         if min_count < 0:
             raise StepInputError(f"RareCategoryGrouper: minCount must be >= 0, got {min_count}")
+        if max_categories < 0:
+            raise StepInputError(
+                f"RareCategoryGrouper: maxCategories must be >= 0 (0 means no cap), got {max_categories}"
+            )
         inputs = [c for c, _ in pairs]
         types = _input_types(self, dataset, inputs)
         _require_types(self, types, StringType, "strings")
@@ -680,9 +704,12 @@ class RareCategoryGrouper(
             .count()
             .withColumn("total", F.sum("count").over(Window.partitionBy("index")))
         )
-        kept_rows = counts.where(
-            (F.col("count") >= min_count) & (F.col("count") / F.col("total") >= min_frequency)
-        ).collect()
+        frequent = counts.where((F.col("count") >= min_count) & (F.col("count") / F.col("total") >= min_frequency))
+        if max_categories > 0:
+            # Spark orders strings by code point, as Python does, so the cap agrees with the sort below.
+            rank = F.row_number().over(Window.partitionBy("index").orderBy(F.desc("count"), F.asc("value")))
+            frequent = frequent.withColumn("rank", rank).where(F.col("rank") <= max_categories)
+        kept_rows = frequent.collect()
         kept: list[list[tuple[int, str]]] = [[] for _ in inputs]
         for row in kept_rows:
             kept[row["index"]].append((-row["count"], row["value"]))
