@@ -91,3 +91,38 @@ def test_csv_source_fingerprint_changes_with_content(spark: SparkSession, tmp_pa
     assert read_source(spark, source).fingerprint != first.fingerprint
     path.write_text("id,x\n1,2.5\n2,3.6\n")
     assert read_source(spark, source).fingerprint != first.fingerprint
+
+
+def test_source_derive_in_order_then_filter(spark: SparkSession, tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("id,x\n1,2.5\n2,3.5\n3,-1.0\n")
+    source = SourceConfig(
+        kind="csv",
+        path=str(path),
+        derive={"double_x": "x * 2", "label": "CASE WHEN double_x > 6 THEN 'high' ELSE 'low' END"},
+        filter="x > 0",
+    )
+    data = read_source(spark, source)
+    expected = spark.createDataFrame(
+        [(1, 2.5, 5.0, "low"), (2, 3.5, 7.0, "high")], "id int, x double, double_x double, label string"
+    )
+    assertDataFrameEqual(data.df, expected)
+    unfiltered = read_source(spark, source.model_copy(update={"filter": None}))
+    assert unfiltered.fingerprint != data.fingerprint
+
+
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        ({"derive": {"y": "nope + 1"}}, r"source.derive.y \('nope \+ 1'\) is not a valid Spark SQL expression"),
+        ({"derive": {"y": "x +* 1"}}, r"source.derive.y \('x \+\* 1'\) does not parse"),
+        ({"filter": "missing_column > 1"}, r"source.filter \('missing_column > 1'\) is not a valid Spark SQL"),
+    ],
+)
+def test_source_derive_and_filter_errors_name_the_key(
+    spark: SparkSession, tmp_path: Path, update: dict[str, object], message: str
+) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("id,x\n1,2.5\n")
+    with pytest.raises(StepInputError, match=message):
+        read_source(spark, SourceConfig.model_validate({"kind": "csv", "path": str(path), **update}))

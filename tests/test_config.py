@@ -149,3 +149,61 @@ def test_missing_file_invalid_yaml_and_unknown_overlay(tmp_path: Path) -> None:
         ConfigError, match=r"overlay 'moon' not found .* available: \['cluster', 'databricks', 'local'\]"
     ):
         load_config(TELCO_CONF, env="moon")
+
+
+FLIGHTS_CONF = TELCO_CONF.parent / "flight_delays.yml"
+
+
+def test_flights_config_reads_window_inputs_and_exposes_window_features() -> None:
+    cfg = load_config(FLIGHTS_CONF, env="local").pipeline
+    columns = cfg.features.columns
+    assert {"tailnum", "flight_number", "scheduled_at", "month"} <= set(columns)
+    assert not {"plane_count_1d", "departure_hour", "season_sin"} & set(columns)
+    assert cfg.features.window_outputs == [
+        "plane_count_1d",
+        "plane_dep_delay_mean_1d",
+        "plane_dep_delay_mean_7d",
+        "plane_dep_delay_max_1d",
+        "same_flight_dep_delay_mean_7d",
+        "same_flight_dep_delay_mean_30d",
+        "same_flight_count_30d",
+    ]
+    assert set(cfg.features.window_outputs) <= set(cfg.features.model_numeric)
+
+
+def _window(**changes: object) -> dict[str, object]:
+    window: dict[str, object] = {
+        "events": "raw",
+        "key": "customer_id",
+        "time": "at",
+        "reference_time": "ref",
+        "aggregates": [{"function": "count", "days": [7]}],
+    }
+    return {**window, **changes}
+
+
+def test_window_keyed_by_the_pipeline_key_is_allowed(tmp_path: Path) -> None:
+    cfg = load_config(_bad(tmp_path, {"features.windows": [_window()]})).pipeline
+    assert cfg.features.windows[0].outputs == ["events_count_7d"]
+    assert "customer_id" in cfg.features.columns
+
+
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        (_window(aggregates=[{"function": "mean", "days": [7]}]), r"function 'mean' needs a 'column'"),
+        (_window(aggregates=[{"function": "count", "days": [0, 7]}]), r"days must be distinct positive"),
+        (_window(events="gold"), r"'features.windows.0.events"),
+        (_window(key="churn"), r"entity key is the label column"),
+        (
+            _window(
+                prefix="tenure", aggregates=[{"function": "count", "days": [7]}, {"function": "count", "days": [7]}]
+            ),
+            r"repeat or shadow",
+        ),
+    ],
+)
+def test_bad_window_group_is_one_config_line(tmp_path: Path, window: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(_bad(tmp_path, {"features.windows": [window]}))
+    assert "\n" not in str(caught.value)

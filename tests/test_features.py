@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from datetime import date
+from datetime import date, datetime
+from pathlib import Path
 
 import pytest
 from pyspark.ml import Pipeline
@@ -160,3 +161,60 @@ def test_encodings_join_the_numeric_features_and_are_named(spark: SparkSession) 
     vectors = {r["id"]: r["features"].toArray().tolist() for r in model.transform(data).collect()}
     assert vectors[1] == pytest.approx([5.0, 2 / 3, 0.5])
     assert vectors[2] == pytest.approx([20.0, 1 / 3, 0.0])
+
+
+def test_hashing_category_cap_and_slot_selection_keep_names_aligned(spark: SparkSession) -> None:
+    features = FeaturesConfig.model_validate(
+        {
+            "numeric": ["a", "a2", "c"],
+            "categorical": ["city"],
+            "hashing": {"columns": ["user"], "num_features": 8},
+            "rare_categories": {"min_frequency": 0.0, "max_categories": 2},
+            "selection": {"drop_constant": True, "max_correlation": 0.99},
+            "impute": {"indicator": False},
+            "scale": False,
+        }
+    )
+    # a2 = 2a duplicates a; c is constant; city z is the third-most frequent level, over the cap of 2.
+    rows = [(i, float(i), 2.0 * i, 1.0, city, f"u{i}") for i, city in enumerate("xxxyyz", start=1)]
+    data = spark.createDataFrame(rows, "id long, a double, a2 double, c double, city string, user string")
+    model = Pipeline(stages=build_feature_stages(features)).fit(data)
+
+    names = feature_names(model, features)
+    vectors = [r["features"].toArray() for r in model.transform(data).orderBy("id").collect()]
+    assert len(names) == len(vectors[0])
+    assert names[:4] == ["a", "city=x", "city=y", "city=__other__"]
+    assert {"a2", "c", "city=<unseen or null>"}.isdisjoint(names)
+    assert all(n.startswith("hash(user)[") for n in names[4:])
+    # Every kept slot varies over the rows it was fitted on; a hash slot no user fell into is gone.
+    assert all(len({v[i] for v in vectors}) > 1 for i in range(len(names)))
+    # Row 6 is city z: grouped into the shared level.
+    assert vectors[5][names.index("city=__other__")] == 1.0
+
+
+def test_loaded_window_stages_are_pointed_at_this_environment(tmp_path: Path) -> None:
+    from pyspark.ml import PipelineModel
+
+    from deltaml.catalog import Table
+    from deltaml.config import WindowFeaturesConfig
+    from deltaml.features import bind_window_stages, window_stage
+
+    window = WindowFeaturesConfig.model_validate(
+        {
+            "events": {"path": "old/events"},
+            "key": "customer",
+            "time": "at",
+            "reference_time": "ref",
+            "prefix": "txn",
+            "aggregates": [{"function": "count", "days": [7, 30]}],
+        }
+    )
+    stage = window_stage(window, Table("/old/events", is_path=True))
+    assert stage.getOrDefault(stage.aggregates) == ["count::7", "count::30"]
+    model = PipelineModel(stages=[stage])
+
+    bind_window_stages(model, [window], [Table("main.ml.events", is_path=False)], datetime(2025, 1, 2, 3, 4))
+    assert (stage.getEventsTable(), stage.getOrDefault(stage.eventsIsPath)) == ("main.ml.events", False)
+    assert stage.getOrDefault(stage.asOf) == "2025-01-02T03:04:00"
+    bind_window_stages(model, [window], [Table("/new/events", is_path=True)])
+    assert (stage.getEventsTable(), stage.getOrDefault(stage.asOf)) == ("/new/events", "")

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pyspark.ml import Pipeline, PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from deltaml.errors import StepInputError
-from deltaml.windows import WindowAggregate, as_of_aggregates, point_in_time_aggregates
+from deltaml.windows import WindowAggregate, WindowFeatures, as_of_aggregates, point_in_time_aggregates
 
 REF = datetime(2024, 3, 31)  # customer a's first reference time
 LATER = datetime(2024, 4, 6)  # customer a's second reference time
@@ -246,3 +248,58 @@ def test_as_of_with_a_time_zone_is_rejected_for_zoneless_event_times(spark: Spar
             event_time="event_time",
             aggregates=COUNTS_AND_SUMS,
         )
+
+
+def _events_table(spark: SparkSession, tmp_path: Path) -> str:
+    path = str(tmp_path / "events")
+    _events(spark).write.format("delta").save(path)
+    return path
+
+
+def test_window_stage_reads_the_event_table_and_matches_the_function(spark: SparkSession, tmp_path: Path) -> None:
+    entities = _entities(spark, [(1, "a", REF), (2, "a", LATER), (3, "c", REF)])
+    stage = WindowFeatures(
+        eventsTable=_events_table(spark, tmp_path),
+        entityKey="customer",
+        referenceCol="ref",
+        eventKey="customer",
+        eventTimeCol="event_time",
+        aggregates=["count::7", "count::30", "sum:amount:7", "sum:amount:30"],
+    )
+    model = Pipeline(stages=[stage]).fit(entities)
+    model.write().overwrite().save(str(tmp_path / "model"))
+    loaded = PipelineModel.load(str(tmp_path / "model"))
+
+    expected = _aggregate(entities, _events(spark), COUNTS_AND_SUMS)
+    assertDataFrameEqual(loaded.transform(entities), expected)
+    assert [a.column_name() for a in loaded.stages[0].window_aggregates()] == [a.column_name() for a in COUNTS_AND_SUMS]
+
+
+def test_window_stage_as_of_replaces_every_reference_time(spark: SparkSession, tmp_path: Path) -> None:
+    # Scoring as of LATER: a's row carries REF, but the events before LATER count.
+    entities = _entities(spark, [(1, "a", REF)])
+    stage = WindowFeatures(
+        eventsTable=_events_table(spark, tmp_path),
+        entityKey="customer",
+        referenceCol="ref",
+        eventKey="customer",
+        eventTimeCol="event_time",
+        aggregates=["count::7", "count::30", "sum:amount:7", "sum:amount:30"],
+        asOf=LATER.isoformat(),
+    )
+
+    expected = spark.createDataFrame([(1, "a", REF, 3, 5, 1330.0, 1390.0)], COUNTS_AND_SUMS_SCHEMA)
+    assertDataFrameEqual(stage.transform(entities), expected)
+
+
+def test_window_stage_without_its_event_table_names_the_table(spark: SparkSession, tmp_path: Path) -> None:
+    stage = WindowFeatures(
+        eventsTable=str(tmp_path / "nowhere"),
+        entityKey="customer",
+        referenceCol="ref",
+        eventKey="customer",
+        eventTimeCol="event_time",
+        aggregates=["count::7"],
+    )
+    with pytest.raises(StepInputError, match="nowhere does not exist"):
+        stage.transform(_entities(spark, [(1, "a", REF)]))

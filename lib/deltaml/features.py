@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pyspark.ml import PipelineModel
 from pyspark.ml.base import Estimator, Transformer
 from pyspark.ml.feature import (
     Bucketizer,
+    FeatureHasher,
     Imputer,
     OneHotEncoder,
     QuantileDiscretizer,
@@ -14,11 +17,15 @@ from pyspark.ml.feature import (
     StringIndexer,
     StringIndexerModel,
     VectorAssembler,
+    VectorSlicer,
 )
 
+from deltaml.catalog import Table
 from deltaml.cleaning import ConstantImputer, MissingIndicator, OutlierCapper, RareCategoryGrouper, TypeCoercer
-from deltaml.config import DerivedFeature, FeaturesConfig
+from deltaml.config import DerivedFeature, FeaturesConfig, WindowFeaturesConfig
 from deltaml.encoders import CategoryEncoder
+from deltaml.selection import FeatureSlotSelector
+from deltaml.windows import WindowFeatures
 
 FEATURES_COL = "features"
 _DATE_PART_SQL = {
@@ -96,25 +103,52 @@ def _derived_stages(features: FeaturesConfig) -> list[Estimator | Transformer]:
     return stages
 
 
-def build_feature_stages(features: FeaturesConfig, output_col: str = FEATURES_COL) -> list[Estimator | Transformer]:
+def window_stage(window: WindowFeaturesConfig, events: Table) -> WindowFeatures:
+    """The pipeline stage that adds one window group's aggregates, reading ``events``."""
+    return WindowFeatures(
+        eventsTable=events.ref,
+        eventsIsPath=events.is_path,
+        entityKey=window.entity_column,
+        referenceCol=window.reference_time,
+        eventKey=window.key,
+        eventTimeCol=window.time,
+        aggregates=[f"{a.function}:{a.column or ''}:{d}" for a in window.aggregates for d in a.days],
+        prefix=window.prefix,
+    )
+
+
+def build_feature_stages(
+    features: FeaturesConfig,
+    output_col: str = FEATURES_COL,
+    events: list[Table] | None = None,
+) -> list[Estimator | Transformer]:
     """The stages that clean and encode the configured columns into one vector column.
 
-    Numeric columns are cast to double (values that do not parse become missing), optionally
-    flagged when missing, imputed, optionally capped at learned bounds and, if ``scale`` is set,
-    standardised. Categorical columns optionally have rare levels grouped, then are
-    string-indexed by frequency with unseen and null values kept in their own slot, then
-    one-hot encoded. Every statistic is learned when the pipeline is fitted, i.e. on the
-    training split only, and travels with the fitted PipelineModel to scoring.
+    Window aggregates come first (one stage per group, reading the event table ``events[i]``),
+    so derived features may use them. Numeric columns are cast to double (values that do not
+    parse become missing), optionally flagged when missing, imputed, optionally capped at
+    learned bounds and, if ``scale`` is set, standardised. Categorical columns optionally have
+    rare levels grouped, then are string-indexed by frequency with unseen and null values kept
+    in their own slot, then one-hot encoded. Every statistic is learned when the pipeline is
+    fitted, i.e. on the training split only, and travels with the fitted PipelineModel to
+    scoring.
+
+    High-cardinality columns under ``hashing`` are hashed into a fixed number of slots. With
+    ``selection``, slots constant or nearly duplicated on the train split are dropped last.
 
     Args:
         features: The ``features`` section of the config.
         output_col: Name of the assembled vector column.
+        events: The resolved event table of each window group, in order.
 
     Returns:
         Unfitted stages, in order.
     """
     stages: list[Estimator | Transformer] = []
     parts: list[str] = []
+    if len(events or []) != len(features.windows):
+        raise ValueError(f"{len(features.windows)} window group(s) need as many event tables, got {events}")
+    stages.extend(window_stage(w, t) for w, t in zip(features.windows, events or [], strict=True))
     if features.numeric:
         stages.append(TypeCoercer(inputCols=features.numeric, targetTypes=["double"] * len(features.numeric)))
     stages.extend(_derived_stages(features))
@@ -168,6 +202,10 @@ def build_feature_stages(features: FeaturesConfig, output_col: str = FEATURES_CO
         parts.extend(indicators)
     if features.model_categorical:
         categorical = features.model_categorical
+        derived_categorical = categorical[len(features.categorical) :]
+        if derived_categorical:
+            # Buckets and date parts are numbers; as categories they are their text ("3", "1.0").
+            stages.append(TypeCoercer(inputCols=derived_categorical, targetTypes=["string"] * len(derived_categorical)))
         if features.rare_categories is not None:
             grouped = [f"_grouped_{c}" for c in categorical]
             stages.append(
@@ -176,6 +214,7 @@ def build_feature_stages(features: FeaturesConfig, output_col: str = FEATURES_CO
                     outputCols=grouped,
                     minFrequency=features.rare_categories.min_frequency,
                     minCount=features.rare_categories.min_count,
+                    maxCategories=features.rare_categories.max_categories,
                     otherLabel=features.rare_categories.other_label,
                 )
             )
@@ -192,7 +231,29 @@ def build_feature_stages(features: FeaturesConfig, output_col: str = FEATURES_CO
         )
         stages.append(OneHotEncoder(inputCols=indexed, outputCols=encoded, handleInvalid="keep", dropLast=True))
         parts.extend(encoded)
-    stages.append(VectorAssembler(inputCols=parts, outputCol=output_col))
+    if features.hashing is not None:
+        hashed = features.hashing.columns
+        stages.append(
+            FeatureHasher(
+                inputCols=hashed,
+                categoricalCols=hashed,
+                numFeatures=features.hashing.num_features,
+                outputCol="_hashed",
+            )
+        )
+        parts.append("_hashed")
+    if features.selection is None:
+        stages.append(VectorAssembler(inputCols=parts, outputCol=output_col))
+        return stages
+    stages.append(VectorAssembler(inputCols=parts, outputCol="_assembled"))
+    stages.append(
+        FeatureSlotSelector(
+            inputCol="_assembled",
+            outputCol=output_col,
+            dropConstant=features.selection.drop_constant,
+            maxCorrelation=features.selection.max_correlation,
+        )
+    )
     return stages
 
 
@@ -201,7 +262,8 @@ def feature_names(model: PipelineModel, features: FeaturesConfig) -> list[str]:
 
     Numeric features keep their names, missing indicators read ``missing(x)``, and each one-hot
     slot reads ``column=level`` with the levels the fitted StringIndexer learned, followed by
-    ``column=<unseen or null>``.
+    ``column=<unseen or null>``, and hashed slots read ``hash(a,b)[i]``. Slots the selection stage
+    dropped are left out.
 
     Args:
         model: A pipeline fitted from :func:`build_feature_stages` (plus a model stage).
@@ -219,4 +281,33 @@ def feature_names(model: PipelineModel, features: FeaturesConfig) -> list[str]:
             # StringIndexer(handleInvalid="keep") adds one index for unseen and null values, and
             # the encoder keeps its slot (dropLast drops the encoder's own invalid slot).
             names += [*(f"{column}={label}" for label in labels), f"{column}=<unseen or null>"]
+    if features.hashing is not None:
+        hashed = f"hash({','.join(features.hashing.columns)})"
+        names += [f"{hashed}[{i}]" for i in range(features.hashing.num_features)]
+    slicers = [s for s in model.stages if isinstance(s, VectorSlicer) and s.getOutputCol() == FEATURES_COL]
+    if slicers:
+        names = [names[i] for i in slicers[0].getIndices()]
     return names
+
+
+def bind_window_stages(
+    model: PipelineModel,
+    windows: list[WindowFeaturesConfig],
+    events: list[Table],
+    as_of: datetime | None = None,
+) -> None:
+    """Point a loaded model's window stages at this environment's event tables, and set their as-of time.
+
+    A model carries the event table location it was trained with; scoring in another
+    environment (another state dir, a cluster, Databricks) reads the tables its config names.
+    Stages are matched to window groups by prefix; a stage with no matching group keeps its
+    saved location. ``as_of`` None keeps each row's reference time.
+    """
+    by_prefix = {w.prefix: table for w, table in zip(windows, events, strict=True)}
+    for stage in model.stages:
+        if not isinstance(stage, WindowFeatures):
+            continue
+        table = by_prefix.get(stage.getPrefix())
+        if table is not None:
+            stage.setEvents(table.ref, table.is_path)
+        stage.setAsOf(as_of.isoformat() if as_of is not None else "")

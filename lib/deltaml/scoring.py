@@ -16,8 +16,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from deltaml.catalog import distinct_values, read_table, replace_where
-from deltaml.context import StepContext, StepResult
+from deltaml.context import StepContext, StepResult, event_tables
 from deltaml.errors import StepInputError
+from deltaml.features import bind_window_stages
 from deltaml.ingest import INGEST_BATCH_COL
 from deltaml.train import check_columns
 
@@ -98,6 +99,8 @@ def run_score(ctx: StepContext) -> StepResult:
     data, source_version = read_table(ctx.spark, table, "score")
     check_columns(data, [cfg.key, *cfg.features.columns], "score", f"input table {table}")
     scored_at = datetime.now().astimezone().replace(microsecond=0)
+    as_of = scored_at if cfg.score.windows_as_of == "now" else None
+    bind_window_stages(scoring.model, cfg.features.windows, event_tables(cfg), as_of)
     predictions = data.transform(score_frame(scoring, cfg.key, str(table), source_version, scored_at))
     batches = distinct_values(data, INGEST_BATCH_COL) if INGEST_BATCH_COL in data.columns else [f"v{source_version}"]
     if not batches:

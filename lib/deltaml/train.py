@@ -19,10 +19,11 @@ from pyspark.sql import types as T
 import deltaml
 from deltaml.catalog import read_table
 from deltaml.config import PipelineConfig
-from deltaml.context import StepContext, StepResult
+from deltaml.context import StepContext, StepResult, event_tables
 from deltaml.errors import StepInputError
 from deltaml.features import FEATURES_COL, build_feature_stages
 from deltaml.split import SPLIT_COL, TRAIN
+from deltaml.windows import WindowFeatures
 
 LOG = logging.getLogger(__name__)
 
@@ -69,7 +70,31 @@ def build_training_pipeline(config: PipelineConfig) -> Pipeline:
             estimator.set(estimator.getParam(name), value)
         except (TypeError, ValueError) as exc:
             raise StepInputError(f"step 'fit': model.params.{name}={value!r} is invalid: {exc}") from None
-    return Pipeline(stages=[*build_feature_stages(config.features), estimator])
+    stages = build_feature_stages(config.features, events=event_tables(config))
+    return Pipeline(stages=[*stages, estimator])
+
+
+def fit_pipeline(pipeline: Pipeline, train: DataFrame) -> PipelineModel:
+    """Fit ``pipeline`` like ``Pipeline.fit``, computing its leading window-feature joins once.
+
+    ``Pipeline.fit`` hands every estimator the lazily transformed data, so each estimator
+    (imputer, indexer, scaler, model) would re-run the point-in-time joins. Here the leading
+    :class:`~deltaml.windows.WindowFeatures` stages transform once, the result is cached for
+    the rest of the fit, and the fitted model is the same sequence of stages.
+    """
+    stages = pipeline.getStages()
+    leading = 0
+    while leading < len(stages) and isinstance(stages[leading], WindowFeatures):
+        leading += 1
+    if leading == 0:
+        return pipeline.fit(train)
+    windows = PipelineModel(stages=[s for s in stages[:leading] if isinstance(s, WindowFeatures)])
+    enriched = windows.transform(train).cache()
+    try:
+        rest = Pipeline(stages=stages[leading:]).fit(enriched)
+    finally:
+        enriched.unpersist()
+    return PipelineModel(stages=[*windows.stages, *rest.stages])
 
 
 def model_signature(df: DataFrame, columns: list[str]) -> ModelSignature:
@@ -128,7 +153,7 @@ def run_fit(ctx: StepContext) -> StepResult:
             f"step 'fit': the train split has {rows} rows and {positives} with label "
             f"{cfg.label.column}={cfg.label.positive!r}; both classes are needed (check label.positive)"
         )
-    model = pipeline.fit(train)
+    model = fit_pipeline(pipeline, train)
     example = train.select(*cfg.features.columns).limit(5).toPandas()
     train.unpersist()
     info = mlflow.spark.log_model(

@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Literal, get_args
+from typing import Any, Literal, Self, cast, get_args
 
+from pyspark import keyword_only
+from pyspark.ml.base import Transformer
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
@@ -362,3 +366,134 @@ def as_of_aggregates(
         prefix=prefix,
     )
     return enriched.drop(reference)
+
+
+class WindowFeatures(Transformer, DefaultParamsReadable["WindowFeatures"], DefaultParamsWritable):
+    """A pipeline stage that adds point-in-time window aggregates of an event Delta table.
+
+    At transform time it reads the event table (latest version) and calls
+    :func:`point_in_time_aggregates` with each row's ``referenceCol`` as its reference time, or,
+    when ``asOf`` is set (an ISO-8601 time), :func:`as_of_aggregates` as of that moment. Nothing
+    is learned, so fitting a pipeline that contains it learns nothing from events either; the
+    stage only saves where the events are and what to aggregate. Saved models record
+    ``deltaml.windows.WindowFeatures``: do not move or rename it.
+
+    Params:
+        eventsTable: The event table: a path, or a catalog name when ``eventsIsPath`` is false.
+        eventsIsPath: Whether ``eventsTable`` is a path.
+        entityKey: Key column of the rows being transformed.
+        referenceCol: Reference-time column of the rows being transformed.
+        eventKey: Key column of the events.
+        eventTimeCol: Event-time column of the events.
+        aggregates: One ``function:column:days`` string per aggregate (empty column: count events).
+        prefix: First part of each output column name.
+        asOf: Empty, or an ISO-8601 time that replaces every row's reference time.
+    """
+
+    _input_kwargs: dict[str, Any]
+
+    eventsTable: Param[str] = Param(Params._dummy(), "eventsTable", "event table path or name", TypeConverters.toString)
+    eventsIsPath: Param[bool] = Param(
+        Params._dummy(), "eventsIsPath", "whether eventsTable is a path", TypeConverters.toBoolean
+    )
+    entityKey: Param[str] = Param(Params._dummy(), "entityKey", "key column of the rows", TypeConverters.toString)
+    referenceCol: Param[str] = Param(
+        Params._dummy(), "referenceCol", "reference-time column of the rows", TypeConverters.toString
+    )
+    eventKey: Param[str] = Param(Params._dummy(), "eventKey", "key column of the events", TypeConverters.toString)
+    eventTimeCol: Param[str] = Param(
+        Params._dummy(), "eventTimeCol", "event-time column of the events", TypeConverters.toString
+    )
+    aggregates: Param[list[str]] = Param(
+        Params._dummy(), "aggregates", "function:column:days per aggregate", TypeConverters.toListString
+    )
+    prefix: Param[str] = Param(Params._dummy(), "prefix", "output column name prefix", TypeConverters.toString)
+    asOf: Param[str] = Param(
+        Params._dummy(), "asOf", "ISO-8601 time replacing the reference times, or empty", TypeConverters.toString
+    )
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        eventsTable: str | None = None,
+        eventsIsPath: bool = True,
+        entityKey: str | None = None,
+        referenceCol: str | None = None,
+        eventKey: str | None = None,
+        eventTimeCol: str | None = None,
+        aggregates: list[str] | None = None,
+        prefix: str = "events",
+        asOf: str = "",
+    ) -> None:
+        """Create the stage; arguments as the params above."""
+        super().__init__()
+        self._setDefault(eventsIsPath=True, prefix="events", asOf="")
+        self.setParams(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(
+        self,
+        *,
+        eventsTable: str | None = None,
+        eventsIsPath: bool = True,
+        entityKey: str | None = None,
+        referenceCol: str | None = None,
+        eventKey: str | None = None,
+        eventTimeCol: str | None = None,
+        aggregates: list[str] | None = None,
+        prefix: str = "events",
+        asOf: str = "",
+    ) -> Self:
+        """Sets params for this WindowFeatures; arguments as for the constructor."""
+        return self._set(**self._input_kwargs)
+
+    def setEvents(self, table: str, is_path: bool) -> Self:
+        """Point the stage at another event table, e.g. the scoring environment's."""
+        return self._set(eventsTable=table, eventsIsPath=is_path)
+
+    def setAsOf(self, value: str) -> Self:
+        """Sets :py:attr:`asOf`: an ISO-8601 time, or empty for each row's reference time."""
+        return self._set(asOf=value)
+
+    def getEventsTable(self) -> str:
+        """Gets the value of :py:attr:`eventsTable`."""
+        return self.getOrDefault(self.eventsTable)
+
+    def getPrefix(self) -> str:
+        """Gets the value of :py:attr:`prefix`."""
+        return self.getOrDefault(self.prefix)
+
+    def window_aggregates(self) -> list[WindowAggregate]:
+        """The ``aggregates`` param as :class:`WindowAggregate` objects."""
+        parsed = []
+        for item in self.getOrDefault(self.aggregates):
+            function, column, days = item.split(":")
+            parsed.append(WindowAggregate(column or None, cast(AggregateFunction, function), int(days)))
+        return parsed
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        from deltaml.catalog import Table, read_table
+
+        for param in (self.eventsTable, self.entityKey, self.referenceCol, self.eventKey, self.eventTimeCol):
+            if not self.isDefined(param):
+                raise StepInputError(f"WindowFeatures: param {param.name} is not set")
+        table = Table(self.getOrDefault(self.eventsTable), is_path=self.getOrDefault(self.eventsIsPath))
+        events, version = read_table(dataset.sparkSession, table, "features")
+        LOG.info("window features %s: events from %s v%d", self.getPrefix(), table, version)
+        common: dict[str, Any] = {
+            "entity_key": self.getOrDefault(self.entityKey),
+            "event_key": self.getOrDefault(self.eventKey),
+            "event_time": self.getOrDefault(self.eventTimeCol),
+            "aggregates": self.window_aggregates(),
+            "prefix": self.getPrefix(),
+        }
+        as_of_text = self.getOrDefault(self.asOf)
+        if as_of_text:
+            as_of = datetime.fromisoformat(as_of_text)
+            event_type = {f.name: f.dataType for f in events.schema.fields}.get(common["event_time"])
+            if isinstance(event_type, TimestampNTZType) and as_of.tzinfo is not None:
+                # Zone-less event times are wall-clock times: compare them with the wall clock here.
+                as_of = as_of.astimezone().replace(tzinfo=None)
+            return as_of_aggregates(dataset, events, as_of=as_of, **common)
+        return point_in_time_aggregates(dataset, events, entity_time=self.getOrDefault(self.referenceCol), **common)
