@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.deltaml-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint zip clean
+.PHONY: setup demo demo-flights test test-fast lint zip clean
 
 setup: $(STAMP)
 	$(BIN)/deltaml setup-jars
@@ -18,6 +18,10 @@ $(STAMP): setup.py
 
 demo: setup
 	$(BIN)/deltaml run conf/telco_churn.yml --env local
+
+# The second example: real flights with point-in-time window features (about 3 minutes).
+demo-flights: setup
+	$(BIN)/deltaml run conf/flight_delays.yml --env local
 
 test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
