@@ -65,7 +65,10 @@ def telco_config_dict() -> dict[str, Any]:
 
 @pytest.fixture
 def telco_conf(tmp_path: Path) -> Path:
-    """The Telco config with its state folder in ``tmp_path``."""
+    """The Telco config with its state folder in ``tmp_path``: all three model families, two trials each."""
     data = telco_config_dict()
     data["state_dir"] = str(tmp_path / "state")
+    data["tuning"]["max_evals"] = 2
+    for candidate in data["model"]["candidates"]:
+        candidate.pop("max_evals", None)
     return write_config(tmp_path / "telco_churn.yml", data)

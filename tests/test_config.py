@@ -207,3 +207,24 @@ def test_bad_window_group_is_one_config_line(tmp_path: Path, window: dict[str, o
     with pytest.raises(ConfigError, match=message) as caught:
         load_config(_bad(tmp_path, {"features.windows": [window]}))
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("candidates", "message"),
+    [
+        ([{"family": "gbt", "search": {"maxDepth": {"uniform": [5, 1]}}}], r"'model.candidates.0.search': .*maxDepth"),
+        ([{"family": "svm"}], r"'model.candidates.0.family': Input should be"),
+        ([{"family": "gbt", "max_evals": 0}], r"'model.candidates.0.max_evals': Input should be greater than"),
+    ],
+)
+def test_bad_candidate_is_one_config_line(tmp_path: Path, candidates: list[object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(_bad(tmp_path, {"model.candidates": candidates}))
+    assert "\n" not in str(caught.value)
+
+
+def test_demo_config_tunes_three_families_and_register_keeps_its_yaml_name() -> None:
+    loaded = load_config(TELCO_CONF, overrides=["register.gate.margin=0.01"])
+    assert [c.family for c in loaded.pipeline.model.all_candidates] == ["logistic_regression", "random_forest", "gbt"]
+    assert loaded.pipeline.registration.gate.margin == 0.01
+    assert loaded.effective["register"]["gate"]["margin"] == 0.01

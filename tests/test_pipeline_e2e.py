@@ -124,7 +124,7 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
         == 7043
     )
     assert all("seconds" in run.data.metrics for run in steps.values())
-    assert parent.data.params["model.params.regParam"] == "0.001"
+    assert parent.data.params["tuning.parallelism"] == "2"
 
     # Second run, through the Databricks train notebook: ingest replaces the same source batch
     # and scoring replaces its predictions.

@@ -30,6 +30,8 @@ def _conf(tmp_path: Path, csv: Path) -> Path:
     data = telco_config_dict()
     data["state_dir"] = str(tmp_path / "state")
     data["source"] = {"kind": "csv", "path": str(csv)}
+    # This test is about the contract: one untuned logistic regression is model enough.
+    data["model"] = {"family": "logistic_regression", "params": {"regParam": 0.001, "maxIter": 100}}
     return write_config(tmp_path / "telco.yml", data)
 
 

@@ -59,8 +59,8 @@ def test_binary_label_marks_only_the_positive_value(spark: SparkSession) -> None
 
 
 def test_unknown_model_param_is_named() -> None:
-    cfg = _config(**{"model.params.maxDepth": "3"})
-    with pytest.raises(StepInputError, match=r"model.params \['maxDepth'\] are not params of LogisticRegression"):
+    cfg = _config(**{"model.candidates": "[]", "model.params.maxDepth": "3"})
+    with pytest.raises(StepInputError, match=r"\['maxDepth'\] are not params of LogisticRegression"):
         build_training_pipeline(cfg)
 
 

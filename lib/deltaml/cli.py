@@ -53,7 +53,40 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config and print its effective form and hash")
     check.add_argument("config", metavar="CONF")
     _add_config_options(check)
+
+    promote = commands.add_parser(
+        "promote",
+        help="move a registered model's @champion alias to a version",
+        description="Move @champion to a version and record it in the model's promotion history.",
+    )
+    promote.add_argument("name", metavar="NAME", help="registered model name, e.g. telco_churn")
+    promote.add_argument(
+        "--version", dest="model_version", type=int, required=True, metavar="N", help="the version to make @champion"
+    )
+    promote.add_argument("--reason", default="manual promotion", metavar="TEXT", help="recorded in the history")
+    _add_registry_options(promote)
+
+    rollback = commands.add_parser(
+        "rollback",
+        help="move a registered model's @champion alias back to the previous champion",
+        description="Move @champion back to the champion before the current one, per the promotion history.",
+    )
+    rollback.add_argument("name", metavar="NAME", help="registered model name, e.g. telco_churn")
+    rollback.add_argument("--reason", default="manual rollback", metavar="TEXT", help="recorded in the history")
+    _add_registry_options(rollback)
     return parser
+
+
+def _add_registry_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking/registry URI (else MLFLOW_TRACKING_URI, else the store of --conf)",
+    )
+    parser.add_argument(
+        "--conf", metavar="CONF", help="a pipeline YAML whose MLflow store to use (its embedded store by default)"
+    )
+    _add_config_options(parser)
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +127,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             for path in paths:
                 print(f"Delta jar ready: {path}")
         return 0
+    if args.command in ("promote", "rollback"):
+        return _move_champion(args)
 
     loaded = load_config(args.config, env=args.env, overrides=args.overrides)
     if args.command == "check-config":
@@ -107,6 +142,69 @@ def _dispatch(args: argparse.Namespace) -> int:
     steps = ["score"] if args.command == "score" else args.step
     run_pipeline(loaded, steps=steps)
     return 0
+
+
+def _move_champion(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from deltaml.errors import StepFailedError
+    from deltaml.gate import CHAMPION, promote, rollback
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    uri = _registry_uri(args)
+    # A client bound to the URI, rather than mlflow.set_tracking_uri, leaves the process's MLflow settings alone.
+    client = MlflowClient(tracking_uri=uri, registry_uri=None if uri.startswith("databricks") else uri)
+    try:
+        if args.command == "promote":
+            previous = promote(client, args.name, args.model_version, args.reason)
+            if previous == args.model_version:
+                print(f"{args.name} version {args.model_version} is already @{CHAMPION}")
+            else:
+                was = f"was version {previous}" if previous is not None else "there was none"
+                print(f"{args.name} version {args.model_version} is now @{CHAMPION} ({was})")
+        else:
+            current = rollback(client, args.name, args.reason)
+            print(f"{args.name} rolled back: version {current} is now @{CHAMPION}")
+    except MlflowException as exc:
+        first = next((line.strip() for line in exc.message.splitlines() if line.strip()), type(exc).__name__)
+        raise StepFailedError(f"{args.command} {args.name}: MLflow failed at {_safe_uri(uri)}: {first[:300]}") from exc
+    return 0
+
+
+def _registry_uri(args: argparse.Namespace) -> str:
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the store of ``--conf``; an embedded store must exist."""
+    import os
+    from pathlib import Path
+
+    from deltaml.errors import ConfigError, StepInputError
+
+    if args.tracking_uri:
+        uri = str(args.tracking_uri)
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        uri = os.environ["MLFLOW_TRACKING_URI"]
+    elif args.conf:
+        from deltaml.config import load_config
+        from deltaml.tracking import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(load_config(args.conf, env=args.env, overrides=args.overrides).pipeline)
+    else:
+        raise ConfigError(
+            f"{args.command}: no MLflow registry given; pass --tracking-uri URI, set MLFLOW_TRACKING_URI, "
+            "or pass --conf CONF to use that pipeline's store"
+        )
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise StepInputError(
+            f"{args.command}: no MLflow store at {uri}; run the pipeline first or pass the right --tracking-uri/--conf"
+        )
+    return uri
+
+
+def _safe_uri(uri: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://***@host``, for error lines."""
+    import re
+
+    return re.sub(r"//[^/@]+@", "//***@", uri)
 
 
 def _configure_logging(quiet: bool, verbose: bool = False) -> None:

@@ -499,17 +499,109 @@ class SplitConfig(_Model):
         return self
 
 
-class ModelConfig(_Model):
-    """The estimator at the end of the pipeline and its Spark ML params (camelCase, as Spark names them)."""
+ModelFamily = Literal["logistic_regression", "random_forest", "gbt", "linear_svc", "mlp"]
+ParamValue = float | int | str | bool
+TuningMetric = Literal["auc_roc", "auc_pr", "log_loss", "accuracy"]
 
-    family: Literal["logistic_regression"] = "logistic_regression"
-    params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+class CandidateConfig(_Model):
+    """One model family to try: fixed Spark ML ``params`` and a Hyperopt ``search`` space over others.
+
+    ``search`` maps a param to a distribution written in YAML: ``{uniform: [low, high]}``,
+    ``{loguniform: [low, high]}``, ``{quniform: [low, high, q]}``, ``{qloguniform: [low, high, q]}``,
+    ``{randint: [low, high]}`` or ``{choice: [option, ...]}``, where an option may itself be a
+    mapping of params with their own distributions (a nested choice). For ``mlp``,
+    ``hidden_layers`` gives the hidden layer sizes (the input and output sizes come from the data).
+    """
+
+    family: ModelFamily
+    params: dict[str, ParamValue | list[int]] = Field(default_factory=dict)
+    search: dict[str, Any] = Field(default_factory=dict)
+    max_evals: int | None = Field(default=None, ge=1)
+
+    @field_validator("search")
+    @classmethod
+    def _valid_space(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from deltaml.search_space import validate_search
+
+        validate_search(value)
+        return value
+
+
+class ModelConfig(_Model):
+    """The estimator(s) at the end of the pipeline, with Spark ML params in Spark's camelCase.
+
+    Without ``candidates``, ``family`` and ``params`` describe the one model to fit, untuned.
+    With ``candidates``, every family is tuned on the validation split and the best one wins.
+    ``class_weight: balanced`` weights each class by ``rows / (2 * rows of the class)`` on train.
+    """
+
+    family: ModelFamily = "logistic_regression"
+    params: dict[str, ParamValue | list[int]] = Field(default_factory=dict)
+    candidates: list[CandidateConfig] = Field(default_factory=list)
+    class_weight: Literal["none", "balanced"] = "none"
+
+    @property
+    def all_candidates(self) -> list[CandidateConfig]:
+        """The candidates, or the single untuned ``family``/``params`` as one candidate."""
+        return self.candidates or [CandidateConfig(family=self.family, params=self.params)]
+
+
+class TuningConfig(_Model):
+    """Hyperopt tuning budgets; the metric is measured on the validation split.
+
+    ``max_evals`` is per family (a candidate's own ``max_evals`` wins); ``parallelism`` trials
+    run at once as separate Spark jobs; ``early_stop_rounds`` stops a family after that many
+    trials without improvement (0: never); ``timeout_seconds`` bounds the whole search.
+    ``refit_on: train_validation`` refits the winner on train + validation before the test.
+    """
+
+    metric: TuningMetric = "auc_roc"
+    max_evals: int = Field(default=10, ge=1)
+    parallelism: int = Field(default=2, ge=1, le=64)
+    timeout_seconds: float = Field(default=1800, gt=0)
+    early_stop_rounds: int = Field(default=0, ge=0)
+    refit_on: Literal["train", "train_validation"] = "train"
+
+
+class CostConfig(_Model):
+    """Costs of the two errors, for ``threshold_rule: min_cost``."""
+
+    false_positive: float = Field(default=1.0, ge=0)
+    false_negative: float = Field(default=1.0, ge=0)
 
 
 class EvaluateConfig(_Model):
-    """Metrics reported on validation and test."""
+    """The decision threshold and the metrics reported on validation and test.
+
+    ``threshold_rule``: ``fixed`` uses ``threshold``; ``max_f1`` and ``min_cost`` choose it on
+    the validation split (never the test split) and store it in the model.
+    """
 
     threshold: float = Field(default=0.5, gt=0, lt=1)
+    threshold_rule: Literal["fixed", "max_f1", "min_cost"] = "fixed"
+    cost: CostConfig = Field(default_factory=CostConfig)
+
+
+class GateConfig(_Model):
+    """Champion/challenger: the new version replaces the champion only if it is better on the same test rows.
+
+    Better means ``challenger - champion >= margin`` on ``metric`` (sign flipped for
+    ``log_loss``); with ``bootstrap`` resamples, also the lower end of the ``confidence``
+    interval of that difference must be above zero.
+    """
+
+    enabled: bool = True
+    metric: TuningMetric = "auc_roc"
+    margin: float = Field(default=0.0, ge=0)
+    bootstrap: int = Field(default=0, ge=0, le=10_000)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+
+
+class RegisterConfig(_Model):
+    """Registration: the new version gets alias ``challenger``; the gate decides on ``champion``."""
+
+    gate: GateConfig = Field(default_factory=GateConfig)
 
 
 class IngestConfig(_Model):
@@ -565,7 +657,10 @@ class PipelineConfig(_Model):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    # Named "register" in YAML; "register" itself is taken by pydantic's base class (ABCMeta.register).
+    registration: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
     contract: ContractConfig | None = None
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     mlflow: MlflowConfig

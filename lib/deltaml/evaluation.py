@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from pyspark.ml import PipelineModel
+from pyspark.ml.classification import ClassificationModel
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
@@ -9,9 +17,20 @@ from pyspark.sql import functions as F
 
 from deltaml.catalog import read_table
 from deltaml.context import StepContext, StepResult
+from deltaml.errors import StepInputError
+from deltaml.features import feature_names
+from deltaml.models import DecisionThreshold
+from deltaml.report import (
+    calibration_points,
+    confusion_matrix,
+    feature_importances,
+    score_histogram,
+    write_report,
+)
 from deltaml.split import SPLIT_COL, TEST, VALIDATION
 from deltaml.train import LABEL_COL, check_columns, load_fitted_model, with_binary_label
 
+LOG = logging.getLogger(__name__)
 _EPS = 1e-15
 
 
@@ -70,9 +89,12 @@ def run_evaluate(ctx: StepContext) -> StepResult:
         for name, value in binary_metrics(model.transform(part)).items():
             metrics[f"{split_name}_{name}"] = value
     ctx.outputs["metrics"] = metrics
+    threshold = decision_threshold(model)
+    test = labelled.where(F.col(SPLIT_COL) == TEST)
+    report_files = _log_report(ctx, model, model.transform(test), metrics, threshold)
     return StepResult(
-        metrics={**metrics, "split_table_version": float(split_version)},
-        tags={"model_uri": model_uri},
+        metrics={**metrics, "split_table_version": float(split_version), "decision_threshold": threshold},
+        tags={"model_uri": model_uri, "report": ", ".join(report_files)},
         summary=", ".join(
             f"{label} {metrics[key]:.4f}"
             for label, key in (
@@ -85,3 +107,56 @@ def run_evaluate(ctx: StepContext) -> StepResult:
             if key in metrics
         ),
     )
+
+
+def decision_threshold(model: PipelineModel) -> float:
+    """The threshold stored in a deltaml model's :class:`DecisionThreshold` stage (0.5 if it has none)."""
+    stages = [s for s in model.stages if isinstance(s, DecisionThreshold)]
+    return stages[-1].getThreshold() if stages else 0.5
+
+
+def classifier_stage(model: PipelineModel) -> Any:
+    """The fitted classifier inside a deltaml model, or None."""
+    found = [s for s in model.stages if isinstance(s, ClassificationModel)]
+    return found[-1] if found else None
+
+
+def _log_report(
+    ctx: StepContext, model: PipelineModel, scored_test: DataFrame, metrics: dict[str, float], threshold: float
+) -> list[str]:
+    """Write the test split's evaluation report (plots, metrics, one HTML page) to the step's MLflow run."""
+    cfg = ctx.config
+    scored = scored_test.select(
+        F.col(LABEL_COL).alias("y"), vector_to_array(F.col("probability"))[1].alias("p")
+    ).cache()
+    try:
+        histogram = score_histogram(scored)
+        if histogram.total_positives == 0 or histogram.total_negatives == 0:
+            LOG.warning("no evaluation report: the test split does not have both classes")
+            return []
+        confusion = confusion_matrix(scored, threshold)
+    except StepInputError as exc:
+        LOG.warning("no evaluation report: %s", exc)
+        return []
+    finally:
+        scored.unpersist()
+    try:
+        importances = feature_importances(classifier_stage(model), feature_names(model, cfg.features))
+    except ValueError as exc:
+        LOG.warning("feature importances left out of the report: %s", exc)
+        importances = []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_report(
+            Path(tmp),
+            title=f"{cfg.name}: test split",
+            metrics={k: v for k, v in metrics.items() if k.startswith("test_")},
+            histogram=histogram,
+            confusion=confusion,
+            threshold=threshold,
+            calibration=calibration_points(histogram),
+            importances=importances,
+            leaderboard=ctx.outputs.get("leaderboard"),
+        )
+        if mlflow.active_run() is not None:
+            mlflow.log_artifacts(tmp, artifact_path="report")
+    return [f"report/{f.name}" for f in files]

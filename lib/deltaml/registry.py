@@ -1,31 +1,42 @@
-"""The register step: the fitted model into the MLflow registry with lineage tags and the champion alias."""
+"""The register step: the fitted model into the MLflow registry with lineage tags, then the champion/challenger gate."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import mlflow
+import mlflow.spark
 from mlflow.tracking import MlflowClient
+from pyspark.ml import PipelineModel
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from deltaml import __version__
-from deltaml.catalog import table_version
-from deltaml.context import StepContext, StepResult
-from deltaml.errors import StepInputError
+from deltaml.catalog import read_table, table_version
+from deltaml.context import StepContext, StepResult, event_tables
+from deltaml.errors import DeltamlError, StepInputError
+from deltaml.features import bind_window_stages
+from deltaml.gate import CHALLENGER, CHAMPION, GateDecision, champion_version, gate_decision, promote
+from deltaml.split import SPLIT_COL, TEST
 from deltaml.tracking import latest_step_run
-from deltaml.train import load_fitted_model
+from deltaml.train import LABEL_COL, check_columns, load_fitted_model, with_binary_label
 
 LOG = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-
 
 def run_register(ctx: StepContext) -> StepResult:
-    """Register the model fitted in this run (or the latest fit run), tag its lineage, make it champion.
+    """Register the model fitted in this run (or the latest fit run) as @challenger; the gate decides @champion.
 
-    The champion/challenger gate arrives with tuning; until then every registered version
-    becomes the champion.
+    The new version gets the lineage tags and the alias ``challenger``. Unless
+    ``register.gate.enabled`` is false, it is then compared with the current @champion on the
+    test rows of the split table (:func:`deltaml.gate.gate_decision`) and promoted only if it
+    passes; a champion that cannot score these rows (trained on other features) is replaced.
+    The decision is returned as ``gate_*`` metrics and tags.
     """
     cfg = ctx.config
+    name = cfg.mlflow.registered_model
     _, model_uri = load_fitted_model(ctx)
     metrics = ctx.outputs.get("metrics")
     if metrics is None:
@@ -50,12 +61,136 @@ def run_register(ctx: StepContext) -> StepResult:
         "deltaml.model_uri": model_uri,
         **{f"metric.{k}": f"{v:.6f}" for k, v in sorted(metrics.items()) if k.startswith("test_")},
     }
-    version = mlflow.register_model(model_uri, cfg.mlflow.registered_model, tags=lineage)
+    registered = mlflow.register_model(model_uri, name, tags=lineage)
+    version = int(registered.version)
     client = MlflowClient()
-    client.set_registered_model_alias(cfg.mlflow.registered_model, CHAMPION, version.version)
-    ctx.outputs["model_version"] = int(version.version)
+    client.set_registered_model_alias(name, CHALLENGER, str(version))
+    ctx.outputs["model_version"] = version
+
+    gate = cfg.registration.gate
+    decision: GateDecision | None = None
+    if not gate.enabled:
+        previous = promote(client, name, version, "gate disabled")
+        promoted, reason = True, "gate disabled"
+    else:
+        decision = _decide(ctx, client, version, int(split_version))
+        promoted, reason = decision.promote, decision.reason
+        previous = promote(client, name, version, f"gate: {reason}") if promoted else decision.champion_version
+    client.set_model_version_tag(name, str(version), "deltaml.gate", f"{'promoted' if promoted else 'kept'}: {reason}")
+    ctx.outputs["promoted"] = promoted
+
+    outcome = f"promoted to @{CHAMPION}" if promoted else f"kept version {previous} as @{CHAMPION}"
+    gate_metrics = decision.as_metrics() if decision else {"gate_promoted": 1.0}
+    gate_tags = decision.as_tags() if decision else {"gate_decision": "promoted", "gate_reason": reason}
     return StepResult(
-        metrics={"model_version": float(version.version)},
-        tags={"registered_model": cfg.mlflow.registered_model, "model_version": str(version.version)},
-        summary=f"{cfg.mlflow.registered_model} version {version.version} @{CHAMPION}",
+        metrics={"model_version": float(version), **gate_metrics},
+        tags={"registered_model": name, "model_version": str(version), **gate_tags},
+        summary=f"{name} version {version} @{CHALLENGER}; {outcome} ({reason})",
     )
+
+
+def _decide(ctx: StepContext, client: MlflowClient, version: int, split_version: int) -> GateDecision:
+    """Score the split's test rows with the challenger and the current champion, and run the gate."""
+    cfg = ctx.config
+    name = cfg.mlflow.registered_model
+    challenger, _ = load_fitted_model(ctx)
+    test = _test_rows(ctx, split_version)
+    current = champion_version(client, name)
+    if current is None:
+        return gate_decision(
+            score_test_rows(test, cfg.key, challenger, None),
+            cfg.registration.gate,
+            seed=cfg.seed,
+            champion_version=None,
+            challenger_version=version,
+        )
+    try:
+        scored = _score_with_champion(ctx, test, challenger, current)
+    except DeltamlError:
+        raise
+    except Exception as exc:  # Spark's and MLflow's errors: the champion does not fit this data
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        LOG.warning("champion %s version %s cannot score the test rows, replacing it: %s", name, current, first[:300])
+        alone = gate_decision(
+            score_test_rows(test, cfg.key, challenger, None),
+            cfg.registration.gate,
+            seed=cfg.seed,
+            champion_version=None,
+            challenger_version=version,
+        )
+        return dataclasses.replace(
+            alone,
+            champion_version=current,
+            reason=f"champion version {current} cannot score this data ({type(exc).__name__}); "
+            f"{alone.metric} {alone.challenger_value:.4f}",
+        )
+    try:
+        return gate_decision(
+            scored, cfg.registration.gate, seed=cfg.seed, champion_version=current, challenger_version=version
+        )
+    finally:
+        scored.unpersist()
+
+
+def _score_with_champion(ctx: StepContext, test: DataFrame, challenger: PipelineModel, version: int) -> DataFrame:
+    """Both models' scores of the test rows, cached; a champion that cannot score them fails here, not in the gate."""
+    cfg = ctx.config
+    champion = mlflow.spark.load_model(f"models:/{cfg.mlflow.registered_model}/{version}")
+    bind_window_stages(champion, cfg.features.windows, event_tables(cfg))
+    scored = score_test_rows(test, cfg.key, challenger, champion).cache()
+    try:
+        scored.count()
+    except Exception:
+        scored.unpersist()
+        raise
+    return scored
+
+
+def _test_rows(ctx: StepContext, split_version: int) -> DataFrame:
+    """The labelled TEST rows of the split table at the version the model was trained on."""
+    cfg = ctx.config
+    data, _ = read_table(ctx.spark, ctx.tables.split, "register", version=split_version)
+    where = f"split table {ctx.tables.split} v{split_version}"
+    check_columns(data, [cfg.key, *cfg.features.columns, cfg.label.column, SPLIT_COL], "register", where)
+    test = (
+        data.where(F.col(SPLIT_COL) == TEST)
+        .where(F.col(cfg.label.column).isNotNull())
+        .transform(with_binary_label(cfg.label.column, cfg.label.positive))
+    )
+    counts = test.agg(F.count("*").alias("rows"), F.countDistinct(cfg.key).alias("keys")).first()
+    assert counts is not None
+    if counts["rows"] != counts["keys"]:
+        raise StepInputError(
+            f"step 'register': key '{cfg.key}' is not unique and non-null in the test rows of {where} "
+            f"({counts['rows']} rows, {counts['keys']} distinct keys); the gate pairs both models' scores "
+            "by key (add a unique rule on it to the contract)"
+        )
+    return test
+
+
+def score_test_rows(test: DataFrame, key: str, challenger: PipelineModel, champion: PipelineModel | None) -> DataFrame:
+    """Both models' scores of the same rows, paired by ``key``.
+
+    Args:
+        test: Rows with ``key``, the features and the 0/1 ``_label``.
+        key: A column unique per row.
+        challenger: The new model.
+        champion: The current champion, or None.
+
+    Returns:
+        ``y``, ``p_challenger``, ``pred_challenger`` and, with a champion, ``p_champion`` and
+        ``pred_champion`` (probability of the positive class and 0/1 prediction).
+    """
+
+    def scores(model: PipelineModel, role: str) -> DataFrame:
+        return model.transform(test).select(
+            F.col(key),
+            F.col(LABEL_COL).cast("double").alias("y"),
+            vector_to_array(F.col("probability"))[1].alias(f"p_{role}"),
+            F.col("prediction").cast("double").alias(f"pred_{role}"),
+        )
+
+    scored = scores(challenger, "challenger")
+    if champion is not None:
+        scored = scored.join(scores(champion, "champion").drop("y"), on=key, how="inner")
+    return scored.drop(key)

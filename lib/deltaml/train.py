@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,6 @@ import mlflow.spark
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
 from pyspark.ml import Pipeline, PipelineModel
-from pyspark.ml.classification import LogisticRegression
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -22,13 +24,15 @@ from deltaml.config import PipelineConfig
 from deltaml.context import StepContext, StepResult, event_tables
 from deltaml.errors import StepInputError
 from deltaml.features import FEATURES_COL, build_feature_stages
-from deltaml.split import SPLIT_COL, TRAIN
+from deltaml.models import LABEL_COL, DecisionThreshold, class_weights, model_stages, supports_weights
+from deltaml.split import SPLIT_COL, TRAIN, VALIDATION
+from deltaml.tuning import FamilyResult, SearchBudget, TrialLogger, TrialOutcome, loss_of, search_family
 from deltaml.windows import WindowFeatures
 
 LOG = logging.getLogger(__name__)
 
-LABEL_COL = "_label"
 MODEL_ARTIFACT = "model"
+__all__ = ["LABEL_COL", "build_training_pipeline", "fit_pipeline", "load_fitted_model", "run_fit", "with_binary_label"]
 _MLFLOW_TYPES = {
     T.IntegerType: "integer",
     T.LongType: "long",
@@ -55,23 +59,14 @@ def with_binary_label(label: str, positive: Any) -> Any:
 
 
 def build_training_pipeline(config: PipelineConfig) -> Pipeline:
-    """Feature stages followed by the configured estimator, reading ``_label``."""
-    params = dict(config.model.params)
-    params.setdefault("threshold", config.evaluate.threshold)
-    estimator = LogisticRegression(featuresCol=FEATURES_COL, labelCol=LABEL_COL)
-    unknown = sorted(set(params) - {p.name for p in estimator.params})
-    if unknown:
-        raise StepInputError(
-            f"step 'fit': model.params {unknown} are not params of {type(estimator).__name__}; "
-            f"valid: {sorted(p.name for p in estimator.params)}"
-        )
-    for name, value in params.items():
-        try:
-            estimator.set(estimator.getParam(name), value)
-        except (TypeError, ValueError) as exc:
-            raise StepInputError(f"step 'fit': model.params.{name}={value!r} is invalid: {exc}") from None
-    stages = build_feature_stages(config.features, events=event_tables(config))
-    return Pipeline(stages=[*stages, estimator])
+    """Feature stages, the first candidate's model with its fixed params, and the decision threshold.
+
+    The untuned pipeline, for one fit of one family; ``run_fit`` tunes the candidates instead.
+    """
+    candidate = config.model.all_candidates[0]
+    model = model_stages(candidate.family, candidate.params, seed=config.seed)
+    features = build_feature_stages(config.features, events=event_tables(config))
+    return Pipeline(stages=[*features, *model, DecisionThreshold(threshold=config.evaluate.threshold)])
 
 
 def fit_pipeline(pipeline: Pipeline, train: DataFrame) -> PipelineModel:
@@ -131,19 +126,34 @@ def check_columns(df: DataFrame, columns: list[str], step: str, where: str) -> N
         )
 
 
+def _check_candidates(config: PipelineConfig) -> None:
+    """Build every candidate's estimator with its fixed params, so a bad param fails before Spark work."""
+    for candidate in config.model.all_candidates:
+        model_stages(candidate.family, candidate.params, seed=config.seed, num_features=1)
+
+
+def _labelled_split(data: DataFrame, config: PipelineConfig, split: str) -> DataFrame:
+    return (
+        data.where(F.col(SPLIT_COL) == split)
+        .where(F.col(config.label.column).isNotNull())
+        .transform(with_binary_label(config.label.column, config.label.positive))
+        .select(*config.features.columns, LABEL_COL)
+    )
+
+
 def run_fit(ctx: StepContext) -> StepResult:
-    """Fit the pipeline on the train split of the split table and log it to the step's MLflow run."""
+    """Fit the features on train, tune every candidate family on validation, log the winner's pipeline.
+
+    The feature stages are fitted once, on the train split; every trial then fits only its model
+    on the cached feature vectors and is scored on the validation split. The winner's model joins
+    the fitted feature stages (or, with ``tuning.refit_on: train_validation``, the whole pipeline
+    is refitted on train + validation with the winner's params), and the decision threshold ends it.
+    """
     cfg = ctx.config
-    pipeline = build_training_pipeline(cfg)  # bad model params fail here, before any Spark work
+    _check_candidates(cfg)  # bad model params fail here, before any Spark work
     data, split_version = read_table(ctx.spark, ctx.tables.split, "fit")
     check_columns(data, [*cfg.features.columns, cfg.label.column, SPLIT_COL], "fit", f"split table {ctx.tables.split}")
-    train = (
-        data.where(F.col(SPLIT_COL) == TRAIN)
-        .where(F.col(cfg.label.column).isNotNull())
-        .transform(with_binary_label(cfg.label.column, cfg.label.positive))
-        .select(*cfg.features.columns, LABEL_COL)
-        .cache()
-    )
+    train = _labelled_split(data, cfg, TRAIN).cache()
     stats = train.agg(F.count("*").alias("n"), F.sum(LABEL_COL).alias("positives")).first()
     assert stats is not None
     rows, positives = int(stats["n"]), int(stats["positives"] or 0)
@@ -153,11 +163,36 @@ def run_fit(ctx: StepContext) -> StepResult:
             f"step 'fit': the train split has {rows} rows and {positives} with label "
             f"{cfg.label.column}={cfg.label.positive!r}; both classes are needed (check label.positive)"
         )
-    model = fit_pipeline(pipeline, train)
+    validation = _labelled_split(data, cfg, VALIDATION)
+    features = fit_pipeline(Pipeline(stages=build_feature_stages(cfg.features, events=event_tables(cfg))), train)
+    weighted = cfg.model.class_weight == "balanced"
+    train_vectors = features.transform(train).select(FEATURES_COL, LABEL_COL)
+    if weighted:
+        train_vectors = train_vectors.transform(class_weights())
+    train_vectors = train_vectors.cache()
+    validation_vectors = features.transform(validation).select(FEATURES_COL, LABEL_COL).cache()
+    first = train_vectors.first()
+    assert first is not None
+    num_features = int(first[FEATURES_COL].size)
+    candidates = cfg.model.all_candidates
+    if (len(candidates) > 1 or any(c.search for c in candidates)) and validation_vectors.isEmpty():
+        raise StepInputError("step 'fit': tuning needs validation rows; set split.validation above 0")
+    try:
+        results = _tune(ctx, train_vectors, validation_vectors, num_features, weighted)
+        winner = _winner(results, cfg.tuning.metric)
+        threshold = _threshold(cfg, winner, validation_vectors)
+        final = PipelineModel(stages=[*features.stages, *winner.model.stages, DecisionThreshold(threshold=threshold)])
+        if cfg.tuning.refit_on == "train_validation":
+            final = _refit(cfg, winner, data, num_features, weighted, threshold)
+    finally:
+        train_vectors.unpersist()
+        validation_vectors.unpersist()
     example = train.select(*cfg.features.columns).limit(5).toPandas()
     train.unpersist()
+    metric = cfg.tuning.metric
+    _log_leaderboard(results, metric)
     info = mlflow.spark.log_model(
-        model,
+        final,
         artifact_path=MODEL_ARTIFACT,
         signature=model_signature(data, cfg.features.columns),
         input_example=example,
@@ -166,16 +201,178 @@ def run_fit(ctx: StepContext) -> StepResult:
         # it loads wherever MLflow does, with or without deltaml installed.
         code_paths=[str(Path(deltaml.__file__).parent)],
     )
-    ctx.outputs.update(model=model, model_uri=info.model_uri, split_version=split_version)
+    ctx.outputs.update(
+        model=final,
+        model_uri=info.model_uri,
+        split_version=split_version,
+        leaderboard=leaderboard_rows(results, metric),
+    )
+    trials = sum(len(r.trials) for r in results)
     return StepResult(
         metrics={
             "rows_train": float(rows),
             "positives_train": float(positives),
             "split_table_version": float(split_version),
+            "trials": float(trials),
+            f"winner_validation_{metric}": winner.metrics[metric],
+            "decision_threshold": threshold,
         },
-        tags={"model_uri": info.model_uri, "split_table": str(ctx.tables.split)},
-        summary=f"fitted on {rows} train rows ({positives} positive), logged {info.model_uri}",
+        tags={
+            "model_uri": info.model_uri,
+            "split_table": str(ctx.tables.split),
+            "winner_family": winner.family,
+            "winner_params": json.dumps(winner.params, sort_keys=True, default=str),
+        },
+        summary=(
+            f"fitted on {rows} train rows ({positives} positive); {trials} trial(s) over "
+            f"{len(results)} famil{'y' if len(results) == 1 else 'ies'}; winner {winner.family} "
+            f"(validation {metric} {winner.metrics[metric]:.4f}), threshold {threshold:.3f}, logged {info.model_uri}"
+        ),
     )
+
+
+def _tune(
+    ctx: StepContext, train: DataFrame, validation: DataFrame, num_features: int, weighted: bool
+) -> list[FamilyResult]:
+    from deltaml.evaluation import binary_metrics
+
+    cfg = ctx.config
+    tuning = cfg.tuning
+    active = mlflow.active_run()
+    logger = TrialLogger(active.info.run_id if active else None, active.info.experiment_id if active else None)
+    deadline = time.monotonic() + tuning.timeout_seconds
+    started = time.monotonic()
+    results: list[FamilyResult] = []
+    for index, candidate in enumerate(cfg.model.all_candidates):
+        family = candidate.family
+        if weighted and not supports_weights(family):
+            LOG.warning("model family %s does not support class weights; its trials are unweighted", family)
+
+        def train_trial(params: dict[str, Any], family: str = family) -> tuple[PipelineModel, dict[str, float]]:
+            stages = model_stages(family, params, seed=cfg.seed, num_features=num_features, weighted=weighted)
+            model = Pipeline(stages=stages).fit(train)
+            return model, binary_metrics(model.transform(validation))
+
+        max_evals = (candidate.max_evals or tuning.max_evals) if candidate.search else 1
+
+        def progress(trial: TrialOutcome, best: TrialOutcome | None, max_evals: int = max_evals) -> None:
+            logger.log(trial, tuning.metric)
+            value = f"{trial.metrics[tuning.metric]:.4f}" if trial.ok else f"failed ({trial.error})"
+            best_text = f"{best.metrics[tuning.metric]:.4f}" if best else "-"
+            LOG.info(
+                "trial %s %d/%d: validation %s %s (best %s) in %.1fs, elapsed %.0fs",
+                trial.family,
+                trial.number,
+                max_evals,
+                tuning.metric,
+                value,
+                best_text,
+                trial.seconds,
+                time.monotonic() - started,
+            )
+
+        budget = SearchBudget(
+            max_evals=max_evals,
+            parallelism=tuning.parallelism,
+            deadline=deadline,
+            early_stop_rounds=tuning.early_stop_rounds,
+            seed=cfg.seed + index,
+        )
+        results.append(
+            search_family(
+                family,
+                candidate.search,
+                candidate.params,
+                train_trial,
+                metric=tuning.metric,
+                budget=budget,
+                on_trial=progress,
+            )
+        )
+    return results
+
+
+def _threshold(cfg: PipelineConfig, winner: TrialOutcome, validation: DataFrame) -> float:
+    """The decision threshold: fixed, or chosen by the configured rule on the validation split."""
+    rule = cfg.evaluate.threshold_rule
+    if rule == "fixed":
+        return cfg.evaluate.threshold
+    from pyspark.ml.functions import vector_to_array
+
+    from deltaml.report import choose_threshold, score_histogram
+
+    scored = winner.model.transform(validation).select(
+        F.col(LABEL_COL).alias("y"), vector_to_array(F.col("probability"))[1].alias("p")
+    )
+    threshold = choose_threshold(score_histogram(scored), rule, cfg.evaluate.cost, cfg.evaluate.threshold)
+    LOG.info("decision threshold %.3f chosen by %s on the validation split", threshold, rule)
+    return threshold
+
+
+def _winner(results: list[FamilyResult], metric: str) -> TrialOutcome:
+    finished = [r.best for r in results if r.best is not None]
+    if not finished:
+        errors = "; ".join(f"{r.family}: {r.trials[0].error}" for r in results if r.trials)
+        raise StepInputError(f"step 'fit': every trial failed ({errors})")
+    return min(finished, key=lambda t: loss_of(metric, t.metrics[metric]))
+
+
+def _refit(
+    cfg: PipelineConfig, winner: TrialOutcome, data: DataFrame, num_features: int, weighted: bool, threshold: float
+) -> PipelineModel:
+    both = data.where(F.col(SPLIT_COL).isin(TRAIN, VALIDATION)).transform(
+        lambda df: _labelled_split(df.withColumn(SPLIT_COL, F.lit(TRAIN)), cfg, TRAIN)
+    )
+    stages = [
+        *build_feature_stages(cfg.features, events=event_tables(cfg)),
+        *model_stages(winner.family, winner.params, seed=cfg.seed, num_features=num_features, weighted=weighted),
+        DecisionThreshold(threshold=threshold),
+    ]
+    if weighted:
+        both = both.transform(class_weights())
+    return fit_pipeline(Pipeline(stages=stages), both.cache())
+
+
+def leaderboard_rows(results: list[FamilyResult], metric: str) -> list[dict[str, Any]]:
+    """Every family's best trial, best first (families whose trials all failed come last)."""
+    ranked = sorted(results, key=lambda r: loss_of(metric, r.best.metrics[metric]) if r.best is not None else math.inf)
+    rows: list[dict[str, Any]] = []
+    for rank, result in enumerate(ranked, start=1):
+        best = result.best
+        rows.append(
+            {
+                "rank": rank if best is not None else None,
+                "family": result.family,
+                f"validation_{metric}": round(best.metrics[metric], 6) if best is not None else None,
+                "trials": len(result.trials),
+                "failed": sum(not t.ok for t in result.trials),
+                "seconds": round(result.seconds, 1),
+                "stopped": result.stopped,
+                "params": json.dumps(best.params, sort_keys=True, default=str) if best is not None else "",
+            }
+        )
+    return rows
+
+
+def _log_leaderboard(results: list[FamilyResult], metric: str) -> None:
+    """The leaderboard on the console and as an MLflow table (``leaderboard.json``)."""
+    rows = leaderboard_rows(results, metric)
+    LOG.info("leaderboard (validation %s):", metric)
+    for row in rows:
+        if row["rank"] is None:
+            LOG.warning("  -  %-20s every trial failed", row["family"])
+            continue
+        LOG.info(
+            "  %d. %-20s %.4f  %d trial(s), %.1fs  %s",
+            row["rank"],
+            row["family"],
+            row[f"validation_{metric}"],
+            row["trials"],
+            row["seconds"],
+            row["params"],
+        )
+    if mlflow.active_run() is not None and rows:
+        mlflow.log_table(data={key: [row[key] for row in rows] for key in rows[0]}, artifact_file="leaderboard.json")
 
 
 def load_fitted_model(ctx: StepContext) -> tuple[PipelineModel, str]:

@@ -1,0 +1,338 @@
+"""The evaluation report agrees with numpy and scikit-learn on the same rows, and writes a self-contained HTML."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from pyspark.ml.classification import (
+    LogisticRegression,
+    MultilayerPerceptronClassifier,
+    RandomForestClassifier,
+)
+from pyspark.ml.feature import VectorAssembler
+from pyspark.sql import DataFrame, SparkSession
+from sklearn.metrics import roc_auc_score
+
+from deltaml.config import CostConfig
+from deltaml.errors import StepInputError
+from deltaml.report import (
+    CalibrationPoint,
+    ScoreHistogram,
+    auc,
+    calibration_points,
+    choose_threshold,
+    confusion_matrix,
+    feature_importances,
+    pr_points,
+    roc_points,
+    score_histogram,
+    write_report,
+)
+
+ROWS = 2000
+BINS = 1000
+SCHEMA = "y double, p double"
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Labels drawn from a logistic model and its true probabilities: perfectly calibrated by construction."""
+    rng = np.random.default_rng(20240611)
+    x = rng.normal(size=ROWS)
+    p = 1.0 / (1.0 + np.exp(-(-0.4 + 1.6 * x)))
+    y = (rng.random(ROWS) < p).astype(np.float64)
+    return y, p
+
+
+@pytest.fixture(scope="module")
+def scored(spark: SparkSession, data: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]) -> Any:
+    y, p = data
+    df = spark.createDataFrame(list(zip(y.tolist(), p.tolist(), strict=True)), SCHEMA).cache()
+    yield df
+    df.unpersist()
+
+
+@pytest.fixture(scope="module")
+def histogram(scored: DataFrame) -> ScoreHistogram:
+    return score_histogram(scored, bins=BINS)
+
+
+def _candidate_counts(
+    y: npt.NDArray[np.float64], p: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Brute force over the candidate edges k / BINS, k = 1 .. BINS - 1: thresholds, TP, FP, FN."""
+    thresholds = np.arange(1, BINS) / BINS
+    predicted = p[None, :] >= thresholds[:, None]
+    positive = y[None, :] == 1.0
+    tp = (predicted & positive).sum(axis=1)
+    fp = (predicted & ~positive).sum(axis=1)
+    fn = (~predicted & positive).sum(axis=1)
+    return thresholds, tp, fp, fn
+
+
+def _closest_to_half(thresholds: npt.NDArray[np.float64], best: npt.NDArray[np.bool_]) -> float:
+    tied = thresholds[best]
+    return float(tied[np.argmin(np.abs(tied - 0.5))])
+
+
+def test_histogram_counts_every_row_in_its_bin(
+    histogram: ScoreHistogram, data: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
+) -> None:
+    y, p = data
+    # Bin i holds i / BINS <= p < (i + 1) / BINS: the number of inner edges at or below p.
+    expected_bin = np.searchsorted(np.arange(1, BINS) / BINS, p, side="right")
+    assert histogram.bins == BINS
+    np.testing.assert_array_equal(histogram.positives, np.bincount(expected_bin[y == 1], minlength=BINS))
+    np.testing.assert_array_equal(histogram.negatives, np.bincount(expected_bin[y == 0], minlength=BINS))
+    np.testing.assert_allclose(histogram.prob_sums, np.bincount(expected_bin, weights=p, minlength=BINS), atol=1e-12)
+    assert (histogram.total_positives, histogram.total_negatives) == (int(y.sum()), int((1 - y).sum()))
+    assert histogram.rows == ROWS
+
+
+def test_binned_auc_matches_scikit_learn(
+    histogram: ScoreHistogram, data: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
+) -> None:
+    y, p = data
+    assert auc(histogram) == pytest.approx(roc_auc_score(y, p), abs=2e-3)
+
+
+def test_roc_and_pr_run_from_no_row_to_every_row_positive(
+    histogram: ScoreHistogram, data: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
+) -> None:
+    y, _ = data
+    fpr, tpr = roc_points(histogram)
+    assert len(fpr) == len(tpr) == BINS + 1
+    assert (fpr[0], tpr[0]) == (0.0, 0.0)
+    assert (fpr[-1], tpr[-1]) == (1.0, 1.0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    recall, precision = pr_points(histogram)
+    assert len(recall) == len(precision)
+    assert (recall[0], precision[0]) == (0.0, 1.0)
+    assert recall[-1] == 1.0
+    assert precision[-1] == pytest.approx(y.mean(), abs=1e-12)
+    assert np.all(np.diff(recall) >= 0)
+
+
+def test_confusion_matrix_is_exact_and_agrees_with_the_histogram_at_an_edge(
+    scored: DataFrame,
+    histogram: ScoreHistogram,
+    data: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]],
+) -> None:
+    y, p = data
+    # 0.5 is a bin edge; the other threshold is one of the scores itself, so p >= t must count it.
+    for threshold in (0.5, float(np.sort(p)[ROWS // 3])):
+        predicted, positive = p >= threshold, y == 1.0
+        expected = {
+            "tp": int((predicted & positive).sum()),
+            "fp": int((predicted & ~positive).sum()),
+            "tn": int((~predicted & ~positive).sum()),
+            "fn": int((~predicted & positive).sum()),
+        }
+        assert confusion_matrix(scored, threshold) == expected
+    at_half = confusion_matrix(scored, 0.5)
+    fpr, tpr = roc_points(histogram)
+    point = BINS - BINS // 2  # point j predicts positive p >= (BINS - j) / BINS
+    assert round(tpr[point] * histogram.total_positives) == at_half["tp"]
+    assert round(fpr[point] * histogram.total_negatives) == at_half["fp"]
+
+
+def test_max_f1_matches_brute_force(
+    histogram: ScoreHistogram, data: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
+) -> None:
+    y, p = data
+    thresholds, tp, fp, fn = _candidate_counts(y, p)
+    f1 = 2 * tp / (2 * tp + fp + fn)
+    expected = _closest_to_half(thresholds, f1 == f1.max())
+    chosen = choose_threshold(histogram, "max_f1")
+    assert abs(chosen - expected) <= 1 / BINS + 1e-12
+    k = round(chosen * BINS) - 1
+    assert f1[k] == pytest.approx(f1.max(), abs=1e-12)
+
+
+def test_min_cost_matches_brute_force_and_lowers_the_threshold_when_misses_cost_more(
+    histogram: ScoreHistogram, data: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
+) -> None:
+    y, p = data
+    thresholds, _, fp, fn = _candidate_counts(y, p)
+    chosen: dict[float, float] = {}
+    for fn_cost in (1.0, 5.0):
+        cost = CostConfig(false_positive=1.0, false_negative=fn_cost)
+        total = fp + fn_cost * fn
+        chosen[fn_cost] = choose_threshold(histogram, "min_cost", cost=cost)
+        assert chosen[fn_cost] == pytest.approx(_closest_to_half(thresholds, total == total.min()), abs=1e-12)
+        assert total[round(chosen[fn_cost] * BINS) - 1] == total.min()
+    # Calibrated scores: the Bayes threshold is fp / (fp + fn), 0.5 and then 1/6.
+    assert chosen[5.0] < chosen[1.0]
+    assert chosen[5.0] == pytest.approx(1 / 6, abs=0.1)
+
+
+def test_fixed_rule_and_bad_arguments(histogram: ScoreHistogram) -> None:
+    assert choose_threshold(histogram, "fixed", fixed=0.3) == 0.3
+    with pytest.raises(ValueError, match="unknown threshold rule 'best'"):
+        choose_threshold(histogram, "best")
+    with pytest.raises(ValueError, match="needs cost=CostConfig"):
+        choose_threshold(histogram, "min_cost")
+    with pytest.raises(ValueError, match=r"fixed threshold must be in \(0, 1\)"):
+        choose_threshold(histogram, "fixed", fixed=1.0)
+    no_positives = ScoreHistogram(
+        positives=np.zeros(4, dtype=np.int64), negatives=np.ones(4, dtype=np.int64), prob_sums=np.zeros(4)
+    )
+    with pytest.raises(StepInputError, match="'max_f1' needs positive rows"):
+        choose_threshold(no_positives, "max_f1")
+    with pytest.raises(StepInputError, match="needs rows of both classes"):
+        auc(no_positives)
+
+
+def _separable(bins: int) -> ScoreHistogram:
+    """Five negatives in the first bin, five positives in the last: every inner edge separates them."""
+    positives, negatives = np.zeros(bins, dtype=np.int64), np.zeros(bins, dtype=np.int64)
+    positives[-1], negatives[0] = 5, 5
+    return ScoreHistogram(positives=positives, negatives=negatives, prob_sums=np.zeros(bins))
+
+
+def test_ties_resolve_toward_one_half() -> None:
+    assert choose_threshold(_separable(10), "max_f1") == 0.5
+    assert choose_threshold(_separable(10), "min_cost", cost=CostConfig(false_positive=2.0, false_negative=3.0)) == 0.5
+    # With 9 bins the edges 4/9 and 5/9 are equally close to 0.5: the lower wins.
+    assert choose_threshold(_separable(9), "max_f1") == 4 / 9
+
+
+def test_calibrated_scores_lie_on_the_diagonal(histogram: ScoreHistogram) -> None:
+    points = calibration_points(histogram, n=10)
+    assert sum(point.rows for point in points) == ROWS
+    assert [point.lower for point in points] == sorted(point.lower for point in points)
+    for point in points:
+        assert point.lower <= point.mean_predicted <= point.upper
+        if point.rows >= 30:
+            rate = point.mean_predicted
+            tolerance = 4 * math.sqrt(rate * (1 - rate) / point.rows) + 0.01
+            assert abs(point.observed_rate - point.mean_predicted) <= tolerance, point
+    with pytest.raises(ValueError, match="positive divisor of the histogram's 1000 bins"):
+        calibration_points(histogram, n=7)
+
+
+def test_probabilities_are_clipped_and_bad_rows_are_refused(spark: SparkSession) -> None:
+    df = spark.createDataFrame([(1.0, 1.0), (0.0, -0.2), (1.0, 1.3), (0.0, 0.0), (1.0, 0.25)], "label double, s double")
+    h = score_histogram(df, bins=4, label_col="label", prob_col="s")
+    np.testing.assert_array_equal(h.positives, [0, 1, 0, 2])
+    np.testing.assert_array_equal(h.negatives, [2, 0, 0, 0])
+    np.testing.assert_allclose(h.prob_sums, [0.0, 0.25, 0.0, 2.0])
+    assert confusion_matrix(df, 0.25, label_col="label", prob_col="s") == {"tp": 3, "fp": 0, "tn": 2, "fn": 0}
+
+    bad = spark.createDataFrame([(1.0, 0.9), (2.0, 0.4), (0.0, None), (0.0, float("nan"))], SCHEMA)
+    with pytest.raises(StepInputError, match=r"score_histogram: 3 of 4 rows have a null or NaN probability"):
+        score_histogram(bad)
+    with pytest.raises(StepInputError, match=r"confusion_matrix: 3 of 4 rows"):
+        confusion_matrix(bad, 0.5)
+    with pytest.raises(StepInputError, match=r"lack column\(s\) \['y', 'p'\]; present: \['label', 's'\]"):
+        score_histogram(df)
+    with pytest.raises(ValueError, match="bins must be an integer from 2"):
+        score_histogram(df, bins=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_training(spark: SparkSession) -> DataFrame:
+    rng = np.random.default_rng(3)
+    a, b, c = rng.normal(size=(3, 200))
+    y = (2.5 * b - 1.0 * c + 0.3 * rng.normal(size=200) > 0).astype(float)
+    rows = list(zip(a.tolist(), b.tolist(), c.tolist(), y.tolist(), strict=True))
+    df = spark.createDataFrame(rows, "a double, b double, c double, label double")
+    return VectorAssembler(inputCols=["a", "b", "c"], outputCol="features").transform(df).cache()
+
+
+def test_feature_importances_of_real_models(tiny_training: DataFrame) -> None:
+    names = ["a", "b", "c"]
+    logistic = LogisticRegression(maxIter=15).fit(tiny_training)
+    got = feature_importances(logistic, names)
+    by_name = dict(zip(names, logistic.coefficients.toArray().tolist(), strict=True))
+    assert got == sorted(by_name.items(), key=lambda pair: -abs(pair[1]))
+    assert got[0][0] == "b"
+    assert dict(got)["c"] < 0
+
+    # A two-class multinomial fit: the positive class's log-odds weights, coef[1] - coef[0].
+    multinomial = LogisticRegression(maxIter=15, family="multinomial").fit(tiny_training)
+    matrix = multinomial.coefficientMatrix.toArray()
+    got = feature_importances(multinomial, names)
+    assert got == sorted(zip(names, (matrix[1] - matrix[0]).tolist(), strict=True), key=lambda pair: -abs(pair[1]))
+    assert got[0][0] == "b"
+
+    forest = RandomForestClassifier(numTrees=5, maxDepth=3, seed=1).fit(tiny_training)
+    got = feature_importances(forest, names)
+    by_name = dict(zip(names, forest.featureImportances.toArray().tolist(), strict=True))
+    assert got == sorted(by_name.items(), key=lambda pair: -abs(pair[1]))
+    assert sum(value for _, value in got) == pytest.approx(1.0)
+
+    with pytest.raises(ValueError, match=r"LogisticRegressionModel has 3 weights but 2 names were given"):
+        feature_importances(logistic, ["a", "b"])
+
+    mlp = MultilayerPerceptronClassifier(layers=[3, 2], maxIter=3, seed=1).fit(tiny_training)
+    assert feature_importances(mlp, names) == []
+
+
+def test_write_report_writes_a_self_contained_html(
+    tmp_path: Path, histogram: ScoreHistogram, scored: DataFrame
+) -> None:
+    threshold = choose_threshold(histogram, "max_f1")
+    confusion = confusion_matrix(scored, threshold)
+    metrics = {"test_auc_roc": auc(histogram), "test_rows": float(ROWS), "test_log_loss": float("nan")}
+    calibration = calibration_points(histogram)
+    importances = [("<b>x</b>", -2.0), ("price_$usd$", 1.5), ("tenure_months", 0.25)]
+    leaderboard: list[dict[str, object]] = [
+        {"family": "logistic_regression", "auc_roc": 0.81},
+        {"family": "random_forest", "auc_roc": 0.79, "maxDepth": 5},
+    ]
+    out = tmp_path / "report"
+    written = write_report(
+        out,
+        title="Churn <test> & report",
+        metrics=metrics,
+        histogram=histogram,
+        confusion=confusion,
+        threshold=threshold,
+        calibration=calibration,
+        importances=importances,
+        leaderboard=leaderboard,
+        top_features=2,
+    )
+    names = ["roc.png", "pr.png", "confusion_matrix.png", "calibration.png", "feature_importance.png"]
+    assert written == [out / n for n in [*names, "metrics.json", "report.html"]]
+    for path in written:
+        assert path.stat().st_size > 0
+    for name in names:
+        assert (out / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.count('<img src="data:image/png;base64,') == len(names)
+    assert "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page
+    assert "Churn &lt;test&gt; &amp; report" in page
+    assert "tenure_months" not in page  # top_features=2 keeps the two largest
+    assert "random_forest" in page and "maxDepth" in page
+
+    document = json.loads((out / "metrics.json").read_text())
+    assert document["metrics"] == {"test_auc_roc": metrics["test_auc_roc"], "test_rows": 2000.0, "test_log_loss": None}
+    assert document["threshold"] == threshold
+    assert document["confusion_matrix"] == confusion
+    assert [CalibrationPoint(**point) for point in document["calibration"]] == calibration
+    assert [tuple(pair) for pair in document["feature_importances"]] == importances
+    assert document["leaderboard"] == leaderboard
+
+    # Without importances (e.g. an MLP) there is no importance plot, and a stale one is removed.
+    written = write_report(
+        out,
+        title="MLP",
+        metrics={},
+        histogram=histogram,
+        confusion=confusion,
+        threshold=threshold,
+        calibration=calibration,
+        importances=[],
+    )
+    assert not (out / "feature_importance.png").exists()
+    assert len(written) == 6
+    assert (out / "report.html").read_text().count('<img src="data:image/png;base64,') == 4

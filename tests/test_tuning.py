@@ -1,0 +1,133 @@
+"""The tuning loop: reproducible TPE proposals, concurrent trials, failures, budgets and nested MLflow runs."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from deltaml.tuning import SearchBudget, TrialLogger, TrialOutcome, search_family
+
+SPACE = {"regParam": {"loguniform": [1e-5, 1.0]}, "maxIter": {"quniform": [10, 50, 10]}}
+
+
+def _budget(**changes: Any) -> SearchBudget:
+    values: dict[str, Any] = {
+        "max_evals": 12,
+        "parallelism": 2,
+        "deadline": time.monotonic() + 600,
+        "early_stop_rounds": 0,
+        "seed": 3,
+    }
+    return SearchBudget(**{**values, **changes})
+
+
+def _bowl(params: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    """A validation 'AUC' that peaks at regParam = 1e-2, whatever maxIter is."""
+    return "model", {"auc_roc": 1.0 - (math.log10(params["regParam"]) + 2) ** 2 / 100}
+
+
+def test_same_seed_proposes_the_same_trials_and_finds_the_peak() -> None:
+    first = search_family("lr", SPACE, {"tol": 1e-6}, _bowl, metric="auc_roc", budget=_budget(max_evals=30))
+    again = search_family("lr", SPACE, {"tol": 1e-6}, _bowl, metric="auc_roc", budget=_budget(max_evals=30))
+    other = search_family("lr", SPACE, {"tol": 1e-6}, _bowl, metric="auc_roc", budget=_budget(max_evals=30, seed=4))
+
+    assert [t.params for t in first.trials] == [t.params for t in again.trials]
+    assert [t.params for t in first.trials] != [t.params for t in other.trials]
+    assert len(first.trials) == 30 and first.stopped == "max_evals"
+    assert all(t.params["tol"] == 1e-6 and isinstance(t.params["maxIter"], int) for t in first.trials)
+    assert first.best is not None and first.best.model == "model"
+    assert abs(math.log10(first.best.params["regParam"]) + 2) < 0.5
+    # Only the best trial keeps its model in memory.
+    assert sum(t.model is not None for t in first.trials) == 1
+
+
+def test_trials_run_concurrently_up_to_the_parallelism() -> None:
+    running, peak, lock = 0, 0, threading.Lock()
+
+    def slow(params: dict[str, Any]) -> tuple[None, dict[str, float]]:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.2)
+        with lock:
+            running -= 1
+        return None, {"auc_roc": 0.5}
+
+    result = search_family("lr", SPACE, {}, slow, metric="auc_roc", budget=_budget(max_evals=6, parallelism=3))
+    assert len(result.trials) == 6
+    assert peak == 3
+
+
+def test_a_failed_trial_is_recorded_and_the_search_goes_on() -> None:
+    calls = 0
+
+    def flaky(params: dict[str, Any]) -> tuple[None, dict[str, float]]:
+        nonlocal calls
+        calls += 1
+        if params["regParam"] > 0.01:
+            raise ValueError("diverged\nsecond line")
+        return None, {"auc_roc": 0.7}
+
+    result = search_family("lr", SPACE, {}, flaky, metric="auc_roc", budget=_budget(max_evals=10))
+    failed = [t for t in result.trials if not t.ok]
+    assert len(result.trials) == calls == 10
+    assert failed and all(t.error == "ValueError: diverged" for t in failed)
+    assert result.best is not None and result.best.ok
+
+
+def test_early_stopping_and_deadline_end_the_search() -> None:
+    flat = search_family(
+        "lr", SPACE, {}, lambda p: (None, {"auc_roc": 0.5}), metric="auc_roc", budget=_budget(early_stop_rounds=3)
+    )
+    # The first trial is the best; three more without improvement stop it (trials come in pairs).
+    assert len(flat.trials) == 4 and flat.stopped == "no improvement in 3 trials"
+
+    def sleepy(params: dict[str, Any]) -> tuple[None, dict[str, float]]:
+        time.sleep(0.3)
+        return None, {"auc_roc": 0.5}
+
+    late = search_family(
+        "lr", SPACE, {}, sleepy, metric="auc_roc", budget=_budget(deadline=time.monotonic() + 0.5, parallelism=1)
+    )
+    assert late.stopped == "timeout" and 1 <= len(late.trials) < 12
+
+
+def test_log_loss_is_minimised_and_an_empty_space_is_one_trial() -> None:
+    result = search_family(
+        "lr",
+        {"regParam": {"uniform": [0.0, 1.0]}},
+        {},
+        lambda p: (None, {"log_loss": abs(p["regParam"] - 0.3)}),
+        metric="log_loss",
+        budget=_budget(max_evals=20),
+    )
+    assert result.best is not None and abs(result.best.params["regParam"] - 0.3) < 0.1
+    single = search_family("lr", {}, {"regParam": 0.1}, _bowl, metric="auc_roc", budget=_budget())
+    assert [t.params for t in single.trials] == [{"regParam": 0.1}]
+
+
+def test_every_trial_is_a_nested_mlflow_run(tmp_path: Path) -> None:
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.set_experiment("tuning-test")
+    with mlflow.start_run() as parent:
+        logger = TrialLogger(parent.info.run_id, experiment.experiment_id)
+        logger.log(TrialOutcome("gbt", 1, {"maxDepth": 3}, {"auc_roc": 0.81}, seconds=1.5), "auc_roc")
+        logger.log(TrialOutcome("gbt", 2, {"maxDepth": 9}, seconds=0.2, error="ValueError: boom"), "auc_roc")
+    runs = MlflowClient().search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        order_by=["attributes.run_name"],
+    )
+    assert [r.info.run_name for r in runs] == ["gbt-001", "gbt-002"]
+    assert [r.info.status for r in runs] == ["FINISHED", "FAILED"]
+    assert runs[0].data.params == {"maxDepth": "3"}
+    assert runs[0].data.metrics == pytest.approx({"validation_auc_roc": 0.81, "seconds": 1.5})
+    assert runs[1].data.tags["deltaml.error"] == "ValueError: boom"
