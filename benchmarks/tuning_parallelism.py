@@ -42,17 +42,24 @@ FIXED = {"numTrees": 40}
 def main(argv: list[str]) -> int:
     trials = int(argv[0]) if argv else 12
     parallelism = int(argv[1]) if len(argv) > 1 else 2
+    partitions = int(argv[2]) if len(argv) > 2 else 0
     cfg = load_config("conf/telco_churn.yml", env="local").pipeline
     spark = get_spark(cfg)
     split = spark.read.format("delta").load(resolve_tables(cfg).split.ref)
     labelled = split.transform(with_binary_label(cfg.label.column, cfg.label.positive))
     train = labelled.where(F.col(SPLIT_COL) == TRAIN).cache()
     features = fit_pipeline(Pipeline(stages=build_feature_stages(cfg.features, events=event_tables(cfg))), train)
-    train_vectors = features.transform(train).select(FEATURES_COL, LABEL_COL).cache()
-    validation_vectors = (
-        features.transform(labelled.where(F.col(SPLIT_COL) == VALIDATION)).select(FEATURES_COL, LABEL_COL).cache()
+    train_vectors = features.transform(train).select(FEATURES_COL, LABEL_COL)
+    validation_vectors = features.transform(labelled.where(F.col(SPLIT_COL) == VALIDATION)).select(
+        FEATURES_COL, LABEL_COL
     )
-    print(f"train rows {train_vectors.count()}, validation rows {validation_vectors.count()}")
+    if partitions:
+        train_vectors, validation_vectors = train_vectors.coalesce(partitions), validation_vectors.coalesce(partitions)
+    train_vectors, validation_vectors = train_vectors.cache(), validation_vectors.cache()
+    print(
+        f"train rows {train_vectors.count()} in {train_vectors.rdd.getNumPartitions()} partition(s), "
+        f"validation rows {validation_vectors.count()}, default parallelism {spark.sparkContext.defaultParallelism}"
+    )
 
     def train_trial(params: dict[str, Any]) -> tuple[Any, dict[str, float]]:
         model = Pipeline(stages=model_stages("random_forest", params, seed=cfg.seed)).fit(train_vectors)

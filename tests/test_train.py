@@ -101,3 +101,15 @@ def test_cleaning_options_learn_on_train_and_survive_save_and_load(spark: SparkS
     reloaded = PipelineModel.load(str(tmp_path / "model"))
     again = reloaded.transform(scoring).select("id", "_imputed_tenure", "_missing_tenure", "_grouped_contract")
     assert [tuple(r) for r in again.orderBy("id").collect()] == expected
+
+
+@pytest.mark.parametrize(
+    ("rows", "cores", "parallelism", "expected"),
+    [(4_931, 4, 2, 1), (235_741, 4, 2, 2), (10_000_000, 64, 4, 16), (100, 1, 8, 1)],
+)
+def test_trial_partitions_share_cores_and_keep_partitions_useful(
+    rows: int, cores: int, parallelism: int, expected: int
+) -> None:
+    from deltaml.train import trial_partitions
+
+    assert trial_partitions(rows, cores, parallelism) == expected

@@ -464,7 +464,8 @@ def promote(client: MlflowClient, name: str, version: int, reason: str) -> int |
     client.set_registered_model_alias(name, CHAMPION, str(version))
     client.set_model_version_tag(name, str(version), PROMOTED_AT_TAG, at)
     _record(client, name, {"version": version, "previous": previous, "at": at, "reason": reason})
-    LOG.info("%s version %s @%s (was %s): %s", name, version, CHAMPION, previous, reason)
+    was = f"was version {previous}" if previous is not None else "first champion"
+    LOG.info("%s version %s @%s (%s): %s", name, version, CHAMPION, was, reason)
     return previous
 
 

@@ -169,8 +169,13 @@ def run_fit(ctx: StepContext) -> StepResult:
     train_vectors = features.transform(train).select(FEATURES_COL, LABEL_COL)
     if weighted:
         train_vectors = train_vectors.transform(class_weights())
-    train_vectors = train_vectors.cache()
-    validation_vectors = features.transform(validation).select(FEATURES_COL, LABEL_COL).cache()
+    validation_vectors = features.transform(validation).select(FEATURES_COL, LABEL_COL)
+    partitions = trial_partitions(rows, ctx.spark.sparkContext.defaultParallelism, cfg.tuning.parallelism)
+    if partitions < train_vectors.rdd.getNumPartitions():
+        train_vectors = train_vectors.coalesce(partitions)
+    if partitions < validation_vectors.rdd.getNumPartitions():
+        validation_vectors = validation_vectors.coalesce(partitions)
+    train_vectors, validation_vectors = train_vectors.cache(), validation_vectors.cache()
     first = train_vectors.first()
     assert first is not None
     num_features = int(first[FEATURES_COL].size)
@@ -229,6 +234,16 @@ def run_fit(ctx: StepContext) -> StepResult:
             f"(validation {metric} {winner.metrics[metric]:.4f}), threshold {threshold:.3f}, logged {info.model_uri}"
         ),
     )
+
+
+def trial_partitions(rows: int, cores: int, parallelism: int, rows_per_partition: int = 20_000) -> int:
+    """How many partitions the cached train vectors get, so concurrent trials share the cores.
+
+    Each of ``parallelism`` concurrent trials should get its share of the cores, and a partition
+    should hold a useful amount of work: small data in many partitions spends its time in task
+    overhead (on the Telco data, 1 partition instead of 4 made each trial about 30% faster).
+    """
+    return max(1, min(cores // max(1, parallelism), math.ceil(rows / rows_per_partition)))
 
 
 def _tune(
