@@ -11,7 +11,6 @@ import mlflow
 from pyspark.ml import PipelineModel
 from pyspark.ml.classification import ClassificationModel
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
-from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -19,7 +18,7 @@ from deltaml.catalog import read_table
 from deltaml.context import StepContext, StepResult
 from deltaml.errors import StepInputError
 from deltaml.features import feature_names
-from deltaml.models import DecisionThreshold
+from deltaml.models import DecisionThreshold, positive_probability
 from deltaml.report import (
     calibration_points,
     confusion_matrix,
@@ -28,7 +27,7 @@ from deltaml.report import (
     write_report,
 )
 from deltaml.split import SPLIT_COL, TEST, VALIDATION
-from deltaml.train import LABEL_COL, check_columns, load_fitted_model, with_binary_label
+from deltaml.train import LABEL_COL, check_columns, labelled_rows, load_fitted_model
 
 LOG = logging.getLogger(__name__)
 _EPS = 1e-15
@@ -48,7 +47,7 @@ def binary_metrics(predictions: DataFrame, label_col: str = LABEL_COL) -> dict[s
         F.col(label_col).alias("y"),
         F.col("prediction"),
         F.col("rawPrediction"),
-        vector_to_array(F.col("probability"))[1].alias("p"),
+        positive_probability().alias("p"),
     ).cache()
     p = F.least(F.greatest(F.col("p"), F.lit(_EPS)), F.lit(1 - _EPS))
     row = scored.agg(
@@ -80,18 +79,18 @@ def run_evaluate(ctx: StepContext) -> StepResult:
     check_columns(
         data, [*cfg.features.columns, cfg.label.column, SPLIT_COL], "evaluate", f"split table {ctx.tables.split}"
     )
-    labelled = data.where(F.col(cfg.label.column).isNotNull()).transform(
-        with_binary_label(cfg.label.column, cfg.label.positive)
-    )
     metrics: dict[str, float] = {}
-    for split_name in (VALIDATION, TEST):
-        part = labelled.where(F.col(SPLIT_COL) == split_name)
-        for name, value in binary_metrics(model.transform(part)).items():
-            metrics[f"{split_name}_{name}"] = value
-    ctx.outputs["metrics"] = metrics
     threshold = decision_threshold(model)
-    test = labelled.where(F.col(SPLIT_COL) == TEST)
-    report_files = _log_report(ctx, model, model.transform(test), metrics, threshold)
+    report_files: list[str] = []
+    for split_name in (VALIDATION, TEST):
+        # Scored once: the metrics and (for test) the report read the same cached predictions.
+        scored = model.transform(labelled_rows(data, cfg, split_name)).cache()
+        for name, value in binary_metrics(scored).items():
+            metrics[f"{split_name}_{name}"] = value
+        if split_name == TEST:
+            report_files = _log_report(ctx, model, scored, metrics, threshold)
+        scored.unpersist()
+    ctx.outputs["metrics"] = metrics
     return StepResult(
         metrics={**metrics, "split_table_version": float(split_version), "decision_threshold": threshold},
         tags={"model_uri": model_uri, "report": ", ".join(report_files)},
@@ -126,9 +125,7 @@ def _log_report(
 ) -> list[str]:
     """Write the test split's evaluation report (plots, metrics, one HTML page) to the step's MLflow run."""
     cfg = ctx.config
-    scored = scored_test.select(
-        F.col(LABEL_COL).alias("y"), vector_to_array(F.col("probability"))[1].alias("p")
-    ).cache()
+    scored = scored_test.select(F.col(LABEL_COL).alias("y"), positive_probability().alias("p")).cache()
     try:
         histogram = score_histogram(scored)
         if histogram.total_positives == 0 or histogram.total_negatives == 0:

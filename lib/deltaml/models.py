@@ -22,7 +22,7 @@ from pyspark.ml.classification import (
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from deltaml.errors import StepInputError
@@ -42,6 +42,11 @@ _ESTIMATORS: dict[str, Any] = {
 }
 # Params deltaml sets itself: a config that sets them would silently be overridden.
 _RESERVED = {"featuresCol", "labelCol", "weightCol", "predictionCol", "probabilityCol", "rawPredictionCol", "layers"}
+
+
+def positive_probability(probability_col: str = PROBABILITY_COL) -> Column:
+    """The positive class's probability: slot 1 of a model's probability vector, as a double column."""
+    return vector_to_array(F.col(probability_col))[1]
 
 
 class DecisionThreshold(Transformer, DefaultParamsReadable["DecisionThreshold"], DefaultParamsWritable):
@@ -74,7 +79,7 @@ class DecisionThreshold(Transformer, DefaultParamsReadable["DecisionThreshold"],
         return self.getOrDefault(self.threshold)
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        positive = vector_to_array(F.col(PROBABILITY_COL))[1]
+        positive = positive_probability()
         return dataset.withColumn(PREDICTION_COL, (positive >= F.lit(self.getThreshold())).cast("double"))
 
 

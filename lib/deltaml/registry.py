@@ -9,7 +9,6 @@ import mlflow
 import mlflow.spark
 from mlflow.tracking import MlflowClient
 from pyspark.ml import PipelineModel
-from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -19,9 +18,10 @@ from deltaml.context import StepContext, StepResult, event_tables
 from deltaml.errors import DeltamlError, StepInputError
 from deltaml.features import bind_window_stages
 from deltaml.gate import CHALLENGER, CHAMPION, GateDecision, champion_version, gate_decision, promote
+from deltaml.models import positive_probability
 from deltaml.split import SPLIT_COL, TEST
 from deltaml.tracking import latest_step_run
-from deltaml.train import LABEL_COL, check_columns, load_fitted_model, with_binary_label
+from deltaml.train import LABEL_COL, check_columns, labelled_rows, load_fitted_model
 
 LOG = logging.getLogger(__name__)
 
@@ -152,11 +152,7 @@ def _test_rows(ctx: StepContext, split_version: int) -> DataFrame:
     data, _ = read_table(ctx.spark, ctx.tables.split, "register", version=split_version)
     where = f"split table {ctx.tables.split} v{split_version}"
     check_columns(data, [cfg.key, *cfg.features.columns, cfg.label.column, SPLIT_COL], "register", where)
-    test = (
-        data.where(F.col(SPLIT_COL) == TEST)
-        .where(F.col(cfg.label.column).isNotNull())
-        .transform(with_binary_label(cfg.label.column, cfg.label.positive))
-    )
+    test = labelled_rows(data, cfg, TEST)
     counts = test.agg(F.count("*").alias("rows"), F.countDistinct(cfg.key).alias("keys")).first()
     assert counts is not None
     if counts["rows"] != counts["keys"]:
@@ -186,7 +182,7 @@ def score_test_rows(test: DataFrame, key: str, challenger: PipelineModel, champi
         return model.transform(test).select(
             F.col(key),
             F.col(LABEL_COL).cast("double").alias("y"),
-            vector_to_array(F.col("probability"))[1].alias(f"p_{role}"),
+            positive_probability().alias(f"p_{role}"),
             F.col("prediction").cast("double").alias(f"pred_{role}"),
         )
 

@@ -11,7 +11,6 @@ import mlflow.spark
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pyspark.ml import PipelineModel
-from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -20,6 +19,7 @@ from deltaml.context import StepContext, StepResult, event_tables
 from deltaml.errors import StepInputError
 from deltaml.features import bind_window_stages
 from deltaml.ingest import INGEST_BATCH_COL
+from deltaml.models import positive_probability
 from deltaml.train import check_columns
 
 LOG = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def score_frame(
         scored = scoring.model.transform(df.withColumn("_batch", batch))
         return scored.select(
             F.col(key),
-            vector_to_array(F.col("probability"))[1].alias("probability"),
+            positive_probability().alias("probability"),
             F.col("prediction"),
             F.lit(scoring.name).alias("model_name"),
             F.lit(scoring.version).alias("model_version"),

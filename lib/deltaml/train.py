@@ -24,7 +24,14 @@ from deltaml.config import PipelineConfig
 from deltaml.context import StepContext, StepResult, event_tables
 from deltaml.errors import StepInputError
 from deltaml.features import FEATURES_COL, build_feature_stages
-from deltaml.models import LABEL_COL, DecisionThreshold, class_weights, model_stages, supports_weights
+from deltaml.models import (
+    LABEL_COL,
+    DecisionThreshold,
+    class_weights,
+    model_stages,
+    positive_probability,
+    supports_weights,
+)
 from deltaml.split import SPLIT_COL, TRAIN, VALIDATION
 from deltaml.tuning import FamilyResult, SearchBudget, TrialLogger, TrialOutcome, loss_of, search_family
 from deltaml.windows import WindowFeatures
@@ -69,6 +76,14 @@ def build_training_pipeline(config: PipelineConfig) -> Pipeline:
     return Pipeline(stages=[*features, *model, DecisionThreshold(threshold=config.evaluate.threshold)])
 
 
+def leading_windows(stages: list[Any]) -> tuple[PipelineModel, list[Any]]:
+    """The leading :class:`~deltaml.windows.WindowFeatures` stages (nothing to fit) and the stages after them."""
+    leading = 0
+    while leading < len(stages) and isinstance(stages[leading], WindowFeatures):
+        leading += 1
+    return PipelineModel(stages=[s for s in stages[:leading] if isinstance(s, WindowFeatures)]), stages[leading:]
+
+
 def fit_pipeline(pipeline: Pipeline, train: DataFrame) -> PipelineModel:
     """Fit ``pipeline`` like ``Pipeline.fit``, computing its leading window-feature joins once.
 
@@ -77,19 +92,15 @@ def fit_pipeline(pipeline: Pipeline, train: DataFrame) -> PipelineModel:
     :class:`~deltaml.windows.WindowFeatures` stages transform once, the result is cached for
     the rest of the fit, and the fitted model is the same sequence of stages.
     """
-    stages = pipeline.getStages()
-    leading = 0
-    while leading < len(stages) and isinstance(stages[leading], WindowFeatures):
-        leading += 1
-    if leading == 0:
+    windows, rest = leading_windows(pipeline.getStages())
+    if not windows.stages:
         return pipeline.fit(train)
-    windows = PipelineModel(stages=[s for s in stages[:leading] if isinstance(s, WindowFeatures)])
     enriched = windows.transform(train).cache()
     try:
-        rest = Pipeline(stages=stages[leading:]).fit(enriched)
+        fitted = Pipeline(stages=rest).fit(enriched)
     finally:
         enriched.unpersist()
-    return PipelineModel(stages=[*windows.stages, *rest.stages])
+    return PipelineModel(stages=[*windows.stages, *fitted.stages])
 
 
 def model_signature(df: DataFrame, columns: list[str]) -> ModelSignature:
@@ -132,13 +143,17 @@ def _check_candidates(config: PipelineConfig) -> None:
         model_stages(candidate.family, candidate.params, seed=config.seed, num_features=1)
 
 
-def _labelled_split(data: DataFrame, config: PipelineConfig, split: str) -> DataFrame:
+def labelled_rows(data: DataFrame, config: PipelineConfig, *splits: str) -> DataFrame:
+    """The rows of ``splits`` whose label is known, with the 0/1 ``_label`` added."""
     return (
-        data.where(F.col(SPLIT_COL) == split)
+        data.where(F.col(SPLIT_COL).isin(*splits))
         .where(F.col(config.label.column).isNotNull())
         .transform(with_binary_label(config.label.column, config.label.positive))
-        .select(*config.features.columns, LABEL_COL)
     )
+
+
+def _labelled_split(data: DataFrame, config: PipelineConfig, *splits: str) -> DataFrame:
+    return labelled_rows(data, config, *splits).select(*config.features.columns, LABEL_COL)
 
 
 def run_fit(ctx: StepContext) -> StepResult:
@@ -164,9 +179,14 @@ def run_fit(ctx: StepContext) -> StepResult:
             f"{cfg.label.column}={cfg.label.positive!r}; both classes are needed (check label.positive)"
         )
     validation = _labelled_split(data, cfg, VALIDATION)
-    features = fit_pipeline(Pipeline(stages=build_feature_stages(cfg.features, events=event_tables(cfg))), train)
+    # The window joins (nothing to fit) run once on train: their result feeds both the feature
+    # fit and the train vectors.
+    windows, rest = leading_windows(build_feature_stages(cfg.features, events=event_tables(cfg)))
+    enriched = windows.transform(train).cache() if windows.stages else train
+    fitted_rest = Pipeline(stages=rest).fit(enriched)
+    features = PipelineModel(stages=[*windows.stages, *fitted_rest.stages])
     weighted = cfg.model.class_weight == "balanced"
-    train_vectors = features.transform(train).select(FEATURES_COL, LABEL_COL)
+    train_vectors = fitted_rest.transform(enriched).select(FEATURES_COL, LABEL_COL)
     if weighted:
         train_vectors = train_vectors.transform(class_weights())
     validation_vectors = features.transform(validation).select(FEATURES_COL, LABEL_COL)
@@ -179,6 +199,8 @@ def run_fit(ctx: StepContext) -> StepResult:
     first = train_vectors.first()
     assert first is not None
     num_features = int(first[FEATURES_COL].size)
+    if enriched is not train:
+        enriched.unpersist()  # the train vectors are cached and computed now
     candidates = cfg.model.all_candidates
     if (len(candidates) > 1 or any(c.search for c in candidates)) and validation_vectors.isEmpty():
         raise StepInputError("step 'fit': tuning needs validation rows; set split.validation above 0")
@@ -312,13 +334,9 @@ def _threshold(cfg: PipelineConfig, winner: TrialOutcome, validation: DataFrame)
     rule = cfg.evaluate.threshold_rule
     if rule == "fixed":
         return cfg.evaluate.threshold
-    from pyspark.ml.functions import vector_to_array
-
     from deltaml.report import choose_threshold, score_histogram
 
-    scored = winner.model.transform(validation).select(
-        F.col(LABEL_COL).alias("y"), vector_to_array(F.col("probability"))[1].alias("p")
-    )
+    scored = winner.model.transform(validation).select(F.col(LABEL_COL).alias("y"), positive_probability().alias("p"))
     threshold = choose_threshold(score_histogram(scored), rule, cfg.evaluate.cost, cfg.evaluate.threshold)
     LOG.info("decision threshold %.3f chosen by %s on the validation split", threshold, rule)
     return threshold
@@ -335,9 +353,7 @@ def _winner(results: list[FamilyResult], metric: str) -> TrialOutcome:
 def _refit(
     cfg: PipelineConfig, winner: TrialOutcome, data: DataFrame, num_features: int, weighted: bool, threshold: float
 ) -> PipelineModel:
-    both = data.where(F.col(SPLIT_COL).isin(TRAIN, VALIDATION)).transform(
-        lambda df: _labelled_split(df.withColumn(SPLIT_COL, F.lit(TRAIN)), cfg, TRAIN)
-    )
+    both = _labelled_split(data, cfg, TRAIN, VALIDATION)
     stages = [
         *build_feature_stages(cfg.features, events=event_tables(cfg)),
         *model_stages(winner.family, winner.params, seed=cfg.seed, num_features=num_features, weighted=weighted),
@@ -345,7 +361,11 @@ def _refit(
     ]
     if weighted:
         both = both.transform(class_weights())
-    return fit_pipeline(Pipeline(stages=stages), both.cache())
+    both = both.cache()
+    try:
+        return fit_pipeline(Pipeline(stages=stages), both)
+    finally:
+        both.unpersist()
 
 
 def leaderboard_rows(results: list[FamilyResult], metric: str) -> list[dict[str, Any]]:
