@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.deltaml-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-flights test test-fast lint zip clean
+.PHONY: setup demo demo-flights demo-penguins demo-diamonds test test-fast lint zip clean
 
 setup: $(STAMP)
 	$(BIN)/deltaml setup-jars
@@ -22,6 +22,13 @@ demo: setup
 # The second example: real flights with point-in-time window features (about 3 minutes).
 demo-flights: setup
 	$(BIN)/deltaml run conf/flight_delays.yml --env local
+
+# A multiclass label (penguin species, about 1 minute) and a regression label (diamond prices, about 2.5 minutes).
+demo-penguins: setup
+	$(BIN)/deltaml run conf/penguin_species.yml --env local
+
+demo-diamonds: setup
+	$(BIN)/deltaml run conf/diamond_prices.yml --env local
 
 test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

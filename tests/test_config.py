@@ -223,8 +223,77 @@ def test_bad_candidate_is_one_config_line(tmp_path: Path, candidates: list[objec
     assert "\n" not in str(caught.value)
 
 
-def test_demo_config_tunes_three_families_and_register_keeps_its_yaml_name() -> None:
+def test_demo_config_tunes_four_families_and_register_keeps_its_yaml_name() -> None:
     loaded = load_config(TELCO_CONF, overrides=["register.gate.margin=0.01"])
-    assert [c.family for c in loaded.pipeline.model.all_candidates] == ["logistic_regression", "random_forest", "gbt"]
+    families = [c.family for c in loaded.pipeline.model.all_candidates]
+    assert families == ["logistic_regression", "random_forest", "gbt", "hist_gradient_boosting"]
     assert loaded.pipeline.registration.gate.margin == 0.01
     assert loaded.effective["register"]["gate"]["margin"] == 0.01
+
+
+def test_task_examples_load_with_their_default_metrics() -> None:
+    penguins = load_config(TELCO_CONF.parent / "penguin_species.yml").pipeline
+    assert (penguins.label.task, penguins.tuning_metric, penguins.gate_metric) == ("multiclass", "f1", "accuracy")
+    diamonds = load_config(TELCO_CONF.parent / "diamond_prices.yml").pipeline
+    assert (diamonds.label.task, diamonds.tuning_metric, diamonds.gate_metric) == ("regression", "rmse", "rmse")
+    telco = load_config(TELCO_CONF).pipeline
+    assert (telco.tuning_metric, telco.gate_metric) == ("auc_roc", "auc_roc")
+
+
+REGRESSION = {"label": {"column": "churn", "task": "regression"}, "contract": None, "tuning": {}}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"label": {"column": "churn"}}, r"a binary label needs 'positive'"),
+        ({"label": {"column": "churn", "task": "multiclass", "positive": "Yes"}}, r"'positive' is for binary"),
+        ({"label": {"column": "churn", "task": "multiclass", "classes": ["a", "a"]}}, r"at least two distinct"),
+        ({**REGRESSION}, r"model family logistic_regression cannot learn a regression label"),
+        (
+            {**REGRESSION, "model": {"family": "linear_regression"}, "tuning": {"metric": "auc_roc"}},
+            r"tuning.metric auc_roc is not a regression metric; use one of \['rmse', 'mae', 'r2'\]",
+        ),
+        (
+            {**REGRESSION, "model": {"family": "linear_regression"}, "split": {"strategy": "stratified"}},
+            r"split.strategy stratified needs a discrete label; use random for regression",
+        ),
+        (
+            {"label": {"column": "churn", "task": "multiclass"}, "model": {"family": "gbt"}},
+            r"model family gbt cannot learn a multiclass label",
+        ),
+        (
+            {
+                "label": {"column": "churn", "task": "multiclass"},
+                "model": {"family": "mlp"},
+                "register": {"gate": {"metric": "f1"}},
+            },
+            r"register.gate.metric f1 cannot gate a multiclass model; use one of \['accuracy', 'log_loss'\]",
+        ),
+        (
+            {
+                "label": {"column": "churn", "task": "multiclass"},
+                "model": {"family": "mlp"},
+                "evaluate": {"threshold_rule": "max_f1"},
+            },
+            r"threshold_rule max_f1 is for binary labels only",
+        ),
+    ],
+)
+def test_label_task_mismatches_are_one_config_line(tmp_path: Path, edit: dict[str, object], message: str) -> None:
+    data = telco_config_dict()
+    data.pop("tuning")
+    data.update(edit)
+    if data.get("contract") is None:
+        data.pop("contract", None)
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(tmp_path / "task.yml", data))
+
+
+def test_regression_defaults_to_a_random_split(tmp_path: Path) -> None:
+    data = telco_config_dict()
+    data.update({**REGRESSION, "model": {"family": "gbt"}})
+    data.pop("contract")
+    data.pop("split")
+    config = load_config(write_config(tmp_path / "regression.yml", data)).pipeline
+    assert config.split.strategy == "random"

@@ -192,3 +192,61 @@ def test_bootstrap_interval_excludes_zero_only_for_a_clearly_better_model(spark:
     assert kept.reason.endswith("+0.0000 >= margin 0.0000; 95% CI [+0.0000, +0.0000] not above 0 over 20 resamples")
     assert kept.as_metrics()["gate_promoted"] == 0.0
     assert kept.as_tags()["gate_decision"] == "kept"
+
+
+def test_regression_metrics_match_scikit_learn_and_lower_error_wins(spark: SparkSession) -> None:
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    rng = np.random.default_rng(3)
+    y = rng.normal(10, 3, 40)
+    good, weak = y + rng.normal(0, 0.5, 40), y + rng.normal(0, 2.0, 40)
+    rows = [(float(a), float(w), float(g), float(w), float(g)) for a, w, g in zip(y, weak, good, strict=True)]
+    df = spark.createDataFrame(rows, SCHEMA)
+    for column, predicted in (("champion", weak), ("challenger", good)):
+        args = (f"p_{column}", f"pred_{column}")
+        assert metric_value(df, "rmse", *args, task="regression") == pytest.approx(
+            math.sqrt(mean_squared_error(y, predicted)), rel=1e-12
+        )
+        assert metric_value(df, "mae", *args, task="regression") == pytest.approx(
+            mean_absolute_error(y, predicted), rel=1e-12
+        )
+        assert metric_value(df, "r2", *args, task="regression") == pytest.approx(r2_score(y, predicted), rel=1e-12)
+    for metric in ("rmse", "mae", "r2"):
+        better = gate_decision(
+            df, GateConfig(metric=metric), seed=1, champion_version=1, challenger_version=2, task="regression"
+        )
+        assert better.promote and better.difference is not None and better.difference > 0, metric
+    swapped = df.select(
+        "y",
+        df.p_challenger.alias("p_champion"),
+        df.p_champion.alias("p_challenger"),
+        df.pred_challenger.alias("pred_champion"),
+        df.pred_champion.alias("pred_challenger"),
+    )
+    worse = gate_decision(
+        swapped,
+        GateConfig(metric="rmse", bootstrap=20),
+        seed=1,
+        champion_version=1,
+        challenger_version=2,
+        task="regression",
+    )
+    assert not worse.promote and worse.ci_high is not None and worse.ci_high < 0
+
+
+def test_multiclass_log_loss_reads_the_probability_of_the_true_class(spark: SparkSession) -> None:
+    # p_* holds each row's probability of its TRUE class; pred_* the predicted class index.
+    y = [0, 1, 2, 2, 1, 0]
+    proba = np.array(
+        [[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.1, 0.1, 0.8], [0.5, 0.2, 0.3], [0.2, 0.5, 0.3], [0.4, 0.4, 0.2]]
+    )
+    true_p = [float(proba[i, c]) for i, c in enumerate(y)]
+    pred = [float(np.argmax(row)) for row in proba]
+    rows = [(float(a), t, t, p, p) for a, t, p in zip(y, true_p, pred, strict=True)]
+    df = spark.createDataFrame(rows, SCHEMA)
+    assert metric_value(df, "log_loss", "p_challenger", "pred_challenger", task="multiclass") == pytest.approx(
+        log_loss(y, proba), rel=1e-12
+    )
+    assert metric_value(df, "accuracy", "p_challenger", "pred_challenger", task="multiclass") == pytest.approx(
+        accuracy_score(y, pred), rel=1e-12
+    )

@@ -64,9 +64,59 @@ def test_balanced_class_weights(spark: SparkSession) -> None:
         ("logistic_regression", {"featuresCol": "x"}, r"\['featuresCol'\] are not params"),
         ("gbt", {"hidden_layers": [3]}, r"hidden_layers is a param of mlp only"),
         ("gbt", {"maxDepth": "deep"}, r"gbt param maxDepth='deep' is invalid"),
-        ("xgboost", {}, r"unknown model family 'xgboost'"),
+        ("xgboost", {}, r"model family 'xgboost' cannot learn a binary label; use one of"),
+        ("linear_regression", {}, r"model family 'linear_regression' cannot learn a binary label"),
     ],
 )
 def test_bad_model_params_are_one_line(family: str, params: dict[str, object], message: str) -> None:
     with pytest.raises(StepInputError, match=message):
         model_stages(family, params, seed=1, num_features=2)
+
+
+def test_multiclass_families_give_k_probabilities_and_class_labels_survive_save(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    from deltaml.models import ClassLabels, model_classes
+
+    rows = [(Vectors.dense([float(i % 3) + 0.1 * (i % 5), float(i % 2)]), float(i % 3)) for i in range(30)]
+    data = spark.createDataFrame(rows, ["features", "_label"])
+    for family, params in (("logistic_regression", {}), ("random_forest", {"numTrees": 5}), ("mlp", {"maxIter": 30})):
+        stages = [
+            *model_stages(family, params, seed=1, num_features=2, task="multiclass", num_classes=3),
+            ClassLabels(labels=["a", "b", "c"]),
+        ]
+        model = Pipeline(stages=stages).fit(data)
+        model.write().overwrite().save(str(tmp_path / family))
+        loaded = PipelineModel.load(str(tmp_path / family))
+        assert model_classes(loaded.stages) == ["a", "b", "c"]
+        out = loaded.transform(data).select("probability", "prediction", "predicted_label").collect()
+        assert all(len(r["probability"]) == 3 for r in out), family
+        assert all(r["predicted_label"] == "abc"[int(r["prediction"])] for r in out), family
+
+
+def test_regression_families_predict_numbers(spark: SparkSession) -> None:
+    rows = [(Vectors.dense([float(i), float(i % 4)]), 3.0 * i + 1.0) for i in range(30)]
+    data = spark.createDataFrame(rows, ["features", "_label"])
+    for family in ("linear_regression", "random_forest", "gbt"):
+        model = Pipeline(stages=model_stages(family, {}, seed=1, task="regression")).fit(data)
+        predicted = [r["prediction"] for r in model.transform(data).select("prediction").collect()]
+        assert len(predicted) == 30 and all(isinstance(p, float) for p in predicted), family
+    linear = Pipeline(stages=model_stages("linear_regression", {}, seed=1, task="regression")).fit(data)
+    assert linear.stages[-1].coefficients[0] == pytest.approx(3.0, abs=1e-6)
+
+
+def test_label_encoding_per_task_and_balanced_weights_for_three_classes(spark: SparkSession) -> None:
+    from deltaml.config import LabelConfig
+    from deltaml.models import encode_label
+
+    df = spark.createDataFrame([("x",), ("y",), ("z",), ("y",), ("w",)], "label string")
+    multiclass = LabelConfig(column="label", task="multiclass", classes=["x", "y", "z"])
+    encoded = [r[0] for r in df.select(encode_label(multiclass)).collect()]
+    assert encoded == [0.0, 1.0, 2.0, 1.0, None]  # "w" is not a class
+    numbers = spark.createDataFrame([("1.5",), ("abc",)], "label string")
+    regression = LabelConfig(column="label", task="regression")
+    assert [r[0] for r in numbers.select(encode_label(regression)).collect()] == [1.5, None]
+    labels = spark.createDataFrame([(0.0,)] * 6 + [(1.0,)] * 3 + [(2.0,)] * 1, "_label double")
+    weights = {r["_label"]: r[WEIGHT_COL] for r in labels.transform(class_weights()).distinct().collect()}
+    # rows / (classes * rows of the class): 10 / (3 * 6), 10 / (3 * 3), 10 / (3 * 1)
+    assert weights == pytest.approx({0.0: 10 / 18, 1.0: 10 / 9, 2.0: 10 / 3})

@@ -126,15 +126,14 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     assert all("seconds" in run.data.metrics for run in steps.values())
     assert parent.data.params["tuning.parallelism"] == "2"
 
-    # Tuning: three families, two trials each, every trial a nested run of the fit step; the
+    # Tuning: four families, two trials each, every trial a nested run of the fit step; the
     # leaderboard and the evaluation report are artifacts; the gate promoted the first version.
     fit_run = steps["fit"].info.run_id
     trials = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{fit_run}'")
-    assert sorted(t.data.tags["deltaml.family"] for t in trials) == sorted(
-        ["logistic_regression", "random_forest", "gbt"] * 2
-    )
+    families = ["logistic_regression", "random_forest", "gbt", "hist_gradient_boosting"]
+    assert sorted(t.data.tags["deltaml.family"] for t in trials) == sorted(families * 2)
     assert all("validation_auc_roc" in t.data.metrics and t.info.status == "FINISHED" for t in trials)
-    assert steps["fit"].data.tags["deltaml.winner_family"] in {"logistic_regression", "random_forest", "gbt"}
+    assert steps["fit"].data.tags["deltaml.winner_family"] in families
     assert "leaderboard.json" in {a.path for a in client.list_artifacts(fit_run)}
     report = {a.path for a in client.list_artifacts(steps["evaluate"].info.run_id, "report")}
     assert {"report/report.html", "report/roc.png", "report/feature_importance.png"} <= report

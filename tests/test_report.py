@@ -16,22 +16,34 @@ from pyspark.ml.classification import (
     RandomForestClassifier,
 )
 from pyspark.ml.feature import VectorAssembler
+from pyspark.ml.regression import LinearRegression, RandomForestRegressor
 from pyspark.sql import DataFrame, SparkSession
-from sklearn.metrics import roc_auc_score
+from pyspark.sql import functions as F
+from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
+from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
 from deltaml.config import CostConfig
 from deltaml.errors import StepInputError
 from deltaml.report import (
+    RESIDUAL_QUANTILES,
     CalibrationPoint,
+    PredictedVsActualGrid,
+    ResidualHistogram,
     ScoreHistogram,
     auc,
     calibration_points,
     choose_threshold,
     confusion_matrix,
     feature_importances,
+    multiclass_confusion,
+    per_class_metrics,
     pr_points,
+    predicted_vs_actual,
+    residual_histogram,
     roc_points,
     score_histogram,
+    write_multiclass_report,
+    write_regression_report,
     write_report,
 )
 
@@ -336,3 +348,280 @@ def test_write_report_writes_a_self_contained_html(
     assert not (out / "feature_importance.png").exists()
     assert len(written) == 6
     assert (out / "report.html").read_text().count('<img src="data:image/png;base64,') == 4
+
+
+# ---- multiclass ----------------------------------------------------------------------------
+
+CLASSES = 4
+MULTICLASS_ROWS = 300
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def multiclass_data() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """True class indices 0..3 and predictions right about 60% of the time; class 3 is never predicted."""
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, CLASSES, MULTICLASS_ROWS).astype(np.float64)
+    guess = rng.integers(0, CLASSES - 1, MULTICLASS_ROWS).astype(np.float64)
+    pred = np.where((rng.random(MULTICLASS_ROWS) < 0.6) & (y < CLASSES - 1), y, guess)
+    return y, pred
+
+
+@pytest.fixture(scope="module")
+def multiclass_scored(
+    spark: SparkSession, multiclass_data: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
+) -> DataFrame:
+    y, pred = multiclass_data
+    return spark.createDataFrame(list(zip(y.tolist(), pred.tolist(), strict=True)), "label double, prediction double")
+
+
+@pytest.fixture(scope="module")
+def multiclass_counts(multiclass_scored: DataFrame) -> list[list[int]]:
+    return multiclass_confusion(multiclass_scored, CLASSES, label_col="label", pred_col="prediction")
+
+
+def test_multiclass_confusion_and_per_class_metrics_match_scikit_learn(
+    multiclass_counts: list[list[int]], multiclass_data: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
+) -> None:
+    y, pred = multiclass_data
+    expected = sklearn_confusion_matrix(y, pred, labels=list(range(CLASSES)))
+    assert multiclass_counts == expected.tolist()
+    assert all(type(count) is int for row in multiclass_counts for count in row)
+    assert sum(row[CLASSES - 1] for row in multiclass_counts) == 0  # class 3 is never predicted
+
+    labels = ["a", "b", "c", "d"]
+    got = per_class_metrics(multiclass_counts, labels)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y, pred, labels=list(range(CLASSES)), zero_division=0
+    )
+    assert [m["label"] for m in got] == labels
+    assert [m["support"] for m in got] == support.tolist()
+    np.testing.assert_allclose([float(m["precision"]) for m in got], precision, atol=1e-12)
+    np.testing.assert_allclose([float(m["recall"]) for m in got], recall, atol=1e-12)
+    np.testing.assert_allclose([float(m["f1"]) for m in got], f1, atol=1e-12)
+    assert got[-1]["precision"] == 0.0 and got[-1]["f1"] == 0.0  # 0 / 0 is 0.0, as zero_division=0
+
+    with pytest.raises(ValueError, match=r"confusion must be a 3 x 3 matrix of non-negative integers"):
+        per_class_metrics(multiclass_counts, labels[:3])
+    with pytest.raises(ValueError, match=r"confusion must be a 2 x 2 matrix"):
+        per_class_metrics([[1, -1], [0, 2]], ["x", "y"])
+
+
+def test_multiclass_confusion_refuses_bad_rows_and_arguments(spark: SparkSession) -> None:
+    good = [(0.0, 2.0), (2.0, 2.0)]
+    bad = [(None, 1.0), (1.0, float("nan")), (3.0, 0.0), (-1.0, 0.0), (1.5, 1.0), (0.0, float("inf"))]
+    df = spark.createDataFrame(good + bad, "y double, pred double")
+    with pytest.raises(StepInputError, match=r"multiclass_confusion: 6 of 8 rows have a null, NaN or non-integer"):
+        multiclass_confusion(df, 3)
+    assert multiclass_confusion(df.where(F.col("pred") == 2.0), 3) == [[0, 0, 1], [0, 0, 0], [0, 0, 1]]
+    with pytest.raises(StepInputError, match=r"lack column\(s\) \['prediction'\].*pass label_col= and pred_col="):
+        multiclass_confusion(df, 3, pred_col="prediction")
+    with pytest.raises(ValueError, match="num_classes must be an integer from 2 to 1000, got 1"):
+        multiclass_confusion(df, 1)
+
+
+def test_write_multiclass_report(tmp_path: Path, multiclass_counts: list[list[int]]) -> None:
+    labels = ["<cat>", "dog & co", "$bird$", "fish"]
+    metrics = {"test_accuracy": 0.5, "test_f1": float("nan")}
+    importances = [("<b>x</b>", 0.9), ("tenure", 0.5), ("tiny", 0.01)]
+    leaderboard: list[dict[str, object]] = [{"family": "logistic_regression", "f1": 0.61}]
+    out = tmp_path / "multiclass"
+    written = write_multiclass_report(
+        out,
+        title="Species <test>",
+        metrics=metrics,
+        labels=labels,
+        confusion=multiclass_counts,
+        importances=importances,
+        leaderboard=leaderboard,
+        top_features=2,
+    )
+    plots = ["confusion_matrix.png", "confusion_matrix_normalized.png", "feature_importance.png"]
+    assert written == [out / name for name in [*plots, "metrics.json", "report.html"]]
+    for name in plots:
+        assert (out / name).read_bytes().startswith(PNG_SIGNATURE)
+
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.count('<img src="data:image/png;base64,') == len(plots)
+    assert "Species &lt;test&gt;" in page and "<cat>" not in page
+    for label in ("&lt;cat&gt;", "dog &amp; co", "$bird$", "fish"):
+        assert f'<td class="name">{label}</td>' in page  # a row of the per-class and the confusion table
+    assert "<th>precision</th><th>recall</th><th>F1</th><th>support</th>" in page
+    assert "tiny" not in page and "logistic_regression" in page
+
+    document = json.loads((out / "metrics.json").read_text())
+    assert document["task"] == "multiclass"
+    assert document["labels"] == labels
+    assert document["confusion_matrix"] == multiclass_counts
+    assert document["per_class"] == per_class_metrics(multiclass_counts, labels)
+    assert document["metrics"] == {"test_accuracy": 0.5, "test_f1": None}
+    assert [tuple(pair) for pair in document["feature_importances"]] == importances
+    assert document["leaderboard"] == leaderboard
+
+    # A model without importances: no importance plot, and the stale one is removed.
+    written = write_multiclass_report(
+        out, title="MLP", metrics={}, labels=labels, confusion=multiclass_counts, importances=[]
+    )
+    assert not (out / "feature_importance.png").exists()
+    assert len(written) == 4
+    with pytest.raises(ValueError, match="confusion must be a 3 x 3 matrix"):
+        write_multiclass_report(
+            out, title="x", metrics={}, labels=labels[:3], confusion=multiclass_counts, importances=[]
+        )
+
+
+# ---- regression ----------------------------------------------------------------------------
+
+REGRESSION_ROWS = 400
+
+
+@pytest.fixture(scope="module")
+def regression_data() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Actual values and biased, noisy predictions; the first 60 rows are whole numbers, so residuals and
+    values fall exactly on bin edges too."""
+    rng = np.random.default_rng(11)
+    y = 50.0 + 10.0 * rng.normal(size=REGRESSION_ROWS)
+    pred = y + 0.5 + 3.0 * rng.normal(size=REGRESSION_ROWS)
+    y[:60], pred[:60] = np.round(y[:60]), np.round(pred[:60])
+    return y, pred
+
+
+@pytest.fixture(scope="module")
+def regression_scored(
+    spark: SparkSession, regression_data: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
+) -> Any:
+    y, pred = regression_data
+    df = spark.createDataFrame(list(zip(y.tolist(), pred.tolist(), strict=True)), "y double, pred double").cache()
+    yield df
+    df.unpersist()
+
+
+@pytest.fixture(scope="module")
+def residuals(regression_scored: DataFrame) -> ResidualHistogram:
+    return residual_histogram(regression_scored, bins=40)
+
+
+@pytest.fixture(scope="module")
+def grid(regression_scored: DataFrame) -> PredictedVsActualGrid:
+    return predicted_vs_actual(regression_scored, bins=30)
+
+
+def test_residual_histogram_matches_numpy(
+    residuals: ResidualHistogram, regression_data: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
+) -> None:
+    y, pred = regression_data
+    r = pred - y
+    counts, edges = np.histogram(r, bins=40)
+    np.testing.assert_array_equal(residuals.edges, edges)
+    np.testing.assert_array_equal(residuals.counts, counts)
+    assert (residuals.bins, residuals.rows) == (40, REGRESSION_ROWS)
+    assert residuals.mean == pytest.approx(r.mean(), abs=1e-12)
+    assert list(residuals.quantiles) == list(RESIDUAL_QUANTILES)
+    for q, value in residuals.quantiles.items():
+        assert value == np.quantile(r, q, method="inverted_cdf"), q
+
+
+def test_predicted_vs_actual_matches_numpy_histogram2d(
+    grid: PredictedVsActualGrid, regression_data: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
+) -> None:
+    y, pred = regression_data
+    lo, hi = min(y.min(), pred.min()), max(y.max(), pred.max())
+    counts, x_edges, y_edges = np.histogram2d(y, pred, bins=30, range=[(lo, hi), (lo, hi)])
+    assert (grid.lo, grid.hi, grid.bins) == (lo, hi, 30)
+    np.testing.assert_array_equal(grid.edges, x_edges)
+    np.testing.assert_array_equal(grid.edges, y_edges)
+    assert grid.counts == counts.astype(int).tolist()
+    assert grid.rows == REGRESSION_ROWS
+
+
+def test_regression_summaries_of_equal_values_and_bad_rows(spark: SparkSession) -> None:
+    # Every residual is 1.0 and every value 2.0 or 3.0: numpy widens a zero range by 0.5 each side.
+    same = spark.createDataFrame([(2.0, 3.0), (2.0, 3.0), (3.0, 4.0)], "y double, pred double")
+    h = residual_histogram(same, bins=4)
+    counts, edges = np.histogram(np.ones(3), bins=4)
+    np.testing.assert_array_equal(h.edges, edges)
+    np.testing.assert_array_equal(h.counts, counts)
+    one = predicted_vs_actual(same.where(F.col("pred") == 4.0).select("y", F.col("y").alias("pred")), bins=2)
+    assert (one.lo, one.hi, one.counts) == (2.5, 3.5, [[0, 0], [0, 1]])
+
+    bad = spark.createDataFrame(
+        [(1.0, 1.0), (None, 2.0), (1.0, float("nan")), (float("inf"), 1.0), (2.0, 2.5)], "y double, pred double"
+    )
+    with pytest.raises(StepInputError, match=r"residual_histogram: 3 of 5 rows have a null, NaN or infinite value"):
+        residual_histogram(bad)
+    with pytest.raises(StepInputError, match=r"predicted_vs_actual: 3 of 5 rows have a null, NaN or infinite"):
+        predicted_vs_actual(bad)
+    with pytest.raises(StepInputError, match="there are no scored rows"):
+        residual_histogram(bad.limit(0))
+    with pytest.raises(ValueError, match="bins must be an integer from 1 to 500, got 501"):
+        predicted_vs_actual(bad, bins=501)
+    with pytest.raises(StepInputError, match=r"lack column\(s\) \['label'\]"):
+        residual_histogram(bad, label_col="label")
+
+
+def test_write_regression_report(tmp_path: Path, residuals: ResidualHistogram, grid: PredictedVsActualGrid) -> None:
+    out = tmp_path / "regression"
+    importances = [("distance", 3.5), ("<hour>", -1.25)]
+    written = write_regression_report(
+        out,
+        title="Delay & minutes",
+        metrics={"test_rmse": 3.1, "test_r2": 0.9},
+        residuals=residuals,
+        grid=grid,
+        importances=importances,
+        leaderboard=[{"family": "gbt", "rmse": 3.1}],
+    )
+    plots = ["residuals.png", "predicted_vs_actual.png", "feature_importance.png"]
+    assert written == [out / name for name in [*plots, "metrics.json", "report.html"]]
+    for name in plots:
+        assert (out / name).read_bytes().startswith(PNG_SIGNATURE)
+
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.count('<img src="data:image/png;base64,') == len(plots)
+    assert "Delay &amp; minutes" in page and "&lt;hour&gt;" in page and "<hour>" not in page
+    assert '<td class="name">quantile 0.5</td>' in page and "test_rmse" in page and "gbt" in page
+
+    document = json.loads((out / "metrics.json").read_text())
+    assert document["task"] == "regression"
+    assert document["residuals"]["counts"] == residuals.counts.tolist()
+    assert document["residuals"]["edges"] == residuals.edges.tolist()
+    assert document["residuals"]["rows"] == REGRESSION_ROWS
+    assert document["residuals"]["quantiles"] == {str(q): v for q, v in residuals.quantiles.items()}
+    assert PredictedVsActualGrid(**document["predicted_vs_actual"]) == grid
+    assert [tuple(pair) for pair in document["feature_importances"]] == importances
+
+    write_regression_report(out, title="r", metrics={}, residuals=residuals, grid=grid, importances=[])
+    assert not (out / "feature_importance.png").exists()
+
+
+def test_feature_importances_of_regression_and_multiclass_models(spark: SparkSession) -> None:
+    rng = np.random.default_rng(5)
+    a, b, c = rng.normal(size=(3, 150))
+    target = 3.0 * b - 1.0 * c + 0.1 * rng.normal(size=150)
+    classes = np.digitize(target, [-1.5, 1.5]).astype(float)  # 0, 1, 2 mostly decided by b
+    rows = list(zip(a.tolist(), b.tolist(), c.tolist(), target.tolist(), classes.tolist(), strict=True))
+    df = spark.createDataFrame(rows, "a double, b double, c double, target double, label double")
+    training = VectorAssembler(inputCols=["a", "b", "c"], outputCol="features").transform(df).cache()
+    names = ["a", "b", "c"]
+
+    def sorted_pairs(values: Any) -> list[tuple[str, float]]:
+        return sorted(zip(names, np.asarray(values).tolist(), strict=True), key=lambda pair: -abs(pair[1]))
+
+    linear = LinearRegression(labelCol="target", maxIter=10).fit(training)
+    got = feature_importances(linear, names)
+    assert got == sorted_pairs(linear.coefficients.toArray())
+    assert [name for name, _ in got] == ["b", "c", "a"] and dict(got)["c"] < 0
+
+    forest = RandomForestRegressor(labelCol="target", numTrees=3, maxDepth=3, seed=1).fit(training)
+    got = feature_importances(forest, names)
+    assert got == sorted_pairs(forest.featureImportances.toArray())
+    assert got[0][0] == "b"
+
+    multiclass = LogisticRegression(maxIter=15).fit(training)
+    assert multiclass.numClasses == 3
+    got = feature_importances(multiclass, names)
+    assert got == sorted_pairs(np.abs(multiclass.coefficientMatrix.toArray()).max(axis=0))
+    assert got[0][0] == "b" and all(value >= 0 for _, value in got)
+    with pytest.raises(ValueError, match="LinearRegressionModel has 3 weights but 1 names"):
+        feature_importances(linear, ["a"])
+    training.unpersist()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 from pathlib import Path
@@ -48,6 +49,36 @@ def test_same_seed_proposes_the_same_trials_and_finds_the_peak() -> None:
     assert sum(t.model is not None for t in first.trials) == 1
 
 
+def test_finishing_order_does_not_change_the_proposals_and_a_free_thread_does_not_wait() -> None:
+    jitter = random.Random(5)
+    lock = threading.Lock()
+
+    def uneven(params: dict[str, Any]) -> tuple[str, dict[str, float]]:
+        with lock:
+            pause = jitter.uniform(0.0, 0.05)
+        time.sleep(pause)
+        return _bowl(params)
+
+    calm = search_family("lr", SPACE, {}, _bowl, metric="auc_roc", budget=_budget(max_evals=12))
+    shaken = search_family("lr", SPACE, {}, uneven, metric="auc_roc", budget=_budget(max_evals=12))
+    assert [t.params for t in calm.trials] == [t.params for t in shaken.trials]
+
+    started: dict[int, float] = {}
+    finished: dict[int, float] = {}
+
+    def second_is_slow(params: dict[str, Any]) -> tuple[None, dict[str, float]]:
+        with lock:
+            number = len(started) + 1
+            started[number] = time.monotonic()
+        time.sleep(0.6 if number == 2 else 0.05)
+        finished[number] = time.monotonic()
+        return None, {"auc_roc": 0.5}
+
+    search_family("lr", SPACE, {}, second_is_slow, metric="auc_roc", budget=_budget(max_evals=4))
+    # Trial 3 needs only trial 1's result, so it starts while trial 2 is still running.
+    assert started[3] < finished[2]
+
+
 def test_trials_run_concurrently_up_to_the_parallelism() -> None:
     running, peak, lock = 0, 0, threading.Lock()
 
@@ -87,8 +118,9 @@ def test_early_stopping_and_deadline_end_the_search() -> None:
     flat = search_family(
         "lr", SPACE, {}, lambda p: (None, {"auc_roc": 0.5}), metric="auc_roc", budget=_budget(early_stop_rounds=3)
     )
-    # The first trial is the best; three more without improvement stop it (trials come in pairs).
-    assert len(flat.trials) == 4 and flat.stopped == "no improvement in 3 trials"
+    # The first trial is the best. Trial k is proposed from trials 1..k-2 (parallelism 2): trial 5
+    # still starts (trials 2 and 3 gave no improvement), trial 6 would follow three without one.
+    assert len(flat.trials) == 5 and flat.stopped == "no improvement in 3 trials"
 
     def sleepy(params: dict[str, Any]) -> tuple[None, dict[str, float]]:
         time.sleep(0.3)
@@ -131,3 +163,13 @@ def test_every_trial_is_a_nested_mlflow_run(tmp_path: Path) -> None:
     assert runs[0].data.params == {"maxDepth": "3"}
     assert runs[0].data.metrics == pytest.approx({"validation_auc_roc": 0.81, "seconds": 1.5})
     assert runs[1].data.tags["deltaml.error"] == "ValueError: boom"
+
+
+def test_every_metric_has_a_direction() -> None:
+    from deltaml.config import TASK_METRICS
+    from deltaml.tuning import loss_of
+
+    lower = {"log_loss", "rmse", "mae"}
+    for metrics in TASK_METRICS.values():
+        for metric in metrics:
+            assert loss_of(metric, 1.0) == (1.0 if metric in lower else -1.0), metric

@@ -200,11 +200,35 @@ class ContractConfig(_Model):
     labels_present: list[str | int | float | bool] | None = None
 
 
+Task = Literal["binary", "multiclass", "regression"]
+
+
 class LabelConfig(_Model):
-    """The target column; ``positive`` is the value that counts as the positive class."""
+    """The target column and the kind of prediction.
+
+    ``binary`` (default): ``positive`` is the value that counts as the positive class.
+    ``multiclass``: ``classes`` lists the label values in class-index order; without it the
+    classes are the distinct labels of the train split, sorted. ``regression``: a numeric label.
+    """
 
     column: str
-    positive: str | int | float | bool
+    task: Task = "binary"
+    positive: str | int | float | bool | None = None
+    classes: list[str | int | float | bool] | None = None
+
+    @model_validator(mode="after")
+    def _fits_task(self) -> LabelConfig:
+        if self.task == "binary" and self.positive is None:
+            raise ValueError("a binary label needs 'positive': the label value that counts as the positive class")
+        if self.task != "binary" and self.positive is not None:
+            raise ValueError(f"'positive' is for binary labels only; this label's task is {self.task}")
+        if self.classes is not None:
+            if self.task != "multiclass":
+                raise ValueError("'classes' is for multiclass labels only")
+            names = [str(c) for c in self.classes]
+            if len(names) < 2 or len(set(names)) != len(names):
+                raise ValueError("'classes' needs at least two distinct values")
+        return self
 
 
 class ImputeConfig(_Model):
@@ -499,9 +523,43 @@ class SplitConfig(_Model):
         return self
 
 
-ModelFamily = Literal["logistic_regression", "random_forest", "gbt", "linear_svc", "mlp"]
+ModelFamily = Literal[
+    "logistic_regression",
+    "random_forest",
+    "gbt",
+    "linear_svc",
+    "mlp",
+    "linear_regression",
+    "hist_gradient_boosting",
+    "lightgbm",
+]
 ParamValue = float | int | str | bool
-TuningMetric = Literal["auc_roc", "auc_pr", "log_loss", "accuracy"]
+TuningMetric = Literal["auc_roc", "auc_pr", "log_loss", "accuracy", "f1", "rmse", "mae", "r2"]
+# What each task can train, tune on and gate on; the first metric is the default.
+TASK_FAMILIES: dict[str, tuple[str, ...]] = {
+    "binary": (
+        "logistic_regression",
+        "random_forest",
+        "gbt",
+        "linear_svc",
+        "mlp",
+        "hist_gradient_boosting",
+        "lightgbm",
+    ),
+    "multiclass": ("logistic_regression", "random_forest", "mlp", "hist_gradient_boosting", "lightgbm"),
+    "regression": ("linear_regression", "random_forest", "gbt", "hist_gradient_boosting", "lightgbm"),
+}
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("auc_roc", "auc_pr", "log_loss", "accuracy"),
+    "multiclass": ("f1", "accuracy", "log_loss"),
+    "regression": ("rmse", "mae", "r2"),
+}
+# The gate compares per-row aggregates, so weighted F1 (a ratio of per-class counts) is left out.
+GATE_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("auc_roc", "auc_pr", "log_loss", "accuracy"),
+    "multiclass": ("accuracy", "log_loss"),
+    "regression": ("rmse", "mae", "r2"),
+}
 
 
 class CandidateConfig(_Model):
@@ -554,14 +612,18 @@ class TuningConfig(_Model):
     run at once as separate Spark jobs; ``early_stop_rounds`` stops a family after that many
     trials without improvement (0: never); ``timeout_seconds`` bounds the whole search.
     ``refit_on: train_validation`` refits the winner on train + validation before the test.
+    ``single_node_max_rows`` caps the rows a single-node family (scikit-learn) trains on.
     """
 
-    metric: TuningMetric = "auc_roc"
+    metric: TuningMetric | None = None  # None: the task's default (auc_roc, f1 or rmse)
     max_evals: int = Field(default=10, ge=1)
     parallelism: int = Field(default=2, ge=1, le=64)
     timeout_seconds: float = Field(default=1800, gt=0)
     early_stop_rounds: int = Field(default=0, ge=0)
     refit_on: Literal["train", "train_validation"] = "train"
+    # Single-node families (hist_gradient_boosting) train on one executor from a copy of the
+    # vectors shipped once; larger splits are sampled down to this many rows.
+    single_node_max_rows: int = Field(default=200_000, ge=100)
 
 
 class CostConfig(_Model):
@@ -592,7 +654,7 @@ class GateConfig(_Model):
     """
 
     enabled: bool = True
-    metric: TuningMetric = "auc_roc"
+    metric: TuningMetric | None = None  # None: the task's default (auc_roc, accuracy or rmse)
     margin: float = Field(default=0.0, ge=0)
     bootstrap: int = Field(default=0, ge=0, le=10_000)
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
@@ -684,7 +746,50 @@ class PipelineConfig(_Model):
                     f"derived feature '{feature.name}' uses the label column '{self.label.column}' in its "
                     "expression; a feature computed from the label leaks the answer into the model"
                 )
+        self._check_task()
         return self
+
+    def _check_task(self) -> None:
+        """Families, metrics, threshold and split that fit the label's task; fill the task's default metrics."""
+        task = self.label.task
+        for candidate in self.model.all_candidates:
+            if candidate.family not in TASK_FAMILIES[task]:
+                families = list(TASK_FAMILIES[task])
+                raise ValueError(f"model family {candidate.family} cannot learn a {task} label; use one of {families}")
+        if self.tuning.metric is None:
+            self.tuning.metric = TASK_METRICS[task][0]  # type: ignore[assignment]
+        elif self.tuning.metric not in TASK_METRICS[task]:
+            raise ValueError(
+                f"tuning.metric {self.tuning.metric} is not a {task} metric; use one of {list(TASK_METRICS[task])}"
+            )
+        gate = self.registration.gate
+        if gate.metric is None:
+            gate.metric = GATE_METRICS[task][0]  # type: ignore[assignment]
+        elif gate.metric not in GATE_METRICS[task]:
+            raise ValueError(
+                f"register.gate.metric {gate.metric} cannot gate a {task} model; use one of {list(GATE_METRICS[task])}"
+            )
+        if task != "binary" and self.evaluate.threshold_rule != "fixed":
+            raise ValueError(f"evaluate.threshold_rule {self.evaluate.threshold_rule} is for binary labels only")
+        if task == "regression":
+            if self.model.class_weight != "none":
+                raise ValueError("model.class_weight is for classification; a regression label has no classes")
+            if self.split.strategy == "stratified":
+                if "strategy" in self.split.model_fields_set:
+                    raise ValueError("split.strategy stratified needs a discrete label; use random for regression")
+                self.split.strategy = "random"
+            if self.contract is not None and self.contract.labels_present:
+                raise ValueError("contract.labels_present is for classification labels")
+
+    @property
+    def tuning_metric(self) -> str:
+        """The validation metric tuning optimises (the task's default when not configured)."""
+        return self.tuning.metric or TASK_METRICS[self.label.task][0]
+
+    @property
+    def gate_metric(self) -> str:
+        """The test metric the champion/challenger gate compares (the task's default when not configured)."""
+        return self.registration.gate.metric or GATE_METRICS[self.label.task][0]
 
     @property
     def state_path(self) -> Path:
@@ -854,5 +959,8 @@ def _format_validation_error(exc: ValidationError, files: list[str]) -> str:
             problems.append(f"missing key '{where}'")
         else:
             message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"'{where}': {message}, got {error.get('input')!r}")
+            given = error.get("input")
+            # A whole section (a mapping) as the input says nothing the message does not.
+            got = "" if isinstance(given, dict) else f", got {given!r}"
+            problems.append(f"'{where}': {message}{got}")
     return f"invalid config ({' + '.join(files)}): " + "; ".join(problems)

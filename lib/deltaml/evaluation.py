@@ -1,16 +1,20 @@
-"""The evaluate step: classification metrics on validation and test, computed in Spark on all rows."""
+"""The evaluate step: metrics on validation and test and the test report, computed in Spark on all rows."""
 
 from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from pyspark.ml import PipelineModel
-from pyspark.ml.classification import ClassificationModel
-from pyspark.ml.evaluation import BinaryClassificationEvaluator
+from pyspark.ml.base import PredictionModel
+from pyspark.ml.evaluation import (
+    BinaryClassificationEvaluator,
+    MulticlassClassificationEvaluator,
+)
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -18,14 +22,20 @@ from deltaml.catalog import read_table
 from deltaml.context import StepContext, StepResult
 from deltaml.errors import StepInputError
 from deltaml.features import feature_names
-from deltaml.models import DecisionThreshold, positive_probability
+from deltaml.models import DecisionThreshold, model_classes, positive_probability
 from deltaml.report import (
     calibration_points,
     confusion_matrix,
     feature_importances,
+    multiclass_confusion,
+    predicted_vs_actual,
+    residual_histogram,
     score_histogram,
+    write_multiclass_report,
+    write_regression_report,
     write_report,
 )
+from deltaml.single_node import SingleNodeModel, permutation_importances
 from deltaml.split import SPLIT_COL, TEST, VALIDATION
 from deltaml.train import LABEL_COL, check_columns, labelled_rows, load_fitted_model
 
@@ -71,40 +81,117 @@ def binary_metrics(predictions: DataFrame, label_col: str = LABEL_COL) -> dict[s
     return metrics
 
 
+def multiclass_metrics(predictions: DataFrame, label_col: str = LABEL_COL) -> dict[str, float]:
+    """Weighted F1, accuracy and log-loss of a scored DataFrame whose label is the class index.
+
+    Args:
+        predictions: Output of a fitted multiclass pipeline (``probability``, ``prediction``).
+        label_col: The class-index label column.
+
+    Returns:
+        ``f1`` (weighted by class support, as Spark's evaluator computes it), ``accuracy``,
+        ``log_loss`` (probabilities clipped to ``[1e-15, 1 - 1e-15]``) and ``rows``.
+    """
+    scored = predictions.select(
+        F.col(label_col).cast("double").alias("y"), F.col("prediction"), F.col("probability")
+    ).cache()
+    try:
+        rows = scored.count()
+        if rows == 0:
+            return {"rows": 0.0}
+        evaluator = MulticlassClassificationEvaluator(labelCol="y", predictionCol="prediction", eps=_EPS)
+        return {
+            "rows": float(rows),
+            "f1": float(evaluator.evaluate(scored, {evaluator.metricName: "f1"})),
+            "accuracy": float(evaluator.evaluate(scored, {evaluator.metricName: "accuracy"})),
+            "log_loss": float(evaluator.evaluate(scored, {evaluator.metricName: "logLoss"})),
+        }
+    finally:
+        scored.unpersist()
+
+
+def regression_metrics(predictions: DataFrame, label_col: str = LABEL_COL) -> dict[str, float]:
+    """RMSE, MAE and R² of a scored DataFrame, from one Spark aggregation over all rows."""
+    y, pred = F.col(label_col).cast("double"), F.col("prediction").cast("double")
+    row = predictions.agg(
+        F.count("*").alias("rows"),
+        F.avg((pred - y) * (pred - y)).alias("mse"),
+        F.avg(F.abs(pred - y)).alias("mae"),
+        F.sum((pred - y) * (pred - y)).alias("sse"),
+        F.var_pop(y).alias("var"),
+    ).first()
+    assert row is not None
+    if not row["rows"]:
+        return {"rows": 0.0}
+    rows = float(row["rows"])
+    total = float(row["var"]) * rows
+    return {
+        "rows": rows,
+        "rmse": float(row["mse"]) ** 0.5,
+        "mae": float(row["mae"]),
+        "r2": 1.0 - float(row["sse"]) / total if total > 0 else float("nan"),
+    }
+
+
+def task_metrics(predictions: DataFrame, task: str, label_col: str = LABEL_COL) -> dict[str, float]:
+    """The metrics of a scored DataFrame for the label's task (``binary``, ``multiclass``, ``regression``)."""
+    if task == "multiclass":
+        return multiclass_metrics(predictions, label_col)
+    if task == "regression":
+        return regression_metrics(predictions, label_col)
+    return binary_metrics(predictions, label_col)
+
+
+_SUMMARY = {
+    "binary": (
+        ("test AUC-ROC", "test_auc_roc"),
+        ("AUC-PR", "test_auc_pr"),
+        ("log-loss", "test_log_loss"),
+        ("accuracy", "test_accuracy"),
+        ("validation AUC-ROC", "validation_auc_roc"),
+    ),
+    "multiclass": (
+        ("test F1", "test_f1"),
+        ("accuracy", "test_accuracy"),
+        ("log-loss", "test_log_loss"),
+        ("validation F1", "validation_f1"),
+    ),
+    "regression": (
+        ("test RMSE", "test_rmse"),
+        ("MAE", "test_mae"),
+        ("R²", "test_r2"),
+        ("validation RMSE", "validation_rmse"),
+    ),
+}
+
+
 def run_evaluate(ctx: StepContext) -> StepResult:
     """Score the validation and test splits with the fitted model and compute their metrics."""
     cfg = ctx.config
+    task = cfg.label.task
     model, model_uri = load_fitted_model(ctx)
     data, split_version = read_table(ctx.spark, ctx.tables.split, "evaluate")
     check_columns(
         data, [*cfg.features.columns, cfg.label.column, SPLIT_COL], "evaluate", f"split table {ctx.tables.split}"
     )
+    classes = model_classes(model.stages)
     metrics: dict[str, float] = {}
     threshold = decision_threshold(model)
     report_files: list[str] = []
     for split_name in (VALIDATION, TEST):
         # Scored once: the metrics and (for test) the report read the same cached predictions.
-        scored = model.transform(labelled_rows(data, cfg, split_name)).cache()
-        for name, value in binary_metrics(scored).items():
+        scored = model.transform(labelled_rows(data, cfg, split_name, classes=classes)).cache()
+        for name, value in task_metrics(scored, task).items():
             metrics[f"{split_name}_{name}"] = value
         if split_name == TEST:
             report_files = _log_report(ctx, model, scored, metrics, threshold)
         scored.unpersist()
     ctx.outputs["metrics"] = metrics
+    extra = {"decision_threshold": threshold} if task == "binary" else {}
     return StepResult(
-        metrics={**metrics, "split_table_version": float(split_version), "decision_threshold": threshold},
+        metrics={**metrics, "split_table_version": float(split_version), **extra},
         tags={"model_uri": model_uri, "report": ", ".join(report_files)},
-        summary=", ".join(
-            f"{label} {metrics[key]:.4f}"
-            for label, key in (
-                ("test AUC-ROC", "test_auc_roc"),
-                ("AUC-PR", "test_auc_pr"),
-                ("log-loss", "test_log_loss"),
-                ("accuracy", "test_accuracy"),
-                ("validation AUC-ROC", "validation_auc_roc"),
-            )
-            if key in metrics
-        ),
+        summary=", ".join(f"{label} {metrics[key]:.4f}" for label, key in _SUMMARY[task] if key in metrics),
     )
 
 
@@ -115,8 +202,8 @@ def decision_threshold(model: PipelineModel) -> float:
 
 
 def classifier_stage(model: PipelineModel) -> Any:
-    """The fitted classifier inside a deltaml model, or None."""
-    found = [s for s in model.stages if isinstance(s, ClassificationModel)]
+    """The fitted model stage (classifier or regressor) inside a deltaml model, or None."""
+    found = [s for s in model.stages if isinstance(s, PredictionModel)]
     return found[-1] if found else None
 
 
@@ -125,6 +212,51 @@ def _log_report(
 ) -> list[str]:
     """Write the test split's evaluation report (plots, metrics, one HTML page) to the step's MLflow run."""
     cfg = ctx.config
+    title = f"{cfg.name}: test split"
+    test_metrics = {k: v for k, v in metrics.items() if k.startswith("test_")}
+    leaderboard = ctx.outputs.get("leaderboard")
+
+    def importances() -> list[tuple[str, float]]:
+        try:
+            single = [s for s in model.stages if isinstance(s, SingleNodeModel)]
+            if single:
+                values = permutation_importances(single[-1], scored_test, seed=cfg.seed)
+                names = feature_names(model, cfg.features)
+                if values and len(values) != len(names):
+                    raise ValueError(f"{len(values)} importances for {len(names)} feature names")
+                return sorted(zip(names, values, strict=False), key=lambda pair: -abs(pair[1]))
+            return feature_importances(classifier_stage(model), feature_names(model, cfg.features))
+        except ValueError as exc:
+            LOG.warning("feature importances left out of the report: %s", exc)
+            return []
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            if cfg.label.task == "multiclass":
+                files = _multiclass_report(
+                    Path(tmp), model, scored_test, importances(), title, test_metrics, leaderboard
+                )
+            elif cfg.label.task == "regression":
+                files = _regression_report(Path(tmp), scored_test, importances(), title, test_metrics, leaderboard)
+            else:
+                files = _binary_report(Path(tmp), scored_test, importances, title, test_metrics, threshold, leaderboard)
+        except StepInputError as exc:
+            LOG.warning("no evaluation report: %s", exc)
+            return []
+        if files and mlflow.active_run() is not None:
+            mlflow.log_artifacts(tmp, artifact_path="report")
+        return [f"report/{f.name}" for f in files]
+
+
+def _binary_report(
+    out: Path,
+    scored_test: DataFrame,
+    importances: Callable[[], list[tuple[str, float]]],
+    title: str,
+    metrics: dict[str, float],
+    threshold: float,
+    leaderboard: Any,
+) -> list[Path]:
     scored = scored_test.select(F.col(LABEL_COL).alias("y"), positive_probability().alias("p")).cache()
     try:
         histogram = score_histogram(scored)
@@ -132,28 +264,64 @@ def _log_report(
             LOG.warning("no evaluation report: the test split does not have both classes")
             return []
         confusion = confusion_matrix(scored, threshold)
-    except StepInputError as exc:
-        LOG.warning("no evaluation report: %s", exc)
-        return []
     finally:
         scored.unpersist()
+    return write_report(
+        out,
+        title=title,
+        metrics=metrics,
+        histogram=histogram,
+        confusion=confusion,
+        threshold=threshold,
+        calibration=calibration_points(histogram),
+        importances=importances(),
+        leaderboard=leaderboard,
+    )
+
+
+def _multiclass_report(
+    out: Path,
+    model: PipelineModel,
+    scored_test: DataFrame,
+    importances: list[tuple[str, float]],
+    title: str,
+    metrics: dict[str, float],
+    leaderboard: Any,
+) -> list[Path]:
+    labels = model_classes(model.stages) or []
+    scored = scored_test.select(F.col(LABEL_COL).alias("y"), F.col("prediction").alias("pred"))
+    confusion = multiclass_confusion(scored, len(labels))
+    return write_multiclass_report(
+        out,
+        title=title,
+        metrics=metrics,
+        labels=labels,
+        confusion=confusion,
+        importances=importances,
+        leaderboard=leaderboard,
+    )
+
+
+def _regression_report(
+    out: Path,
+    scored_test: DataFrame,
+    importances: list[tuple[str, float]],
+    title: str,
+    metrics: dict[str, float],
+    leaderboard: Any,
+) -> list[Path]:
+    scored = scored_test.select(F.col(LABEL_COL).alias("y"), F.col("prediction").alias("pred")).cache()
     try:
-        importances = feature_importances(classifier_stage(model), feature_names(model, cfg.features))
-    except ValueError as exc:
-        LOG.warning("feature importances left out of the report: %s", exc)
-        importances = []
-    with tempfile.TemporaryDirectory() as tmp:
-        files = write_report(
-            Path(tmp),
-            title=f"{cfg.name}: test split",
-            metrics={k: v for k, v in metrics.items() if k.startswith("test_")},
-            histogram=histogram,
-            confusion=confusion,
-            threshold=threshold,
-            calibration=calibration_points(histogram),
-            importances=importances,
-            leaderboard=ctx.outputs.get("leaderboard"),
-        )
-        if mlflow.active_run() is not None:
-            mlflow.log_artifacts(tmp, artifact_path="report")
-    return [f"report/{f.name}" for f in files]
+        residuals = residual_histogram(scored)
+        grid = predicted_vs_actual(scored)
+    finally:
+        scored.unpersist()
+    return write_regression_report(
+        out,
+        title=title,
+        metrics=metrics,
+        residuals=residuals,
+        grid=grid,
+        importances=importances,
+        leaderboard=leaderboard,
+    )

@@ -23,8 +23,8 @@ LOG = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-METRICS = ("auc_roc", "auc_pr", "log_loss", "accuracy")
-LOWER_IS_BETTER = frozenset({"log_loss"})
+METRICS = ("auc_roc", "auc_pr", "log_loss", "accuracy", "rmse", "mae", "r2")
+LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
 MODELS = ("champion", "challenger")
 
 HISTORY_TAG = "deltaml.promotion_history"
@@ -94,20 +94,25 @@ def _check_metric(metric: str) -> None:
         raise StepInputError(f"gate metric '{metric}' is unknown; use one of {', '.join(METRICS)}")
 
 
-def metric_value(scored: DataFrame, metric: str, prob_col: str, pred_col: str, label_col: str = "y") -> float:
-    """One classification metric of a scored DataFrame, computed in Spark on all rows.
+def metric_value(
+    scored: DataFrame, metric: str, prob_col: str, pred_col: str, label_col: str = "y", task: str = "binary"
+) -> float:
+    """One metric of a scored DataFrame, computed in Spark on all rows.
 
     AUC-ROC and AUC-PR come from :class:`BinaryClassificationEvaluator` on the probability
     column, without down-sampling the curves (``numBins=0``); log-loss clips probabilities to
     ``[1e-15, 1 - 1e-15]`` as :func:`deltaml.evaluation.binary_metrics` does; accuracy compares
-    the 0/1 prediction column with the label.
+    the 0/1 prediction column with the label. For a ``multiclass`` task the probability column
+    holds the probability of each row's TRUE class, and log-loss is the mean of ``-log`` of it;
+    for ``regression``, ``rmse``, ``mae`` and ``r2`` compare the prediction with the label.
 
     Args:
         scored: Rows with a 0.0/1.0 label, a probability of the positive class and a 0/1 prediction.
-        metric: ``auc_roc``, ``auc_pr``, ``log_loss`` or ``accuracy``.
+        metric: ``auc_roc``, ``auc_pr``, ``log_loss``, ``accuracy``, ``rmse``, ``mae`` or ``r2``.
         prob_col: The probability column.
         pred_col: The 0/1 prediction column.
-        label_col: The 0.0/1.0 label column.
+        label_col: The 0.0/1.0 label column (class index or value for the other tasks).
+        task: ``binary``, ``multiclass`` or ``regression``.
 
     Returns:
         The metric; NaN when it is undefined (no rows, or a single class for the AUCs).
@@ -128,16 +133,27 @@ def metric_value(scored: DataFrame, metric: str, prob_col: str, pred_col: str, l
             numBins=0,
         )
         return float(evaluator.evaluate(scored.select(F.col(prob_col).cast("double"), F.col(label_col).cast("double"))))
-    row = scored.agg(_pointwise_metric(metric, F.col(prob_col), F.col(pred_col), F.col(label_col)).alias("v")).first()
+    value = _pointwise_metric(metric, F.col(prob_col), F.col(pred_col), F.col(label_col), task)
+    row = scored.agg(value.alias("v")).first()
     assert row is not None
     return float("nan") if row["v"] is None else float(row["v"])
 
 
-def _pointwise_metric(metric: str, p: Column, pred: Column, y: Column) -> Column:
-    """The aggregate of a metric that is a mean over rows (log-loss, accuracy)."""
+def _pointwise_metric(metric: str, p: Column, pred: Column, y: Column, task: str = "binary") -> Column:
+    """The aggregate of a metric built from per-row terms (log-loss, accuracy, RMSE, MAE, R²)."""
     if metric == "log_loss":
         clipped = F.least(F.greatest(p, F.lit(_EPS)), F.lit(1 - _EPS))
+        if task == "multiclass":  # p is the probability of the true class
+            return F.avg(-F.log(clipped))
         return F.avg(-(y * F.log(clipped) + (1 - y) * F.log(1 - clipped)))
+    error = pred.cast("double") - y.cast("double")
+    if metric == "rmse":
+        return F.sqrt(F.avg(error * error))
+    if metric == "mae":
+        return F.avg(F.abs(error))
+    if metric == "r2":
+        total = F.var_pop(y) * F.count(y)
+        return F.when(total > 0, F.lit(1.0) - F.sum(error * error) / total)
     return F.avg((pred == y).cast("double"))
 
 
@@ -180,7 +196,7 @@ def _curve_area(long: DataFrame, groups: list[str], metric: str) -> DataFrame:
     return points.groupBy(*groups).agg(F.sum(area).alias("value"))
 
 
-def _metric_by_group(stacked: DataFrame, metric: str) -> dict[tuple[int, str], float]:
+def _metric_by_group(stacked: DataFrame, metric: str, task: str = "binary") -> dict[tuple[int, str], float]:
     """``metric`` of both models in each resample of ``stacked`` (columns ``_b``, ``y``, ``p_*``, ``pred_*``)."""
     long = stacked.select(
         "_b",
@@ -203,12 +219,14 @@ def _metric_by_group(stacked: DataFrame, metric: str) -> dict[tuple[int, str], f
         values = _curve_area(long, groups, metric)
     else:
         values = long.groupBy(*groups).agg(
-            _pointwise_metric(metric, F.col("p"), F.col("pred"), F.col("y")).alias("value")
+            _pointwise_metric(metric, F.col("p"), F.col("pred"), F.col("y"), task).alias("value")
         )
     return {(int(r["_b"]), str(r["model"])): r["value"] for r in values.collect() if r["value"] is not None}
 
 
-def bootstrap_differences(scored: DataFrame, metric: str, seed: int, resamples: int) -> list[float]:
+def bootstrap_differences(
+    scored: DataFrame, metric: str, seed: int, resamples: int, task: str = "binary"
+) -> list[float]:
     """The challenger-minus-champion difference of ``metric`` in each bootstrap resample.
 
     Resample ``i`` is ``scored.sample(withReplacement=True, fraction=1.0, seed=seed + i)``;
@@ -219,9 +237,10 @@ def bootstrap_differences(scored: DataFrame, metric: str, seed: int, resamples: 
 
     Args:
         scored: Columns ``y``, ``p_champion``, ``p_challenger``, ``pred_champion``, ``pred_challenger``.
-        metric: ``auc_roc``, ``auc_pr``, ``log_loss`` or ``accuracy``.
+        metric: One of :data:`METRICS`.
         seed: The seed of resample 0.
         resamples: How many resamples.
+        task: ``binary``, ``multiclass`` or ``regression`` (see :func:`metric_value`).
 
     Returns:
         One difference per resample where both models' metric is defined, in resample order.
@@ -235,7 +254,7 @@ def bootstrap_differences(scored: DataFrame, metric: str, seed: int, resamples: 
             scored.sample(withReplacement=True, fraction=1.0, seed=seed + i).select(F.lit(i).alias("_b"), *columns)
             for i in ids
         ]
-        values = _metric_by_group(reduce(DataFrame.unionAll, frames), metric)
+        values = _metric_by_group(reduce(DataFrame.unionAll, frames), metric, task)
         for i in ids:
             champion, challenger = values.get((i, "champion")), values.get((i, "challenger"))
             if champion is not None and challenger is not None:
@@ -250,6 +269,8 @@ def gate_decision(
     seed: int,
     champion_version: int | None,
     challenger_version: int,
+    task: str = "binary",
+    metric: str | None = None,
 ) -> GateDecision:
     """Decide whether the challenger replaces the champion, on the same test rows.
 
@@ -266,6 +287,8 @@ def gate_decision(
         seed: Seed of the first bootstrap resample (resample ``i`` uses ``seed + i``).
         champion_version: The current champion's version, or None when there is none.
         challenger_version: The version under test.
+        task: ``binary``, ``multiclass`` or ``regression`` (see :func:`metric_value`).
+        metric: The metric to compare; ``gate.metric`` when None.
 
     Returns:
         The decision, with both metric values, the difference, its interval and a one-line reason.
@@ -273,13 +296,13 @@ def gate_decision(
     Raises:
         StepInputError: The metric of the challenger is undefined on these rows (no rows, one class).
     """
-    metric = gate.metric
+    metric = metric or gate.metric or "auc_roc"
     _check_metric(metric)
     was_cached = scored.is_cached
     if not was_cached:
         scored = scored.cache()
     try:
-        challenger_value = metric_value(scored, metric, "p_challenger", "pred_challenger")
+        challenger_value = metric_value(scored, metric, "p_challenger", "pred_challenger", task=task)
         if np.isnan(challenger_value):
             raise StepInputError(
                 f"gate: {metric} of version {challenger_version} is undefined on the test split "
@@ -299,12 +322,12 @@ def gate_decision(
                 resamples=0,
                 reason=f"first version: no @{CHAMPION} yet ({metric} {challenger_value:.4f})",
             )
-        champion_value = metric_value(scored, metric, "p_champion", "pred_champion")
+        champion_value = metric_value(scored, metric, "p_champion", "pred_champion", task=task)
         difference = _difference(challenger_value, champion_value, metric)
         ci_low = ci_high = None
         differences: list[float] = []
         if gate.bootstrap > 0:
-            differences = bootstrap_differences(scored, metric, seed, gate.bootstrap)
+            differences = bootstrap_differences(scored, metric, seed, gate.bootstrap, task)
             if differences:
                 alpha = 1 - gate.confidence
                 ci_low, ci_high = (float(q) for q in np.quantile(differences, [alpha / 2, 1 - alpha / 2]))

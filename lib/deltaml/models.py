@@ -1,13 +1,16 @@
-"""Model families: Spark ML classifiers built from config params, and the stages that finish every model.
+"""Model families: Spark ML estimators built from config params, and the stages that finish every model.
 
-Every family's fitted stages end with the same two columns, so evaluation, the gate and scoring
-treat them alike: ``probability`` (a vector whose slot 1 is the positive class) and
-``prediction`` (0/1 at the model's stored decision threshold, see :class:`DecisionThreshold`).
-Saved models record ``deltaml.models.<Class>``: do not move or rename the stages.
+Every family's fitted stages end with the same columns, so evaluation, the gate and scoring
+treat them alike. Classifiers give ``probability`` (a vector whose slot ``i`` is class ``i``;
+slot 1 is the positive class of a binary label) and ``prediction`` (the class index; for a
+binary label 0/1 at the model's stored decision threshold, see :class:`DecisionThreshold`).
+Regressors give ``prediction``. Multiclass models end with :class:`ClassLabels`, which adds
+``predicted_label``. Saved models record ``deltaml.models.<Class>``: do not move or rename the stages.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Self
 
 from pyspark import keyword_only
@@ -21,10 +24,12 @@ from pyspark.ml.classification import (
 )
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.regression import GBTRegressor, LinearRegression, RandomForestRegressor
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from deltaml.config import LabelConfig
 from deltaml.errors import StepInputError
 from deltaml.features import FEATURES_COL
 
@@ -32,13 +37,19 @@ LABEL_COL = "_label"
 WEIGHT_COL = "_weight"
 PROBABILITY_COL = "probability"
 PREDICTION_COL = "prediction"
+PREDICTED_LABEL_COL = "predicted_label"
 
-_ESTIMATORS: dict[str, Any] = {
+_CLASSIFIERS: dict[str, Any] = {
     "logistic_regression": LogisticRegression,
     "random_forest": RandomForestClassifier,
     "gbt": GBTClassifier,
     "linear_svc": LinearSVC,
     "mlp": MultilayerPerceptronClassifier,
+}
+_REGRESSORS: dict[str, Any] = {
+    "linear_regression": LinearRegression,
+    "random_forest": RandomForestRegressor,
+    "gbt": GBTRegressor,
 }
 # Params deltaml sets itself: a config that sets them would silently be overridden.
 _RESERVED = {"featuresCol", "labelCol", "weightCol", "predictionCol", "probabilityCol", "rawPredictionCol", "layers"}
@@ -103,15 +114,21 @@ def model_stages(
     seed: int,
     num_features: int | None = None,
     weighted: bool = False,
+    task: str = "binary",
+    num_classes: int = 2,
 ) -> list[Estimator[Any] | Transformer]:
-    """The unfitted stages of one model family, reading ``features`` and ``_label``.
+    """The unfitted stages of one Spark ML model family, reading ``features`` and ``_label``.
 
     Args:
-        family: One of ``logistic_regression``, ``random_forest``, ``gbt``, ``linear_svc``, ``mlp``.
+        family: A Spark ML family: ``logistic_regression``, ``random_forest``, ``gbt``,
+            ``linear_svc``, ``mlp`` (classification) or ``linear_regression``, ``random_forest``,
+            ``gbt`` (regression).
         params: Spark ML params in Spark's camelCase; ``hidden_layers`` (a list of sizes) for ``mlp``.
         seed: Seed for families that draw random numbers.
         num_features: Size of the feature vector; needed by ``mlp`` for its input layer.
         weighted: Read per-row weights from ``_weight`` (families without weight support ignore it).
+        task: ``binary``, ``multiclass`` or ``regression``.
+        num_classes: Classes of a classification label (the size of ``mlp``'s output layer).
 
     Returns:
         The estimator, followed by :class:`MarginToProbability` for ``linear_svc``.
@@ -119,16 +136,19 @@ def model_stages(
     Raises:
         StepInputError: An unknown family, an unknown or reserved param, or an invalid value.
     """
-    if family not in _ESTIMATORS:
-        raise StepInputError(f"step 'fit': unknown model family {family!r}; use one of {sorted(_ESTIMATORS)}")
-    estimator = _ESTIMATORS[family](featuresCol=FEATURES_COL, labelCol=LABEL_COL)
+    estimators = _REGRESSORS if task == "regression" else _CLASSIFIERS
+    if family not in estimators:
+        raise StepInputError(
+            f"step 'fit': model family {family!r} cannot learn a {task} label; use one of {sorted(estimators)}"
+        )
+    estimator = estimators[family](featuresCol=FEATURES_COL, labelCol=LABEL_COL)
     params = dict(params)
     hidden = params.pop("hidden_layers", None)
     if family == "mlp":
         if num_features is None:
             raise StepInputError("step 'fit': mlp needs the feature vector size; build it after the feature stages")
         sizes = [int(h) for h in (hidden if isinstance(hidden, list | tuple) else [hidden] if hidden else [16])]
-        estimator.set(estimator.getParam("layers"), [num_features, *sizes, 2])
+        estimator.set(estimator.getParam("layers"), [num_features, *sizes, num_classes])
     elif hidden is not None:
         raise StepInputError(f"step 'fit': hidden_layers is a param of mlp only, not of {family}")
     valid = sorted(p.name for p in estimator.params if p.name not in _RESERVED)
@@ -152,24 +172,88 @@ def model_stages(
     return stages
 
 
-def supports_weights(family: str) -> bool:
+def supports_weights(family: str, task: str = "binary") -> bool:
     """Whether the family's estimator reads per-row weights."""
-    return _ESTIMATORS[family]().hasParam("weightCol")
+    estimators = _REGRESSORS if task == "regression" else _CLASSIFIERS
+    return family not in estimators or estimators[family]().hasParam("weightCol")
+
+
+def label_text(value: Any) -> str:
+    """A label value as Spark's ``cast('string')`` writes it (``true``, not ``True``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def encode_label(label: LabelConfig, classes: Sequence[str] | None = None) -> Column:
+    """The numeric label the models learn: 0/1 (binary), the class index (multiclass) or the value.
+
+    Rows whose label is not one of ``classes`` (multiclass) or not a number (regression) get null.
+    """
+    column = F.col(label.column)
+    if label.task == "binary":
+        return F.when(column == F.lit(label.positive), 1.0).otherwise(0.0)
+    if label.task == "regression":
+        return column.try_cast("double")
+    names = list(classes) if classes is not None else [label_text(c) for c in label.classes or []]
+    if not names:
+        raise StepInputError("a multiclass label needs its classes (label.classes, or those of the trained model)")
+    position = F.array_position(F.array(*[F.lit(n) for n in names]), column.cast("string"))
+    return F.when(position > 0, (position - 1).cast("double"))
+
+
+class ClassLabels(Transformer, DefaultParamsReadable["ClassLabels"], DefaultParamsWritable):
+    """Adds ``predicted_label``: the label value of the predicted class index (multiclass models).
+
+    The list of labels is the class order the model was trained with, so it also tells
+    evaluation and the gate how to encode the label of new rows.
+    """
+
+    _input_kwargs: dict[str, Any]
+
+    labels: Param[list[str]] = Param(
+        Params._dummy(), "labels", "label value of each class index", TypeConverters.toListString
+    )
+
+    @keyword_only
+    def __init__(self, *, labels: list[str] | None = None) -> None:
+        """Create the stage with the label of each class index."""
+        super().__init__()
+        self.setParams(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, *, labels: list[str] | None = None) -> Self:
+        """Sets params for this ClassLabels."""
+        return self._set(**self._input_kwargs)
+
+    def getLabels(self) -> list[str]:
+        """Gets the value of :py:attr:`labels`."""
+        return self.getOrDefault(self.labels)
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        names = F.array(*[F.lit(n) for n in self.getLabels()])
+        index = F.col(PREDICTION_COL).cast("int")
+        return dataset.withColumn(PREDICTED_LABEL_COL, F.element_at(names, index + 1))
+
+
+def model_classes(stages: Sequence[Any]) -> list[str] | None:
+    """The class labels stored in a multiclass model's :class:`ClassLabels` stage, or None."""
+    found = [s for s in stages if isinstance(s, ClassLabels)]
+    return found[-1].getLabels() if found else None
 
 
 def class_weights(label_col: str = LABEL_COL) -> Any:
-    """A transform adding ``_weight``: ``rows / (2 * rows of the row's class)``, from the data it is applied to.
+    """A transform adding ``_weight``: ``rows / (classes * rows of the row's class)``, from the data it gets.
 
-    The two counts come from one aggregation of the (train) rows the transform receives.
+    The class counts come from one aggregation of the (train) rows the transform receives.
     """
 
     def transform(df: DataFrame) -> DataFrame:
-        row = df.agg(F.count("*").alias("n"), F.sum(label_col).alias("pos")).first()
-        assert row is not None
-        n, pos = int(row["n"]), int(row["pos"] or 0)
-        if pos in (0, n):
+        counts = {float(r[0]): int(r[1]) for r in df.groupBy(label_col).count().collect() if r[0] is not None}
+        if len(counts) < 2:
             return df.withColumn(WEIGHT_COL, F.lit(1.0))
-        positive, negative = n / (2.0 * pos), n / (2.0 * (n - pos))
-        return df.withColumn(WEIGHT_COL, F.when(F.col(label_col) == 1.0, positive).otherwise(negative))
+        n = sum(counts.values())
+        weight = F.lit(1.0)
+        for value, count in counts.items():
+            weight = F.when(F.col(label_col) == F.lit(value), n / (len(counts) * count)).otherwise(weight)
+        return df.withColumn(WEIGHT_COL, weight)
 
     return transform

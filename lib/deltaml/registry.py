@@ -9,6 +9,7 @@ import mlflow
 import mlflow.spark
 from mlflow.tracking import MlflowClient
 from pyspark.ml import PipelineModel
+from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -18,7 +19,7 @@ from deltaml.context import StepContext, StepResult, event_tables
 from deltaml.errors import DeltamlError, StepInputError
 from deltaml.features import bind_window_stages
 from deltaml.gate import CHALLENGER, CHAMPION, GateDecision, champion_version, gate_decision, promote
-from deltaml.models import positive_probability
+from deltaml.models import model_classes, positive_probability
 from deltaml.split import SPLIT_COL, TEST
 from deltaml.tracking import latest_step_run
 from deltaml.train import LABEL_COL, check_columns, labelled_rows, load_fitted_model
@@ -94,15 +95,17 @@ def _decide(ctx: StepContext, client: MlflowClient, version: int, split_version:
     cfg = ctx.config
     name = cfg.mlflow.registered_model
     challenger, _ = load_fitted_model(ctx)
-    test = _test_rows(ctx, split_version)
+    test = _test_rows(ctx, split_version, model_classes(challenger.stages))
     current = champion_version(client, name)
     if current is None:
         return gate_decision(
-            score_test_rows(test, cfg.key, challenger, None),
+            score_test_rows(test, cfg.key, challenger, None, label=cfg.label.column, task=cfg.label.task),
             cfg.registration.gate,
             seed=cfg.seed,
             champion_version=None,
             challenger_version=version,
+            task=cfg.label.task,
+            metric=cfg.gate_metric,
         )
     try:
         scored = _score_with_champion(ctx, test, challenger, current)
@@ -112,11 +115,13 @@ def _decide(ctx: StepContext, client: MlflowClient, version: int, split_version:
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         LOG.warning("champion %s version %s cannot score the test rows, replacing it: %s", name, current, first[:300])
         alone = gate_decision(
-            score_test_rows(test, cfg.key, challenger, None),
+            score_test_rows(test, cfg.key, challenger, None, label=cfg.label.column, task=cfg.label.task),
             cfg.registration.gate,
             seed=cfg.seed,
             champion_version=None,
             challenger_version=version,
+            task=cfg.label.task,
+            metric=cfg.gate_metric,
         )
         return dataclasses.replace(
             alone,
@@ -126,7 +131,13 @@ def _decide(ctx: StepContext, client: MlflowClient, version: int, split_version:
         )
     try:
         return gate_decision(
-            scored, cfg.registration.gate, seed=cfg.seed, champion_version=current, challenger_version=version
+            scored,
+            cfg.registration.gate,
+            seed=cfg.seed,
+            champion_version=current,
+            challenger_version=version,
+            task=cfg.label.task,
+            metric=cfg.gate_metric,
         )
     finally:
         scored.unpersist()
@@ -137,7 +148,7 @@ def _score_with_champion(ctx: StepContext, test: DataFrame, challenger: Pipeline
     cfg = ctx.config
     champion = mlflow.spark.load_model(f"models:/{cfg.mlflow.registered_model}/{version}")
     bind_window_stages(champion, cfg.features.windows, event_tables(cfg))
-    scored = score_test_rows(test, cfg.key, challenger, champion).cache()
+    scored = score_test_rows(test, cfg.key, challenger, champion, label=cfg.label.column, task=cfg.label.task).cache()
     try:
         scored.count()
     except Exception:
@@ -146,13 +157,13 @@ def _score_with_champion(ctx: StepContext, test: DataFrame, challenger: Pipeline
     return scored
 
 
-def _test_rows(ctx: StepContext, split_version: int) -> DataFrame:
+def _test_rows(ctx: StepContext, split_version: int, classes: list[str] | None) -> DataFrame:
     """The labelled TEST rows of the split table at the version the model was trained on."""
     cfg = ctx.config
     data, _ = read_table(ctx.spark, ctx.tables.split, "register", version=split_version)
     where = f"split table {ctx.tables.split} v{split_version}"
     check_columns(data, [cfg.key, *cfg.features.columns, cfg.label.column, SPLIT_COL], "register", where)
-    test = labelled_rows(data, cfg, TEST)
+    test = labelled_rows(data, cfg, TEST, classes=classes)
     counts = test.agg(F.count("*").alias("rows"), F.countDistinct(cfg.key).alias("keys")).first()
     assert counts is not None
     if counts["rows"] != counts["keys"]:
@@ -164,26 +175,55 @@ def _test_rows(ctx: StepContext, split_version: int) -> DataFrame:
     return test
 
 
-def score_test_rows(test: DataFrame, key: str, challenger: PipelineModel, champion: PipelineModel | None) -> DataFrame:
+def score_test_rows(
+    test: DataFrame,
+    key: str,
+    challenger: PipelineModel,
+    champion: PipelineModel | None,
+    *,
+    label: str | None = None,
+    task: str = "binary",
+) -> DataFrame:
     """Both models' scores of the same rows, paired by ``key``.
 
     Args:
-        test: Rows with ``key``, the features and the 0/1 ``_label``.
+        test: Rows with ``key``, the features and the numeric ``_label`` in the challenger's encoding.
         key: A column unique per row.
         challenger: The new model.
         champion: The current champion, or None.
+        label: The label column as configured (needed for ``multiclass``).
+        task: ``binary``, ``multiclass`` or ``regression``.
 
     Returns:
         ``y``, ``p_challenger``, ``pred_challenger`` and, with a champion, ``p_champion`` and
-        ``pred_champion`` (probability of the positive class and 0/1 prediction).
+        ``pred_champion``. Binary: the probability of the positive class and the 0/1 prediction.
+        Multiclass: the probability of the row's true class and the predicted class as an index
+        of the challenger's classes (each model reads its own class order, so a champion trained
+        with other classes still compares fairly). Regression: the prediction in both columns.
     """
+    challenger_classes = model_classes(challenger.stages) if task == "multiclass" else None
 
     def scores(model: PipelineModel, role: str) -> DataFrame:
-        return model.transform(test).select(
+        scored = model.transform(test)
+        if task == "multiclass":
+            if label is None or challenger_classes is None:
+                raise StepInputError("gate: a multiclass model needs its label column and ClassLabels stage")
+            own = F.array(*[F.lit(c) for c in model_classes(model.stages) or []])
+            theirs = F.array(*[F.lit(c) for c in challenger_classes])
+            truth = F.col(label).cast("string")
+            probability = F.element_at(vector_to_array(F.col("probability")), F.array_position(own, truth).cast("int"))
+            predicted = F.element_at(own, F.col("prediction").cast("int") + 1)
+            p = F.coalesce(F.when(F.array_position(own, truth) > 0, probability), F.lit(0.0))
+            pred = (F.array_position(theirs, predicted) - 1).cast("double")
+        elif task == "regression":
+            p = pred = F.col("prediction").cast("double")
+        else:
+            p, pred = positive_probability(), F.col("prediction").cast("double")
+        return scored.select(
             F.col(key),
             F.col(LABEL_COL).cast("double").alias("y"),
-            positive_probability().alias(f"p_{role}"),
-            F.col("prediction").cast("double").alias(f"pred_{role}"),
+            p.alias(f"p_{role}"),
+            pred.alias(f"pred_{role}"),
         )
 
     scored = scores(challenger, "challenger")

@@ -11,6 +11,7 @@ import mlflow.spark
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pyspark.ml import PipelineModel
+from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -19,7 +20,7 @@ from deltaml.context import StepContext, StepResult, event_tables
 from deltaml.errors import StepInputError
 from deltaml.features import bind_window_stages
 from deltaml.ingest import INGEST_BATCH_COL
-from deltaml.models import positive_probability
+from deltaml.models import PREDICTED_LABEL_COL, positive_probability
 from deltaml.train import check_columns
 
 LOG = logging.getLogger(__name__)
@@ -63,22 +64,33 @@ def score_frame(
     source_table: str,
     source_version: int,
     scored_at: datetime,
+    task: str = "binary",
 ) -> Callable[[DataFrame], DataFrame]:
     """Return a transform that scores rows and keeps the key, the scores and lineage columns.
 
-    The output has ``key``, ``probability`` (of the positive class), ``prediction``,
-    ``model_name``, ``model_version``, ``source_table``, ``source_version``, ``batch_id``
-    and ``scored_at``. ``batch_id`` is the row's ingest batch where the input has one,
-    else ``v<source_version>``.
+    The output has ``key``, the scores, ``model_name``, ``model_version``, ``source_table``,
+    ``source_version``, ``batch_id`` and ``scored_at``. ``batch_id`` is the row's ingest batch where the input has one,
+    else ``v<source_version>``. The scores: binary: ``probability`` (of the positive class) and
+    ``prediction`` (0/1 at the model's threshold); multiclass: ``prediction`` (class index),
+    ``predicted_label`` and ``probability`` (of the predicted class); regression: ``prediction``.
     """
+    if task == "multiclass":
+        scores = [
+            F.array_max(vector_to_array(F.col("probability"))).alias("probability"),
+            F.col("prediction"),
+            F.col(PREDICTED_LABEL_COL),
+        ]
+    elif task == "regression":
+        scores = [F.col("prediction")]
+    else:
+        scores = [positive_probability().alias("probability"), F.col("prediction")]
 
     def transform(df: DataFrame) -> DataFrame:
         batch = F.col(INGEST_BATCH_COL) if INGEST_BATCH_COL in df.columns else F.lit(f"v{source_version}")
         scored = scoring.model.transform(df.withColumn("_batch", batch))
         return scored.select(
             F.col(key),
-            positive_probability().alias("probability"),
-            F.col("prediction"),
+            *scores,
             F.lit(scoring.name).alias("model_name"),
             F.lit(scoring.version).alias("model_version"),
             F.lit(source_table).alias("source_table"),
@@ -101,7 +113,7 @@ def run_score(ctx: StepContext) -> StepResult:
     scored_at = datetime.now().astimezone().replace(microsecond=0)
     as_of = scored_at if cfg.score.windows_as_of == "now" else None
     bind_window_stages(scoring.model, cfg.features.windows, event_tables(cfg), as_of)
-    predictions = data.transform(score_frame(scoring, cfg.key, str(table), source_version, scored_at))
+    predictions = data.transform(score_frame(scoring, cfg.key, str(table), source_version, scored_at, cfg.label.task))
     batches = distinct_values(data, INGEST_BATCH_COL) if INGEST_BATCH_COL in data.columns else [f"v{source_version}"]
     if not batches:
         raise StepInputError(f"step 'score': input table {table} v{source_version} is empty; ingest data first")

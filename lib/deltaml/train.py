@@ -6,6 +6,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +28,22 @@ from deltaml.errors import StepInputError
 from deltaml.features import FEATURES_COL, build_feature_stages
 from deltaml.models import (
     LABEL_COL,
+    ClassLabels,
     DecisionThreshold,
     class_weights,
+    encode_label,
+    label_text,
     model_stages,
     positive_probability,
     supports_weights,
+)
+from deltaml.single_node import (
+    SINGLE_NODE_FAMILIES,
+    ShippedData,
+    executor_trial,
+    fit_single_node,
+    ship_data,
+    single_node_estimator,
 )
 from deltaml.split import SPLIT_COL, TRAIN, VALIDATION
 from deltaml.tuning import FamilyResult, SearchBudget, TrialLogger, TrialOutcome, loss_of, search_family
@@ -68,12 +81,22 @@ def with_binary_label(label: str, positive: Any) -> Any:
 def build_training_pipeline(config: PipelineConfig) -> Pipeline:
     """Feature stages, the first candidate's model with its fixed params, and the decision threshold.
 
-    The untuned pipeline, for one fit of one family; ``run_fit`` tunes the candidates instead.
+    The untuned pipeline of a binary label, for one fit of one family; ``run_fit`` tunes the
+    candidates instead.
     """
     candidate = config.model.all_candidates[0]
     model = model_stages(candidate.family, candidate.params, seed=config.seed)
     features = build_feature_stages(config.features, events=event_tables(config))
     return Pipeline(stages=[*features, *model, DecisionThreshold(threshold=config.evaluate.threshold)])
+
+
+def finishing_stages(config: PipelineConfig, threshold: float, classes: list[str] | None) -> list[Any]:
+    """The stages after the model: the decision threshold (binary) or the class labels (multiclass)."""
+    if config.label.task == "binary":
+        return [DecisionThreshold(threshold=threshold)]
+    if config.label.task == "multiclass":
+        return [ClassLabels(labels=list(classes or []))]
+    return []
 
 
 def leading_windows(stages: list[Any]) -> tuple[PipelineModel, list[Any]]:
@@ -116,15 +139,17 @@ def model_signature(df: DataFrame, columns: list[str]) -> ModelSignature:
     return ModelSignature(inputs=Schema(specs), outputs=outputs)
 
 
-def model_requirements() -> list[str]:
+def model_requirements(single_node: bool = False) -> list[str]:
     """The pip requirements of a logged Spark model, pinned to what trained it.
 
     Giving them explicitly spares MLflow its requirement inference, which re-imports the
-    model in a subprocess and costs ~15 s per logged model.
+    model in a subprocess and costs ~15 s per logged model. A model with a single-node
+    (scikit-learn) stage also needs scikit-learn where it is loaded.
     """
     import importlib.metadata
 
-    return [f"{name}=={importlib.metadata.version(name)}" for name in ("pyspark", "mlflow")]
+    names = ("pyspark", "mlflow", *(("scikit-learn",) if single_node else ()))
+    return [f"{name}=={importlib.metadata.version(name)}" for name in names]
 
 
 def check_columns(df: DataFrame, columns: list[str], step: str, where: str) -> None:
@@ -140,20 +165,77 @@ def check_columns(df: DataFrame, columns: list[str], step: str, where: str) -> N
 def _check_candidates(config: PipelineConfig) -> None:
     """Build every candidate's estimator with its fixed params, so a bad param fails before Spark work."""
     for candidate in config.model.all_candidates:
-        model_stages(candidate.family, candidate.params, seed=config.seed, num_features=1)
+        if candidate.family in SINGLE_NODE_FAMILIES:
+            single_node_estimator(candidate.family, config.label.task, candidate.params, seed=config.seed)
+        else:
+            model_stages(candidate.family, candidate.params, seed=config.seed, num_features=1, task=config.label.task)
 
 
-def labelled_rows(data: DataFrame, config: PipelineConfig, *splits: str) -> DataFrame:
-    """The rows of ``splits`` whose label is known, with the 0/1 ``_label`` added."""
+def labelled_rows(data: DataFrame, config: PipelineConfig, *splits: str, classes: list[str] | None = None) -> DataFrame:
+    """The rows of ``splits`` whose label is known, with the numeric ``_label`` the models learn.
+
+    Binary: 0/1; multiclass: the index of the label in ``classes`` (rows of other labels are
+    left out); regression: the label as a double.
+    """
     return (
         data.where(F.col(SPLIT_COL).isin(*splits))
         .where(F.col(config.label.column).isNotNull())
-        .transform(with_binary_label(config.label.column, config.label.positive))
+        .withColumn(LABEL_COL, encode_label(config.label, classes))
+        .where(F.col(LABEL_COL).isNotNull())
     )
 
 
-def _labelled_split(data: DataFrame, config: PipelineConfig, *splits: str) -> DataFrame:
-    return labelled_rows(data, config, *splits).select(*config.features.columns, LABEL_COL)
+def _labelled_split(
+    data: DataFrame, config: PipelineConfig, *splits: str, classes: list[str] | None = None
+) -> DataFrame:
+    return labelled_rows(data, config, *splits, classes=classes).select(*config.features.columns, LABEL_COL)
+
+
+def label_classes(data: DataFrame, config: PipelineConfig) -> list[str] | None:
+    """A multiclass label's classes: the configured ones, or the train split's distinct labels, sorted."""
+    label = config.label
+    if label.task != "multiclass":
+        return None
+    if label.classes is not None:
+        return [label_text(c) for c in label.classes]
+    rows = (
+        data.where((F.col(SPLIT_COL) == TRAIN) & F.col(label.column).isNotNull())
+        .select(F.col(label.column).cast("string").alias("c"))
+        .distinct()
+        .collect()
+    )
+    return sorted(str(r["c"]) for r in rows)
+
+
+def _check_train_labels(config: PipelineConfig, train: DataFrame, classes: list[str] | None) -> tuple[int, int]:
+    """Rows and distinct labels of the train split; fails when they cannot train the task."""
+    label = config.label
+    stats = train.agg(
+        F.count("*").alias("n"),
+        F.sum(LABEL_COL).alias("positives"),
+        F.countDistinct(LABEL_COL).alias("distinct"),
+    ).first()
+    assert stats is not None
+    rows, distinct = int(stats["n"]), int(stats["distinct"])
+    if label.task == "binary":
+        positives = int(stats["positives"] or 0)
+        if rows == 0 or positives in (0, rows):
+            raise StepInputError(
+                f"step 'fit': the train split has {rows} rows and {positives} with label "
+                f"{label.column}={label.positive!r}; both classes are needed (check label.positive)"
+            )
+        return rows, positives
+    if label.task == "multiclass" and distinct < 2:
+        raise StepInputError(
+            f"step 'fit': the train split has {rows} rows with {distinct} of the classes {classes}; "
+            "a multiclass label needs at least two (check label.column and label.classes)"
+        )
+    if label.task == "regression" and rows < 2:
+        raise StepInputError(
+            f"step 'fit': the train split has {rows} rows with a numeric {label.column}; "
+            "a regression label needs numbers (check label.column)"
+        )
+    return rows, distinct
 
 
 def run_fit(ctx: StepContext) -> StepResult:
@@ -168,17 +250,14 @@ def run_fit(ctx: StepContext) -> StepResult:
     _check_candidates(cfg)  # bad model params fail here, before any Spark work
     data, split_version = read_table(ctx.spark, ctx.tables.split, "fit")
     check_columns(data, [*cfg.features.columns, cfg.label.column, SPLIT_COL], "fit", f"split table {ctx.tables.split}")
-    train = _labelled_split(data, cfg, TRAIN).cache()
-    stats = train.agg(F.count("*").alias("n"), F.sum(LABEL_COL).alias("positives")).first()
-    assert stats is not None
-    rows, positives = int(stats["n"]), int(stats["positives"] or 0)
-    if rows == 0 or positives in (0, rows):
+    classes = label_classes(data, cfg)
+    train = _labelled_split(data, cfg, TRAIN, classes=classes).cache()
+    try:
+        rows, positives = _check_train_labels(cfg, train, classes)
+    except StepInputError:
         train.unpersist()
-        raise StepInputError(
-            f"step 'fit': the train split has {rows} rows and {positives} with label "
-            f"{cfg.label.column}={cfg.label.positive!r}; both classes are needed (check label.positive)"
-        )
-    validation = _labelled_split(data, cfg, VALIDATION)
+        raise
+    validation = _labelled_split(data, cfg, VALIDATION, classes=classes)
     # The window joins (nothing to fit) run once on train: their result feeds both the feature
     # fit and the train vectors.
     windows, rest = leading_windows(build_feature_stages(cfg.features, events=event_tables(cfg)))
@@ -205,25 +284,27 @@ def run_fit(ctx: StepContext) -> StepResult:
     if (len(candidates) > 1 or any(c.search for c in candidates)) and validation_vectors.isEmpty():
         raise StepInputError("step 'fit': tuning needs validation rows; set split.validation above 0")
     try:
-        results = _tune(ctx, train_vectors, validation_vectors, num_features, weighted)
-        winner = _winner(results, cfg.tuning.metric)
+        shape = ModelShape(num_features, len(classes) if classes else 2, weighted)
+        results = _tune(ctx, train_vectors, validation_vectors, shape)
+        winner = _winner(results, cfg.tuning_metric)
         threshold = _threshold(cfg, winner, validation_vectors)
-        final = PipelineModel(stages=[*features.stages, *winner.model.stages, DecisionThreshold(threshold=threshold)])
+        finish = finishing_stages(cfg, threshold, classes)
+        final = PipelineModel(stages=[*features.stages, *winner.model.stages, *finish])
         if cfg.tuning.refit_on == "train_validation":
-            final = _refit(cfg, winner, data, num_features, weighted, threshold)
+            final = _refit(ctx, winner, data, shape, finish, classes)
     finally:
         train_vectors.unpersist()
         validation_vectors.unpersist()
     example = train.select(*cfg.features.columns).limit(5).toPandas()
     train.unpersist()
-    metric = cfg.tuning.metric
+    metric = cfg.tuning_metric
     _log_leaderboard(results, metric)
     info = mlflow.spark.log_model(
         final,
         artifact_path=MODEL_ARTIFACT,
         signature=model_signature(data, cfg.features.columns),
         input_example=example,
-        pip_requirements=model_requirements(),
+        pip_requirements=model_requirements(winner.family in SINGLE_NODE_FAMILIES),
         # The pipeline's cleaning stages are deltaml classes: the model carries their code, so
         # it loads wherever MLflow does, with or without deltaml installed.
         code_paths=[str(Path(deltaml.__file__).parent)],
@@ -235,14 +316,21 @@ def run_fit(ctx: StepContext) -> StepResult:
         leaderboard=leaderboard_rows(results, metric),
     )
     trials = sum(len(r.trials) for r in results)
+    label_stat, label_text_, threshold_text = {
+        "binary": ("positives_train", f"{positives} positive", f", threshold {threshold:.3f}"),
+        "multiclass": ("classes_train", f"{positives} of {len(classes or [])} classes", ""),
+        "regression": ("rows_train", "regression", ""),
+    }[cfg.label.task]
+    if classes:
+        ctx.outputs["classes"] = classes
     return StepResult(
         metrics={
             "rows_train": float(rows),
-            "positives_train": float(positives),
+            label_stat: float(positives),
             "split_table_version": float(split_version),
             "trials": float(trials),
             f"winner_validation_{metric}": winner.metrics[metric],
-            "decision_threshold": threshold,
+            **({"decision_threshold": threshold} if cfg.label.task == "binary" else {}),
         },
         tags={
             "model_uri": info.model_uri,
@@ -251,9 +339,9 @@ def run_fit(ctx: StepContext) -> StepResult:
             "winner_params": json.dumps(winner.params, sort_keys=True, default=str),
         },
         summary=(
-            f"fitted on {rows} train rows ({positives} positive); {trials} trial(s) over "
+            f"fitted on {rows} train rows ({label_text_}); {trials} trial(s) over "
             f"{len(results)} famil{'y' if len(results) == 1 else 'ies'}; winner {winner.family} "
-            f"(validation {metric} {winner.metrics[metric]:.4f}), threshold {threshold:.3f}, logged {info.model_uri}"
+            f"(validation {metric} {winner.metrics[metric]:.4f}){threshold_text}, logged {info.model_uri}"
         ),
     )
 
@@ -268,71 +356,110 @@ def trial_partitions(rows: int, cores: int, parallelism: int, rows_per_partition
     return max(1, min(cores // max(1, parallelism), math.ceil(rows / rows_per_partition)))
 
 
-def _tune(
-    ctx: StepContext, train: DataFrame, validation: DataFrame, num_features: int, weighted: bool
-) -> list[FamilyResult]:
-    from deltaml.evaluation import binary_metrics
+@dataclass(frozen=True)
+class ModelShape:
+    """What every candidate model is built for: the feature vector size, the classes, the weights."""
+
+    num_features: int
+    num_classes: int
+    weighted: bool
+
+
+def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: ModelShape) -> list[FamilyResult]:
+    """Tune every candidate family in turn on the cached train and validation vectors."""
+    from deltaml.evaluation import task_metrics
 
     cfg = ctx.config
+    task = cfg.label.task
     tuning = cfg.tuning
+    metric = cfg.tuning_metric
     active = mlflow.active_run()
     logger = TrialLogger(active.info.run_id if active else None, active.info.experiment_id if active else None)
     deadline = time.monotonic() + tuning.timeout_seconds
     started = time.monotonic()
     results: list[FamilyResult] = []
-    for index, candidate in enumerate(cfg.model.all_candidates):
-        family = candidate.family
-        if weighted and not supports_weights(family):
-            LOG.warning("model family %s does not support class weights; its trials are unweighted", family)
+    shipped: ShippedData | None = None
+    try:
+        for index, candidate in enumerate(cfg.model.all_candidates):
+            family = candidate.family
+            train_trial: Callable[[dict[str, Any]], tuple[Any, dict[str, float]]]
+            if family in SINGLE_NODE_FAMILIES:
+                if shipped is None:  # the vectors go to the executors once, for every single-node family
+                    shipped = ship_data(
+                        ctx.spark, train, validation, max_rows=tuning.single_node_max_rows, seed=cfg.seed
+                    )
 
-        def train_trial(params: dict[str, Any], family: str = family) -> tuple[PipelineModel, dict[str, float]]:
-            stages = model_stages(family, params, seed=cfg.seed, num_features=num_features, weighted=weighted)
-            model = Pipeline(stages=stages).fit(train)
-            return model, binary_metrics(model.transform(validation))
+                def train_trial(
+                    params: dict[str, Any], family: str = family, data: ShippedData = shipped
+                ) -> tuple[PipelineModel, dict[str, float]]:
+                    model, metrics = executor_trial(
+                        ctx.spark, data, family, task, params, seed=cfg.seed, num_classes=shape.num_classes
+                    )
+                    return PipelineModel(stages=[model]), metrics
 
-        max_evals = (candidate.max_evals or tuning.max_evals) if candidate.search else 1
+            else:
+                if shape.weighted and not supports_weights(family, task):
+                    LOG.warning("model family %s does not support class weights; its trials are unweighted", family)
 
-        def progress(trial: TrialOutcome, best: TrialOutcome | None, max_evals: int = max_evals) -> None:
-            logger.log(trial, tuning.metric)
-            value = f"{trial.metrics[tuning.metric]:.4f}" if trial.ok else f"failed ({trial.error})"
-            best_text = f"{best.metrics[tuning.metric]:.4f}" if best else "-"
-            LOG.info(
-                "trial %s %d/%d: validation %s %s (best %s) in %.1fs, elapsed %.0fs",
-                trial.family,
-                trial.number,
-                max_evals,
-                tuning.metric,
-                value,
-                best_text,
-                trial.seconds,
-                time.monotonic() - started,
+                def train_trial(params: dict[str, Any], family: str = family) -> tuple[PipelineModel, dict[str, float]]:
+                    stages = model_stages(
+                        family,
+                        params,
+                        seed=cfg.seed,
+                        num_features=shape.num_features,
+                        weighted=shape.weighted,
+                        task=task,
+                        num_classes=shape.num_classes,
+                    )
+                    model = Pipeline(stages=stages).fit(train)
+                    return model, task_metrics(model.transform(validation), task)
+
+            max_evals = (candidate.max_evals or tuning.max_evals) if candidate.search else 1
+
+            def progress(trial: TrialOutcome, best: TrialOutcome | None, max_evals: int = max_evals) -> None:
+                logger.log(trial, metric)
+                value = f"{trial.metrics[metric]:.4f}" if trial.ok else f"failed ({trial.error})"
+                best_text = f"{best.metrics[metric]:.4f}" if best else "-"
+                LOG.info(
+                    "trial %s %d/%d: validation %s %s (best %s) in %.1fs, elapsed %.0fs",
+                    trial.family,
+                    trial.number,
+                    max_evals,
+                    metric,
+                    value,
+                    best_text,
+                    trial.seconds,
+                    time.monotonic() - started,
+                )
+
+            budget = SearchBudget(
+                max_evals=max_evals,
+                parallelism=tuning.parallelism,
+                deadline=deadline,
+                early_stop_rounds=tuning.early_stop_rounds,
+                seed=cfg.seed + index,
             )
-
-        budget = SearchBudget(
-            max_evals=max_evals,
-            parallelism=tuning.parallelism,
-            deadline=deadline,
-            early_stop_rounds=tuning.early_stop_rounds,
-            seed=cfg.seed + index,
-        )
-        results.append(
-            search_family(
-                family,
-                candidate.search,
-                candidate.params,
-                train_trial,
-                metric=tuning.metric,
-                budget=budget,
-                on_trial=progress,
+            results.append(
+                search_family(
+                    family,
+                    candidate.search,
+                    candidate.params,
+                    train_trial,
+                    metric=metric,
+                    budget=budget,
+                    on_trial=progress,
+                )
             )
-        )
+    finally:
+        if shipped is not None:
+            shipped.unpersist()
     return results
 
 
 def _threshold(cfg: PipelineConfig, winner: TrialOutcome, validation: DataFrame) -> float:
     """The decision threshold: fixed, or chosen by the configured rule on the validation split."""
     rule = cfg.evaluate.threshold_rule
-    if rule == "fixed":
+    if rule == "fixed" or cfg.label.task != "binary":
         return cfg.evaluate.threshold
     from deltaml.report import choose_threshold, score_histogram
 
@@ -351,19 +478,46 @@ def _winner(results: list[FamilyResult], metric: str) -> TrialOutcome:
 
 
 def _refit(
-    cfg: PipelineConfig, winner: TrialOutcome, data: DataFrame, num_features: int, weighted: bool, threshold: float
+    ctx: StepContext,
+    winner: TrialOutcome,
+    data: DataFrame,
+    shape: ModelShape,
+    finish: list[Any],
+    classes: list[str] | None,
 ) -> PipelineModel:
-    both = _labelled_split(data, cfg, TRAIN, VALIDATION)
-    stages = [
-        *build_feature_stages(cfg.features, events=event_tables(cfg)),
-        *model_stages(winner.family, winner.params, seed=cfg.seed, num_features=num_features, weighted=weighted),
-        DecisionThreshold(threshold=threshold),
-    ]
-    if weighted:
+    """The whole pipeline refitted on train + validation with the winner's params."""
+    cfg = ctx.config
+    task = cfg.label.task
+    both = _labelled_split(data, cfg, TRAIN, VALIDATION, classes=classes)
+    if shape.weighted:
         both = both.transform(class_weights())
     both = both.cache()
+    features = build_feature_stages(cfg.features, events=event_tables(cfg))
     try:
-        return fit_pipeline(Pipeline(stages=stages), both)
+        if winner.family in SINGLE_NODE_FAMILIES:
+            fitted = fit_pipeline(Pipeline(stages=features), both)
+            vectors = fitted.transform(both)
+            model = fit_single_node(
+                ctx.spark,
+                vectors,
+                winner.family,
+                task,
+                winner.params,
+                seed=cfg.seed,
+                num_classes=shape.num_classes,
+                max_rows=cfg.tuning.single_node_max_rows,
+            )
+            return PipelineModel(stages=[*fitted.stages, model, *finish])
+        estimator = model_stages(
+            winner.family,
+            winner.params,
+            seed=cfg.seed,
+            num_features=shape.num_features,
+            weighted=shape.weighted,
+            task=task,
+            num_classes=shape.num_classes,
+        )
+        return fit_pipeline(Pipeline(stages=[*features, *estimator, *finish]), both)
     finally:
         both.unpersist()
 
@@ -395,10 +549,10 @@ def _log_leaderboard(results: list[FamilyResult], metric: str) -> None:
     LOG.info("leaderboard (validation %s):", metric)
     for row in rows:
         if row["rank"] is None:
-            LOG.warning("  -  %-20s every trial failed", row["family"])
+            LOG.warning("  -  %-22s every trial failed", row["family"])
             continue
         LOG.info(
-            "  %d. %-20s %.4f  %d trial(s), %.1fs  %s",
+            "  %d. %-22s %.4f  %d trial(s), %.1fs  %s",
             row["rank"],
             row["family"],
             row[f"validation_{metric}"],

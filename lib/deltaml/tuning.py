@@ -1,10 +1,12 @@
-"""Hyperopt tuning of Spark ML families: TPE proposes on the driver, trials run concurrently as Spark jobs.
+"""Hyperopt tuning: TPE proposes on the driver, trials run concurrently from driver threads.
 
 Spark ML cannot train inside a ``SparkTrials`` task, so the search is an ask-and-tell loop over
-Hyperopt's own ``Trials``: TPE suggests up to ``parallelism`` points, each point is trained on
-its own driver thread (each fit is an ordinary set of Spark jobs, so the executors share the
-concurrent trials), the results are told back, and TPE suggests the next batch. With the same
-seed, data and parallelism the sequence of proposed points is the same.
+Hyperopt's own ``Trials``: each proposed point is trained on its own driver thread (a Spark ML
+fit is an ordinary set of Spark jobs; a single-node fit is one task on an executor, see
+:mod:`deltaml.single_node`), so the executors share the concurrent trials. Trial ``k`` is
+proposed from the results of trials ``1..k - parallelism``: a thread starts the next trial as
+soon as that history is complete, and with the same seed, data and parallelism the sequence of
+proposed points is the same whichever trial finishes first.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -31,7 +33,7 @@ from deltaml.search_space import build_space, params_from_sample
 LOG = logging.getLogger(__name__)
 
 # Metrics where larger is better; the search minimises the loss, so these are negated.
-_HIGHER_IS_BETTER = {"auc_roc", "auc_pr", "accuracy"}
+_HIGHER_IS_BETTER = {"auc_roc", "auc_pr", "accuracy", "f1", "r2"}
 
 
 def loss_of(metric: str, value: float) -> float:
@@ -100,6 +102,12 @@ class TrialLogger:
         }
         if trial.error:
             tags["deltaml.error"] = trial.error[:4000]
+        # A single-node trial knows where it ran (host and Python worker of its executor task).
+        info = next((getattr(s, "trial_info", None) for s in getattr(trial.model, "stages", [])), None)
+        if info is not None:
+            tags["deltaml.trial_host"] = str(info.host)
+            tags["deltaml.trial_pid"] = str(info.pid)
+            tags["deltaml.trial_task_attempt"] = str(info.task_attempt_id)
         with self._lock:  # the tracking store is shared; one writer at a time keeps SQLite happy
             run = self._client.create_run(self._experiment, tags=tags)
             now = int(time.time() * 1000)
@@ -151,61 +159,97 @@ def search_family(
     max_evals = budget.max_evals
     space = build_space(search, family)
     domain = Domain(lambda _: 0.0, space)
-    trials = Trials()
     rng = np.random.default_rng(budget.seed)
+    seeds = [int(rng.integers(2**31 - 1)) for _ in range(max_evals)]
     # TPE starts modelling after a third of the budget (between 2 and 20 random trials first).
     suggest = partial(tpe.suggest, n_startup_jobs=max(2, min(20, max_evals // 3)))
+    lag = budget.parallelism
+    docs: dict[int, dict[str, Any]] = {}
+    done: dict[int, TrialOutcome] = {}
     outcomes: list[TrialOutcome] = []
     best: TrialOutcome | None = None
-    since_best = 0
     stopped = "max_evals"
+    running: dict[Future[TrialOutcome], int] = {}
+    number = 1  # the next trial to start
     with ThreadPoolExecutor(max_workers=budget.parallelism, thread_name_prefix=f"trial-{family}") as pool:
-        while len(outcomes) < max_evals:
-            if time.monotonic() >= budget.deadline:
-                stopped = "timeout"
+        while True:
+            # Trial k is proposed from the results of trials 1..k-parallelism exactly, whatever
+            # finished first, so the same seed gives the same sequence; a free thread starts the
+            # next trial as soon as that history is complete (no barrier per batch).
+            while (
+                stopped == "max_evals"
+                and number <= max_evals
+                and len(running) < budget.parallelism
+                and all(j in done for j in range(1, number - lag + 1))
+            ):
+                reason = _stop_reason(budget, outcomes[: max(0, number - lag)], metric)
+                if reason:
+                    stopped = reason
+                    break
+                history = Trials()
+                known = [docs[j] for j in range(1, number - lag + 1)]
+                if known:
+                    history.insert_trial_docs(known)
+                    history.refresh()
+                (doc,) = suggest([number], domain, history, seeds[number - 1])
+                docs[number] = doc
+                point = {**fixed, **params_from_sample(space_eval(space, spec_from_misc(doc["misc"])), search)}
+                running[pool.submit(_run_trial, family, number, point, train_trial)] = number
+                number += 1
+            if not running:
                 break
-            if budget.early_stop_rounds and since_best >= budget.early_stop_rounds:
-                stopped = f"no improvement in {budget.early_stop_rounds} trials"
-                break
-            batch = min(budget.parallelism, max_evals - len(outcomes))
-            docs = []
-            for _ in range(batch):
-                # One suggestion per call: TPE proposes the best point for the next id given what is known.
-                new_ids = trials.new_trial_ids(1)
-                docs.extend(suggest(new_ids, domain, trials, int(rng.integers(2**31 - 1))))
-            points = [
-                {**fixed, **params_from_sample(space_eval(space, spec_from_misc(d["misc"])), search)} for d in docs
-            ]
-            numbers = range(len(outcomes) + 1, len(outcomes) + 1 + len(points))
-            futures = [pool.submit(_run_trial, family, n, p, train_trial) for n, p in zip(numbers, points, strict=True)]
-            for doc, future in zip(docs, futures, strict=True):
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
                 outcome = future.result()
+                done[running.pop(future)] = outcome
+                _record(docs[outcome.number], outcome, metric)
+            # Outcomes are taken in trial order: the best, early stopping and the callback do not
+            # depend on which thread finished first.
+            while len(outcomes) + 1 in done:
+                outcome = done[len(outcomes) + 1]
                 outcomes.append(outcome)
-                if outcome.ok and metric in outcome.metrics:
-                    doc["result"] = {"loss": loss_of(metric, outcome.metrics[metric]), "status": STATUS_OK}
-                    doc["state"] = JOB_STATE_DONE
-                else:
-                    doc["result"] = {"status": STATUS_FAIL}
-                    doc["state"] = JOB_STATE_ERROR
-                improved = (
-                    outcome.ok
-                    and metric in outcome.metrics
-                    and (
-                        best is None or loss_of(metric, outcome.metrics[metric]) < loss_of(metric, best.metrics[metric])
-                    )
-                )
-                if improved:
-                    if best is not None:
-                        best.model = None  # keep only the best model of the family in memory
-                    best = outcome
-                    since_best = 0
-                else:
-                    outcome.model = None
-                    since_best += 1
+                improved = _better(outcome, best, metric)
+                previous, best = best, (outcome if improved else best)
                 on_trial(outcome, best)
-            trials.insert_trial_docs(docs)
-            trials.refresh()
+                # Keep only the best model of the family in memory.
+                if improved and previous is not None:
+                    previous.model = None
+                elif not improved:
+                    outcome.model = None
     return FamilyResult(family, outcomes, best, time.monotonic() - started, stopped)
+
+
+def _stop_reason(budget: SearchBudget, history: list[TrialOutcome], metric: str) -> str | None:
+    """Why no further trial starts, judged on the trials a new proposal would see; None to go on."""
+    if time.monotonic() >= budget.deadline:
+        return "timeout"
+    if budget.early_stop_rounds:
+        since_best, best = 0, None
+        for outcome in history:
+            if _better(outcome, best, metric):
+                best, since_best = outcome, 0
+            else:
+                since_best += 1
+        if since_best >= budget.early_stop_rounds:
+            return f"no improvement in {budget.early_stop_rounds} trials"
+    return None
+
+
+def _better(outcome: TrialOutcome, best: TrialOutcome | None, metric: str) -> bool:
+    """Whether a trial beats the best so far (a failed trial never does)."""
+    if not outcome.ok or metric not in outcome.metrics:
+        return False
+    return best is None or loss_of(metric, outcome.metrics[metric]) < loss_of(metric, best.metrics[metric])
+
+
+def _record(doc: dict[str, Any], outcome: TrialOutcome, metric: str) -> None:
+    """Tell Hyperopt's trial document the outcome: the loss, or a failure."""
+    if outcome.ok and metric in outcome.metrics:
+        doc["result"] = {"loss": loss_of(metric, outcome.metrics[metric]), "status": STATUS_OK}
+        doc["state"] = JOB_STATE_DONE
+    else:
+        doc["result"] = {"status": STATUS_FAIL}
+        doc["state"] = JOB_STATE_ERROR
 
 
 def _run_trial(

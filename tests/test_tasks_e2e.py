@@ -1,0 +1,99 @@
+"""Multiclass and regression labels end to end: real data through `deltaml run`, checked independently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from pyspark.sql import SparkSession
+from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score
+
+from deltaml.cli import main
+from tests.conftest import ROOT, write_config
+
+pytestmark = pytest.mark.slow
+TAG = 5e-7  # registered metrics are tags written with six decimals
+
+
+def _conf(tmp_path: Path, name: str, edit: dict[str, object] | None = None) -> Path:
+    data = yaml.safe_load((ROOT / "conf" / name).read_text())
+    data["state_dir"] = str(tmp_path / "state")
+    data["tuning"]["max_evals"] = 2
+    data.update(edit or {})
+    return write_config(tmp_path / name, data)
+
+
+def _test_rows_with_predictions(spark: SparkSession, state: Path, split: str, predictions: str, key: str) -> object:
+    test = spark.read.format("delta").load(str(state / split)).where("split = 'test'")
+    scored = spark.read.format("delta").load(str(state / predictions))
+    return test.join(scored, on=key).toPandas()
+
+
+def _report_files(client: MlflowClient, run_id: str) -> set[str]:
+    return {Path(f.path).name for f in client.list_artifacts(run_id, "report")}
+
+
+def _evaluate_run(client: MlflowClient, name: str) -> mlflow.entities.Run:
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None
+    (run,) = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`deltaml.step` = 'evaluate'", max_results=1
+    )
+    return run
+
+
+def test_multiclass_penguins_train_register_and_score(spark: SparkSession, tmp_path: Path) -> None:
+    assert main(["run", str(_conf(tmp_path, "penguin_species.yml"))]) == 0
+    state = tmp_path / "state" / "warehouse"
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("penguin_species", "champion")
+    joined = _test_rows_with_predictions(
+        spark, state, "silver/penguins_split", "gold/penguin_species_predictions", "penguin_id"
+    )
+    # The champion's registered test metrics (tags with six decimals), recomputed by scikit-learn
+    # from the predictions table.
+    assert len(joined) > 50
+    assert set(joined["predicted_label"]) <= {"Adelie", "Chinstrap", "Gentoo"}
+    classes = ["Adelie", "Chinstrap", "Gentoo"]
+    assert (joined["predicted_label"] == [classes[int(i)] for i in joined["prediction"]]).all()
+    assert float(champion.tags["metric.test_accuracy"]) == pytest.approx(
+        accuracy_score(joined["species"], joined["predicted_label"]), abs=TAG
+    )
+    assert float(champion.tags["metric.test_f1"]) == pytest.approx(
+        f1_score(joined["species"], joined["predicted_label"], average="weighted"), abs=TAG
+    )
+    assert float(champion.tags["metric.test_f1"]) > 0.9
+    assert ((joined["probability"] > 1 / 3) & (joined["probability"] <= 1)).all()
+    report = _report_files(client, _evaluate_run(client, "deltaml-penguin-species").info.run_id)
+    assert {"confusion_matrix.png", "report.html", "metrics.json"} <= report
+
+
+def test_regression_diamonds_train_register_and_score(spark: SparkSession, tmp_path: Path) -> None:
+    conf = _conf(tmp_path, "diamond_prices.yml")
+    data = yaml.safe_load(conf.read_text())
+    data["source"]["filter"] = "diamond_id % 20 = 0"  # 2,697 diamonds keep the test small
+    write_config(conf, data)
+    assert main(["run", str(conf)]) == 0
+    state = tmp_path / "state" / "warehouse"
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("diamond_prices", "champion")
+    joined = _test_rows_with_predictions(
+        spark, state, "silver/diamonds_split", "gold/diamond_price_predictions", "diamond_id"
+    )
+    assert len(joined) > 300
+    assert "probability" not in joined.columns
+    errors = joined["prediction"] - joined["price"]
+    assert float(champion.tags["metric.test_rmse"]) == pytest.approx(float(np.sqrt((errors**2).mean())), abs=TAG)
+    assert float(champion.tags["metric.test_mae"]) == pytest.approx(
+        mean_absolute_error(joined["price"], joined["prediction"]), abs=TAG
+    )
+    assert float(champion.tags["metric.test_r2"]) == pytest.approx(
+        r2_score(joined["price"], joined["prediction"]), abs=TAG
+    )
+    assert float(champion.tags["metric.test_r2"]) > 0.9
+    report = _report_files(client, _evaluate_run(client, "deltaml-diamond-prices").info.run_id)
+    assert {"residuals.png", "predicted_vs_actual.png", "report.html"} <= report
