@@ -48,3 +48,34 @@ def test_empty_split_reports_zero_rows(spark: SparkSession) -> None:
     )
     df = spark.createDataFrame([], schema)
     assert binary_metrics(df) == {"rows": 0.0}
+
+
+def test_collected_metrics_equal_the_spark_metrics_for_every_task(spark: SparkSession) -> None:
+    from deltaml.evaluation import collected_metrics, task_metrics
+
+    rows = [
+        (float(y), Vectors.dense([1 - p, p]), Vectors.dense([1 - p, p]), float(p >= 0.5))
+        for y, p in zip(Y, P, strict=True)
+    ]
+    binary = spark.createDataFrame(rows, ["_label", "probability", "rawPrediction", "prediction"])
+    spark_values, local_values = task_metrics(binary, "binary"), collected_metrics(binary, "binary", 2)
+    assert local_values == pytest.approx(spark_values, abs=1e-12)
+    assert set(spark_values) == {"rows", "auc_roc", "auc_pr", "log_loss", "accuracy"}
+
+    probabilities = [[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.1, 0.1, 0.8], [0.5, 0.2, 0.3], [0.2, 0.5, 0.3]]
+    labels = [0.0, 1.0, 2.0, 2.0, 1.0]
+    multiclass = spark.createDataFrame(
+        [
+            (y, Vectors.dense(p), float(max(range(3), key=p.__getitem__)))
+            for y, p in zip(labels, probabilities, strict=True)
+        ],
+        ["_label", "probability", "prediction"],
+    )
+    assert collected_metrics(multiclass, "multiclass", 3) == pytest.approx(
+        task_metrics(multiclass, "multiclass"), abs=1e-12
+    )
+
+    regression = spark.createDataFrame([(1.0, 1.5), (2.0, 1.5), (3.0, 3.5), (4.0, 3.0)], ["_label", "prediction"])
+    assert collected_metrics(regression, "regression", 0) == pytest.approx(
+        task_metrics(regression, "regression"), abs=1e-12
+    )

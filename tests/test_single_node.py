@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from pyspark.ml import PipelineModel
+from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.ml.linalg import Vector, Vectors, VectorUDT
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import DoubleType, StructField, StructType
@@ -116,7 +117,10 @@ def test_binary_trial_metrics_match_sklearn_on_the_stage_output(
         {
             "rows": 100.0,
             "auc_roc": skm.roc_auc_score(y, probability[:, 1]),
-            "auc_pr": skm.average_precision_score(y, probability[:, 1]),
+            # Spark's own AUC-PR (exact, no bins) of the same output: trials and evaluate agree.
+            "auc_pr": BinaryClassificationEvaluator(
+                labelCol="_label", rawPredictionCol="probability", metricName="areaUnderPR", numBins=0
+            ).evaluate(model.transform(validation)),
             "log_loss": skm.log_loss(y, probability, labels=[0, 1]),
             "accuracy": skm.accuracy_score(y, predicted),
         },

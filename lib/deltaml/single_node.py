@@ -178,7 +178,8 @@ def _model_output(estimator: Any, task: str, x: np.ndarray, num_classes: int) ->
 def validation_metrics(task: str, y: np.ndarray, output: np.ndarray, *, num_classes: int) -> dict[str, float]:
     """deltaml's metrics of a task, computed with scikit-learn on numpy arrays.
 
-    Binary: ``auc_roc``, ``auc_pr`` (average precision), ``log_loss``, ``accuracy``; multiclass:
+    Binary: ``auc_roc``, ``auc_pr`` (as Spark computes it, see :func:`area_under_pr`), ``log_loss``,
+    ``accuracy``; multiclass:
     ``accuracy``, ``f1`` (support-weighted, as Spark's ``f1``), ``log_loss``; regression: ``rmse``,
     ``mae``, ``r2``; all with ``rows``. The prediction of a classifier is the most probable class.
     A metric that is undefined on these rows (AUC with one class present) is left out.
@@ -215,8 +216,28 @@ def validation_metrics(task: str, y: np.ndarray, output: np.ndarray, *, num_clas
         result["f1"] = float(skm.f1_score(labels, predicted, average="weighted", zero_division=0.0))
     elif len(np.unique(labels)) == 2:
         result["auc_roc"] = float(skm.roc_auc_score(labels, output[:, 1]))
-        result["auc_pr"] = float(skm.average_precision_score(labels, output[:, 1]))
+        result["auc_pr"] = area_under_pr(labels, output[:, 1])
     return result
+
+
+def area_under_pr(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The area under the precision-recall curve as Spark's ``BinaryClassificationMetrics`` computes it.
+
+    One curve point per distinct score (thresholds descending), trapezoids between points, and
+    the curve starts at (recall 0, precision of the first point). Unlike scikit-learn's average
+    precision (a step sum), this matches the AUC-PR of deltaml's Spark evaluations exactly.
+    """
+    order = np.argsort(-scores, kind="stable")
+    ranked, positive = scores[order], labels[order] == 1
+    last_of_score = np.r_[ranked[1:] != ranked[:-1], True]
+    tp = np.cumsum(positive)[last_of_score].astype(np.float64)
+    fp = np.cumsum(~positive)[last_of_score].astype(np.float64)
+    if not tp[-1]:
+        return float("nan")
+    recall, precision = tp / tp[-1], tp / (tp + fp)
+    recall = np.r_[0.0, recall]
+    precision = np.r_[precision[0], precision]
+    return float(np.sum((recall[1:] - recall[:-1]) * (precision[1:] + precision[:-1]) / 2))
 
 
 def _check_labels(task: str, num_classes: int, label_max: float, integral: bool, what: str) -> int:

@@ -52,6 +52,10 @@ from deltaml.windows import WindowFeatures
 LOG = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
+# Up to this many validation rows, a Spark ML trial's metrics are computed on the driver from one
+# collect of the scores (the same definitions as the Spark evaluators, see
+# deltaml.single_node.validation_metrics) instead of a cached frame and a sort per AUC.
+LOCAL_METRIC_ROWS = 100_000
 __all__ = ["LABEL_COL", "build_training_pipeline", "fit_pipeline", "load_fitted_model", "run_fit", "with_binary_label"]
 _MLFLOW_TYPES = {
     T.IntegerType: "integer",
@@ -281,10 +285,11 @@ def run_fit(ctx: StepContext) -> StepResult:
     if enriched is not train:
         enriched.unpersist()  # the train vectors are cached and computed now
     candidates = cfg.model.all_candidates
-    if (len(candidates) > 1 or any(c.search for c in candidates)) and validation_vectors.isEmpty():
+    validation_rows = validation_vectors.count()
+    if (len(candidates) > 1 or any(c.search for c in candidates)) and not validation_rows:
         raise StepInputError("step 'fit': tuning needs validation rows; set split.validation above 0")
     try:
-        shape = ModelShape(num_features, len(classes) if classes else 2, weighted)
+        shape = ModelShape(num_features, len(classes) if classes else 2, weighted, validation_rows)
         results = _tune(ctx, train_vectors, validation_vectors, shape)
         winner = _winner(results, cfg.tuning_metric)
         threshold = _threshold(cfg, winner, validation_vectors)
@@ -363,11 +368,12 @@ class ModelShape:
     num_features: int
     num_classes: int
     weighted: bool
+    validation_rows: int
 
 
 def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: ModelShape) -> list[FamilyResult]:
     """Tune every candidate family in turn on the cached train and validation vectors."""
-    from deltaml.evaluation import task_metrics
+    from deltaml.evaluation import collected_metrics, task_metrics
 
     cfg = ctx.config
     task = cfg.label.task
@@ -412,7 +418,10 @@ def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: Mode
                         num_classes=shape.num_classes,
                     )
                     model = Pipeline(stages=stages).fit(train)
-                    return model, task_metrics(model.transform(validation), task)
+                    scored = model.transform(validation)
+                    if shape.validation_rows <= LOCAL_METRIC_ROWS:
+                        return model, collected_metrics(scored, task, shape.num_classes)
+                    return model, task_metrics(scored, task)
 
             max_evals = (candidate.max_evals or tuning.max_evals) if candidate.search else 1
 
