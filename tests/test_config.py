@@ -259,6 +259,14 @@ REGRESSION = {"label": {"column": "churn", "task": "regression"}, "contract": No
             r"split.strategy stratified needs a discrete label; use random for regression",
         ),
         (
+            {
+                "label": {"column": "churn", "task": "multiclass"},
+                "features": {"categorical": ["contract"], "encodings": {"target": ["contract"]}},
+                "model": {"family": "mlp"},
+            },
+            r"features.encodings.target averages the label, which for a multiclass label is an arbitrary",
+        ),
+        (
             {"label": {"column": "churn", "task": "multiclass"}, "model": {"family": "gbt"}},
             r"model family gbt cannot learn a multiclass label",
         ),

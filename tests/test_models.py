@@ -120,3 +120,27 @@ def test_label_encoding_per_task_and_balanced_weights_for_three_classes(spark: S
     weights = {r["_label"]: r[WEIGHT_COL] for r in labels.transform(class_weights()).distinct().collect()}
     # rows / (classes * rows of the class): 10 / (3 * 6), 10 / (3 * 3), 10 / (3 * 1)
     assert weights == pytest.approx({0.0: 10 / 18, 1.0: 10 / 9, 2.0: 10 / 3})
+
+
+def test_a_class_absent_from_train_keeps_its_probability_slot(spark: SparkSession) -> None:
+    from deltaml.config import load_config
+    from deltaml.errors import StepInputError as InputError
+    from deltaml.train import label_classes, labelled_rows
+    from tests.conftest import ROOT
+
+    config = load_config(ROOT / "conf" / "penguin_species.yml").pipeline
+    rows = [(Vectors.dense([float(i % 2), 1.0]), ["Adelie", "Chinstrap"][i % 2], "train") for i in range(20)]
+    data = spark.createDataFrame(rows, ["features", "species", "split"])
+    # Gentoo (index 2) is configured but has no train rows: Spark would size the output to 2.
+    train = labelled_rows(data, config, "train", classes=["Adelie", "Chinstrap", "Gentoo"])
+    model = Pipeline(stages=model_stages("logistic_regression", {}, seed=1, task="multiclass", num_classes=3)).fit(
+        train
+    )
+    assert {len(r["probability"]) for r in model.transform(train).select("probability").collect()} == {3}
+
+    many = spark.createDataFrame([(float(i), str(i), "train") for i in range(1001)], ["x", "species", "split"])
+    inferred = config.model_copy(update={"label": config.label.model_copy(update={"classes": None})})
+    with pytest.raises(InputError, match=r"more than 1000 distinct values .* use task: regression"):
+        label_classes(many, inferred)
+    with pytest.raises(InputError, match=r"has 1 distinct value\(s\) of species"):
+        label_classes(data.where("species = 'Adelie'"), inferred)

@@ -173,3 +173,14 @@ def test_every_metric_has_a_direction() -> None:
     for metrics in TASK_METRICS.values():
         for metric in metrics:
             assert loss_of(metric, 1.0) == (1.0 if metric in lower else -1.0), metric
+
+
+def test_a_trial_without_a_finite_metric_is_a_failed_trial() -> None:
+    def one_class(params: dict[str, Any]) -> tuple[str, dict[str, float]]:
+        # What a validation split with a single class gives: no AUC, or NaN.
+        return "model", ({"rows": 10.0} if params["regParam"] > 0.01 else {"rows": 10.0, "auc_roc": math.nan})
+
+    result = search_family("lr", SPACE, {}, one_class, metric="auc_roc", budget=_budget(max_evals=4))
+    assert result.best is None and len(result.trials) == 4
+    assert all(t.error and t.error.startswith("validation auc_roc is undefined on these rows") for t in result.trials)
+    assert all(t.model is None for t in result.trials)

@@ -769,6 +769,11 @@ class PipelineConfig(_Model):
             raise ValueError(
                 f"register.gate.metric {gate.metric} cannot gate a {task} model; use one of {list(GATE_METRICS[task])}"
             )
+        if task == "multiclass" and self.features.encodings.target:
+            raise ValueError(
+                "features.encodings.target averages the label, which for a multiclass label is an arbitrary "
+                "class index; use frequency encoding or one-hot for these columns"
+            )
         if task != "binary" and self.evaluate.threshold_rule != "fixed":
             raise ValueError(f"evaluate.threshold_rule {self.evaluate.threshold_rule} is for binary labels only")
         if task == "regression":

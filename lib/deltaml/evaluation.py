@@ -24,7 +24,7 @@ from deltaml.catalog import read_table
 from deltaml.context import StepContext, StepResult
 from deltaml.errors import StepInputError
 from deltaml.features import feature_names
-from deltaml.models import DecisionThreshold, model_classes, positive_probability
+from deltaml.models import DecisionThreshold, encode_label, model_classes, positive_probability
 from deltaml.report import (
     calibration_points,
     confusion_matrix,
@@ -71,7 +71,8 @@ def binary_metrics(predictions: DataFrame, label_col: str = LABEL_COL) -> dict[s
     if row["rows"] == 0:
         scored.unpersist()
         return {"rows": 0.0}
-    evaluator = BinaryClassificationEvaluator(labelCol="y", rawPredictionCol="rawPrediction", numBins=0)
+    # Ranked by the positive-class probability (not rawPrediction), exactly, as collected_metrics does.
+    evaluator = BinaryClassificationEvaluator(labelCol="y", rawPredictionCol="p", numBins=0)
     metrics = {
         "rows": float(row["rows"]),
         "auc_roc": float(evaluator.evaluate(scored, {evaluator.metricName: "areaUnderROC"})),
@@ -154,6 +155,8 @@ def collected_metrics(
     """
     output = F.col("prediction") if task == "regression" else vector_to_array(F.col("probability"))
     table = predictions.select(F.col(label_col).cast("double").alias("y"), output.alias("out")).toArrow()
+    if not table.num_rows:
+        return {"rows": 0.0}
     y = table.column("y").to_numpy()
     if task == "regression":
         out = table.column("out").to_numpy().astype(np.float64)
@@ -200,6 +203,8 @@ def run_evaluate(ctx: StepContext) -> StepResult:
     threshold = decision_threshold(model)
     report_files: list[str] = []
     for split_name in (VALIDATION, TEST):
+        if classes:
+            metrics[f"{split_name}_rows_unknown_class"] = _unknown_class_rows(data, cfg, split_name, classes)
         # Scored once: the metrics and (for test) the report read the same cached predictions.
         scored = model.transform(labelled_rows(data, cfg, split_name, classes=classes)).cache()
         for name, value in task_metrics(scored, task).items():
@@ -214,6 +219,24 @@ def run_evaluate(ctx: StepContext) -> StepResult:
         tags={"model_uri": model_uri, "report": ", ".join(report_files)},
         summary=", ".join(f"{label} {metrics[key]:.4f}" for label, key in _SUMMARY[task] if key in metrics),
     )
+
+
+def _unknown_class_rows(data: DataFrame, cfg: Any, split_name: str, classes: list[str]) -> float:
+    """Labelled rows of a split whose label is none of the model's classes (left out of its metrics)."""
+    unknown = (
+        data.where((F.col(SPLIT_COL) == split_name) & F.col(cfg.label.column).isNotNull())
+        .where(encode_label(cfg.label, classes).isNull())
+        .count()
+    )
+    if unknown:
+        LOG.warning(
+            "%d %s row(s) have a %s the model never saw in training (classes %s); they are left out of its metrics",
+            unknown,
+            split_name,
+            cfg.label.column,
+            classes,
+        )
+    return float(unknown)
 
 
 def decision_threshold(model: PipelineModel) -> float:
@@ -247,7 +270,7 @@ def _log_report(
                     raise ValueError(f"{len(values)} importances for {len(names)} feature names")
                 return sorted(zip(names, values, strict=False), key=lambda pair: -abs(pair[1]))
             return feature_importances(classifier_stage(model), feature_names(model, cfg.features))
-        except ValueError as exc:
+        except (ValueError, StepInputError) as exc:
             LOG.warning("feature importances left out of the report: %s", exc)
             return []
 

@@ -343,7 +343,7 @@ def gate_decision(
     )
     if gate.bootstrap > 0:
         if ci_low is None or ci_high is None:
-            reason += f"; no bootstrap resample of {gate.bootstrap} had both classes"
+            reason += f"; no bootstrap resample of {gate.bootstrap} had a defined metric (e.g. both classes)"
         else:
             reason += (
                 f"; {gate.confidence:.0%} CI [{ci_low:+.4f}, {ci_high:+.4f}] "

@@ -83,6 +83,7 @@ _JOB_PROPERTIES = ("spark.jobGroup.id", "spark.job.description", "spark.job.inte
 # Extra rows drawn by Spark's Bernoulli sample so that at least max_rows come back (6 sigma).
 _SAMPLE_MARGIN_SIGMAS = 6.0
 _OUTPUT_COL = "__single_node_output"
+_LOG_EPS = 1e-15
 
 
 # -- estimators ---------------------------------------------------------------------------------------------------
@@ -207,10 +208,14 @@ def validation_metrics(task: str, y: np.ndarray, output: np.ndarray, *, num_clas
         }
     labels = y.astype(np.int64)
     predicted = output.argmax(axis=1)
+    # Log-loss as deltaml's Spark metrics compute it: the true class's probability, clipped at
+    # 1e-15 (and, for a binary label, at 1 - 1e-15), unnormalised.
+    true_class = output[np.arange(len(labels)), labels]
+    clipped = np.clip(true_class, _LOG_EPS, 1 - _LOG_EPS) if task == "binary" else np.maximum(true_class, _LOG_EPS)
     result = {
         "rows": rows,
         "accuracy": float(skm.accuracy_score(labels, predicted)),
-        "log_loss": float(skm.log_loss(labels, output, labels=list(range(num_classes)))),
+        "log_loss": float(-np.mean(np.log(clipped))),
     }
     if task == "multiclass":
         result["f1"] = float(skm.f1_score(labels, predicted, average="weighted", zero_division=0.0))

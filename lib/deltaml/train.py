@@ -56,6 +56,8 @@ MODEL_ARTIFACT = "model"
 # collect of the scores (the same definitions as the Spark evaluators, see
 # deltaml.single_node.validation_metrics) instead of a cached frame and a sort per AUC.
 LOCAL_METRIC_ROWS = 100_000
+# More classes than this is a mislabelled task (a numeric column), not a classifier to train.
+MAX_CLASSES = 1000
 __all__ = ["LABEL_COL", "build_training_pipeline", "fit_pipeline", "load_fitted_model", "run_fit", "with_binary_label"]
 _MLFLOW_TYPES = {
     T.IntegerType: "integer",
@@ -181,12 +183,18 @@ def labelled_rows(data: DataFrame, config: PipelineConfig, *splits: str, classes
     Binary: 0/1; multiclass: the index of the label in ``classes`` (rows of other labels are
     left out); regression: the label as a double.
     """
-    return (
+    rows = (
         data.where(F.col(SPLIT_COL).isin(*splits))
         .where(F.col(config.label.column).isNotNull())
         .withColumn(LABEL_COL, encode_label(config.label, classes))
         .where(F.col(LABEL_COL).isNotNull())
     )
+    if config.label.task == "multiclass" and classes:
+        # Spark ML sizes a classifier's output from this (not from the largest label it sees), so a
+        # class absent from train still gets its slot in the probability vector.
+        nominal = {"ml_attr": {"type": "nominal", "num_vals": len(classes), "name": LABEL_COL}}
+        rows = rows.withMetadata(LABEL_COL, nominal)
+    return rows
 
 
 def _labelled_split(
@@ -206,8 +214,19 @@ def label_classes(data: DataFrame, config: PipelineConfig) -> list[str] | None:
         data.where((F.col(SPLIT_COL) == TRAIN) & F.col(label.column).isNotNull())
         .select(F.col(label.column).cast("string").alias("c"))
         .distinct()
+        .limit(MAX_CLASSES + 1)
         .collect()
     )
+    if len(rows) > MAX_CLASSES:
+        raise StepInputError(
+            f"step 'fit': label {label.column} has more than {MAX_CLASSES} distinct values in the train split; "
+            "a multiclass label needs a handful of classes (is it a number? then use task: regression)"
+        )
+    if len(rows) < 2:
+        raise StepInputError(
+            f"step 'fit': the train split has {len(rows)} distinct value(s) of {label.column}; "
+            "a multiclass label needs at least two (check the split and label.column)"
+        )
     return sorted(str(r["c"]) for r in rows)
 
 
@@ -255,41 +274,45 @@ def run_fit(ctx: StepContext) -> StepResult:
     data, split_version = read_table(ctx.spark, ctx.tables.split, "fit")
     check_columns(data, [*cfg.features.columns, cfg.label.column, SPLIT_COL], "fit", f"split table {ctx.tables.split}")
     classes = label_classes(data, cfg)
-    train = _labelled_split(data, cfg, TRAIN, classes=classes).cache()
+    cached: list[DataFrame] = []  # everything cached here is released on the way out, success or not
+
+    def cache(df: DataFrame) -> DataFrame:
+        cached.append(df.cache())
+        return cached[-1]
+
     try:
+        train = cache(_labelled_split(data, cfg, TRAIN, classes=classes))
         rows, positives = _check_train_labels(cfg, train, classes)
-    except StepInputError:
-        train.unpersist()
-        raise
-    validation = _labelled_split(data, cfg, VALIDATION, classes=classes)
-    # The window joins (nothing to fit) run once on train: their result feeds both the feature
-    # fit and the train vectors.
-    windows, rest = leading_windows(build_feature_stages(cfg.features, events=event_tables(cfg)))
-    enriched = windows.transform(train).cache() if windows.stages else train
-    fitted_rest = Pipeline(stages=rest).fit(enriched)
-    features = PipelineModel(stages=[*windows.stages, *fitted_rest.stages])
-    weighted = cfg.model.class_weight == "balanced"
-    train_vectors = fitted_rest.transform(enriched).select(FEATURES_COL, LABEL_COL)
-    if weighted:
-        train_vectors = train_vectors.transform(class_weights())
-    validation_vectors = features.transform(validation).select(FEATURES_COL, LABEL_COL)
-    partitions = trial_partitions(rows, ctx.spark.sparkContext.defaultParallelism, cfg.tuning.parallelism)
-    if partitions < train_vectors.rdd.getNumPartitions():
-        train_vectors = train_vectors.coalesce(partitions)
-    if partitions < validation_vectors.rdd.getNumPartitions():
-        validation_vectors = validation_vectors.coalesce(partitions)
-    train_vectors, validation_vectors = train_vectors.cache(), validation_vectors.cache()
-    first = train_vectors.first()
-    assert first is not None
-    num_features = int(first[FEATURES_COL].size)
-    if enriched is not train:
-        enriched.unpersist()  # the train vectors are cached and computed now
-    candidates = cfg.model.all_candidates
-    validation_rows = validation_vectors.count()
-    if (len(candidates) > 1 or any(c.search for c in candidates)) and not validation_rows:
-        raise StepInputError("step 'fit': tuning needs validation rows; set split.validation above 0")
-    try:
-        shape = ModelShape(num_features, len(classes) if classes else 2, weighted, validation_rows)
+        validation = _labelled_split(data, cfg, VALIDATION, classes=classes)
+        # The window joins (nothing to fit) run once on train: their result feeds both the feature
+        # fit and the train vectors.
+        windows, rest = leading_windows(build_feature_stages(cfg.features, events=event_tables(cfg)))
+        enriched = cache(windows.transform(train)) if windows.stages else train
+        fitted_rest = Pipeline(stages=rest).fit(enriched)
+        features = PipelineModel(stages=[*windows.stages, *fitted_rest.stages])
+        weighted = cfg.model.class_weight == "balanced"
+        train_vectors = fitted_rest.transform(enriched).select(FEATURES_COL, LABEL_COL)
+        if weighted:
+            train_vectors = train_vectors.transform(class_weights())
+        validation_vectors = features.transform(validation).select(FEATURES_COL, LABEL_COL)
+        partitions = trial_partitions(rows, ctx.spark.sparkContext.defaultParallelism, cfg.tuning.parallelism)
+        if partitions < train_vectors.rdd.getNumPartitions():
+            train_vectors = train_vectors.coalesce(partitions)
+        if partitions < validation_vectors.rdd.getNumPartitions():
+            validation_vectors = validation_vectors.coalesce(partitions)
+        train_vectors, validation_vectors = cache(train_vectors), cache(validation_vectors)
+        first = train_vectors.first()
+        assert first is not None
+        num_features = int(first[FEATURES_COL].size)
+        if enriched is not train:
+            enriched.unpersist()  # the train vectors are cached and computed now
+        validation_rows = validation_vectors.count()
+        if not validation_rows:
+            raise StepInputError(
+                "step 'fit': the validation split has no labelled rows; set split.validation above 0 "
+                "(tuning, the choice of the winner and the decision threshold are measured on it)"
+            )
+        shape = ModelShape(num_features, len(classes) if classes else 2, weighted, validation_rows, rows)
         results = _tune(ctx, train_vectors, validation_vectors, shape)
         winner = _winner(results, cfg.tuning_metric)
         threshold = _threshold(cfg, winner, validation_vectors)
@@ -297,11 +320,10 @@ def run_fit(ctx: StepContext) -> StepResult:
         final = PipelineModel(stages=[*features.stages, *winner.model.stages, *finish])
         if cfg.tuning.refit_on == "train_validation":
             final = _refit(ctx, winner, data, shape, finish, classes)
+        example = train.select(*cfg.features.columns).limit(5).toPandas()
     finally:
-        train_vectors.unpersist()
-        validation_vectors.unpersist()
-    example = train.select(*cfg.features.columns).limit(5).toPandas()
-    train.unpersist()
+        for df in cached:
+            df.unpersist()
     metric = cfg.tuning_metric
     _log_leaderboard(results, metric)
     info = mlflow.spark.log_model(
@@ -369,6 +391,7 @@ class ModelShape:
     num_classes: int
     weighted: bool
     validation_rows: int
+    train_rows: int
 
 
 def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: ModelShape) -> list[FamilyResult]:
@@ -391,6 +414,7 @@ def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: Mode
             train_trial: Callable[[dict[str, Any]], tuple[Any, dict[str, float]]]
             if family in SINGLE_NODE_FAMILIES:
                 if shipped is None:  # the vectors go to the executors once, for every single-node family
+                    _check_dense_size(shape, tuning.single_node_max_rows)
                     shipped = ship_data(
                         ctx.spark, train, validation, max_rows=tuning.single_node_max_rows, seed=cfg.seed
                     )
@@ -448,21 +472,49 @@ def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: Mode
                 early_stop_rounds=tuning.early_stop_rounds,
                 seed=cfg.seed + index,
             )
-            results.append(
-                search_family(
-                    family,
-                    candidate.search,
-                    candidate.params,
-                    train_trial,
-                    metric=metric,
-                    budget=budget,
-                    on_trial=progress,
-                )
+            result = search_family(
+                family, candidate.search, candidate.params, train_trial, metric=metric, budget=budget, on_trial=progress
             )
+            if (
+                family in SINGLE_NODE_FAMILIES
+                and shipped is not None
+                and shipped.validation_rows < shape.validation_rows
+                and result.best is not None
+            ):
+                # Its trials saw a sample of the validation rows; the other families saw them all.
+                # The family's best is measured again on all of them, so the winner is chosen fairly.
+                sampled = result.best.metrics[metric]
+                result.best.metrics = task_metrics(result.best.model.transform(validation), task)
+                LOG.info(
+                    "%s best trial: validation %s %.4f on %d sampled rows, %.4f on all %d",
+                    family,
+                    metric,
+                    sampled,
+                    shipped.validation_rows,
+                    result.best.metrics[metric],
+                    shape.validation_rows,
+                )
+            results.append(result)
     finally:
         if shipped is not None:
-            shipped.unpersist()
+            shipped.destroy()
     return results
+
+
+# The most the driver collects and broadcasts for single-node trials (train + validation, dense float64).
+SINGLE_NODE_BYTES = 4 * 1024**3
+
+
+def _check_dense_size(shape: ModelShape, max_rows: int) -> None:
+    """Fail before collecting when the dense copy of the vectors shipped to single-node trials is too large."""
+    rows = min(max_rows, shape.train_rows) + min(max_rows, shape.validation_rows)
+    size = rows * shape.num_features * 8
+    if size > SINGLE_NODE_BYTES:
+        raise StepInputError(
+            f"step 'fit': single-node families need a dense copy of up to {rows} rows x {shape.num_features} "
+            f"features ({size / 1024**3:.1f} GiB, above {SINGLE_NODE_BYTES / 1024**3:.0f} GiB); lower "
+            "tuning.single_node_max_rows or the feature count (features.hashing.num_features, one-hot levels)"
+        )
 
 
 def _threshold(cfg: PipelineConfig, winner: TrialOutcome, validation: DataFrame) -> float:
@@ -503,30 +555,37 @@ def _refit(
     both = both.cache()
     features = build_feature_stages(cfg.features, events=event_tables(cfg))
     try:
-        if winner.family in SINGLE_NODE_FAMILIES:
-            fitted = fit_pipeline(Pipeline(stages=features), both)
-            vectors = fitted.transform(both)
-            model = fit_single_node(
-                ctx.spark,
-                vectors,
+        # The features first: refitted on more rows, the vector can change size (mlp needs it).
+        fitted = fit_pipeline(Pipeline(stages=features), both)
+        vectors = fitted.transform(both).cache()
+        try:
+            if winner.family in SINGLE_NODE_FAMILIES:
+                model: Any = fit_single_node(
+                    ctx.spark,
+                    vectors,
+                    winner.family,
+                    task,
+                    winner.params,
+                    seed=cfg.seed,
+                    num_classes=shape.num_classes,
+                    max_rows=cfg.tuning.single_node_max_rows,
+                )
+                return PipelineModel(stages=[*fitted.stages, model, *finish])
+            first = vectors.first()
+            assert first is not None
+            estimator = model_stages(
                 winner.family,
-                task,
                 winner.params,
                 seed=cfg.seed,
+                num_features=int(first[FEATURES_COL].size),
+                weighted=shape.weighted,
+                task=task,
                 num_classes=shape.num_classes,
-                max_rows=cfg.tuning.single_node_max_rows,
             )
-            return PipelineModel(stages=[*fitted.stages, model, *finish])
-        estimator = model_stages(
-            winner.family,
-            winner.params,
-            seed=cfg.seed,
-            num_features=shape.num_features,
-            weighted=shape.weighted,
-            task=task,
-            num_classes=shape.num_classes,
-        )
-        return fit_pipeline(Pipeline(stages=[*features, *estimator, *finish]), both)
+            model = Pipeline(stages=estimator).fit(vectors)
+            return PipelineModel(stages=[*fitted.stages, *model.stages, *finish])
+        finally:
+            vectors.unpersist()
     finally:
         both.unpersist()
 

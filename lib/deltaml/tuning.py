@@ -150,7 +150,7 @@ def search_family(
     """
     started = time.monotonic()
     if not search:
-        outcome = _run_trial(family, 1, dict(fixed), train_trial)
+        outcome = _require_metric(_run_trial(family, 1, dict(fixed), train_trial), metric)
         only = outcome if outcome.ok and metric in outcome.metrics else None
         if only is None:
             outcome.model = None
@@ -200,7 +200,7 @@ def search_family(
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                outcome = future.result()
+                outcome = _require_metric(future.result(), metric)
                 done[running.pop(future)] = outcome
                 _record(docs[outcome.number], outcome, metric)
             # Outcomes are taken in trial order: the best, early stopping and the callback do not
@@ -217,6 +217,18 @@ def search_family(
                 elif not improved:
                     outcome.model = None
     return FamilyResult(family, outcomes, best, time.monotonic() - started, stopped)
+
+
+def _require_metric(outcome: TrialOutcome, metric: str) -> TrialOutcome:
+    """A trial without a finite value of the metric (one class in validation, say) counts as failed."""
+    if outcome.ok and not math.isfinite(outcome.metrics.get(metric, math.nan)):
+        outcome.error = (
+            f"validation {metric} is undefined on these rows (e.g. the validation split has a single class); "
+            "check the split and the label"
+        )
+        outcome.model = None
+        LOG.warning("trial %s-%03d failed: %s", outcome.family, outcome.number, outcome.error)
+    return outcome
 
 
 def _stop_reason(budget: SearchBudget, history: list[TrialOutcome], metric: str) -> str | None:
