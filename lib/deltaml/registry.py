@@ -97,16 +97,25 @@ def _decide(ctx: StepContext, client: MlflowClient, version: int, split_version:
     challenger, _ = load_fitted_model(ctx)
     test = _test_rows(ctx, split_version, model_classes(challenger.stages))
     current = champion_version(client, name)
-    if current is None:
+
+    def decide(scored: DataFrame, champion: int | None) -> GateDecision:
         return gate_decision(
-            score_test_rows(test, cfg.key, challenger, None, label=cfg.label.column, task=cfg.label.task),
+            scored,
             cfg.registration.gate,
             seed=cfg.seed,
-            champion_version=None,
+            champion_version=champion,
             challenger_version=version,
             task=cfg.label.task,
             metric=cfg.gate_metric,
         )
+
+    def challenger_alone() -> GateDecision:
+        return decide(
+            score_test_rows(test, cfg.key, challenger, None, label=cfg.label.column, task=cfg.label.task), None
+        )
+
+    if current is None:
+        return challenger_alone()
     try:
         scored = _score_with_champion(ctx, test, challenger, current)
     except DeltamlError:
@@ -114,15 +123,7 @@ def _decide(ctx: StepContext, client: MlflowClient, version: int, split_version:
     except Exception as exc:  # Spark's and MLflow's errors: the champion does not fit this data
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         LOG.warning("champion %s version %s cannot score the test rows, replacing it: %s", name, current, first[:300])
-        alone = gate_decision(
-            score_test_rows(test, cfg.key, challenger, None, label=cfg.label.column, task=cfg.label.task),
-            cfg.registration.gate,
-            seed=cfg.seed,
-            champion_version=None,
-            challenger_version=version,
-            task=cfg.label.task,
-            metric=cfg.gate_metric,
-        )
+        alone = challenger_alone()
         return dataclasses.replace(
             alone,
             champion_version=current,
@@ -130,15 +131,7 @@ def _decide(ctx: StepContext, client: MlflowClient, version: int, split_version:
             f"{alone.metric} {alone.challenger_value:.4f}",
         )
     try:
-        return gate_decision(
-            scored,
-            cfg.registration.gate,
-            seed=cfg.seed,
-            champion_version=current,
-            challenger_version=version,
-            task=cfg.label.task,
-            metric=cfg.gate_metric,
-        )
+        return decide(scored, current)
     finally:
         scored.unpersist()
 
