@@ -68,7 +68,12 @@ def test_multiclass_penguins_train_register_and_score(spark: SparkSession, tmp_p
     )
     assert float(champion.tags["metric.test_f1"]) > 0.9
     assert ((joined["probability"] > 1 / 3) & (joined["probability"] <= 1)).all()
-    report = _report_files(client, _evaluate_run(client, "deltaml-penguin-species").info.run_id)
+    evaluate = _evaluate_run(client, "deltaml-penguin-species")
+    # Every labelled penguin is of a configured class: none left out of the metrics.
+    assert (
+        evaluate.data.metrics["validation_rows_unknown_class"] == evaluate.data.metrics["test_rows_unknown_class"] == 0
+    )
+    report = _report_files(client, evaluate.info.run_id)
     assert {"confusion_matrix.png", "report.html", "metrics.json"} <= report
 
 

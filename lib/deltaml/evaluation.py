@@ -37,7 +37,7 @@ from deltaml.report import (
     write_regression_report,
     write_report,
 )
-from deltaml.single_node import SingleNodeModel, permutation_importances, validation_metrics
+from deltaml.single_node import SingleNodeModel, arrow_matrix, permutation_importances, validation_metrics
 from deltaml.split import SPLIT_COL, TEST, VALIDATION
 from deltaml.train import LABEL_COL, check_columns, labelled_rows, load_fitted_model
 
@@ -161,8 +161,7 @@ def collected_metrics(
     if task == "regression":
         out = table.column("out").to_numpy().astype(np.float64)
     else:
-        values = table.column("out").combine_chunks()
-        out = values.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(values), -1)
+        out = arrow_matrix(table.column("out"), "validation probability")
     return validation_metrics(task, y, out, num_classes=num_classes)
 
 
@@ -202,9 +201,9 @@ def run_evaluate(ctx: StepContext) -> StepResult:
     metrics: dict[str, float] = {}
     threshold = decision_threshold(model)
     report_files: list[str] = []
+    if classes:
+        metrics.update(_unknown_class_rows(data, cfg, classes))
     for split_name in (VALIDATION, TEST):
-        if classes:
-            metrics[f"{split_name}_rows_unknown_class"] = _unknown_class_rows(data, cfg, split_name, classes)
         # Scored once: the metrics and (for test) the report read the same cached predictions.
         scored = model.transform(labelled_rows(data, cfg, split_name, classes=classes)).cache()
         for name, value in task_metrics(scored, task).items():
@@ -221,14 +220,17 @@ def run_evaluate(ctx: StepContext) -> StepResult:
     )
 
 
-def _unknown_class_rows(data: DataFrame, cfg: Any, split_name: str, classes: list[str]) -> float:
-    """Labelled rows of a split whose label is none of the model's classes (left out of its metrics)."""
-    unknown = (
-        data.where((F.col(SPLIT_COL) == split_name) & F.col(cfg.label.column).isNotNull())
+def _unknown_class_rows(data: DataFrame, cfg: Any, classes: list[str]) -> dict[str, float]:
+    """Validation and test rows whose label is none of the model's classes (left out of its metrics), in one job."""
+    counts = {
+        r[SPLIT_COL]: int(r["count"])
+        for r in data.where(F.col(SPLIT_COL).isin(VALIDATION, TEST) & F.col(cfg.label.column).isNotNull())
         .where(encode_label(cfg.label, classes).isNull())
+        .groupBy(SPLIT_COL)
         .count()
-    )
-    if unknown:
+        .collect()
+    }
+    for split_name, unknown in counts.items():
         LOG.warning(
             "%d %s row(s) have a %s the model never saw in training (classes %s); they are left out of its metrics",
             unknown,
@@ -236,7 +238,7 @@ def _unknown_class_rows(data: DataFrame, cfg: Any, split_name: str, classes: lis
             cfg.label.column,
             classes,
         )
-    return float(unknown)
+    return {f"{name}_rows_unknown_class": float(counts.get(name, 0)) for name in (VALIDATION, TEST)}
 
 
 def decision_threshold(model: PipelineModel) -> float:

@@ -399,7 +399,7 @@ def _collect_arrays(
         wanted = max_rows + _SAMPLE_MARGIN_SIGMAS * math.sqrt(max_rows) + 100
         source = df.sample(withReplacement=False, fraction=min(1.0, wanted / total), seed=seed)
     table = source.select(*columns).toArrow()
-    x = _matrix(table.column("x"), what)
+    x = arrow_matrix(table.column("x"), what)
     y = _vector(table.column("y"), what, LABEL_COL)
     w = _vector(table.column("w"), what, WEIGHT_COL) if weighted else None
     if len(y) > max_rows:
@@ -410,8 +410,8 @@ def _collect_arrays(
     return x, y, w, total
 
 
-def _matrix(column: pa.ChunkedArray, what: str) -> np.ndarray:
-    """A ``(rows, features)`` float64 matrix from an Arrow list<double> column."""
+def arrow_matrix(column: pa.ChunkedArray, what: str) -> np.ndarray:
+    """A ``(rows, width)`` float64 matrix from an Arrow list<double> column (vectors as arrays)."""
     values = column.combine_chunks()
     if values.null_count:
         raise StepInputError(f"step 'tune': {values.null_count} {what} row(s) have a null {FEATURES_COL!r} vector")
