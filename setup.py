@@ -1,4 +1,9 @@
-"""Installs the deltaml package from lib/ with its pinned runtime dependencies."""
+"""Installs the deltaml package from lib/ with its pinned runtime dependencies.
+
+Spark and Delta are the ``spark`` extra, not hard requirements: a Databricks runtime ships its
+own pyspark and Delta, and a job library that pulled pyspark in would replace the runtime's.
+Everywhere else install ``deltaml[spark]`` (``make`` installs ``.[spark,dev]``).
+"""
 
 from pathlib import Path
 
@@ -14,15 +19,12 @@ setup(
     description="Declarative ML pipelines on Apache Spark, Delta Lake and MLflow",
     long_description=(ROOT / "README.md").read_text(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.11,<3.12",
+    # 3.12 for Databricks runtimes (DBR 17.x: Python 3.12, Spark 4.0); local set-up and CI use 3.11.
+    python_requires=">=3.11,<3.13",
     package_dir={"": "lib"},
     packages=find_packages("lib"),
     package_data={"deltaml": ["py.typed"]},
     install_requires=[
-        "pyspark>=4.2,<4.3",
-        # delta-spark 4.4.1's jar (io.delta:delta-spark_4.2_2.13:4.4.1) is not on
-        # Maven Central; 4.4.0 is, and the Python package must match the jar.
-        "delta-spark==4.4.0",
         "mlflow>=3.17,<4",
         "hyperopt>=0.3,<0.4",
         "pyarrow>=15",
@@ -37,6 +39,13 @@ setup(
         "lightgbm>=4.3,<5",
     ],
     extras_require={
+        # Off Databricks: the Spark and Delta deltaml is developed and tested with.
+        "spark": [
+            "pyspark>=4.2,<4.3",
+            # delta-spark 4.4.1's jar (io.delta:delta-spark_4.2_2.13:4.4.1) is not on
+            # Maven Central; 4.4.0 is, and the Python package must match the jar.
+            "delta-spark==4.4.0",
+        ],
         # Linters pinned so a new release cannot turn a green main red overnight.
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6", "mypy==2.4.1", "types-PyYAML"],
     },

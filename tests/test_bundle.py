@@ -1,0 +1,400 @@
+"""The Databricks Asset Bundle (databricks.yml, resources/): structure, referenced files, task parameters.
+
+No workspace is reachable from here, so these tests check what can be checked offline: the
+bundle's shape, that every file a job names exists where the bundle deploys it from, that the
+notebook widgets and spark_python_task arguments are the ones deltaml reads, and that the
+config they name loads with the databricks overlay and the cluster's environment variables.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deltaml.cli import build_parser
+from deltaml.config import LoadedConfig, load_config
+from deltaml.widgets import config_from_widgets
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE_FILE = ROOT / "databricks.yml"
+TARGETS = ["dev", "prod"]
+NOTEBOOK_HEADER = "# Databricks notebook source"
+PAUSE_STATUSES = {"PAUSED", "UNPAUSED"}
+
+_REFERENCE = re.compile(r"\$\{([^}]+)\}")
+_WIDGET = re.compile(r"""dbutils\.widgets\.(?:text|dropdown|combobox|multiselect)\(\s*["']([^"']+)["']""")
+_JOB_COMMAND = re.compile(r"""deltaml_main\(\[\s*["']([\w-]+)["']""")
+_OVERLAY_VARIABLE = re.compile(r"\$\{(\w+)(?::-[^}]*)?\}")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict), f"{path} is not a YAML mapping"
+    return data
+
+
+def _bundle() -> dict[str, Any]:
+    return _read_yaml(BUNDLE_FILE)
+
+
+def _resource_files() -> list[Path]:
+    """The files the bundle's ``include`` globs name, relative to databricks.yml."""
+    files: set[Path] = set()
+    for pattern in _bundle().get("include", []):
+        files.update(Path(p) for p in glob.glob(str(ROOT / pattern)))
+    return sorted(files)
+
+
+def _jobs() -> list[tuple[Path, str, dict[str, Any]]]:
+    """``(resource file, job name, job)`` for every job of every included resource file."""
+    found: list[tuple[Path, str, dict[str, Any]]] = []
+    for path in _resource_files():
+        jobs = _read_yaml(path).get("resources", {}).get("jobs", {})
+        found.extend((path, name, job) for name, job in jobs.items())
+    return found
+
+
+def _tasks() -> list[tuple[Path, str, dict[str, Any]]]:
+    """``(resource file, job name, task)`` for every task of every job."""
+    return [(path, name, task) for path, name, job in _jobs() for task in job.get("tasks", [])]
+
+
+def _task_id(item: tuple[Path, str, dict[str, Any]]) -> str:
+    return f"{item[1]}.{item[2].get('task_key', '?')}"
+
+
+def _target_variables(target: str) -> dict[str, Any]:
+    """The bundle variables' values for a target: defaults, then the target's overrides (not merged)."""
+    bundle = _bundle()
+    values = {name: spec.get("default") for name, spec in bundle.get("variables", {}).items()}
+    values.update(bundle["targets"][target].get("variables") or {})
+    return values
+
+
+def _substitute(value: Any, variables: dict[str, Any]) -> Any:
+    """Resolve ``${...}`` references the way ``databricks bundle deploy`` would, offline.
+
+    ``${var.NAME}`` takes the variable's value (a whole-string reference keeps a complex
+    value's type), ``${workspace.file_path}`` becomes the repository root (the bundle deploys
+    the repository's files there), and any other reference a placeholder string.
+
+    Raises:
+        KeyError: A ``${var.NAME}`` names no declared variable.
+    """
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, variables) for v in value]
+    if not isinstance(value, str):
+        return value
+    whole = re.fullmatch(r"\$\{var\.([\w-]+)\}", value)
+    if whole:
+        return _substitute(variables[whole.group(1)], variables)
+
+    def replace(match: re.Match[str]) -> str:
+        reference = match.group(1)
+        if reference.startswith("var."):
+            return str(_substitute(variables[reference.removeprefix("var.")], variables))
+        if reference == "workspace.file_path":
+            return str(ROOT)
+        return "placeholder-" + reference.replace(".", "-")
+
+    return _REFERENCE.sub(replace, value)
+
+
+def _resolve_path(resource_file: Path, relative: str) -> Path:
+    """A path in a resource file, resolved as the bundle does: relative to that file."""
+    return (resource_file.parent / relative).resolve()
+
+
+def _notebook_widgets(source: str) -> list[str]:
+    """The widget names a Databricks notebook declares with ``dbutils.widgets.<kind>("NAME", ...)``."""
+    return _WIDGET.findall(source)
+
+
+def _job_command(source: str) -> str:
+    """The ``deltaml`` sub-command a jobs/*.py entry point runs (``deltaml_main(["score", *argv])``)."""
+    match = _JOB_COMMAND.search(source)
+    if match is None:
+        raise ValueError("no deltaml_main([COMMAND, ...]) call in the job script")
+    return match.group(1)
+
+
+def _quartz_problems(expression: str) -> list[str]:
+    """What makes a Quartz cron expression unusable for a Databricks schedule (empty if nothing)."""
+    fields = expression.split()
+    if len(fields) not in (6, 7):
+        return [f"{len(fields)} fields; Quartz has 6 or 7: seconds minutes hours day-of-month month day-of-week [year]"]
+    problems = []
+    if not fields[0].isdigit() or int(fields[0]) > 59:
+        problems.append(f"seconds field {fields[0]!r} is not a number 0-59")
+    if (fields[3] == "?") == (fields[5] == "?"):
+        problems.append("exactly one of day-of-month and day-of-week must be '?'")
+    return problems
+
+
+def _setup_requirements() -> tuple[list[str], dict[str, list[str]]]:
+    """``install_requires`` and ``extras_require`` as written in setup.py (read, not executed)."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup":
+            keywords = {k.arg: k.value for k in node.keywords}
+            return ast.literal_eval(keywords["install_requires"]), ast.literal_eval(keywords["extras_require"])
+    raise AssertionError("setup.py has no setup(...) call")
+
+
+def _requirement_name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower()
+
+
+def _cluster_env(job: dict[str, Any], cluster_key: str, variables: dict[str, Any]) -> dict[str, str]:
+    clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job.get("job_clusters", [])}
+    spec = _substitute(clusters[cluster_key], variables)
+    return {k: str(v) for k, v in (spec.get("spark_env_vars") or {}).items()}
+
+
+def _assert_catalog_tables(loaded: LoadedConfig, env: dict[str, str]) -> None:
+    prefix = f"{env['DELTAML_CATALOG']}.{env['DELTAML_SCHEMA']}."
+    tables = loaded.pipeline.tables
+    names = [ref.name if ref else None for ref in (tables.raw, tables.clean, tables.split, tables.predictions)]
+    assert all(name is not None and name.startswith(prefix) for name in names), names
+    assert loaded.pipeline.mlflow.tracking_uri == "databricks"
+
+
+NOTEBOOK_TASKS = [t for t in _tasks() if "notebook_task" in t[2]]
+PYTHON_TASKS = [t for t in _tasks() if "spark_python_task" in t[2]]
+
+
+# -- the bundle's shape ---------------------------------------------------------------------------
+
+
+def test_bundle_is_named_and_includes_every_resource_file() -> None:
+    bundle = _bundle()
+    assert bundle["bundle"]["name"] == "deltaml"
+    included = _resource_files()
+    assert included, f"include {bundle.get('include')} matches no file"
+    on_disk = sorted((ROOT / "resources").glob("*.yml"))
+    assert included == on_disk, "a resources/*.yml file is not included, so it would never deploy"
+
+
+def test_exactly_one_default_target_and_dev_is_development() -> None:
+    targets = _bundle()["targets"]
+    assert sorted(targets) == TARGETS
+    assert [name for name, t in targets.items() if t.get("default")] == ["dev"]
+    assert targets["dev"]["mode"] == "development"
+    assert targets["prod"]["mode"] == "production"
+    # Production mode wants an explicit root path (one deployment per target) and a run identity.
+    assert targets["prod"]["workspace"]["root_path"].startswith("/Workspace/")
+    assert targets["prod"]["run_as"]
+
+
+def test_every_variable_reference_is_declared() -> None:
+    declared = set(_bundle().get("variables", {}))
+    texts = [BUNDLE_FILE.read_text()] + [p.read_text() for p in _resource_files()]
+    used = {m.split(".")[1] for text in texts for m in _REFERENCE.findall(text) if m.startswith("var.")}
+    assert used, "no ${var.*} reference found"
+    assert used <= declared, f"undeclared variables: {sorted(used - declared)}"
+    for name, target in _bundle()["targets"].items():
+        overridden = set(target.get("variables") or {})
+        assert overridden <= declared, f"target {name} sets undeclared variables {sorted(overridden - declared)}"
+
+
+def test_wheel_artifact_builds_where_the_tasks_take_it_from() -> None:
+    artifacts = _bundle()["artifacts"]
+    assert len(artifacts) == 1
+    artifact = next(iter(artifacts.values()))
+    assert artifact["type"] == "whl"
+    package_dir = (ROOT / artifact["path"]).resolve()
+    assert (package_dir / "setup.py").is_file()
+    build = artifact["build"].split()
+    assert "wheel" in build and "--no-deps" in build
+    wheel_dir = (package_dir / build[build.index("-w") + 1]).resolve()
+    for path, job_name, task in _tasks():
+        wheels = [lib["whl"] for lib in task.get("libraries", []) if "whl" in lib]
+        assert len(wheels) == 1, f"{job_name}.{task['task_key']} installs {wheels}, expected deltaml's wheel"
+        wheel = _resolve_path(path, wheels[0])
+        assert wheel.parent == wheel_dir and wheel.name.endswith(".whl"), (wheel, wheel_dir)
+
+
+def test_the_wheel_leaves_spark_and_delta_to_the_runtime() -> None:
+    install_requires, extras = _setup_requirements()
+    runtime_packages = {"pyspark", "delta-spark"}
+    assert not runtime_packages & {_requirement_name(r) for r in install_requires}
+    assert {_requirement_name(r) for r in extras["spark"]} == runtime_packages
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-e '.[spark,dev]'" in makefile, "make must install the spark extra for local runs and tests"
+
+
+# -- jobs, tasks and schedules --------------------------------------------------------------------
+
+
+def test_jobs_have_tasks_on_defined_clusters() -> None:
+    jobs = _jobs()
+    assert {name for _, name, _ in jobs} >= {"deltaml_train", "deltaml_score"}
+    for _, name, job in jobs:
+        tasks = job.get("tasks", [])
+        assert tasks, f"job {name} has no tasks"
+        keys = [t["task_key"] for t in tasks]
+        assert len(keys) == len(set(keys)), f"job {name} repeats a task_key: {keys}"
+        clusters = {c["job_cluster_key"] for c in job.get("job_clusters", [])}
+        for task in tasks:
+            assert task.get("job_cluster_key") in clusters or task.get("existing_cluster_id"), (
+                f"{name}.{task['task_key']}: job_cluster_key {task.get('job_cluster_key')!r} "
+                f"is not one of the job's clusters {sorted(clusters)} and no existing_cluster_id is set"
+            )
+        assert job.get("max_concurrent_runs") == 1, f"job {name} could race itself"
+
+
+def test_both_task_forms_are_used() -> None:
+    assert NOTEBOOK_TASKS, "no notebook_task: notebooks/*.py are not exercised by the bundle"
+    assert PYTHON_TASKS, "no spark_python_task: jobs/*.py are not exercised by the bundle"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_schedules_are_quartz_with_a_timezone(target: str) -> None:
+    variables = _target_variables(target)
+    scheduled = [(name, _substitute(job["schedule"], variables)) for _, name, job in _jobs() if "schedule" in job]
+    assert scheduled, "no job has a schedule"
+    for name, schedule in scheduled:
+        assert _quartz_problems(schedule["quartz_cron_expression"]) == [], name
+        assert schedule.get("timezone_id"), f"job {name} has no timezone_id"
+        assert schedule["pause_status"] in PAUSE_STATUSES
+        assert schedule["pause_status"] == ("PAUSED" if target == "dev" else "UNPAUSED"), (name, target)
+
+
+@pytest.mark.parametrize(
+    ("expression", "problem"),
+    [
+        ("0 2 * * *", "5 fields"),
+        ("0 0 2 * * *", "exactly one of day-of-month"),
+        ("0 0 2 ? * ?", "exactly one of day-of-month"),
+        ("x 0 2 * * ?", "seconds field"),
+    ],
+)
+def test_quartz_check_rejects_unix_cron_and_bad_fields(expression: str, problem: str) -> None:
+    assert any(problem in p for p in _quartz_problems(expression))
+
+
+# -- referenced files ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("item", _tasks(), ids=_task_id)
+def test_task_files_exist_in_the_repository(item: tuple[Path, str, dict[str, Any]]) -> None:
+    path, _, task = item
+    if "notebook_task" in task:
+        relative = task["notebook_task"]["notebook_path"]
+    elif "spark_python_task" in task:
+        relative = task["spark_python_task"]["python_file"]
+    else:
+        pytest.fail(f"task {task['task_key']} is neither a notebook_task nor a spark_python_task")
+    resolved = _resolve_path(path, relative)
+    assert resolved.is_file(), f"{relative} (relative to {path.name}) -> {resolved} does not exist"
+    assert resolved.is_relative_to(ROOT), "a task file outside the bundle root is not deployed"
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.py")), ids=lambda p: p.name)
+def test_notebooks_are_databricks_source_without_path_hacks(notebook: Path) -> None:
+    source = notebook.read_text()
+    assert source.splitlines()[0] == NOTEBOOK_HEADER
+    assert "sys.path" not in source, "notebooks import deltaml from the installed wheel"
+    assert _notebook_widgets(source), "a notebook without widgets cannot take the job's parameters"
+
+
+@pytest.mark.parametrize("item", NOTEBOOK_TASKS, ids=_task_id)
+def test_notebook_parameters_are_exactly_its_widgets(item: tuple[Path, str, dict[str, Any]]) -> None:
+    path, _, task = item
+    notebook = _resolve_path(path, task["notebook_task"]["notebook_path"])
+    widgets = _notebook_widgets(notebook.read_text())
+    assert sorted(task["notebook_task"]["base_parameters"]) == sorted(widgets)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("item", NOTEBOOK_TASKS, ids=_task_id)
+def test_notebook_parameters_load_the_deployed_config(
+    item: tuple[Path, str, dict[str, Any]], target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, job_name, task = item
+    variables = _target_variables(target)
+    job = next(job for p, name, job in _jobs() if p == path and name == job_name)
+    env = _cluster_env(job, task["job_cluster_key"], variables)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    parameters = {k: str(v) for k, v in _substitute(task["notebook_task"]["base_parameters"], variables).items()}
+    assert Path(parameters["conf"]).is_file(), f"{parameters['conf']} is not in the repository"
+    # The notebook's own code path: its widgets, read through deltaml.widgets.
+    loaded = config_from_widgets(_DictWidgets(parameters))
+    _assert_catalog_tables(loaded, env)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("item", PYTHON_TASKS, ids=_task_id)
+def test_python_task_arguments_parse_and_load_the_deployed_config(
+    item: tuple[Path, str, dict[str, Any]], target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, job_name, task = item
+    variables = _target_variables(target)
+    job = next(job for p, name, job in _jobs() if p == path and name == job_name)
+    env = _cluster_env(job, task["job_cluster_key"], variables)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    script = _resolve_path(path, task["spark_python_task"]["python_file"])
+    command = _job_command(script.read_text())
+    arguments = [str(a) for a in _substitute(task["spark_python_task"].get("parameters", []), variables)]
+    args = build_parser().parse_args([command, *arguments])
+    assert Path(args.config).is_file(), f"{args.config} is not in the repository"
+    assert args.env == "databricks"
+    loaded = load_config(args.config, env=args.env, overrides=args.overrides)
+    _assert_catalog_tables(loaded, env)
+
+
+def test_cluster_sets_exactly_the_variables_the_databricks_overlay_reads() -> None:
+    overlay = (ROOT / "conf" / "env" / "databricks.yml").read_text()
+    wanted = set(_OVERLAY_VARIABLE.findall(overlay))
+    assert wanted, "the databricks overlay reads no environment variable"
+    for _, name, job in _jobs():
+        for cluster in job.get("job_clusters", []):
+            env = _cluster_env(job, cluster["job_cluster_key"], _target_variables("dev"))
+            assert set(env) == wanted, f"job {name} cluster {cluster['job_cluster_key']}"
+
+
+def test_prod_tables_differ_from_dev_tables() -> None:
+    dev, prod = _target_variables("dev"), _target_variables("prod")
+    assert (dev["catalog"], dev["schema"]) != (prod["catalog"], prod["schema"])
+
+
+# -- the helpers themselves ---------------------------------------------------------------------
+
+
+class _DictWidgets:
+    """``dbutils.widgets`` as deltaml reads it, from a dict."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self._values = values
+
+    def get(self, name: str) -> str:
+        return self._values[name]
+
+
+def test_substitute_resolves_variables_and_rejects_undeclared_ones() -> None:
+    variables = {"a": "x", "cluster": {"k": "${var.a}"}}
+    assert _substitute({"c": "${var.cluster}", "p": "${workspace.file_path}/conf"}, variables) == {
+        "c": {"k": "x"},
+        "p": f"{ROOT}/conf",
+    }
+    assert _substitute("${workspace.current_user.userName}", variables) == "placeholder-workspace-current_user-userName"
+    with pytest.raises(KeyError, match="missing"):
+        _substitute("pre-${var.missing}", variables)
+
+
+def test_widget_and_job_command_parsers_read_the_source() -> None:
+    source = 'dbutils.widgets.text("conf", "x")\ndbutils.widgets.dropdown( "env", "a", ["a"])\n'
+    assert _notebook_widgets(source) == ["conf", "env"]
+    assert _job_command('    return deltaml_main(["score", *argv])') == "score"
+    with pytest.raises(ValueError, match="no deltaml_main"):
+        _job_command("print('hello')")
