@@ -140,47 +140,40 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     assert steps["register"].data.tags["deltaml.gate_decision"] == "promoted"
     assert client.get_model_version_by_alias("telco_churn", "challenger").version == 1
 
-    # Second run, through the Databricks train notebook: ingest replaces the same source batch
-    # and scoring replaces its predictions.
+    # Second run, through the Databricks train notebook: ingest replaces the same source batch, and
+    # scoring is incremental: the rewritten clean batch holds the same rows, so nothing is rescored.
     run_notebook("train.py", conf=str(telco_conf), env="", overrides="")
     assert client.get_model_version_by_alias("telco_churn", "champion").version == 2
     assert _rows(spark, state / RAW, "customer_id") == (7043, 7043)
     assert _rows(spark, state / PREDICTIONS, "customer_id") == (7043, 7043)
     predictions = spark.read.format("delta").load(str(state / PREDICTIONS))
-    assert {r["model_version"] for r in predictions.select("model_version").distinct().collect()} == {2}
-    assert {r["source_version"] for r in predictions.select("source_version").distinct().collect()} == {1}
+    assert {r["model_version"] for r in predictions.select("model_version").distinct().collect()} == {1}
+    assert {r["source_version"] for r in predictions.select("source_version").distinct().collect()} == {0}
 
-    # The score step alone, through the spark-submit job's main(), with a pinned version.
+    # The score step alone, through the spark-submit job's main(): --full rescores every row with the champion.
     spec = importlib.util.spec_from_file_location("score_job", ROOT / "jobs" / "score.py")
     assert spec is not None and spec.loader is not None
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
-    assert job.main([str(telco_conf), "--set", "score.model_version=1"]) == 0
-    assert _rows(spark, state / PREDICTIONS, "customer_id") == (7043, 7043)
-    assert _model_versions(spark, state / PREDICTIONS) == {1}
-
-    # And through the score notebook, with widget overrides, back to the champion.
-    run_notebook("score.py", conf=str(telco_conf), env="", overrides="score.model_alias=champion; seed=42")
+    assert job.main([str(telco_conf), "--full"]) == 0
     assert _rows(spark, state / PREDICTIONS, "customer_id") == (7043, 7043)
     assert _model_versions(spark, state / PREDICTIONS) == {2}
 
+    # And through the score notebook, with widget overrides: version 1 pinned, every row rescored.
+    run_notebook("score.py", conf=str(telco_conf), env="", overrides="score.model_version=1; score.mode=full")
+    assert _rows(spark, state / PREDICTIONS, "customer_id") == (7043, 7043)
+    assert _model_versions(spark, state / PREDICTIONS) == {1}
+
     # And as a scheduled job would: spark-submit with the package as a .zip, spark-submit's
-    # own --conf kept, version 1 pinned.
-    done = _spark_submit_score(
-        tmp_path,
-        telco_conf,
-        "--set",
-        "score.model_version=1",
-        "--set",
-        "spark.conf.spark.sql.shuffle.partitions=5",
-    )
+    # own --conf kept, back to the champion.
+    done = _spark_submit_score(tmp_path, telco_conf, "--full", "--set", "spark.conf.spark.sql.shuffle.partitions=5")
     # spark-submit merges the Python driver's stderr into its stdout.
     assert done.returncode == 0, done.stdout[-2000:]
     assert "using spark-submit's session (master local[1]); kept spark-submit's spark.sql.shuffle.partitions=3" in (
         done.stdout
     )
     assert _rows(spark, state / PREDICTIONS, "customer_id") == (7043, 7043)
-    assert _model_versions(spark, state / PREDICTIONS) == {1}
+    assert _model_versions(spark, state / PREDICTIONS) == {2}
 
 
 def test_a_step_without_its_input_fails_in_one_line(

@@ -119,15 +119,90 @@ def replace_where(
     """
     if not values:
         raise ValueError("replace_where needs at least one value")
+    return replace_rows(spark, df, table, sql_in(column, values), merge_schema)
+
+
+def sql_literal(value: str) -> str:
+    """A Spark SQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def sql_in(column: str, values: list[str]) -> str:
+    """A Spark SQL predicate: ``column`` is one of ``values`` (compared as strings)."""
+    return f"`{column}` IN ({', '.join(sql_literal(v) for v in values)})"
+
+
+def replace_rows(
+    spark: SparkSession, df: DataFrame, table: Table, predicate: str, merge_schema: bool = False
+) -> WriteResult:
+    """Atomically replace the rows matching a SQL ``predicate`` by ``df`` (all of whose rows must match it).
+
+    One Delta commit (``replaceWhere``), so a failed or killed write leaves the last version
+    intact, and a rerun replaces rather than duplicates. Creates the table on first use.
+
+    Returns:
+        The version this write committed and the rows it wrote.
+    """
     if table_exists(spark, table):
-        quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
-        writer = df.write.format("delta").mode("overwrite").option("replaceWhere", f"`{column}` IN ({quoted})")
+        writer = df.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
     else:
         writer = df.write.format("delta").mode("append")
     if merge_schema:
         writer = writer.option("mergeSchema", "true")
     _writer_target(writer, table)
     return _last_write(spark, table)
+
+
+def change_data_enabled(spark: SparkSession, table: Table) -> bool:
+    """True when the table records its changes (``delta.enableChangeDataFeed``)."""
+    detail = _delta_table(spark, table).detail().select("properties").first()
+    properties = (detail["properties"] if detail else None) or {}
+    return str(properties.get("delta.enableChangeDataFeed", "false")).lower() == "true"
+
+
+def changed_rows(spark: SparkSession, table: Table, start: int, end: int) -> DataFrame:
+    """The rows inserted or updated in versions ``start..end`` (both included), from the change data feed.
+
+    Their ``_change_type``, ``_commit_version`` and ``_commit_timestamp`` columns are dropped.
+    Lazy: a range the feed does not cover (not enabled then, or vacuumed) fails when the result is read.
+    """
+    reader = (
+        spark.read.format("delta")
+        .option("readChangeFeed", "true")
+        .option("startingVersion", start)
+        .option("endingVersion", end)
+    )
+    changes = reader.load(table.ref) if table.is_path else reader.table(table.ref)
+    return changes.where(F.col("_change_type").isin("insert", "update_postimage")).drop(
+        "_change_type", "_commit_version", "_commit_timestamp"
+    )
+
+
+def upsert_latest(spark: SparkSession, df: DataFrame, table: Table, key: str, order: str) -> WriteResult:
+    """Keep one row per ``key`` in ``table``: the row of ``df`` wins where its ``order`` column is not older.
+
+    One Delta MERGE (creating the table on first use), so rerunning it with the same rows changes nothing.
+
+    Returns:
+        The version this write committed and the rows it inserted or updated.
+    """
+    if not table_exists(spark, table):
+        writer = df.write.format("delta").mode("append")
+        _writer_target(writer, table)
+        return _last_write(spark, table)
+    (
+        _delta_table(spark, table)
+        .alias("t")
+        .merge(df.alias("s"), f"t.`{key}` = s.`{key}`")
+        .whenMatchedUpdateAll(condition=f"s.`{order}` >= t.`{order}`")
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+    row = _delta_table(spark, table).history(1).select("version", "operationMetrics").first()
+    assert row is not None
+    metrics = row["operationMetrics"] or {}
+    changed = int(metrics.get("numTargetRowsInserted", 0)) + int(metrics.get("numTargetRowsUpdated", 0))
+    return WriteResult(int(row["version"]), changed)
 
 
 def overwrite_table(spark: SparkSession, df: DataFrame, table: Table) -> WriteResult:

@@ -37,8 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_options(run)
 
-    score = commands.add_parser("score", help="score the input table with the champion model (the score step)")
+    score = commands.add_parser(
+        "score",
+        help="score what is new in the input table with the champion model (the score step)",
+        description="Score the rows of the input table that have no prediction yet (or all of them with --full).",
+    )
     score.add_argument("config", metavar="CONF")
+    score.add_argument(
+        "--full",
+        action="store_true",
+        help="rescore every row and replace all predictions from the input table (same as --set score.mode=full)",
+    )
     _add_config_options(score)
 
     jars = commands.add_parser(
@@ -130,7 +139,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("promote", "rollback"):
         return _move_champion(args)
 
-    loaded = load_config(args.config, env=args.env, overrides=args.overrides)
+    overrides = [*args.overrides, *(["score.mode=full"] if getattr(args, "full", False) else [])]
+    loaded = load_config(args.config, env=args.env, overrides=overrides)
     if args.command == "check-config":
         print(yaml.safe_dump(loaded.effective, sort_keys=False), end="")
         print(f"# config hash: {loaded.config_hash}")

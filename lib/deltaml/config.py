@@ -82,6 +82,8 @@ class TablesConfig(_Model):
     clean: TableRef | None = None
     quarantine: TableRef | None = None
     quality: TableRef | None = None
+    # Optional: the latest prediction per key, kept current by every score run.
+    serving: TableRef | None = None
 
     @model_validator(mode="after")
     def _derive_contract_tables(self) -> TablesConfig:
@@ -680,11 +682,17 @@ class IngestConfig(_Model):
 
 
 class ScoreConfig(_Model):
-    """Batch scoring: which registered model (alias or pinned version) scores which table."""
+    """Batch scoring: which registered model (alias or pinned version) scores which table, and how much of it."""
 
     model_alias: str = "champion"
     model_version: int | None = None
     input: Literal["raw", "clean", "split"] | None = None  # None: clean with a contract, else raw
+    # Any Delta table to score instead of one of the pipeline's own (wins over ``input``).
+    table: TableRef | None = None
+    # incremental: only rows (batches) that are new or changed since they were scored; full: every row.
+    mode: Literal["incremental", "full"] = "incremental"
+    # The column that groups the input into batches (default: the ingest batch id when the input has it).
+    batch_column: str | None = None
     # Window features: as of each row's reference time, or as of the moment scoring runs.
     windows_as_of: Literal["reference_time", "now"] = "reference_time"
 

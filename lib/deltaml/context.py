@@ -24,6 +24,7 @@ class Tables:
     clean: Table
     quarantine: Table
     quality: Table
+    serving: Table | None = None
 
 
 def resolve_tables(cfg: PipelineConfig) -> Tables:
@@ -37,6 +38,7 @@ def resolve_tables(cfg: PipelineConfig) -> Tables:
         clean=resolve_table(refs.clean, cfg.state_path),
         quarantine=resolve_table(refs.quarantine, cfg.state_path),
         quality=resolve_table(refs.quality, cfg.state_path),
+        serving=resolve_table(refs.serving, cfg.state_path) if refs.serving is not None else None,
     )
 
 
