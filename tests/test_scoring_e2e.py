@@ -1,0 +1,146 @@
+"""``deltaml score`` on a trained Telco champion: incremental runs, --full, the serving table, and kill -9 mid-write."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from deltaml.cli import main
+from tests.conftest import telco_config_dict, write_config
+
+pytestmark = pytest.mark.slow
+
+CLEAN = "warehouse/silver/telco_churn_clean"
+PREDICTIONS = "warehouse/gold/telco_churn_predictions"
+SERVING = "warehouse/gold/telco_churn_serving"
+
+
+@pytest.fixture(scope="module")
+def trained(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One Telco run with a single untuned logistic regression, a serving table, and its first scoring done."""
+    folder = tmp_path_factory.mktemp("scoring")
+    data = telco_config_dict()
+    data["state_dir"] = str(folder / "state")
+    data["tables"]["serving"] = {"path": "gold/telco_churn_serving"}
+    data["model"] = {"family": "logistic_regression", "params": {"regParam": 0.01, "maxIter": 20}}
+    data["tuning"] = {"max_evals": 1}
+    data["register"] = {"gate": {"enabled": False}}
+    conf = write_config(folder / "telco_churn.yml", data)
+    assert main(["run", str(conf)]) == 0
+    yield conf
+
+
+def _state(conf: Path) -> Path:
+    return conf.parent / "state"
+
+
+def _latest_version(spark: SparkSession, path: Path) -> int:
+    return int(DeltaTable.forPath(spark, str(path)).history(1).first()["version"])
+
+
+def _load(spark: SparkSession, path: Path) -> DataFrame:
+    return spark.read.format("delta").load(str(path))
+
+
+def _append_batch(spark: SparkSession, conf: Path, batch: str, copies: int, offset: int, partitions: int = 2) -> int:
+    """Append ``copies`` copies of the clean table's first batch under new keys, as batch ``batch``."""
+    clean = _load(spark, _state(conf) / CLEAN)
+    first = clean.where(F.col("_ingest_batch_id") == clean.select(F.min("_ingest_batch_id")).first()[0])
+    copied = first.crossJoin(spark.range(copies).withColumnRenamed("id", "_copy"))
+    extra = (
+        copied.withColumn("customer_id", F.col("customer_id") + F.lit(offset) + F.col("_copy") * 100_000)
+        .drop("_copy")
+        .withColumn("_ingest_batch_id", F.lit(batch))
+        .repartition(partitions)
+    )
+    extra.write.format("delta").mode("append").save(str(_state(conf) / CLEAN))
+    return extra.count()
+
+
+def test_score_is_incremental_and_full_rescores(
+    spark: SparkSession, trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = _state(trained)
+    predictions = _load(spark, state / PREDICTIONS)
+    assert predictions.count() == predictions.select("customer_id").distinct().count() == 7043
+    version = _latest_version(spark, state / PREDICTIONS)
+
+    # Nothing new: nothing written, and it says so.
+    capsys.readouterr()
+    assert main(["score", str(trained)]) == 0
+    assert "nothing to score: " in capsys.readouterr().err
+    assert _latest_version(spark, state / PREDICTIONS) == version
+
+    # New rows: only they are scored; the earlier predictions keep their scoring time.
+    before = {r["scored_at"] for r in _load(spark, state / PREDICTIONS).select("scored_at").distinct().collect()}
+    added = _append_batch(spark, trained, "extra-1", copies=1, offset=1_000_000)
+    assert main(["score", str(trained)]) == 0
+    assert "7043 rows of " in capsys.readouterr().err
+    after = _load(spark, state / PREDICTIONS)
+    assert after.count() == after.select("customer_id").distinct().count() == 7043 + added
+    assert {r["scored_at"] for r in after.where("batch_id <> 'extra-1'").select("scored_at").distinct().collect()} == (
+        before
+    )
+    serving = _load(spark, state / SERVING)
+    assert serving.count() == serving.select("customer_id").distinct().count() == 7043 + added
+
+    # --full: every row rescored in one commit, no row duplicated.
+    assert main(["score", str(trained), "--full"]) == 0
+    rescored = _load(spark, state / PREDICTIONS)
+    assert rescored.count() == rescored.select("customer_id").distinct().count() == 7043 + added
+    assert rescored.select("scored_at").distinct().count() == 1
+    assert _latest_version(spark, state / PREDICTIONS) == version + 2
+    latest = rescored.select(F.max("scored_at")).first()[0]
+    assert _load(spark, state / SERVING).where(F.col("scored_at") == latest).count() == 7043 + added
+
+
+def _uncommitted_files(folder: Path, committed: set[str]) -> list[Path]:
+    return [p for p in folder.glob("*.parquet") if p.name not in committed]
+
+
+def test_score_killed_mid_write_leaves_the_table_and_the_rerun_scores_once(
+    spark: SparkSession, trained: Path, tmp_path: Path
+) -> None:
+    state = _state(trained)
+    added = _append_batch(spark, trained, "big-1", copies=40, offset=5_000_000, partitions=8)
+    table = state / PREDICTIONS
+    version, rows = _latest_version(spark, table), _load(spark, table).count()
+    committed = {Path(f).name for f in _load(spark, table).inputFiles()}
+
+    command = [str(Path(sys.executable).parent / "deltaml"), "score", str(trained)]
+    log = (tmp_path / "score.log").open("w")
+    job = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not _uncommitted_files(table, committed):
+            assert job.poll() is None, f"score finished before it was killed: {(tmp_path / 'score.log').read_text()}"
+            assert time.monotonic() < deadline, "score never started writing"
+            time.sleep(0.02)
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=60)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+        log.close()
+    assert job.returncode == -signal.SIGKILL
+    # Files were being written, but no commit: the table is exactly as it was.
+    assert _uncommitted_files(table, committed)
+    assert _latest_version(spark, table) == version
+    assert _load(spark, table).count() == rows
+
+    # The next run scores the killed batch, exactly once.
+    assert main(["score", str(trained)]) == 0
+    done = _load(spark, table)
+    assert done.count() == done.select("customer_id").distinct().count() == rows + added
+    assert done.where("batch_id = 'big-1'").count() == added
+    assert _latest_version(spark, table) == version + 1
