@@ -50,3 +50,16 @@ def test_session_runs_delta_with_this_interpreter(spark: SparkSession, tmp_path:
 
 def test_get_spark_reuses_the_active_session(spark: SparkSession) -> None:
     assert get_spark(load_config(TELCO_CONF).pipeline) is spark
+
+
+def test_get_spark_on_a_databricks_runtime_takes_its_session(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Databricks job script may start with no session active in its thread, and a cluster has no Delta
+    # jars in a local Maven repository (tmp_path is empty): the runtime's session must be taken, not built.
+    monkeypatch.setattr(SparkSession, "getActiveSession", classmethod(lambda cls: None))
+    config = load_config(TELCO_CONF).pipeline
+    with pytest.raises(SetupError):
+        get_spark(config, maven_repo=tmp_path)
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "17.3")
+    assert get_spark(config, maven_repo=tmp_path) is spark

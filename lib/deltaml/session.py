@@ -132,7 +132,7 @@ def _under_spark_submit() -> bool:
 def get_spark(config: PipelineConfig, maven_repo: Path | None = None) -> SparkSession:
     """Return the session for a pipeline: the active one, spark-submit's, or a new local one.
 
-    An active session (Databricks, a notebook, a test fixture) is reused; the config's
+    An active session (a notebook, a test fixture) and a Databricks runtime's session are reused; the config's
     ``spark.conf`` settings that can change at run time are set on it, the others are
     reported. Under
     spark-submit, only settings spark-submit did not set are added (Delta's extension and
@@ -150,6 +150,10 @@ def get_spark(config: PipelineConfig, maven_repo: Path | None = None) -> SparkSe
         SetupError: Local mode and the Delta jars are missing.
     """
     active = SparkSession.getActiveSession()
+    if active is None and "DATABRICKS_RUNTIME_VERSION" in os.environ:
+        # A Databricks job's Python script: the runtime's session exists but may not be active in this
+        # thread yet, and the cluster has no Delta jars in ~/.m2 to build a local one from.
+        active = SparkSession.builder.getOrCreate()
     if active is not None:
         for key, value in config.spark.conf.items():
             if active.conf.isModifiable(key):
