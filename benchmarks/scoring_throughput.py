@@ -13,6 +13,8 @@ For each ROWS (default 1000000), generates that many rows in the Telco schema (t
 (c) ``mlflow.pyfunc.spark_udf`` on the same model + Delta write, on the first ``--udf-rows`` rows
     (default 100000; it is far slower) and compared per row.
 
+Then (a) again with nothing new, and after 1% more rows arrive as a new ingest batch (incremental).
+
 Prints rows per second, the ratios a/b and a/c, and the driver's memory after each run of (a):
 the JVM heap in use after a GC, and the Python process's peak resident size.
 """
@@ -33,6 +35,7 @@ from pyspark.sql import functions as F
 from deltaml.cli import main as deltaml_main
 from deltaml.config import load_config
 from deltaml.context import resolve_tables
+from deltaml.ingest import INGEST_BATCH_COL
 from deltaml.models import positive_probability
 from deltaml.session import get_spark
 from deltaml.tracking import resolve_tracking_uri
@@ -40,13 +43,19 @@ from deltaml.tracking import resolve_tracking_uri
 CONF = "conf/telco_churn.yml"
 
 
-def _generate(spark: SparkSession, clean: DataFrame, key: str, rows: int, path: str) -> None:
-    """``rows`` rows: the clean table's rows repeated, each with a new unique key, as a Delta table."""
+def _generate(
+    spark: SparkSession, clean: DataFrame, key: str, rows: int, path: str, offset: int = 0, batch: str | None = None
+) -> None:
+    """``rows`` rows: the clean table's rows repeated, each with a new unique key (from ``offset``), as a
+    Delta table; with ``batch``, appended to it as that ingest batch."""
     base = clean.drop(key).withColumn("_n", F.row_number().over(_window()) - 1).cache()
     count = base.count()
-    ids = spark.range(rows).withColumn("_n", F.col("id") % count)
+    ids = spark.range(offset, offset + rows).withColumn("_n", F.col("id") % count)
     data = ids.join(F.broadcast(base), on="_n").drop("_n").withColumnRenamed("id", key)
-    data.write.format("delta").mode("overwrite").save(path)
+    if batch is None:
+        data.write.format("delta").mode("overwrite").save(path)
+    else:
+        data.withColumn(INGEST_BATCH_COL, F.lit(batch)).write.format("delta").mode("append").save(path)
     base.unpersist()
 
 
@@ -132,6 +141,13 @@ def main(argv: list[str]) -> int:
         b, load = score_by_hand(source, f"{out}_b")
         a = score_with_deltaml(source, f"{out}_a")
         heap, peak = _driver_memory(spark)
+        # Incremental: a run with nothing new, then one after 1% more rows arrive as a new batch.
+        nothing = score_with_deltaml(source, f"{out}_a")
+        extra = max(rows // 100, 1)
+        _generate(spark, clean, cfg.key, extra, source, offset=rows, batch="bench-extra")
+        increment = score_with_deltaml(source, f"{out}_a")
+        scored = spark.read.format("delta").load(f"{out}_a")
+        assert scored.count() == scored.select(cfg.key).distinct().count() == rows + extra
 
         udf = mlflow.pyfunc.spark_udf(spark, uri, result_type="double")
         sample = spark.read.format("delta").load(source).limit(udf_rows)
@@ -150,6 +166,10 @@ def main(argv: list[str]) -> int:
         )
         print(f"rows {c_rows}: (c) pyfunc.spark_udf + Delta write {c:.1f} s = {rate_c:,.0f} rows/s")
         print(f"a/b = {rate_a / rate_b:.2f}, a/c = {rate_a / rate_c:.1f}")
+        print(
+            f"incremental on {rows} rows: nothing new {nothing:.1f} s; {extra} new rows {increment:.1f} s "
+            f"({increment / a:.2f} of the full run)"
+        )
         print(f"driver after (a) on {rows} rows: JVM heap in use {heap:.0f} MiB, Python peak RSS {peak:.0f} MiB")
     return 0
 

@@ -183,7 +183,8 @@ def plan_scoring(
         if table_exists(spark, predictions)
         else None
     )
-    last, models = _last_scored(stored)
+    # A full run needs neither: it replaces whatever is stored.
+    last, models = _last_scored(stored) if not full else (None, [])
     if full or last is None:
         if data.isEmpty():
             raise StepInputError(f"step 'score': input table {source} v{source_version} is empty; ingest data first")
