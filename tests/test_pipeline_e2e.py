@@ -44,6 +44,11 @@ class _Widgets:
     def text(self, name: str, default: str, label: str = "") -> None:
         self.values.setdefault(name, default)
 
+    def dropdown(self, name: str, default: str, choices: list[str], label: str = "") -> None:
+        assert default in choices
+        self.values.setdefault(name, default)
+        assert self.values[name] in choices, f"widget {name}: {self.values[name]!r} is not one of {choices}"
+
     def get(self, name: str) -> str:
         return self.values[name]
 

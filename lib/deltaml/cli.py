@@ -50,6 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_options(score)
 
+    monitor = commands.add_parser(
+        "monitor",
+        help="drift (and, with labels, decay) of the latest scored predictions against the model's training profile",
+        description="Compare a window of predictions (monitor.window) with the champion's training profile.",
+    )
+    monitor.add_argument("config", metavar="CONF")
+    _add_config_options(monitor)
+
+    retrain = commands.add_parser(
+        "retrain",
+        help="retrain when a trigger fires (drift, decay, new rows, model age) and the cooldown has passed",
+        description="Evaluate the retraining policy (retrain.*); when it fires, run the pipeline; the gate decides.",
+    )
+    retrain.add_argument("config", metavar="CONF")
+    retrain.add_argument("--dry-run", action="store_true", help="evaluate and record the decision, train nothing")
+    _add_config_options(retrain)
+
     jars = commands.add_parser(
         "setup-jars", help="fetch the Delta Lake jars into ~/.m2 with Maven (run by `make setup`)"
     )
@@ -149,7 +166,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     # MLflow sets its own logger to INFO when imported; its per-file DFS notes are noise here.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    steps = ["score"] if args.command == "score" else args.step
+    if args.command == "retrain":
+        from deltaml.retraining import retrain
+
+        decision = retrain(loaded, dry_run=args.dry_run)
+        print(decision.summary)
+        return 0
+    steps = [args.command] if args.command in ("score", "monitor") else args.step
     run_pipeline(loaded, steps=steps)
     return 0
 

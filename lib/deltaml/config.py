@@ -69,6 +69,9 @@ class TableRef(_Model):
         return self
 
 
+MONITOR_TABLES = ("monitoring", "retraining")
+
+
 class TablesConfig(_Model):
     """The Delta tables the pipeline reads and writes.
 
@@ -84,17 +87,21 @@ class TablesConfig(_Model):
     quality: TableRef | None = None
     # Optional: the latest prediction per key, kept current by every score run.
     serving: TableRef | None = None
+    # Drift and performance per monitored window, and the retraining decisions (default: beside predictions).
+    monitoring: TableRef | None = None
+    retraining: TableRef | None = None
 
     @model_validator(mode="after")
     def _derive_contract_tables(self) -> TablesConfig:
-        for suffix in ("clean", "quarantine", "quality"):
-            if getattr(self, suffix) is None:
-                derived = (
-                    TableRef(path=f"{self.raw.path}_{suffix}")
-                    if self.raw.path is not None
-                    else TableRef(name=f"{self.raw.name}_{suffix}")
-                )
-                setattr(self, suffix, derived)
+        for base, suffixes in ((self.raw, ("clean", "quarantine", "quality")), (self.predictions, MONITOR_TABLES)):
+            for suffix in suffixes:
+                if getattr(self, suffix) is None:
+                    derived = (
+                        TableRef(path=f"{base.path}_{suffix}")
+                        if base.path is not None
+                        else TableRef(name=f"{base.name}_{suffix}")
+                    )
+                    setattr(self, suffix, derived)
         return self
 
 
@@ -697,6 +704,55 @@ class ScoreConfig(_Model):
     windows_as_of: Literal["reference_time", "now"] = "reference_time"
 
 
+DRIFT_METRICS = ("psi", "ks", "wasserstein", "chi2_pvalue", "js_distance", "null_rate_change")
+
+
+class DriftThresholds(_Model):
+    """When a feature drifts: any metric past its threshold (``chi2_pvalue`` below it, the others above).
+
+    ``null`` switches a metric off. The defaults are common rules of thumb: PSI 0.2 is a "significant
+    shift"; a chi-square p-value is tiny on large batches for differences that do not matter, so it
+    only counts when very small.
+    """
+
+    psi: float | None = 0.2
+    ks: float | None = 0.1
+    wasserstein: float | None = 0.2
+    chi2_pvalue: float | None = 0.001
+    js_distance: float | None = 0.1
+    null_rate_change: float | None = 0.1
+
+
+class LabelsConfig(_Model):
+    """Labels that arrive after scoring: a Delta table with the key and the label column."""
+
+    table: TableRef
+    column: str | None = None  # default: label.column
+
+
+class MonitorConfig(_Model):
+    """Drift of the scored batches against the model's training profile, and decay once labels land."""
+
+    # last_run: the batches of the latest score run; all: every prediction; or a look-back like 7d / 24h.
+    window: str = Field(default="last_run", pattern=r"^(last_run|all|\d+[dh])$")
+    thresholds: DriftThresholds = Field(default_factory=DriftThresholds)
+    # The window drifts when more than this share of the features drifted.
+    drift_share: float = Field(default=0.3, ge=0, le=1)
+    labels: LabelsConfig | None = None
+    # Categories kept per feature in the profile (the rest are "other").
+    top_k: int = Field(default=50, ge=1, le=1000)
+
+
+class RetrainConfig(_Model):
+    """When ``deltaml retrain`` retrains: any enabled trigger fires, and the cooldown has passed."""
+
+    drift_share: float | None = Field(default=0.3, ge=0, le=1)  # the last window's drifted share above this
+    performance_drop: float | None = Field(default=0.05, ge=0)  # live metric worse than test by more than this
+    new_rows: int | None = Field(default=None, ge=1)  # rows added to the training source since the champion
+    max_age_days: float | None = Field(default=None, gt=0)  # the champion is older than this
+    cooldown_hours: float = Field(default=24.0, ge=0)
+
+
 class MlflowConfig(_Model):
     """Tracking and registry. ``tracking_uri`` wins over ``MLFLOW_TRACKING_URI``, which wins over the embedded store."""
 
@@ -733,6 +789,8 @@ class PipelineConfig(_Model):
     registration: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
     contract: ContractConfig | None = None
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     mlflow: MlflowConfig
     spark: SparkConfig = Field(default_factory=SparkConfig)
 

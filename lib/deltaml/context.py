@@ -10,8 +10,10 @@ from pyspark.sql import SparkSession
 from deltaml.catalog import Table, resolve_table
 from deltaml.config import LoadedConfig, PipelineConfig
 
-# The pipeline's steps, in the order they run.
-STEP_NAMES = ("ingest", "validate", "split", "fit", "evaluate", "register", "score")
+# The pipeline's steps, in the order they run. ``deltaml run`` runs all but monitor unless asked
+# (``--step monitor``, ``deltaml monitor``): monitoring is scheduled on its own, after scoring.
+STEP_NAMES = ("ingest", "validate", "split", "fit", "evaluate", "register", "score", "monitor")
+DEFAULT_STEPS = STEP_NAMES[:-1]
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class Tables:
     clean: Table
     quarantine: Table
     quality: Table
+    monitoring: Table
+    retraining: Table
     serving: Table | None = None
 
 
@@ -31,6 +35,7 @@ def resolve_tables(cfg: PipelineConfig) -> Tables:
     """The pipeline's tables, resolved against its state dir."""
     refs = cfg.tables
     assert refs.clean is not None and refs.quarantine is not None and refs.quality is not None
+    assert refs.monitoring is not None and refs.retraining is not None
     return Tables(
         raw=resolve_table(refs.raw, cfg.state_path),
         split=resolve_table(refs.split, cfg.state_path),
@@ -38,6 +43,8 @@ def resolve_tables(cfg: PipelineConfig) -> Tables:
         clean=resolve_table(refs.clean, cfg.state_path),
         quarantine=resolve_table(refs.quarantine, cfg.state_path),
         quality=resolve_table(refs.quality, cfg.state_path),
+        monitoring=resolve_table(refs.monitoring, cfg.state_path),
+        retraining=resolve_table(refs.retraining, cfg.state_path),
         serving=resolve_table(refs.serving, cfg.state_path) if refs.serving is not None else None,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from deltaml.context import StepContext, StepResult
 from deltaml.errors import StepInputError
 from deltaml.features import feature_names
 from deltaml.models import DecisionThreshold, encode_label, model_classes, positive_probability
+from deltaml.monitoring import log_reference_profile, prediction_column, reference_profile
 from deltaml.report import (
     calibration_points,
     confusion_matrix,
@@ -38,7 +40,7 @@ from deltaml.report import (
     write_report,
 )
 from deltaml.single_node import SingleNodeModel, arrow_matrix, permutation_importances, validation_metrics
-from deltaml.split import SPLIT_COL, TEST, VALIDATION
+from deltaml.split import SPLIT_COL, TEST, TRAIN, VALIDATION
 from deltaml.train import LABEL_COL, check_columns, labelled_rows, load_fitted_model
 
 LOG = logging.getLogger(__name__)
@@ -210,6 +212,7 @@ def run_evaluate(ctx: StepContext) -> StepResult:
             metrics[f"{split_name}_{name}"] = value
         if split_name == TEST:
             report_files = _log_report(ctx, model, scored, metrics, threshold)
+            _log_profile(ctx, data, scored, model_uri)
         scored.unpersist()
     ctx.outputs["metrics"] = metrics
     extra = {"decision_threshold": threshold} if task == "binary" else {}
@@ -218,6 +221,21 @@ def run_evaluate(ctx: StepContext) -> StepResult:
         tags={"model_uri": model_uri, "report": ", ".join(report_files)},
         summary=", ".join(f"{label} {metrics[key]:.4f}" for label, key in _SUMMARY[task] if key in metrics),
     )
+
+
+def _log_profile(ctx: StepContext, data: DataFrame, scored_test: DataFrame, model_uri: str) -> None:
+    """Store the reference profile for monitoring (train features, test predictions) with the model's run."""
+    cfg = ctx.config
+    column = prediction_column(cfg.label.task)
+    predictions = scored_test.select(
+        positive_probability().alias(column) if cfg.label.task == "binary" else F.col(column)
+    )
+    profile = reference_profile(cfg, data.where(F.col(SPLIT_COL) == TRAIN), predictions)
+    match = re.match(r"^runs:/([^/]+)/", model_uri)
+    if match is None:
+        LOG.warning("no reference profile stored: model %s is not a run artifact", model_uri)
+        return
+    log_reference_profile(match.group(1), profile)
 
 
 def _unknown_class_rows(data: DataFrame, cfg: Any, classes: list[str]) -> dict[str, float]:

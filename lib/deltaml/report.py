@@ -1411,3 +1411,79 @@ def _importance_section(top: list[tuple[str, float]]) -> list[str]:
     if not top:
         return []
     return [f"<h2>Top {len(top)} features</h2>", _table(["feature", "weight"], top)]
+
+
+# ---- drift report --------------------------------------------------------------------------
+
+Overlay = tuple[str, Sequence[str], Sequence[float], Sequence[float]]
+
+
+def write_drift_report(
+    out_dir: Path, *, title: str, rows: Sequence[dict[str, Any]], share: float, overlays: Sequence[Overlay]
+) -> list[Path]:
+    """Write the monitor step's report: a drift bar chart, reference-vs-current overlays, the metric table.
+
+    Args:
+        out_dir: The folder to write into; created if missing.
+        title: The report's title.
+        rows: The monitor's rows (``feature``, ``kind``, ``metric``, ``value``, ``threshold``, ``drifted``).
+        share: The drifted share of the features.
+        overlays: ``(name, bin labels, reference shares, current shares)`` for the top drifted features
+            and the predictions.
+
+    Returns:
+        The written files: the PNGs, ``metrics.json`` and ``report.html``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    features = [r for r in rows if r["kind"] in ("numeric", "categorical")]
+    drifted = {r["feature"] for r in features if r["drifted"]}
+    psi = {r["feature"]: float(r["value"]) for r in features if r["metric"] == "psi"}
+    plots: dict[str, bytes] = {"drift_psi.png": _png(_plot_drift_bars(psi, drifted))}
+    for i, (name, bins, reference, current) in enumerate(overlays):
+        plots[f"overlay_{i + 1}.png"] = _png(_plot_overlay(name, bins, reference, current))
+    table = [
+        [
+            r["feature"],
+            r["kind"],
+            r["metric"],
+            r["value"],
+            "" if r["threshold"] is None else r["threshold"],
+            "yes" if r["drifted"] else "",
+        ]
+        for r in sorted(rows, key=lambda r: (not r["drifted"], str(r["feature"]), str(r["metric"])))
+    ]
+    sections = [
+        f"<p>Drifted share of features: <strong>{share:.0%}</strong>; drifted: "
+        f"{html.escape(', '.join(sorted(drifted)) or 'none')}.</p>",
+        "<h2>Plots</h2>",
+        *_figures_section(plots),
+        "<h2>Metrics</h2>",
+        _table(["feature", "kind", "metric", "value", "threshold", "drifted"], table),
+    ]
+    document = {"title": title, "drifted_share": share, "rows": list(rows)}
+    return _write_report_files(out_dir, plots, document, _html_page(title, sections), "drift")
+
+
+def _plot_drift_bars(psi: dict[str, float], drifted: set[str]) -> Figure:
+    names = sorted(psi, key=lambda n: psi[n])
+    figure, axes = _new_axes(7.0, max(3.0, 0.28 * len(names) + 1.0))
+    colours = ["#c0392b" if n in drifted else "#7f8c8d" for n in names]
+    axes.barh(range(len(names)), [psi[n] for n in names], color=colours)
+    axes.set_yticks(range(len(names)), labels=names, fontsize=8)
+    axes.set_xlabel("PSI against the training profile (red: drifted on some metric)")
+    figure.tight_layout()
+    return figure
+
+
+def _plot_overlay(name: str, bins: Sequence[str], reference: Sequence[float], current: Sequence[float]) -> Figure:
+    figure, axes = _new_axes(6.0, 3.8)
+    positions = np.arange(len(bins))
+    axes.bar(positions - 0.2, reference, width=0.4, label="reference (train)", color="#2980b9")
+    axes.bar(positions + 0.2, current, width=0.4, label="current", color="#e67e22")
+    axes.set_xticks(positions, labels=[str(b)[:18] for b in bins], rotation=60, ha="right", fontsize=7)
+    axes.set_ylabel("share of rows")
+    axes.set_title(name, fontsize=10)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return figure

@@ -17,10 +17,11 @@ from pyspark.sql import SparkSession
 
 from deltaml import __version__
 from deltaml.config import LoadedConfig
-from deltaml.context import STEP_NAMES, StepContext, StepResult
+from deltaml.context import DEFAULT_STEPS, STEP_NAMES, StepContext, StepResult
 from deltaml.errors import DeltamlError, StepFailedError
 from deltaml.evaluation import run_evaluate
 from deltaml.ingest import run_ingest
+from deltaml.monitoring import run_monitor
 from deltaml.registry import run_register
 from deltaml.scoring import run_score
 from deltaml.session import get_spark
@@ -50,6 +51,7 @@ STEPS: dict[str, StepFunction] = {
     "evaluate": run_evaluate,
     "register": run_register,
     "score": run_score,
+    "monitor": run_monitor,
 }
 assert tuple(STEPS) == STEP_NAMES, "runner.STEPS must list context.STEP_NAMES in order"
 
@@ -73,7 +75,7 @@ def run_pipeline(
 
     Args:
         loaded: The validated config (see :func:`deltaml.config.load_config`).
-        steps: Step names to run, in pipeline order; each reads its inputs from Delta/MLflow,
+        steps: Step names to run, in pipeline order (default: all but monitor); each reads its inputs from Delta/MLflow,
             so any step can run alone once its inputs exist.
         spark: A session to use; by default :func:`deltaml.session.get_spark` builds one.
 
@@ -84,7 +86,7 @@ def run_pipeline(
         DeltamlError: A step's input broke its contract; the parent run is marked FAILED.
     """
     cfg = loaded.pipeline
-    chosen = list(STEPS) if not steps else [s for s in STEPS if s in set(steps)]
+    chosen = list(DEFAULT_STEPS) if not steps else [s for s in STEPS if s in set(steps)]
     if cfg.contract is None and not steps:
         chosen.remove("validate")
     spark = spark or get_spark(cfg)

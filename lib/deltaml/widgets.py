@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from deltaml.config import LoadedConfig, load_config
+from deltaml.retraining import RetrainDecision, retrain
 from deltaml.runner import PipelineOutcome, run_pipeline
 
 
@@ -32,3 +33,9 @@ def config_from_widgets(widgets: Widgets) -> LoadedConfig:
 def run_from_widgets(widgets: Widgets, steps: Sequence[str] | None = None) -> PipelineOutcome:
     """Run the pipeline (or ``steps``) configured by the notebook's widgets, on the active session."""
     return run_pipeline(config_from_widgets(widgets), steps=steps)
+
+
+def retrain_from_widgets(widgets: Widgets) -> RetrainDecision:
+    """Evaluate the retraining policy configured by the widgets (``dry_run`` = ``true`` trains nothing)."""
+    dry_run = widgets.get("dry_run").strip().lower() in ("true", "yes", "1")
+    return retrain(config_from_widgets(widgets), dry_run=dry_run)

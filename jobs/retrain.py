@@ -1,0 +1,20 @@
+"""spark-submit entry point: evaluate the retraining policy and retrain when it fires.
+
+spark-submit --py-files deltaml.zip jobs/retrain.py conf/telco_churn.yml --env cluster
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from deltaml.cli import main as deltaml_main
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run ``deltaml retrain`` with the job's arguments; returns the exit code."""
+    return deltaml_main(["retrain", *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

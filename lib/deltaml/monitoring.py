@@ -1,0 +1,476 @@
+"""The monitor step: drift of scored batches against the model's training profile, and decay once labels land.
+
+At evaluation, :func:`log_reference_profile` stores with the model's MLflow run a profile of its
+train rows (the features it reads) and of its test predictions. ``deltaml monitor CONF`` reads a
+window of the predictions table, takes the exact input rows that were scored (the source table at
+the version each prediction records, matched on key and input hash), compares them and the
+predictions with that profile (:mod:`deltaml.drift`, Spark aggregations only), and writes one row
+per feature and metric to the monitoring Delta table, with the window's drifted share and, when a
+labels table is configured, the live metric against the model's test metric.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pyspark.ml.evaluation import BinaryClassificationEvaluator
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from deltaml.catalog import Table, read_table, replace_rows, resolve_table, sql_literal, table_exists
+from deltaml.config import PipelineConfig
+from deltaml.context import StepContext, StepResult
+from deltaml.drift import CategoricalProfile, DriftMetric, NumericProfile, Profile, build_profile, compare
+from deltaml.errors import StepInputError
+from deltaml.models import PREDICTED_LABEL_COL
+from deltaml.report import write_drift_report
+from deltaml.scoring import INPUT_HASH_COL, input_hash
+
+LOG = logging.getLogger(__name__)
+
+PROFILE_ARTIFACT = "monitoring/reference_profile.json"
+# The feature name under which the predictions' own drift is recorded.
+PREDICTIONS_FEATURE = "__predictions__"
+WINDOW_FEATURE = "*"
+_LOWER_IS_BETTER = {"rmse", "mae", "log_loss"}
+
+
+def prediction_column(task: str) -> str:
+    """The predictions-table column whose distribution is monitored: the positive-class probability
+    (binary), the predicted label (multiclass) or the predicted value (regression)."""
+    return {"multiclass": PREDICTED_LABEL_COL, "regression": "prediction"}.get(task, "probability")
+
+
+def reference_profile(cfg: PipelineConfig, train_rows: DataFrame, predictions: DataFrame) -> dict[str, Any]:
+    """The profile stored with a model: its train rows' features and its test predictions.
+
+    Args:
+        cfg: The pipeline config (features, task, ``monitor.top_k``).
+        train_rows: The train split, with the columns the model reads.
+        predictions: Test predictions with the column :func:`prediction_column` names.
+    """
+    column = prediction_column(cfg.label.task)
+    numeric, categorical = _feature_kinds(cfg)
+    features = build_profile(train_rows, numeric, categorical, top_k=cfg.monitor.top_k)
+    kind = ([], [column]) if cfg.label.task == "multiclass" else ([column], [])
+    scores = build_profile(predictions.select(column), kind[0], kind[1], top_k=cfg.monitor.top_k)
+    return {"version": 1, "features": features.to_dict(), "predictions": scores.to_dict(), "prediction_column": column}
+
+
+def _feature_kinds(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
+    return list(cfg.features.numeric), list(cfg.features.categorical)
+
+
+def log_reference_profile(run_id: str, profile: dict[str, Any]) -> None:
+    """Store the profile with the model's MLflow run (as ``monitoring/reference_profile.json``)."""
+    MlflowClient().log_dict(run_id, profile, PROFILE_ARTIFACT)
+
+
+def load_reference_profile(name: str, version: int) -> tuple[Profile, Profile, str]:
+    """The feature profile, the prediction profile and the prediction column of a registered version.
+
+    Raises:
+        StepInputError: The version does not exist or its run has no profile (trained before deltaml stored one).
+    """
+    client = MlflowClient()
+    try:
+        run_id = client.get_model_version(name, str(version)).run_id
+        if run_id is None:
+            raise OSError("the version has no MLflow run")
+        with tempfile.TemporaryDirectory() as tmp:
+            data = json.loads(Path(client.download_artifacts(run_id, PROFILE_ARTIFACT, tmp)).read_text())
+    except (MlflowException, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StepInputError(
+            f"step 'monitor': {name} version {version} has no reference profile ({first[:200]}); "
+            "train a new version with this deltaml (`deltaml run CONF`) to monitor it"
+        ) from None
+    return Profile.from_dict(data["features"]), Profile.from_dict(data["predictions"]), str(data["prediction_column"])
+
+
+@dataclass(frozen=True)
+class Window:
+    """The prediction rows monitored together, and what identifies them."""
+
+    rows: DataFrame
+    window_id: str
+    description: str
+    model_version: int
+    batches: list[str]
+    sources: list[tuple[str, int]]
+    count: int
+    first_scored_at: datetime
+    last_scored_at: datetime
+
+
+def select_window(predictions: DataFrame, spec: str, now: datetime) -> Window:
+    """The predictions of the window ``spec``: ``last_run`` (the latest scoring), ``all``, or ``<n>d`` / ``<n>h``.
+
+    Raises:
+        StepInputError: The window holds no predictions.
+    """
+    if spec == "last_run":
+        latest = predictions.agg(F.max("scored_at").alias("t")).first()
+        rows = predictions.where(F.col("scored_at") == F.lit(latest["t"] if latest else None))
+        description = "the latest score run"
+    elif spec == "all":
+        rows, description = predictions, "every prediction"
+    else:
+        amount, unit = int(spec[:-1]), spec[-1]
+        since = now - (timedelta(days=amount) if unit == "d" else timedelta(hours=amount))
+        rows = predictions.where(F.col("scored_at") >= F.lit(since))
+        description = f"predictions scored since {since:%Y-%m-%d %H:%M}"
+    info = rows.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.max("model_version").alias("model"),
+        F.sort_array(F.collect_set("batch_id")).alias("batches"),
+        F.sort_array(F.collect_set(F.struct("source_table", "source_version"))).alias("sources"),
+        F.min("scored_at").alias("first"),
+        F.max("scored_at").alias("last"),
+    ).first()
+    if info is None or not info["n"]:
+        raise StepInputError(f"step 'monitor': no predictions in the window ({description}); run `deltaml score` first")
+    batches = [str(b) for b in info["batches"]]
+    sources = [(str(s["source_table"]), int(s["source_version"])) for s in info["sources"]]
+    key = "|".join([spec, str(info["first"]), str(info["last"]), *batches])
+    return Window(
+        rows=rows,
+        window_id=hashlib.sha256(key.encode()).hexdigest()[:16],
+        description=description,
+        model_version=int(info["model"]),
+        batches=batches,
+        sources=sources,
+        count=int(info["n"]),
+        first_scored_at=info["first"],
+        last_scored_at=info["last"],
+    )
+
+
+def scored_inputs(spark: SparkSession, window: Window, cfg: PipelineConfig) -> DataFrame:
+    """The input rows the window's predictions were made from: each source at its recorded version,
+    matched on key and input hash, so a row changed since is not mistaken for the one scored."""
+    wanted = window.rows.select(cfg.key, F.col(INPUT_HASH_COL).alias("_input_hash")).distinct()
+    columns = [cfg.key, *cfg.features.numeric, *cfg.features.categorical]
+    frames = []
+    for source, version in window.sources:
+        table = _source_table(source, cfg)
+        data, _ = read_table(spark, table, "monitor", version=version)
+        hashed = data.withColumn("_input_hash", input_hash(cfg.key, cfg.features.columns))
+        frames.append(hashed.join(wanted, [cfg.key, "_input_hash"], "left_semi").select(*columns))
+    inputs = frames[0]
+    for frame in frames[1:]:
+        inputs = inputs.unionByName(frame)
+    return inputs
+
+
+def _source_table(source: str, cfg: PipelineConfig) -> Table:
+    if re.match(r"^[A-Za-z][\w+.-]*:", source) or source.startswith("/"):
+        return Table(source, is_path=True)
+    return Table(source, is_path=False)
+
+
+def drift_rows(metrics: list[DriftMetric], cfg: PipelineConfig) -> tuple[list[dict[str, Any]], dict[str, bool], float]:
+    """Apply the thresholds: one row per metric, which features drifted, and the drifted share of features."""
+    thresholds = cfg.monitor.thresholds.model_dump()
+    rows: list[dict[str, Any]] = []
+    drifted: dict[str, bool] = {}
+    for m in metrics:
+        threshold = thresholds.get(m.metric)
+        crossed = False
+        if threshold is not None:
+            crossed = m.value < threshold if m.metric == "chi2_pvalue" else abs(m.value) > threshold
+        drifted[m.feature] = drifted.get(m.feature, False) or crossed
+        rows.append(
+            {
+                "feature": m.feature,
+                "kind": m.kind,
+                "metric": m.metric,
+                "value": float(m.value),
+                "threshold": None if threshold is None else float(threshold),
+                "drifted": crossed,
+                "reference_rows": m.reference_rows,
+                "current_rows": m.current_rows,
+            }
+        )
+    features = [f for f in drifted if f != PREDICTIONS_FEATURE]
+    share = sum(drifted[f] for f in features) / len(features) if features else 0.0
+    return rows, drifted, share
+
+
+def live_performance(
+    window: Window, cfg: PipelineConfig, labels: DataFrame, test_metrics: dict[str, float]
+) -> list[dict[str, Any]]:
+    """The gate metric on the window's predictions whose label has arrived, its test value, and the decay.
+
+    Decay is how much worse live is than test (test - live for higher-is-better metrics).
+    """
+    assert cfg.monitor.labels is not None
+    label = cfg.monitor.labels.column or cfg.label.column
+    metric = cfg.gate_metric
+    joined = window.rows.join(labels.select(cfg.key, F.col(label).alias("_label")), cfg.key).where(
+        F.col("_label").isNotNull()
+    )
+    rows = joined.count()
+    if rows == 0:
+        LOG.info("no labels yet for the %d predictions of the window", window.count)
+        return []
+    live = _metric(joined, cfg, metric)
+    test = test_metrics.get(f"test_{metric}")
+    out = [{"metric": metric, "value": live, "threshold": None, "drifted": False, "current_rows": rows}]
+    if test is not None:
+        decay = (live - test) if metric in _LOWER_IS_BETTER else (test - live)
+        limit = cfg.retrain.performance_drop
+        out += [
+            {"metric": f"test_{metric}", "value": test, "threshold": None, "drifted": False, "current_rows": rows},
+            {
+                "metric": f"{metric}_decay",
+                "value": decay,
+                "threshold": limit,
+                "drifted": limit is not None and decay > limit,
+                "current_rows": rows,
+            },
+        ]
+    return out
+
+
+def _metric(joined: DataFrame, cfg: PipelineConfig, metric: str) -> float:
+    task = cfg.label.task
+    if task == "binary":
+        y = (F.col("_label").cast("string") == F.lit(str(cfg.label.positive))).cast("double")
+        frame = joined.select(y.alias("y"), F.col("probability").cast("double").alias("p"), "prediction")
+        if metric in ("auc_roc", "auc_pr"):
+            evaluator = BinaryClassificationEvaluator(
+                rawPredictionCol="p",
+                labelCol="y",
+                metricName="areaUnderROC" if metric == "auc_roc" else "areaUnderPR",
+                numBins=0,
+            )
+            return float(evaluator.evaluate(frame))
+        row = frame.agg(F.avg((F.col("prediction") == F.col("y")).cast("double")).alias("v")).first()
+        return float(row["v"]) if row else float("nan")
+    if task == "multiclass":
+        hit = (F.col(PREDICTED_LABEL_COL).cast("string") == F.col("_label").cast("string")).cast("double")
+        row = joined.agg(F.avg(hit).alias("v")).first()
+        return float(row["v"]) if row else float("nan")
+    y = F.col("_label").cast("double")
+    error = F.col("prediction") - y
+    expression = {
+        "mae": F.avg(F.abs(error)),
+        "r2": 1 - F.sum(error * error) / (F.var_pop(y) * F.count(y)),
+    }.get(metric, F.sqrt(F.avg(error * error)))
+    row = joined.agg(expression.alias("v")).first()
+    return float(row["v"]) if row and row["v"] is not None else float("nan")
+
+
+def _registered_test_metrics(name: str, version: int) -> dict[str, float]:
+    tags = MlflowClient().get_model_version(name, str(version)).tags
+    out: dict[str, float] = {}
+    for key, value in tags.items():
+        if key.startswith("metric."):
+            try:
+                out[key.removeprefix("metric.")] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def run_monitor(ctx: StepContext) -> StepResult:
+    """Monitor the configured window of predictions; append its drift (and decay) rows to the monitoring table."""
+    cfg = ctx.config
+    spark = ctx.spark
+    predictions, _ = read_table(spark, ctx.tables.predictions, "monitor")
+    now = datetime.now().astimezone()
+    window = select_window(predictions, cfg.monitor.window, now)
+    name = cfg.mlflow.registered_model
+    features_ref, predictions_ref, column = load_reference_profile(name, window.model_version)
+    inputs = scored_inputs(spark, window, cfg)
+    metrics = compare(features_ref, inputs)
+    metrics += [
+        DriftMetric(PREDICTIONS_FEATURE, m.kind, m.metric, m.value, m.reference_rows, m.current_rows)
+        for m in compare(predictions_ref, window.rows.select(column))
+    ]
+    rows, drifted, share = drift_rows(metrics, cfg)
+    window_drifted = share > cfg.monitor.drift_share
+    rows.append(
+        {
+            "feature": WINDOW_FEATURE,
+            "kind": "window",
+            "metric": "drifted_share",
+            "value": share,
+            "threshold": cfg.monitor.drift_share,
+            "drifted": window_drifted,
+            "reference_rows": features_ref.rows,
+            "current_rows": window.count,
+        }
+    )
+    performance: list[dict[str, Any]] = []
+    if cfg.monitor.labels is not None:
+        labels, _ = read_table(
+            spark, resolve_table(cfg.monitor.labels.table, cfg.state_path), "monitor (monitor.labels.table)"
+        )
+        test = _registered_test_metrics(name, window.model_version)
+        performance = live_performance(window, cfg, labels, test)
+        rows += [{"feature": WINDOW_FEATURE, "kind": "performance", "reference_rows": None, **p} for p in performance]
+    written = _write_rows(spark, ctx, window, rows, now)
+    _log_to_mlflow(cfg, window, rows, drifted, share, features_ref, predictions_ref, inputs, column)
+    flagged = sorted(f for f, d in drifted.items() if d and f != PREDICTIONS_FEATURE)
+    decay = next((p for p in performance if p["metric"].endswith("_decay")), None)
+    summary = (
+        f"{window.count} predictions ({window.description}, model v{window.model_version}): "
+        f"{len(flagged)} of {len([f for f in drifted if f != PREDICTIONS_FEATURE])} features drifted "
+        f"({share:.0%}{', window drifted' if window_drifted else ''})"
+        + (f": {', '.join(flagged)}" if flagged else "")
+        + ("; predictions drifted" if drifted.get(PREDICTIONS_FEATURE) else "")
+        + (f"; {decay['metric']} {decay['value']:+.4f}" if decay else "")
+        + f" -> {ctx.tables.monitoring} v{written}"
+    )
+    return StepResult(
+        metrics={
+            "drifted_share": share,
+            "window_drifted": float(window_drifted),
+            "rows_monitored": float(window.count),
+            "features_drifted": float(len(flagged)),
+            **({"performance_decay": float(decay["value"])} if decay else {}),
+        },
+        tags={"window_id": window.window_id, "drifted_features": ",".join(flagged)[:5000]},
+        summary=summary,
+    )
+
+
+def _write_rows(
+    spark: SparkSession, ctx: StepContext, window: Window, rows: list[dict[str, Any]], now: datetime
+) -> int:
+    """Replace this window's rows in the monitoring table (a rerun on the same window replaces, never duplicates)."""
+    cfg = ctx.config
+    schema = (
+        "window_id string, monitored_at timestamp, pipeline string, model_name string, model_version int, "
+        "window string, batches string, first_scored_at timestamp, last_scored_at timestamp, "
+        "feature string, kind string, metric string, value double, threshold double, drifted boolean, "
+        "reference_rows long, current_rows long"
+    )
+    common = {
+        "window_id": window.window_id,
+        "monitored_at": now,
+        "pipeline": cfg.name,
+        "model_name": cfg.mlflow.registered_model,
+        "model_version": window.model_version,
+        "window": window.description,
+        "batches": ",".join(window.batches)[:10000],
+        "first_scored_at": window.first_scored_at,
+        "last_scored_at": window.last_scored_at,
+    }
+    columns = [c.split()[0] for c in schema.split(", ")]
+    records = [tuple({**common, **r}.get(c) for c in columns) for r in rows]
+    frame = spark.createDataFrame(records, schema)
+    table = ctx.tables.monitoring
+    assert table is not None
+    predicate = f"window_id = {sql_literal(window.window_id)}"
+    if not table_exists(spark, table):
+        predicate = "true"
+    return replace_rows(spark, frame, table, predicate).version
+
+
+def _log_to_mlflow(
+    cfg: PipelineConfig,
+    window: Window,
+    rows: list[dict[str, Any]],
+    drifted: dict[str, bool],
+    share: float,
+    features_ref: Profile,
+    predictions_ref: Profile,
+    inputs: DataFrame,
+    column: str,
+) -> None:
+    if mlflow.active_run() is None:
+        return
+    values = {
+        f"drift.{_metric_key(r['feature'])}.{r['metric']}": r["value"]
+        for r in rows
+        if r["kind"] in ("numeric", "categorical") and r["value"] == r["value"]
+    }
+    mlflow.log_metrics(values)
+    top = sorted(
+        (f for f, d in drifted.items() if d and f != PREDICTIONS_FEATURE),
+        key=lambda f: -max((r["value"] for r in rows if r["feature"] == f and r["metric"] == "psi"), default=0.0),
+    )[:4]
+    chosen = [(f, features_ref.columns[f], inputs.select(f)) for f in top if f in features_ref.columns]
+    chosen.append((f"predictions ({column})", predictions_ref.columns[column], window.rows.select(column)))
+    overlays = []
+    for label, profile, current in chosen:
+        bins, shares = current_shares(profile, current)
+        overlays.append((label, bins, reference_shares(profile, len(bins)), shares))
+    title = f"{cfg.name}: drift of {window.description} against model v{window.model_version}"
+    with tempfile.TemporaryDirectory() as tmp:
+        write_drift_report(Path(tmp), title=title, rows=rows, share=share, overlays=overlays)
+        mlflow.log_artifacts(tmp, artifact_path="drift")
+
+
+def _metric_key(feature: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_./ -]", "_", feature)
+
+
+def current_shares(profile: NumericProfile | CategoricalProfile, current: DataFrame) -> tuple[list[str], list[float]]:
+    """The current rows' shares over the reference's bins (numeric) or categories (categorical), in one job."""
+    column = F.col(f"`{current.columns[0]}`")
+    if isinstance(profile, NumericProfile):
+        value = column.cast("double")
+        value = F.when(F.isnan(value), None).otherwise(value)
+        edges = profile.edges
+        labels = [f"<= {edges[0]:.4g}"] if edges else ["all"]
+        labels += [f"{edges[i - 1]:.4g} .. {edges[i]:.4g}" for i in range(1, len(edges))]
+        labels += [f"> {edges[-1]:.4g}"] if edges else []
+        bucket = F.lit(len(edges))
+        for i in reversed(range(len(edges))):
+            bucket = F.when(value <= F.lit(edges[i]), F.lit(i)).otherwise(bucket)
+        counts = {
+            r["b"]: int(r["n"])
+            for r in current.where(value.isNotNull())
+            .groupBy(bucket.alias("b"))
+            .count()
+            .withColumnRenamed("count", "n")
+            .collect()
+        }
+        total = sum(counts.values()) or 1
+        return labels, [counts.get(i, 0) / total for i in range(len(labels))]
+    categories = list(profile.counts)
+    text = column.cast("string")
+    known = [c for c in categories if c != "__other__"]
+    mapped = F.when(text.isin(known), text).otherwise(F.lit("__other__"))
+    counts = {
+        r["c"]: int(r["n"])
+        for r in current.where(text.isNotNull())
+        .groupBy(mapped.alias("c"))
+        .count()
+        .withColumnRenamed("count", "n")
+        .collect()
+    }
+    total = sum(counts.values()) or 1
+    if "__other__" not in categories and counts.get("__other__"):
+        categories.append("__other__")
+    return categories, [counts.get(c, 0) / total for c in categories]
+
+
+def reference_shares(profile: NumericProfile | CategoricalProfile, size: int) -> list[float]:
+    """The reference's shares over the same bins or categories as :func:`current_shares` (padded to ``size``)."""
+    counts = profile.bin_counts if isinstance(profile, NumericProfile) else list(profile.counts.values())
+    total = sum(counts) or 1
+    shares = [c / total for c in counts]
+    return shares + [0.0] * (size - len(shares))
+
+
+def monitoring_state(spark: SparkSession, table: Table) -> DataFrame | None:
+    """The monitoring table, or None before the first monitor run."""
+    if not table_exists(spark, table):
+        return None
+    return read_table(spark, table, "retrain")[0]
