@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.deltaml-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-flights demo-penguins demo-diamonds test test-fast lint zip clean
+.PHONY: setup demo demo-monitor demo-flights demo-penguins demo-diamonds test test-fast lint zip clean
 
 setup: $(STAMP)
 	$(BIN)/deltaml setup-jars
@@ -18,6 +18,13 @@ $(STAMP): setup.py
 
 demo: setup
 	$(BIN)/deltaml run conf/telco_churn.yml --env local
+
+# After `make demo`: score what is new, monitor it against the champion's training profile, and
+# evaluate the retraining policy without training (run `deltaml retrain` without --dry-run to let it train).
+demo-monitor: setup
+	$(BIN)/deltaml score conf/telco_churn.yml --env local
+	$(BIN)/deltaml monitor conf/telco_churn.yml --env local
+	$(BIN)/deltaml retrain conf/telco_churn.yml --env local --dry-run
 
 # The second example: real flights with point-in-time window features (about 3 minutes).
 demo-flights: setup

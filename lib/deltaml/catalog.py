@@ -46,6 +46,11 @@ def resolve_table(ref: TableRef, state_path: Path) -> Table:
     return Table(str(state_path / "warehouse" / ref.path), is_path=True)
 
 
+def recorded_table(text: str) -> Table:
+    """A table as lineage recorded it (``str(table)``): a path if it has a scheme or starts with ``/``, else a name."""
+    return Table(text, is_path=bool(re.match(r"^[A-Za-z][\w+.-]*:", text)) or text.startswith("/"))
+
+
 def table_exists(spark: SparkSession, table: Table) -> bool:
     """True when the table exists and is a Delta table."""
     if table.is_path:

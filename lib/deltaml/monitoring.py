@@ -28,7 +28,7 @@ from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from deltaml.catalog import Table, read_table, replace_rows, resolve_table, sql_literal, table_exists
+from deltaml.catalog import Table, read_table, recorded_table, replace_rows, resolve_table, sql_literal, table_exists
 from deltaml.config import PipelineConfig
 from deltaml.context import StepContext, StepResult
 from deltaml.drift import CategoricalProfile, DriftMetric, NumericProfile, Profile, build_profile, compare
@@ -160,24 +160,22 @@ def select_window(predictions: DataFrame, spec: str, now: datetime) -> Window:
 def scored_inputs(spark: SparkSession, window: Window, cfg: PipelineConfig) -> DataFrame:
     """The input rows the window's predictions were made from: each source at its recorded version,
     matched on key and input hash, so a row changed since is not mistaken for the one scored."""
+    if INPUT_HASH_COL not in window.rows.columns:
+        raise StepInputError(
+            "step 'monitor': the predictions were written before deltaml recorded each row's input hash, so the "
+            "rows they were made from cannot be found; rescore them with `deltaml score CONF --full`"
+        )
     wanted = window.rows.select(cfg.key, F.col(INPUT_HASH_COL).alias("_input_hash")).distinct()
     columns = [cfg.key, *cfg.features.numeric, *cfg.features.categorical]
     frames = []
     for source, version in window.sources:
-        table = _source_table(source, cfg)
-        data, _ = read_table(spark, table, "monitor", version=version)
+        data, _ = read_table(spark, recorded_table(source), "monitor", version=version)
         hashed = data.withColumn("_input_hash", input_hash(cfg.key, cfg.features.columns))
         frames.append(hashed.join(wanted, [cfg.key, "_input_hash"], "left_semi").select(*columns))
     inputs = frames[0]
     for frame in frames[1:]:
         inputs = inputs.unionByName(frame)
     return inputs
-
-
-def _source_table(source: str, cfg: PipelineConfig) -> Table:
-    if re.match(r"^[A-Za-z][\w+.-]*:", source) or source.startswith("/"):
-        return Table(source, is_path=True)
-    return Table(source, is_path=False)
 
 
 def drift_rows(metrics: list[DriftMetric], cfg: PipelineConfig) -> tuple[list[dict[str, Any]], dict[str, bool], float]:
@@ -375,10 +373,7 @@ def _write_rows(
     frame = spark.createDataFrame(records, schema)
     table = ctx.tables.monitoring
     assert table is not None
-    predicate = f"window_id = {sql_literal(window.window_id)}"
-    if not table_exists(spark, table):
-        predicate = "true"
-    return replace_rows(spark, frame, table, predicate).version
+    return replace_rows(spark, frame, table, f"window_id = {sql_literal(window.window_id)}").version
 
 
 def _log_to_mlflow(

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from deltaml.catalog import Table, append_rows, read_table, table_exists
+from deltaml.catalog import Table, append_rows, read_table, recorded_table, table_exists
 from deltaml.config import LoadedConfig, PipelineConfig
 from deltaml.context import resolve_tables
 from deltaml.gate import CHAMPION
@@ -136,8 +136,7 @@ def _new_rows(spark: SparkSession, cfg: PipelineConfig, tags: dict[str, str]) ->
     source = tables.clean if cfg.contract is not None else tables.raw
     if not table_exists(spark, source):
         return None
-    split_ref = Table(table, is_path=table.startswith("/") or ":" in table.split(".")[0])
-    trained, _ = read_table(spark, split_ref, "retrain", version=int(version))
+    trained, _ = read_table(spark, recorded_table(table), "retrain", version=int(version))
     now, _ = read_table(spark, source, "retrain")
     return int(now.count()) - int(trained.count())
 
