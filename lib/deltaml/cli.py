@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -164,8 +165,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     from deltaml.runner import run_pipeline
 
-    # MLflow sets its own logger to INFO when imported; its per-file DFS notes are noise here.
+    # MLflow sets its own logger to INFO when imported; its per-file DFS notes are noise here, and so is
+    # the progress bar it draws for each small artifact it downloads (the monitor's reference profile).
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.command == "retrain":
         from deltaml.retraining import retrain
 
@@ -207,7 +210,6 @@ def _move_champion(args: argparse.Namespace) -> int:
 
 def _registry_uri(args: argparse.Namespace) -> str:
     """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the store of ``--conf``; an embedded store must exist."""
-    import os
     from pathlib import Path
 
     from deltaml.errors import ConfigError, StepInputError
