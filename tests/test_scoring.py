@@ -140,6 +140,22 @@ def test_rows_without_a_batch_column_are_compared_by_key_and_hash(spark: SparkSe
     # Predictions are a log per batch: key 1 keeps its v0 prediction and gains one for its new values.
     assert sorted((r["id"], r[BATCH_COL]) for r in stored.collect()) == [(1, "v0"), (1, "v2"), (2, "v0"), (3, "v2")]
 
+    # Key 1 changes back to its first values: its newest prediction is for 10.0, so it is scored again.
+    DeltaTable.forPath(spark, source.ref).update("id = 1", {"x": F.lit(1.0)})
+    back, v3 = _plan(spark, source, predictions, None)
+    assert (_ids(back.rows), back.batches) == ([1], ["v3"])
+    _record(spark, back, source, v3, predictions, scored_at=T0 + timedelta(minutes=1))
+    # A commit that changes no row the model reads leaves nothing to score, and nothing is written.
+    DeltaTable.forPath(spark, source.ref).update("id = 2", {"note": F.lit("edited")})
+    nothing, _ = _plan(spark, source, predictions, None)
+    assert nothing.rows is None and nothing.reason == f"no rows of {source} v4 without a prediction"
+
+
+def test_input_hash_tells_nulls_apart(spark: SparkSession) -> None:
+    df = spark.createDataFrame([(1, None, 5.0), (1, 5.0, None)], "id long, a double, b double")
+    hashes = [r[0] for r in df.select(input_hash("id", ["a", "b"])).collect()]
+    assert hashes[0] != hashes[1]
+
 
 def test_change_data_feed_narrows_the_comparison_to_changed_keys(spark: SparkSession, tmp_path: Path) -> None:
     source = _table(spark, tmp_path, "in", [(1, "a", 1.0, "n"), (2, "a", 2.0, "n")], cdf=True)

@@ -24,6 +24,7 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from pyspark.errors import AnalysisException
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -33,7 +34,7 @@ from deltaml.config import PipelineConfig
 from deltaml.context import StepContext, StepResult
 from deltaml.drift import CategoricalProfile, DriftMetric, NumericProfile, Profile, build_profile, compare
 from deltaml.errors import StepInputError
-from deltaml.models import PREDICTED_LABEL_COL
+from deltaml.models import PREDICTED_LABEL_COL, encode_label
 from deltaml.report import write_drift_report
 from deltaml.scoring import INPUT_HASH_COL, input_hash
 
@@ -44,6 +45,8 @@ PROFILE_ARTIFACT = "monitoring/reference_profile.json"
 PREDICTIONS_FEATURE = "__predictions__"
 WINDOW_FEATURE = "*"
 _LOWER_IS_BETTER = {"rmse", "mae", "log_loss"}
+# Probabilities are clipped like Spark's log-loss evaluator does.
+LOG_LOSS_EPS = 1e-15
 
 
 def prediction_column(task: str) -> str:
@@ -62,7 +65,7 @@ def reference_profile(cfg: PipelineConfig, train_rows: DataFrame, predictions: D
     """
     column = prediction_column(cfg.label.task)
     numeric, categorical = _feature_kinds(cfg)
-    features = build_profile(train_rows, numeric, categorical, top_k=cfg.monitor.top_k)
+    features = build_profile(as_profiled(train_rows, cfg), numeric, categorical, top_k=cfg.monitor.top_k)
     kind = ([], [column]) if cfg.label.task == "multiclass" else ([column], [])
     scores = build_profile(predictions.select(column), kind[0], kind[1], top_k=cfg.monitor.top_k)
     return {"version": 1, "features": features.to_dict(), "predictions": scores.to_dict(), "prediction_column": column}
@@ -70,6 +73,15 @@ def reference_profile(cfg: PipelineConfig, train_rows: DataFrame, predictions: D
 
 def _feature_kinds(cfg: PipelineConfig) -> tuple[list[str], list[str]]:
     return list(cfg.features.numeric), list(cfg.features.categorical)
+
+
+def as_profiled(rows: DataFrame, cfg: PipelineConfig) -> DataFrame:
+    """The monitored columns as the profile reads them: numeric features as doubles (a value that is not
+    a number becomes null, as the model's type coercion does), categorical features as they are."""
+    numeric, categorical = _feature_kinds(cfg)
+    return rows.select(
+        *[F.col(f"`{c}`").try_cast("double").alias(c) for c in numeric], *[F.col(f"`{c}`") for c in categorical]
+    )
 
 
 def log_reference_profile(run_id: str, profile: dict[str, Any]) -> None:
@@ -121,8 +133,10 @@ def select_window(predictions: DataFrame, spec: str, now: datetime) -> Window:
         StepInputError: The window holds no predictions.
     """
     if spec == "last_run":
-        latest = predictions.agg(F.max("scored_at").alias("t")).first()
-        rows = predictions.where(F.col("scored_at") == F.lit(latest["t"] if latest else None))
+        # The comparison stays in Spark: a timestamp collected to Python and sent back can shift by an
+        # hour in a driver time zone's repeated DST hour.
+        latest = predictions.agg(F.max("scored_at").alias("_latest"))
+        rows = predictions.join(F.broadcast(latest), F.col("scored_at") == F.col("_latest")).drop("_latest")
         description = "the latest score run"
     elif spec == "all":
         rows, description = predictions, "every prediction"
@@ -131,6 +145,9 @@ def select_window(predictions: DataFrame, spec: str, now: datetime) -> Window:
         since = now - (timedelta(days=amount) if unit == "d" else timedelta(hours=amount))
         rows = predictions.where(F.col("scored_at") >= F.lit(since))
         description = f"predictions scored since {since:%Y-%m-%d %H:%M}"
+    # One model's predictions at a time: the newest model's, compared with its own profile.
+    newest = rows.agg(F.max("model_version").alias("_newest"))
+    rows = rows.join(F.broadcast(newest), F.col("model_version") == F.col("_newest")).drop("_newest")
     info = rows.agg(
         F.count(F.lit(1)).alias("n"),
         F.max("model_version").alias("model"),
@@ -147,7 +164,7 @@ def select_window(predictions: DataFrame, spec: str, now: datetime) -> Window:
     return Window(
         rows=rows,
         window_id=hashlib.sha256(key.encode()).hexdigest()[:16],
-        description=description,
+        description=f"{description}, model v{int(info['model'])}",
         model_version=int(info["model"]),
         batches=batches,
         sources=sources,
@@ -165,13 +182,26 @@ def scored_inputs(spark: SparkSession, window: Window, cfg: PipelineConfig) -> D
             "step 'monitor': the predictions were written before deltaml recorded each row's input hash, so the "
             "rows they were made from cannot be found; rescore them with `deltaml score CONF --full`"
         )
-    wanted = window.rows.select(cfg.key, F.col(INPUT_HASH_COL).alias("_input_hash")).distinct()
-    columns = [cfg.key, *cfg.features.numeric, *cfg.features.categorical]
     frames = []
     for source, version in window.sources:
-        data, _ = read_table(spark, recorded_table(source), "monitor", version=version)
+        # Each source version is matched only with the predictions read at that version, so a row
+        # unchanged across several scored versions counts once per prediction, not once per version.
+        wanted = (
+            window.rows.where((F.col("source_table") == source) & (F.col("source_version") == version))
+            .select(cfg.key, F.col(INPUT_HASH_COL).alias("_input_hash"))
+            .distinct()
+        )
+        try:
+            data, _ = read_table(spark, recorded_table(source), "monitor", version=version)
+            data.schema  # noqa: B018 - resolve the time travel now, so a vacuumed version fails here
+        except AnalysisException as exc:
+            raise StepInputError(
+                f"step 'monitor': {source} v{version}, which the window's predictions were made from, cannot be "
+                f"read ({exc.getMessage().splitlines()[0][:200]}); monitor a shorter window (monitor.window) or "
+                "keep more table history (delta.logRetentionDuration, and VACUUM's retention)"
+            ) from None
         hashed = data.withColumn("_input_hash", input_hash(cfg.key, cfg.features.columns))
-        frames.append(hashed.join(wanted, [cfg.key, "_input_hash"], "left_semi").select(*columns))
+        frames.append(as_profiled(hashed.join(wanted, [cfg.key, "_input_hash"], "left_semi"), cfg))
     inputs = frames[0]
     for frame in frames[1:]:
         inputs = inputs.unionByName(frame)
@@ -206,19 +236,28 @@ def drift_rows(metrics: list[DriftMetric], cfg: PipelineConfig) -> tuple[list[di
     return rows, drifted, share
 
 
+# The metrics the predictions table's columns allow, per task; the first is used when the gate's is not one.
+LIVE_METRICS = {
+    "binary": ("auc_roc", "auc_pr", "accuracy", "log_loss"),
+    "multiclass": ("accuracy",),
+    "regression": ("rmse", "mae", "r2"),
+}
+
+
 def live_performance(
     window: Window, cfg: PipelineConfig, labels: DataFrame, test_metrics: dict[str, float]
 ) -> list[dict[str, Any]]:
-    """The gate metric on the window's predictions whose label has arrived, its test value, and the decay.
+    """A metric on the window's predictions whose label has arrived, its test value, and the decay.
 
-    Decay is how much worse live is than test (test - live for higher-is-better metrics).
+    The metric is the gate's where the predictions table allows it (:data:`LIVE_METRICS`), else the
+    task's first. Decay is how much worse live is than test (test - live for higher-is-better metrics).
     """
     assert cfg.monitor.labels is not None
     label = cfg.monitor.labels.column or cfg.label.column
-    metric = cfg.gate_metric
-    joined = window.rows.join(labels.select(cfg.key, F.col(label).alias("_label")), cfg.key).where(
-        F.col("_label").isNotNull()
-    )
+    allowed = LIVE_METRICS[cfg.label.task]
+    metric = cfg.gate_metric if cfg.gate_metric in allowed else allowed[0]
+    arrived = labels.select(cfg.key, F.col(f"`{label}`").alias(cfg.label.column))
+    joined = window.rows.drop(cfg.label.column).join(arrived, cfg.key).where(F.col(cfg.label.column).isNotNull())
     rows = joined.count()
     if rows == 0:
         LOG.info("no labels yet for the %d predictions of the window", window.count)
@@ -244,8 +283,11 @@ def live_performance(
 
 def _metric(joined: DataFrame, cfg: PipelineConfig, metric: str) -> float:
     task = cfg.label.task
+    if task == "multiclass":
+        hit = (F.col(PREDICTED_LABEL_COL).cast("string") == F.col(cfg.label.column).cast("string")).cast("double")
+        return _single(joined.agg(F.avg(hit).alias("v")))
+    y = encode_label(cfg.label)
     if task == "binary":
-        y = (F.col("_label").cast("string") == F.lit(str(cfg.label.positive))).cast("double")
         frame = joined.select(y.alias("y"), F.col("probability").cast("double").alias("p"), "prediction")
         if metric in ("auc_roc", "auc_pr"):
             evaluator = BinaryClassificationEvaluator(
@@ -255,20 +297,23 @@ def _metric(joined: DataFrame, cfg: PipelineConfig, metric: str) -> float:
                 numBins=0,
             )
             return float(evaluator.evaluate(frame))
-        row = frame.agg(F.avg((F.col("prediction") == F.col("y")).cast("double")).alias("v")).first()
-        return float(row["v"]) if row else float("nan")
-    if task == "multiclass":
-        hit = (F.col(PREDICTED_LABEL_COL).cast("string") == F.col("_label").cast("string")).cast("double")
-        row = joined.agg(F.avg(hit).alias("v")).first()
-        return float(row["v"]) if row else float("nan")
-    y = F.col("_label").cast("double")
+        if metric == "log_loss":
+            p = F.least(F.greatest(F.col("p"), F.lit(LOG_LOSS_EPS)), F.lit(1 - LOG_LOSS_EPS))
+            loss = -(F.col("y") * F.log(p) + (1 - F.col("y")) * F.log(1 - p))
+            return _single(frame.agg(F.avg(loss).alias("v")))
+        return _single(frame.agg(F.avg((F.col("prediction") == F.col("y")).cast("double")).alias("v")))
     error = F.col("prediction") - y
     expression = {
         "mae": F.avg(F.abs(error)),
-        "r2": 1 - F.sum(error * error) / (F.var_pop(y) * F.count(y)),
+        # try_divide: one labelled row, or labels all equal, give null rather than failing the step.
+        "r2": 1 - F.try_divide(F.sum(error * error), F.var_pop(y) * F.count(y)),
     }.get(metric, F.sqrt(F.avg(error * error)))
-    row = joined.agg(expression.alias("v")).first()
-    return float(row["v"]) if row and row["v"] is not None else float("nan")
+    return _single(joined.agg(expression.alias("v")))
+
+
+def _single(aggregated: DataFrame) -> float:
+    row = aggregated.first()
+    return float(row["v"]) if row is not None and row["v"] is not None else float("nan")
 
 
 def _registered_test_metrics(name: str, version: int) -> dict[str, float]:

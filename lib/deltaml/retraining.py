@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import mlflow
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
@@ -21,6 +22,7 @@ from pyspark.sql import functions as F
 from deltaml.catalog import Table, append_rows, read_table, recorded_table, table_exists
 from deltaml.config import LoadedConfig, PipelineConfig
 from deltaml.context import resolve_tables
+from deltaml.errors import DeltamlError, StepFailedError
 from deltaml.gate import CHAMPION
 from deltaml.monitoring import WINDOW_FEATURE
 from deltaml.session import get_spark
@@ -36,7 +38,7 @@ class RetrainDecision:
     decided_at: datetime
     fired: list[str]
     checks: dict[str, str]
-    action: str  # "retrained", "dry_run", "cooldown" or "no_trigger"
+    action: str  # "retrained", "dry_run", "cooldown", "no_trigger" or "failed"
     champion_before: int | None = None
     new_version: int | None = None
     promoted: bool | None = None
@@ -77,7 +79,7 @@ def evaluate_triggers(
         return ["no @champion yet"], {"champion": "none"}, [], None
     version = int(champion.version)
 
-    latest = _latest_window(spark, tables.monitoring, name)
+    latest = _latest_window(spark, tables.monitoring, name, version)
     if policy.drift_share is not None:
         share = latest.get("drifted_share")
         checks["drift_share"] = "no monitoring yet" if share is None else f"{share:.3f} (limit {policy.drift_share})"
@@ -90,8 +92,11 @@ def evaluate_triggers(
         )
         if decay is not None and decay > policy.performance_drop:
             fired.append(f"performance decay {decay:+.4f} > {policy.performance_drop}")
+    newest = _newest_version(client, name)
     if policy.new_rows is not None:
-        added = _new_rows(spark, cfg, champion.tags)
+        # Since the last training (the newest version, promoted or not), so a rejected challenger does not
+        # leave the trigger firing on the same rows after every cooldown.
+        added = _new_rows(spark, cfg, newest.tags if newest is not None else champion.tags)
         checks["new_rows"] = "unknown" if added is None else f"{added} (limit {policy.new_rows})"
         if added is not None and added >= policy.new_rows:
             fired.append(f"{added} new rows >= {policy.new_rows}")
@@ -103,28 +108,28 @@ def evaluate_triggers(
             fired.append(f"champion v{version} is {days:.1f} days old > {policy.max_age_days}")
 
     blocked: list[str] = []
-    trained = _last_training(client, name)
+    trained = _last_attempt(spark, tables.retraining, name, newest)
     if trained is not None and policy.cooldown_hours > 0:
         since = now - trained
         if since < timedelta(hours=policy.cooldown_hours):
             blocked.append(
-                f"cooldown: the last training was {since.total_seconds() / 3600:.1f} h ago "
+                f"cooldown: the last training (or failed retraining) was {since.total_seconds() / 3600:.1f} h ago "
                 f"(retrain.cooldown_hours {policy.cooldown_hours:g})"
             )
     return fired, checks, blocked, version
 
 
-def _latest_window(spark: SparkSession, table: Table, name: str) -> dict[str, float]:
-    """The window-level rows (drifted share, decay) of the most recent monitoring run of this model."""
+def _latest_window(spark: SparkSession, table: Table, name: str, version: int) -> dict[str, float]:
+    """The window-level rows (drifted share, decay) of the most recent monitoring of this model version."""
     if not table_exists(spark, table):
         return {}
     rows, _ = read_table(spark, table, "retrain")
-    mine = rows.where((F.col("model_name") == name) & (F.col("feature") == WINDOW_FEATURE))
-    newest = mine.agg(F.max("monitored_at").alias("t")).first()
-    if newest is None or newest["t"] is None:
-        return {}
-    latest = mine.where(F.col("monitored_at") == F.lit(newest["t"])).select("metric", "value").collect()
-    return {r["metric"]: float(r["value"]) for r in latest}
+    mine = rows.where(
+        (F.col("model_name") == name) & (F.col("model_version") == version) & (F.col("feature") == WINDOW_FEATURE)
+    )
+    newest = mine.agg(F.max("monitored_at").alias("_newest"))
+    latest = mine.join(F.broadcast(newest), F.col("monitored_at") == F.col("_newest")).select("metric", "value")
+    return {r["metric"]: float(r["value"]) for r in latest.collect()}
 
 
 def _new_rows(spark: SparkSession, cfg: PipelineConfig, tags: dict[str, str]) -> int | None:
@@ -141,16 +146,27 @@ def _new_rows(spark: SparkSession, cfg: PipelineConfig, tags: dict[str, str]) ->
     return int(now.count()) - int(trained.count())
 
 
-def _last_training(client: MlflowClient, name: str) -> datetime | None:
-    """When the newest registered version was created (the last training, promoted or not)."""
+def _newest_version(client: MlflowClient, name: str) -> ModelVersion | None:
+    """The newest registered version (the last training, promoted or not)."""
     try:
         versions = client.search_model_versions(f"name = '{name}'")
     except MlflowException:
         return None
-    if not versions:
-        return None
-    newest = max(int(v.creation_timestamp) for v in versions)
-    return datetime.fromtimestamp(newest / 1000, tz=UTC)
+    return max(versions, key=lambda v: int(v.creation_timestamp)) if versions else None
+
+
+def _last_attempt(spark: SparkSession, table: Table, name: str, newest: ModelVersion | None) -> datetime | None:
+    """When training was last attempted: the newest version's registration, or a later failed retraining."""
+    times = [datetime.fromtimestamp(int(newest.creation_timestamp) / 1000, tz=UTC)] if newest is not None else []
+    if table_exists(spark, table):
+        log, _ = read_table(spark, table, "retrain")
+        failed = log.where((F.col("model_name") == name) & (F.col("action") == "failed")).agg(
+            F.max("decided_at").alias("t")
+        )
+        row = failed.first()
+        if row is not None and row["t"] is not None:
+            times.append(row["t"].astimezone(UTC))
+    return max(times) if times else None
 
 
 def retrain(loaded: LoadedConfig, dry_run: bool = False, spark: SparkSession | None = None) -> RetrainDecision:
@@ -162,7 +178,13 @@ def retrain(loaded: LoadedConfig, dry_run: bool = False, spark: SparkSession | N
     configure_tracking(cfg)
     client = MlflowClient()
     now = datetime.now(UTC)
-    fired, checks, blocked, champion = evaluate_triggers(spark, cfg, client, now)
+    try:
+        fired, checks, blocked, champion = evaluate_triggers(spark, cfg, client, now)
+    except DeltamlError:
+        raise
+    except Exception as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise StepFailedError(f"retrain: reading the triggers failed: {type(exc).__name__}: {first[:300]}") from exc
     for check, seen in checks.items():
         LOG.info("retrain check %s: %s", check, seen)
     if dry_run:
@@ -173,7 +195,13 @@ def retrain(loaded: LoadedConfig, dry_run: bool = False, spark: SparkSession | N
         decision = RetrainDecision(now, fired, checks, "cooldown", champion, notes=blocked)
     else:
         LOG.info("retraining: %s", "; ".join(fired))
-        outcome = run_pipeline(loaded, spark=spark)
+        try:
+            outcome = run_pipeline(loaded, spark=spark)
+        except Exception as exc:
+            # Recorded, so the cooldown also spaces out retries of a training that keeps failing.
+            reason = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+            _record(spark, cfg, RetrainDecision(now, fired, checks, "failed", champion, notes=[reason]))
+            raise
         after = int(client.get_model_version_by_alias(cfg.mlflow.registered_model, CHAMPION).version)
         decision = RetrainDecision(
             now,

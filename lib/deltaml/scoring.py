@@ -130,9 +130,13 @@ def score_frame(
 
 
 def input_hash(key: str, columns: Sequence[str]) -> Column:
-    """A 64-bit hash of a row's key and ``columns`` (in name order, so reordering the config changes nothing)."""
+    """A 64-bit hash of a row's key and ``columns`` (in name order, so reordering the config changes nothing).
+
+    Each column's null flag is hashed too: xxhash64 skips null values, so without the flags
+    ``(a=null, b=5)`` and ``(a=5, b=null)`` would hash alike.
+    """
     names = sorted({key, *columns})
-    return F.xxhash64(*[F.col(f"`{c}`") for c in names])
+    return F.xxhash64(*[F.col(f"`{c}`") for c in names], *[F.isnull(F.col(f"`{c}`")) for c in names])
 
 
 @dataclass(frozen=True)
@@ -286,12 +290,21 @@ def _plan_rows(
                 exc.getMessage().splitlines()[0],
             )
     if INPUT_HASH_COL in stored.columns:
-        seen = stored.select(F.col(key), F.col(INPUT_HASH_COL).alias("_input_hash"))
+        # Against each key's latest prediction only: a row whose values change and then change back is
+        # scored again, so the newest prediction per key always matches the row's current values.
+        newest_first = Window.partitionBy(key).orderBy(F.col("scored_at").desc(), F.col(BATCH_COL).desc())
+        seen = (
+            stored.withColumn("_rank", F.row_number().over(newest_first))
+            .where("_rank = 1")
+            .select(F.col(key), F.col(INPUT_HASH_COL).alias("_input_hash"))
+        )
         candidates = candidates.withColumn("_input_hash", input_hash(key, hashed)).join(
             seen, [key, "_input_hash"], "left_anti"
         )
         candidates = candidates.drop("_input_hash")
     batch = f"v{source_version}"
+    if candidates.isEmpty():
+        return ScoringPlan(None, "", f"no {how}", previous_models=models)
     return ScoringPlan(
         candidates,
         f"{where_source} AND {sql_in(BATCH_COL, [batch])}",
@@ -396,9 +409,10 @@ def sync_serving(spark: SparkSession, predictions: Table, serving: Table, key: s
     newer, _ = read_table(spark, predictions, "score")
     if table_exists(spark, serving):
         served, _ = read_table(spark, serving, "score")
-        since = served.agg(F.max("scored_at").alias("t")).first()
-        if since is not None and since["t"] is not None:
-            newer = newer.where(F.col("scored_at") > F.lit(since["t"]))
+        # Compared in Spark: a timestamp collected to Python can shift in a driver's repeated DST hour.
+        since = served.agg(F.max("scored_at").alias("_since"))
+        newer = newer.join(F.broadcast(since), F.col("_since").isNull() | (F.col("scored_at") > F.col("_since")))
+        newer = newer.drop("_since")
     latest_first = Window.partitionBy(key).orderBy(F.col("scored_at").desc(), F.col(BATCH_COL).desc())
     latest = newer.withColumn("_rank", F.row_number().over(latest_first)).where("_rank = 1").drop("_rank")
     if latest.isEmpty():

@@ -450,6 +450,8 @@ class TrialTaskInfo:
         data_reused: Whether this worker already held the arrays from an earlier trial.
         fit_seconds: Time to fit the estimator.
         seconds: The whole task, fit and validation metrics included.
+        workdir: The Python worker's working directory, which tells executors on one host apart
+            (on a standalone worker ``<work dir>/<app id>/<executor id>``, on YARN the container's folder).
     """
 
     host: str
@@ -462,6 +464,7 @@ class TrialTaskInfo:
     data_reused: bool
     fit_seconds: float
     seconds: float
+    workdir: str = ""
 
 
 @dataclass(frozen=True)
@@ -610,6 +613,7 @@ def _run_trial_task(
         data_reused=reused,
         fit_seconds=fit_seconds,
         seconds=time.perf_counter() - started,
+        workdir=os.getcwd(),
     )
     return _TaskSuccess(model, metrics, info)
 

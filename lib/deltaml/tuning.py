@@ -108,6 +108,7 @@ class TrialLogger:
             tags["deltaml.trial_host"] = str(info.host)
             tags["deltaml.trial_pid"] = str(info.pid)
             tags["deltaml.trial_task_attempt"] = str(info.task_attempt_id)
+            tags["deltaml.trial_workdir"] = str(info.workdir)
         with self._lock:  # the tracking store is shared; one writer at a time keeps SQLite happy
             run = self._client.create_run(self._experiment, tags=tags)
             now = int(time.time() * 1000)
