@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.deltaml-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-monitor demo-flights demo-penguins demo-diamonds test test-fast lint zip clean
+.PHONY: setup demo demo-monitor demo-flights demo-penguins demo-diamonds test test-fast lint zip clean cluster-up cluster-down
 
 setup: $(STAMP)
 	$(BIN)/deltaml setup-jars
@@ -57,3 +57,11 @@ zip: $(STAMP)
 
 clean:
 	rm -rf .deltaml dist
+
+# A Spark standalone cluster (master + two 1-core, 2g workers) and an MLflow server on 127.0.0.1, from the
+# installed pyspark and mlflow; `cluster-up` prints the URLs to export, `cluster-down` stops exactly what it started.
+cluster-up: setup
+	$(BIN)/python -m tests.cluster up
+
+cluster-down:
+	$(BIN)/python -m tests.cluster down

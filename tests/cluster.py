@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +100,7 @@ class Started:
 
     def to_json(self) -> dict[str, Any]:
         """The fields worth keeping in the state file."""
-        data = asdict(self)
-        data.pop("_popen")
-        return data
+        return {"name": self.name, "pid": self.pid, "marker": self.marker, "log": self.log}
 
 
 def spawn(name: str, command: Sequence[str], log: Path, env: dict[str, str], marker: str) -> Started:
@@ -432,9 +430,9 @@ class Submission:
 
     def events(self) -> list[dict[str, Any]]:
         """The Spark listener events of the application (its event log, one JSON object a line)."""
-        logs = sorted(self.event_dir.iterdir())
-        if len(logs) != 1:
-            raise AssertionError(f"expected one event log in {self.event_dir}, found {[p.name for p in logs]}")
+        logs = [p for p in sorted(self.event_dir.iterdir()) if not p.name.startswith(".")]
+        if len(logs) != 1 or not logs[0].is_file():
+            raise AssertionError(f"expected one event log file in {self.event_dir}, found {[p.name for p in logs]}")
         return [json.loads(line) for line in logs[0].read_text().splitlines() if line.strip()]
 
 
@@ -447,6 +445,7 @@ def spark_submit(
     log: Path,
     env: dict[str, str],
     executor_memory: str = "1g",
+    conf: dict[str, str] | None = None,
 ) -> Submission:
     """Submit ``jobs/<job>`` to the cluster in client mode with the package .zip and set-up's Delta jars.
 
@@ -472,6 +471,11 @@ def spark_submit(
         "spark.eventLog.enabled=true",
         "--conf",
         f"spark.eventLog.dir={event_dir.as_uri()}",
+        "--conf",
+        "spark.eventLog.compress=false",
+        "--conf",
+        "spark.eventLog.rolling.enabled=false",
+        *(arg for key, value in (conf or {}).items() for arg in ("--conf", f"{key}={value}")),
         "--jars",
         ",".join(str(p) for p in check_delta_jars()),
         "--py-files",
