@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +145,24 @@ def model_signature(df: DataFrame, columns: list[str]) -> ModelSignature:
         specs.append(ColSpec(mlflow_type, column, required=False))
     outputs = Schema([ColSpec("double", "prediction")])
     return ModelSignature(inputs=Schema(specs), outputs=outputs)
+
+
+def package_folder(scratch: Path) -> Path:
+    """deltaml's own folder, for a logged model's ``code_paths``.
+
+    Under spark-submit the package is imported from the ``--py-files`` .zip, where MLflow cannot
+    copy it from; it is then extracted from the archive into ``scratch`` first.
+    """
+    package = Path(deltaml.__file__).parent
+    if package.is_dir():
+        return package
+    archive = next((p for p in package.parents if p.is_file() and zipfile.is_zipfile(p)), None)
+    if archive is None:
+        raise StepInputError(f"step 'fit': cannot find the deltaml package folder or archive of {package}")
+    inner = package.relative_to(archive).as_posix()
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(scratch, [n for n in zipped.namelist() if n.startswith(f"{inner}/")])
+    return scratch / inner
 
 
 def model_requirements(single_node: bool = False) -> list[str]:
@@ -326,16 +346,17 @@ def run_fit(ctx: StepContext) -> StepResult:
             df.unpersist()
     metric = cfg.tuning_metric
     _log_leaderboard(results, metric)
-    info = mlflow.spark.log_model(
-        final,
-        artifact_path=MODEL_ARTIFACT,
-        signature=model_signature(data, cfg.features.columns),
-        input_example=example,
-        pip_requirements=model_requirements(winner.family in SINGLE_NODE_FAMILIES),
-        # The pipeline's cleaning stages are deltaml classes: the model carries their code, so
-        # it loads wherever MLflow does, with or without deltaml installed.
-        code_paths=[str(Path(deltaml.__file__).parent)],
-    )
+    with tempfile.TemporaryDirectory(prefix="deltaml-code-") as scratch:
+        info = mlflow.spark.log_model(
+            final,
+            artifact_path=MODEL_ARTIFACT,
+            signature=model_signature(data, cfg.features.columns),
+            input_example=example,
+            pip_requirements=model_requirements(winner.family in SINGLE_NODE_FAMILIES),
+            # The pipeline's cleaning stages are deltaml classes: the model carries their code, so
+            # it loads wherever MLflow does, with or without deltaml installed.
+            code_paths=[str(package_folder(Path(scratch)))],
+        )
     ctx.outputs.update(
         model=final,
         model_uri=info.model_uri,
