@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -13,6 +14,9 @@ from typing import Any
 
 import mlflow
 import yaml
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking.fluent import ActiveRun
 from pyspark.sql import SparkSession
 
 from deltaml import __version__
@@ -90,13 +94,21 @@ def run_pipeline(
     if cfg.contract is None and not steps:
         chosen.remove("validate")
     spark = spark or get_spark(cfg)
+    try:
+        return _run_steps(loaded, chosen, spark)
+    except MlflowException as exc:  # the tracking server is unreachable, say; its message is one line
+        raise StepFailedError(f"pipeline {cfg.name}: MLflow failed: {_first_line(exc)[:500]}") from exc
+
+
+def _run_steps(loaded: LoadedConfig, chosen: list[str], spark: SparkSession) -> PipelineOutcome:
+    cfg = loaded.pipeline
     configure_tracking(cfg)
     sha = git_sha()
     ctx = StepContext(spark=spark, loaded=loaded, outputs={"git_sha": sha})
     run_name = f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
     tags = {TAG_PIPELINE: cfg.name, TAG_CONFIG_HASH: loaded.config_hash, TAG_GIT_SHA: sha, TAG_VERSION: __version__}
     LOG.info("pipeline %s: steps %s (config hash %s)", cfg.name, ", ".join(chosen), loaded.config_hash)
-    with mlflow.start_run(run_name=run_name, tags={**tags, TAG_STEP: "pipeline"}) as parent:
+    with _tracked_run(run_name=run_name, tags={**tags, TAG_STEP: "pipeline"}) as parent:
         _log_config(loaded)
         mlflow.log_params({f"package.{k}": v for k, v in package_versions().items()})
         outcome = PipelineOutcome(run_id=parent.info.run_id)
@@ -112,21 +124,50 @@ def run_pipeline(
 def _run_step(name: str, function: StepFunction, ctx: StepContext, tags: dict[str, str]) -> tuple[StepResult, float]:
     LOG.info("[%s] started", name)
     started = time.perf_counter()
-    with mlflow.start_run(run_name=name, nested=True, tags={**tags, TAG_STEP: name}):
+    with _tracked_run(run_name=name, nested=True, tags={**tags, TAG_STEP: name}):
         try:
             result = function(ctx)
         except DeltamlError:
             raise
         except Exception as exc:
             # Spark, Delta and MLflow errors run to pages of JVM trace; keep one line, chain the rest.
-            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
             LOG.debug("step %s failed", name, exc_info=True)
-            raise StepFailedError(f"step '{name}' failed: {type(exc).__name__}: {first[:500]}") from exc
+            raise StepFailedError(f"step '{name}' failed: {type(exc).__name__}: {_first_line(exc)[:500]}") from exc
         seconds = time.perf_counter() - started
         mlflow.log_metrics({**result.metrics, "seconds": seconds})
         mlflow.set_tags({f"deltaml.{k}": v for k, v in result.tags.items()})
     LOG.info("[%s] done in %.1fs: %s", name, seconds, result.summary)
     return result, seconds
+
+
+@contextmanager
+def _tracked_run(**kwargs: Any) -> Iterator[ActiveRun]:
+    """``mlflow.start_run``, except that failing to mark the run FAILED never hides the error that failed it.
+
+    With the tracking server gone, ending the run fails as well; that second error would replace
+    the first (and its one-line message) as the one the command reports.
+    """
+    run = mlflow.start_run(**kwargs)
+
+    def still_active() -> bool:
+        active = mlflow.active_run()
+        return active is not None and active.info.run_id == run.info.run_id
+
+    try:
+        yield run
+    except BaseException:
+        try:
+            if still_active():
+                mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        except Exception as exc:  # MLflow pops the run from its stack before it calls the server
+            LOG.warning("could not mark MLflow run %s FAILED: %s", run.info.run_id, _first_line(exc)[:300])
+        raise
+    if still_active():
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def _log_config(loaded: LoadedConfig) -> None:
