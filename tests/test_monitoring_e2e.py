@@ -135,13 +135,19 @@ def test_monitor_flags_exactly_the_shifted_features_and_retraining_follows(
     assert int(MlflowClient().get_model_version_by_alias("telco_churn", "champion").version) == 1
     done = retrain(load_config(trained), spark=spark)
     assert (done.action, done.new_version, done.promoted, done.champion_after) == ("retrained", 2, True, 2)
-    held = retrain(load_config(trained, overrides=["retrain.cooldown_hours=1"]), spark=spark)
+    # The drift was measured on version 1's predictions, so it no longer counts for champion version 2.
+    after = retrain(load_config(trained), dry_run=True, spark=spark)
+    assert after.fired == [] and after.checks["drift_share"] == "no monitoring yet"
+    # Version 2 is older than a tiny max age, but the one-hour cooldown holds the retraining back.
+    policy = ["retrain.max_age_days=0.000001", "retrain.cooldown_hours=1"]
+    held = retrain(load_config(trained, overrides=policy), spark=spark)
+    assert held.fired[0].startswith("champion v2 is 0.0 days old")
     assert held.action == "cooldown" and "cooldown: the last training (or failed retraining) was" in held.notes[0]
     assert len(MlflowClient().search_model_versions("name = 'telco_churn'")) == 2
     # The retrain notebook, as the bundle's job would run it, in dry-run mode.
     notebook = run_notebook("retrain.py", conf=str(trained), env="", overrides="", dry_run="true")
     assert notebook["decision"].action == "dry_run"
     log = _load(spark, trained, RETRAINING).orderBy("decided_at").collect()
-    assert [r["action"] for r in log] == ["no_trigger", "dry_run", "retrained", "cooldown", "dry_run"]
-    assert [r["new_version"] for r in log] == [None, None, 2, None, None]
+    assert [r["action"] for r in log] == ["no_trigger", "dry_run", "retrained", "dry_run", "cooldown", "dry_run"]
+    assert [r["new_version"] for r in log] == [None, None, 2, None, None, None]
     assert len(MlflowClient().search_model_versions("name = 'telco_churn'")) == 2
