@@ -94,8 +94,10 @@ class Started:
 
     def running(self) -> bool:
         """Whether the process runs (not a zombie) and is still the command that was started."""
-        if self._popen is not None and self._popen.poll() is not None:
-            return False
+        if self._popen is not None:
+            # Our own child cannot be replaced by another process before it is reaped; and just after
+            # exec its /proc cmdline can read empty, so the marker would wrongly say it is gone.
+            return self._popen.poll() is None
         return process_state(self.pid, self.marker) not in (None, "Z")
 
     def to_json(self) -> dict[str, Any]:
