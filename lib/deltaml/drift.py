@@ -482,7 +482,7 @@ def compare(
             for metric in order
             if metric in values
         ]
-    LOG.info("drift of %d current rows against %d reference rows: %d features", rows, reference.rows, len(names))
+    LOG.info("drift of %d current rows against %d reference rows: %d column(s)", rows, reference.rows, len(names))
     return metrics
 
 

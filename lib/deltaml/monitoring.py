@@ -370,7 +370,7 @@ def run_monitor(ctx: StepContext) -> StepResult:
     flagged = sorted(f for f, d in drifted.items() if d and f != PREDICTIONS_FEATURE)
     decay = next((p for p in performance if p["metric"].endswith("_decay")), None)
     summary = (
-        f"{window.count} predictions ({window.description}, model v{window.model_version}): "
+        f"{window.count} predictions ({window.description}): "
         f"{len(flagged)} of {len([f for f in drifted if f != PREDICTIONS_FEATURE])} features drifted "
         f"({share:.0%}{', window drifted' if window_drifted else ''})"
         + (f": {', '.join(flagged)}" if flagged else "")
@@ -450,7 +450,7 @@ def _log_to_mlflow(
     for label, profile, current in chosen:
         bins, shares = current_shares(profile, current)
         overlays.append((label, bins, reference_shares(profile, len(bins)), shares))
-    title = f"{cfg.name}: drift of {window.description} against model v{window.model_version}"
+    title = f"{cfg.name}: drift of {window.description} against its training profile"
     with tempfile.TemporaryDirectory() as tmp:
         write_drift_report(Path(tmp), title=title, rows=rows, share=share, overlays=overlays)
         mlflow.log_artifacts(tmp, artifact_path="drift")
