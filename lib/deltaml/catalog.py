@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 
 from deltaml.config import SourceConfig, TableRef
 from deltaml.errors import StepInputError
+from deltaml.lineage import record
 
 LOG = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ def _last_write(spark: SparkSession, table: Table) -> WriteResult:
     row = _delta_table(spark, table).history(1).select("version", "operationMetrics").first()
     assert row is not None
     metrics = row["operationMetrics"] or {}
+    record(str(table), int(row["version"]), "write")
     return WriteResult(int(row["version"]), int(metrics.get("numOutputRows", 0)))
 
 
@@ -100,6 +102,7 @@ def read_table(spark: SparkSession, table: Table, step: str, version: int | None
     read_version = table_version(spark, table) if version is None else version
     reader = spark.read.format("delta").option("versionAsOf", read_version)
     df = reader.load(table.ref) if table.is_path else reader.table(table.ref)
+    record(str(table), read_version, "read")
     return df, read_version
 
 
@@ -207,6 +210,7 @@ def upsert_latest(spark: SparkSession, df: DataFrame, table: Table, key: str, or
     assert row is not None
     metrics = row["operationMetrics"] or {}
     changed = int(metrics.get("numTargetRowsInserted", 0)) + int(metrics.get("numTargetRowsUpdated", 0))
+    record(str(table), int(row["version"]), "write")
     return WriteResult(int(row["version"]), changed)
 
 

@@ -68,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--dry-run", action="store_true", help="evaluate and record the decision, train nothing")
     _add_config_options(retrain)
 
+    lineage = commands.add_parser(
+        "lineage",
+        help="what a registered model version was trained on: tables and versions, config, seed, packages",
+        description="Print the manifest of the pipeline run that trained NAME version N.",
+    )
+    lineage.add_argument("name", metavar="NAME", help="registered model name, e.g. telco_churn")
+    lineage.add_argument("--version", dest="model_version", type=int, required=True, metavar="N")
+    _add_registry_options(lineage)
+
     jars = commands.add_parser(
         "setup-jars", help="fetch the Delta Lake jars into ~/.m2 with Maven (run by `make setup`)"
     )
@@ -156,6 +165,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command in ("promote", "rollback"):
         return _move_champion(args)
+    if args.command == "lineage":
+        return _print_lineage(args)
 
     overrides = [*args.overrides, *(["score.mode=full"] if getattr(args, "full", False) else [])]
     loaded = load_config(args.config, env=args.env, overrides=overrides)
@@ -205,6 +216,19 @@ def _move_champion(args: argparse.Namespace) -> int:
     except MlflowException as exc:
         first = next((line.strip() for line in exc.message.splitlines() if line.strip()), type(exc).__name__)
         raise StepFailedError(f"{args.command} {args.name}: MLflow failed at {_safe_uri(uri)}: {first[:300]}") from exc
+    return 0
+
+
+def _print_lineage(args: argparse.Namespace) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from deltaml.lineage import model_lineage, render_lineage
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = _registry_uri(args)
+    client = MlflowClient(tracking_uri=uri, registry_uri=None if uri.startswith("databricks") else uri)
+    print(render_lineage(model_lineage(client, args.name, args.model_version)))
     return 0
 
 

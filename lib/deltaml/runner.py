@@ -25,6 +25,14 @@ from deltaml.context import DEFAULT_STEPS, STEP_NAMES, StepContext, StepResult
 from deltaml.errors import DeltamlError, StepFailedError
 from deltaml.evaluation import run_evaluate
 from deltaml.ingest import run_ingest
+from deltaml.lineage import (
+    MANIFEST_ARTIFACT,
+    STEP_LINEAGE_ARTIFACT,
+    TableAccess,
+    build_manifest,
+    recording,
+    step_lineage,
+)
 from deltaml.monitoring import run_monitor
 from deltaml.registry import run_register
 from deltaml.scoring import run_score
@@ -112,8 +120,24 @@ def _run_steps(loaded: LoadedConfig, chosen: list[str], spark: SparkSession) -> 
         _log_config(loaded)
         mlflow.log_params({f"package.{k}": v for k, v in package_versions().items()})
         outcome = PipelineOutcome(run_id=parent.info.run_id)
+        packages = package_versions()
+        accessed: dict[str, list[TableAccess]] = {}
         for name in chosen:
-            outcome.results[name], outcome.seconds[name] = _run_step(name, STEPS[name], ctx, tags)
+            with recording() as accesses:
+                outcome.results[name], outcome.seconds[name] = _run_step(name, STEPS[name], ctx, tags, accesses)
+            accessed[name] = accesses
+            # Rewritten after every step, so a run that fails later still says what it read and wrote.
+            mlflow.log_dict(
+                build_manifest(
+                    accessed,
+                    config_hash=loaded.config_hash,
+                    effective_config=loaded.effective,
+                    seed=cfg.seed,
+                    packages=packages,
+                    git_sha=sha,
+                ),
+                MANIFEST_ARTIFACT,
+            )
         mlflow.log_metrics({f"seconds_{k}": v for k, v in outcome.seconds.items()})
     outcome.outputs = ctx.outputs
     total = sum(outcome.seconds.values())
@@ -121,7 +145,9 @@ def _run_steps(loaded: LoadedConfig, chosen: list[str], spark: SparkSession) -> 
     return outcome
 
 
-def _run_step(name: str, function: StepFunction, ctx: StepContext, tags: dict[str, str]) -> tuple[StepResult, float]:
+def _run_step(
+    name: str, function: StepFunction, ctx: StepContext, tags: dict[str, str], accesses: list[TableAccess]
+) -> tuple[StepResult, float]:
     LOG.info("[%s] started", name)
     started = time.perf_counter()
     with _tracked_run(run_name=name, nested=True, tags={**tags, TAG_STEP: name}):
@@ -136,6 +162,7 @@ def _run_step(name: str, function: StepFunction, ctx: StepContext, tags: dict[st
         seconds = time.perf_counter() - started
         mlflow.log_metrics({**result.metrics, "seconds": seconds})
         mlflow.set_tags({f"deltaml.{k}": v for k, v in result.tags.items()})
+        mlflow.log_dict(step_lineage(accesses), STEP_LINEAGE_ARTIFACT)
     LOG.info("[%s] done in %.1fs: %s", name, seconds, result.summary)
     return result, seconds
 
