@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 
 RAW = "warehouse/bronze/telco_churn"
 PREDICTIONS = "warehouse/gold/telco_churn_predictions"
+SPLIT = "warehouse/silver/telco_churn_split"
 
 
 def _rows(spark: SparkSession, path: Path, column: str) -> tuple[int, int]:
@@ -94,7 +95,7 @@ def _step_runs(parent_run_id: str) -> dict[str, mlflow.entities.Run]:
 
 
 def test_run_twice_registers_champions_and_never_duplicates_predictions(
-    spark: SparkSession, telco_conf: Path, tmp_path: Path
+    spark: SparkSession, telco_conf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     state = tmp_path / "state"
     assert main(["run", str(telco_conf)]) == 0
@@ -143,6 +144,14 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     report = {a.path for a in client.list_artifacts(steps["evaluate"].info.run_id, "report")}
     assert {"report/report.html", "report/roc.png", "report/feature_importance.png"} <= report
     assert steps["register"].data.tags["deltaml.gate_decision"] == "promoted"
+
+    # Lineage: the version names the tables and versions every step read and wrote, and its config.
+    capsys.readouterr()
+    assert main(["lineage", "telco_churn", "--version", "1", "--conf", str(telco_conf)]) == 0
+    printed = capsys.readouterr().out
+    assert f"telco_churn version 1: trained by pipeline run {parent.info.run_id}" in printed
+    assert f"  split: read {state / 'warehouse/silver/telco_churn_clean'} v0; wrote {state / SPLIT} v0" in printed
+    assert f"config hash {load_config(telco_conf).config_hash}, seed 42" in printed
     assert client.get_model_version_by_alias("telco_churn", "challenger").version == 1
 
     # Second run, through the Databricks train notebook: ingest replaces the same source batch, and
