@@ -50,9 +50,10 @@ def record(table: str, version: int, kind: Literal["read", "write"]) -> None:
 
 
 def step_lineage(accesses: list[TableAccess]) -> dict[str, list[dict[str, Any]]]:
-    """A step's inputs and outputs as JSON-ready lists."""
+    """A step's inputs and outputs as JSON-ready lists (reading back a version the step wrote is not an input)."""
+    written = {(a.table, a.version) for a in accesses if a.kind == "write"}
     return {
-        "inputs": [asdict(a) for a in accesses if a.kind == "read"],
+        "inputs": [asdict(a) for a in accesses if a.kind == "read" and (a.table, a.version) not in written],
         "outputs": [asdict(a) for a in accesses if a.kind == "write"],
     }
 
