@@ -29,7 +29,7 @@ from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from deltaml.catalog import Table, read_table, recorded_table, replace_rows, resolve_table, sql_literal, table_exists
+from deltaml.catalog import read_table, recorded_table, replace_rows, resolve_table, sql_literal
 from deltaml.config import PipelineConfig
 from deltaml.context import StepContext, StepResult
 from deltaml.drift import CategoricalProfile, DriftMetric, NumericProfile, Profile, build_profile, compare
@@ -507,10 +507,3 @@ def reference_shares(profile: NumericProfile | CategoricalProfile, size: int) ->
     total = sum(counts) or 1
     shares = [c / total for c in counts]
     return shares + [0.0] * (size - len(shares))
-
-
-def monitoring_state(spark: SparkSession, table: Table) -> DataFrame | None:
-    """The monitoring table, or None before the first monitor run."""
-    if not table_exists(spark, table):
-        return None
-    return read_table(spark, table, "retrain")[0]
