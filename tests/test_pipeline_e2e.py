@@ -154,9 +154,14 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     assert f"config hash {load_config(telco_conf).config_hash}, seed 42" in printed
     assert client.get_model_version_by_alias("telco_churn", "challenger").version == 1
 
-    # Second run, through the Databricks train notebook: ingest replaces the same source batch, and
-    # scoring is incremental: the rewritten clean batch holds the same rows, so nothing is rescored.
-    run_notebook("train.py", conf=str(telco_conf), env="", overrides="")
+    # Second run, through the Databricks train notebook: nothing changed, so every step is reused.
+    outcome = run_notebook("train.py", conf=str(telco_conf), env="", overrides="")["outcome"]
+    assert outcome.reused == {name: run.info.run_id for name, run in steps.items()}
+    assert client.get_model_version_by_alias("telco_churn", "champion").version == 1
+
+    # Forcing training: ingest, validate and split are still reused; the refit model is version 2,
+    # and scoring is incremental: the clean table is the same version, so nothing is rescored.
+    assert main(["run", str(telco_conf), "--force-step", "fit"]) == 0
     assert client.get_model_version_by_alias("telco_churn", "champion").version == 2
     assert _rows(spark, state / RAW, "customer_id") == (7043, 7043)
     assert _rows(spark, state / PREDICTIONS, "customer_id") == (7043, 7043)

