@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from deltaml.config import SourceConfig, TableRef
 from deltaml.errors import StepInputError
-from deltaml.lineage import record
+from deltaml.lineage import pinned, record
 
 LOG = logging.getLogger(__name__)
 
@@ -99,9 +99,21 @@ def read_table(spark: SparkSession, table: Table, step: str, version: int | None
             f"step '{step}': input Delta table {table} does not exist; run the step that writes it first "
             "(e.g. `deltaml run CONF` for the whole pipeline)"
         )
-    read_version = table_version(spark, table) if version is None else version
+    if version is None:
+        version = pinned(str(table))
+    latest = table_version(spark, table)
+    read_version = latest if version is None else version
     reader = spark.read.format("delta").option("versionAsOf", read_version)
-    df = reader.load(table.ref) if table.is_path else reader.table(table.ref)
+    try:
+        df = reader.load(table.ref) if table.is_path else reader.table(table.ref)
+    except AnalysisException as exc:
+        if version is None:
+            raise
+        first = exc.getMessage().splitlines()[0][:200]
+        raise StepInputError(
+            f"step '{step}': cannot read {table} at version {version} (latest is {latest}): {first}; "
+            "the version was vacuumed or never existed"
+        ) from None
     record(str(table), read_version, "read")
     return df, read_version
 

@@ -28,6 +28,23 @@ class TableAccess:
 
 
 _CURRENT: ContextVar[list[TableAccess] | None] = ContextVar("deltaml_lineage", default=None)
+_PINS: ContextVar[dict[str, int] | None] = ContextVar("deltaml_pins", default=None)
+
+
+@contextmanager
+def pinned_versions(pins: dict[str, int]) -> Iterator[None]:
+    """Within this context, a read of a table named here (``str(table)``) without a version reads the pinned one."""
+    token = _PINS.set(dict(pins))
+    try:
+        yield
+    finally:
+        _PINS.reset(token)
+
+
+def pinned(table: str) -> int | None:
+    """The version :func:`pinned_versions` pins ``table`` to, if any."""
+    pins = _PINS.get()
+    return None if pins is None else pins.get(table)
 
 
 @contextmanager
@@ -66,11 +83,13 @@ def build_manifest(
     seed: int,
     packages: dict[str, str],
     git_sha: str,
+    state_path: str = "",
 ) -> dict[str, Any]:
     """The pipeline run's manifest: per step its tables and versions, and what produced them."""
     return {
         "version": 1,
         "config_hash": config_hash,
+        "state_path": state_path,
         "seed": seed,
         "git_sha": git_sha,
         "packages": packages,
