@@ -72,6 +72,10 @@ def test_a_record_is_stale_once_an_input_moves_or_someone_else_writes_an_output(
         inputs=[TableAccess(str(target), 0, "read")], outputs=[TableAccess(str(target), 1, "write")], restore={}
     )
     assert _changed(spark, client, both, "m") == ""
+    # A version the step chose (a pin: time travel) stays valid when the table moves on.
+    pinned = CacheRecord(inputs=[TableAccess(str(source), 0, "read", as_of=True)], outputs=[])
+    assert CacheRecord.from_tag(pinned.to_tag()).inputs[0].as_of
+    assert _changed(spark, client, CacheRecord.from_tag(pinned.to_tag()), "m") == ""
     # A deleted output table is stale too.
     missing = CacheRecord(inputs=[], outputs=[TableAccess(str(tmp_path / "gone"), 0, "write")])
     assert _changed(spark, client, missing, "m") == f"output {tmp_path / 'gone'} no longer exists"

@@ -34,7 +34,7 @@ from deltaml import __version__
 from deltaml.catalog import Table, recorded_table, table_exists, table_version
 from deltaml.config import SourceConfig
 from deltaml.context import StepContext
-from deltaml.lineage import TableAccess, step_lineage
+from deltaml.lineage import TableAccess
 
 LOG = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class CacheRecord:
     def to_tag(self) -> str:
         """The record as a JSON tag value (the leaderboard is dropped if the whole would exceed MLflow's limit)."""
         data = {
-            "inputs": [[a.table, a.version] for a in self.inputs],
+            "inputs": [[a.table, a.version, a.as_of] for a in self.inputs],
             "outputs": [[a.table, a.version] for a in self.outputs],
             "restore": self.restore,
             "champion": self.champion,
@@ -94,7 +94,7 @@ class CacheRecord:
         """Parse :meth:`to_tag`'s output."""
         data = json.loads(text)
         return cls(
-            inputs=[TableAccess(t, int(v), "read") for t, v in data["inputs"]],
+            inputs=[TableAccess(t, int(v), "read", bool(rest and rest[0])) for t, v, *rest in data["inputs"]],
             outputs=[TableAccess(t, int(v), "write") for t, v in data["outputs"]],
             restore=data.get("restore") or {},
             champion=data.get("champion"),
@@ -236,7 +236,8 @@ def _changed(spark: SparkSession, client: MlflowClient, record: CacheRecord, mod
     written = {a.table for a in record.outputs}
     latest_read: dict[str, int] = {}
     for access in record.inputs:
-        if access.table not in written:
+        # A version the step chose to read (a pin) stays what it read whatever the table's latest is.
+        if access.table not in written and not access.as_of:
             latest_read[access.table] = max(access.version, latest_read.get(access.table, -1))
     for table, version in latest_read.items():
         now = _version_now(spark, table)
@@ -275,10 +276,10 @@ def champion_version(client: MlflowClient, name: str, alias: str = "champion") -
 
 def record_of(name: str, accesses: list[TableAccess], outputs: dict[str, Any], champion: int | None) -> CacheRecord:
     """What to store for a finished step: its lineage and the outputs later steps take from it."""
-    lineage = step_lineage(accesses)
+    written = {(a.table, a.version) for a in accesses if a.kind == "write"}
     return CacheRecord(
-        inputs=[TableAccess(a["table"], a["version"], "read") for a in lineage["inputs"]],
-        outputs=[TableAccess(a["table"], a["version"], "write") for a in lineage["outputs"]],
+        inputs=[a for a in accesses if a.kind == "read" and (a.table, a.version) not in written],
+        outputs=[a for a in accesses if a.kind == "write"],
         restore={k: outputs[k] for k in RESTORED.get(name, ()) if k in outputs},
         champion=champion,
     )

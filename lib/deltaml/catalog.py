@@ -114,7 +114,7 @@ def read_table(spark: SparkSession, table: Table, step: str, version: int | None
             f"step '{step}': cannot read {table} at version {version} (latest is {latest}): {first}; "
             "the version was vacuumed or never existed"
         ) from None
-    record(str(table), read_version, "read")
+    record(str(table), read_version, "read", as_of=version is not None)
     return df, read_version
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 MANIFEST_ARTIFACT = "manifest.json"
@@ -20,11 +20,20 @@ STEP_LINEAGE_ARTIFACT = "lineage.json"
 
 @dataclass(frozen=True)
 class TableAccess:
-    """One Delta table read at a version, or written to produce one."""
+    """One Delta table read at a version, or written to produce one.
+
+    ``as_of`` marks a read of a version the caller chose (a pin, a recorded version) rather than the
+    latest: that read stays valid when the table moves on.
+    """
 
     table: str
     version: int
     kind: Literal["read", "write"]
+    as_of: bool = field(default=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The access as ``lineage.json`` lists it."""
+        return {"table": self.table, "version": self.version, "kind": self.kind}
 
 
 _CURRENT: ContextVar[list[TableAccess] | None] = ContextVar("deltaml_lineage", default=None)
@@ -58,10 +67,10 @@ def recording() -> Iterator[list[TableAccess]]:
         _CURRENT.reset(token)
 
 
-def record(table: str, version: int, kind: Literal["read", "write"]) -> None:
+def record(table: str, version: int, kind: Literal["read", "write"], as_of: bool = False) -> None:
     """Note a read or a write in the current recording (once per table, version and kind); no-op outside one."""
     accesses = _CURRENT.get()
-    access = TableAccess(table, int(version), kind)
+    access = TableAccess(table, int(version), kind, as_of)
     if accesses is not None and access not in accesses:
         accesses.append(access)
 
@@ -70,8 +79,8 @@ def step_lineage(accesses: list[TableAccess]) -> dict[str, list[dict[str, Any]]]
     """A step's inputs and outputs as JSON-ready lists (reading back a version the step wrote is not an input)."""
     written = {(a.table, a.version) for a in accesses if a.kind == "write"}
     return {
-        "inputs": [asdict(a) for a in accesses if a.kind == "read" and (a.table, a.version) not in written],
-        "outputs": [asdict(a) for a in accesses if a.kind == "write"],
+        "inputs": [a.as_dict() for a in accesses if a.kind == "read" and (a.table, a.version) not in written],
+        "outputs": [a.as_dict() for a in accesses if a.kind == "write"],
     }
 
 
