@@ -15,6 +15,7 @@ from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException, ParseException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from deltaml.config import SourceConfig, TableRef
 from deltaml.errors import StepInputError
@@ -112,6 +113,17 @@ def _require_table(spark: SparkSession, table: Table, step: str) -> None:
 def _load_version(spark: SparkSession, table: Table, version: int) -> DataFrame:
     reader = spark.read.format("delta").option("versionAsOf", version)
     return reader.load(table.ref) if table.is_path else reader.table(table.ref)
+
+
+def full_table_name(spark: SparkSession, table: Table) -> str:
+    """A catalog table's name with its catalog and schema (``spark_catalog.default.t`` for ``t``)."""
+    found = spark.catalog.getTable(table.ref)
+    return ".".join([found.catalog or "", *(found.namespace or []), found.name]).lstrip(".")
+
+
+def table_schema(spark: SparkSession, table: Table, version: int) -> StructType:
+    """The schema of a Delta table at ``version``, from its log (no data is read)."""
+    return _load_version(spark, table, version).schema
 
 
 def read_table_as_of(
