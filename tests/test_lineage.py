@@ -1,4 +1,5 @@
-"""Lineage: each step's Delta reads and writes with their versions, in its run and in the pipeline's manifest."""
+"""Lineage: each step's Delta reads and writes with their versions, in its run, its dataset inputs and the
+pipeline's manifest; and where a batch of predictions came from."""
 
 from __future__ import annotations
 
@@ -12,12 +13,26 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from deltaml import runner
 from deltaml.catalog import Table, read_table, replace_where
 from deltaml.cli import main
-from deltaml.context import StepContext, StepResult
-from deltaml.lineage import TableAccess, log_datasets, recording
+from deltaml.config import load_config
+from deltaml.context import StepContext, StepResult, resolve_tables
+from deltaml.errors import StepInputError
+from deltaml.lineage import (
+    MANIFEST_ARTIFACT,
+    TableAccess,
+    batch_lineage,
+    build_manifest,
+    log_datasets,
+    model_lineage,
+    recording,
+    render_batch_lineage,
+    render_lineage,
+)
+from deltaml.tracking import configure_tracking
 from tests.conftest import telco_config_dict, write_config
 
 
@@ -151,3 +166,137 @@ def test_log_datasets_warns_and_goes_on_when_a_dataset_cannot_be_logged(
     assert warnings[0] == "lineage: no active MLflow run; 2 input table(s) not logged as datasets"
     assert warnings[1].startswith(f"lineage: {gone} v0 not logged as an MLflow dataset: Py4JJavaError: ")
     assert len(warnings) == 2 and "\n" not in warnings[1]
+
+
+PREDICTIONS_SCHEMA = (
+    "id long, probability double, prediction double, model_name string, model_version int, source_table string, "
+    "source_version long, batch_id string, scored_at string"
+)
+
+
+def _predictions(spark: SparkSession, table: Table) -> None:
+    """A predictions table as the score step writes it: batch v3 scored from two sources, and batch 2026-01-02."""
+    rows = [
+        (1, 0.9, 1.0, "m", 1, "/data/a", 3, "v3", "2026-01-01 12:00:00"),
+        (2, 0.2, 0.0, "m", 1, "/data/a", 3, "v3", "2026-01-01 12:00:05"),
+        (1, 0.7, 1.0, "m", 2, "/data/b", 3, "v3", "2026-01-03 08:30:00"),
+        (3, 0.4, 0.0, "m", 2, "/data/a", 4, "2026-01-02", "2026-01-02 09:00:00"),
+    ]
+    df = spark.createDataFrame(rows, PREDICTIONS_SCHEMA).withColumn("scored_at", F.col("scored_at").cast("timestamp"))
+    df.write.format("delta").save(table.ref)
+
+
+BATCH_V3 = """\
+batch v3 of {table} (v0): 3 rows
+  2 rows scored by m version 1 from /data/a v3 at 2026-01-01 12:00:00Z to 2026-01-01 12:00:05Z
+  1 row scored by m version 2 from /data/b v3 at 2026-01-03 08:30:00Z"""
+
+
+def test_batch_lineage_says_which_model_versions_scored_a_batch_from_which_source_and_when(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    table = Table(str(tmp_path / "predictions"), is_path=True)
+    _predictions(spark, table)
+
+    batch = batch_lineage(spark, table, "v3")
+    assert batch == {
+        "table": str(table),
+        "version": 0,
+        "batch": "v3",
+        "rows": 3,
+        "scored": [
+            {
+                "model_name": "m",
+                "model_version": 1,
+                "source_table": "/data/a",
+                "source_version": 3,
+                "rows": 2,
+                "scored_from": "2026-01-01 12:00:00Z",
+                "scored_to": "2026-01-01 12:00:05Z",
+            },
+            {
+                "model_name": "m",
+                "model_version": 2,
+                "source_table": "/data/b",
+                "source_version": 3,
+                "rows": 1,
+                "scored_from": "2026-01-03 08:30:00Z",
+                "scored_to": "2026-01-03 08:30:00Z",
+            },
+        ],
+    }
+    assert render_batch_lineage(batch) == BATCH_V3.format(table=table)
+
+    with pytest.raises(
+        StepInputError,
+        match=rf"^lineage: no batch 'v9' in {table} v0; its latest batches: v3, 2026-01-02 \(2 in all\)$",
+    ):
+        batch_lineage(spark, table, "v9")
+    other = Table(str(tmp_path / "other"), is_path=True)
+    spark.createDataFrame([(1, "v3")], "id long, batch_id string").write.format("delta").save(other.ref)
+    with pytest.raises(StepInputError, match=r"has no column\(s\) \['model_name', 'model_version', 'source_table'"):
+        batch_lineage(spark, other, "v3")
+
+
+def test_cli_lineage_of_a_batch_prints_the_batch_then_each_model_version(
+    spark: SparkSession, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = write_config(
+        tmp_path / "p.yml",
+        {
+            "name": "p",
+            "state_dir": str(tmp_path / "state"),
+            "key": "id",
+            "source": {"kind": "parquet", "path": str(tmp_path / "unused")},
+            "tables": {"raw": {"path": "raw"}, "split": {"path": "split"}, "predictions": {"path": "gold/predictions"}},
+            "label": {"column": "outcome", "positive": "yes"},
+            "features": {"numeric": ["x"]},
+            "mlflow": {"experiment": "p", "registered_model": "m"},
+        },
+    )
+    cfg = load_config(conf).pipeline
+    table = resolve_tables(cfg).predictions
+    _predictions(spark, table)
+    # Version 1 was trained by a pipeline run with a manifest; version 2 by a run without one.
+    configure_tracking(cfg)
+    with mlflow.start_run() as pipeline:
+        manifest = build_manifest(
+            {"split": [TableAccess("/data/a", 3, "read"), TableAccess("/w/split", 0, "write")]},
+            config_hash="c0ffee",
+            effective_config={"name": "p"},
+            seed=7,
+            packages={"deltaml": "0.1"},
+            git_sha="",
+        )
+        mlflow.log_dict(manifest, MANIFEST_ARTIFACT)
+        with mlflow.start_run(nested=True) as fit:
+            pass
+    with mlflow.start_run() as bare:
+        pass
+    client = MlflowClient()
+    client.create_registered_model("m")
+    for run in (fit, bare):
+        client.create_model_version("m", source=str(tmp_path / "model"), run_id=run.info.run_id)
+    trained = render_lineage(model_lineage(client, "m", 1))
+    assert trained.startswith(f"m version 1: trained by pipeline run {pipeline.info.run_id}\n")
+
+    assert main(["lineage", str(conf), "--batch", "v3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    batch_part = BATCH_V3.format(table=table).splitlines()
+    assert out[: len(batch_part)] == batch_part
+    assert "\n".join(out[len(batch_part) : -1]) == trained
+    assert out[-1].startswith("lineage: m version 2 has no manifest (")
+
+    assert main(["lineage", str(conf), "--batch", "v9"]) == 4
+    err = capsys.readouterr().err
+    assert (
+        err == f"deltaml: error: lineage: no batch 'v9' in {table} v0; its latest batches: v3, 2026-01-02 (2 in all)\n"
+    )
+    assert main(["lineage", str(conf), "--batch", "v3", "--conf", str(conf)]) == 2
+    assert capsys.readouterr().err.endswith("CONF is the positional argument and names the registry too; drop --conf\n")
+    # The model form is unchanged.
+    assert main(["lineage", "m", "--version", "1", "--conf", str(conf)]) == 0
+    assert capsys.readouterr().out == trained + "\n"
+    with pytest.raises(SystemExit):
+        main(["lineage", "m"])
+    assert "one of the arguments --version --batch is required" in capsys.readouterr().err

@@ -3,7 +3,9 @@
 :mod:`deltaml.catalog` reports each read (the version read) and each write (the version it
 committed) to the recording that :func:`recording` opens around a step; the runner logs them as
 the step run's ``lineage.json`` and gathers them, with the effective config, its hash, the seed,
-package versions and the git sha, into the pipeline run's ``manifest.json``.
+package versions and the git sha, into the pipeline run's ``manifest.json``. :func:`log_datasets`
+lists a step's inputs as the step run's MLflow dataset inputs; :func:`batch_lineage` follows a batch
+of predictions back to the model versions that scored it and the source versions they read.
 """
 
 from __future__ import annotations
@@ -20,10 +22,16 @@ if TYPE_CHECKING:
     from mlflow.data.dataset import Dataset
     from pyspark.sql import SparkSession
 
+    from deltaml.catalog import Table
+
 LOG = logging.getLogger(__name__)
 
 MANIFEST_ARTIFACT = "manifest.json"
 STEP_LINEAGE_ARTIFACT = "lineage.json"
+# The columns the score step writes with every prediction that say where it came from (scoring.score_frame).
+PREDICTION_LINEAGE_COLUMNS = ("batch_id", "model_name", "model_version", "source_table", "source_version", "scored_at")
+# How many existing batches an unknown batch id's error names.
+BATCHES_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -207,4 +215,75 @@ def render_lineage(lineage: dict[str, Any]) -> str:
         lines.append(f"  {step}: read {reads}; wrote {writes}")
     lines.append("config:")
     lines += ["  " + line for line in yaml.safe_dump(lineage["config"], sort_keys=False).splitlines()]
+    return "\n".join(lines)
+
+
+def batch_lineage(spark: SparkSession, predictions: Table, batch_id: str) -> dict[str, Any]:
+    """Where one batch of a predictions table came from, from the lineage columns the score step writes.
+
+    Returns:
+        The table and the version read, the batch id, its row count, and under ``scored`` one entry
+        per model version and source it was scored from: ``model_name``, ``model_version``,
+        ``source_table``, ``source_version``, ``rows`` and the first and last ``scored_at`` (text, in
+        the session time zone).
+
+    Raises:
+        StepInputError: The table does not exist, lacks the lineage columns, or has no such batch (the
+            message names its latest batches).
+    """
+    from pyspark.sql import functions as F
+
+    from deltaml.catalog import read_table
+    from deltaml.errors import StepInputError
+
+    df, version = read_table(spark, predictions, "lineage")
+    missing = [c for c in PREDICTION_LINEAGE_COLUMNS if c not in df.columns]
+    if missing:
+        raise StepInputError(
+            f"lineage: {predictions} has no column(s) {missing}, so it is not a table the score step wrote; "
+            f"its columns are {df.columns}"
+        )
+    shown = "yyyy-MM-dd HH:mm:ssXXX"
+    groups = ["model_name", "model_version", "source_table", "source_version"]
+    rows = (
+        df.where(F.col("batch_id") == batch_id)
+        .groupBy(*groups)
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.min("scored_at").alias("first"),
+            F.date_format(F.min("scored_at"), shown).alias("scored_from"),
+            F.date_format(F.max("scored_at"), shown).alias("scored_to"),
+        )
+        .orderBy("first", *groups)
+        .collect()
+    )
+    if not rows:
+        latest = df.groupBy("batch_id").agg(F.max("scored_at").alias("at")).orderBy(F.desc("at"), "batch_id")
+        known = [r["batch_id"] for r in latest.limit(BATCHES_SHOWN).collect()]
+        count = df.select("batch_id").distinct().count() if len(known) == BATCHES_SHOWN else len(known)
+        listed = f"its latest batches: {', '.join(known)} ({count} in all)" if known else "it has no batches"
+        raise StepInputError(f"lineage: no batch '{batch_id}' in {predictions} v{version}; {listed}")
+    scored = [{k: r[k] for k in (*groups, "rows", "scored_from", "scored_to")} for r in rows]
+    return {
+        "table": str(predictions),
+        "version": version,
+        "batch": batch_id,
+        "rows": sum(s["rows"] for s in scored),
+        "scored": scored,
+    }
+
+
+def render_batch_lineage(batch: dict[str, Any]) -> str:
+    """A predictions batch's lineage as text: its rows, and which model version scored which source version when."""
+
+    def rows(n: int) -> str:
+        return f"{n} row{'' if n == 1 else 's'}"
+
+    lines = [f"batch {batch['batch']} of {batch['table']} (v{batch['version']}): {rows(batch['rows'])}"]
+    for s in batch["scored"]:
+        when = s["scored_from"] if s["scored_from"] == s["scored_to"] else f"{s['scored_from']} to {s['scored_to']}"
+        lines.append(
+            f"  {rows(s['rows'])} scored by {s['model_name']} version {s['model_version']} "
+            f"from {s['source_table']} v{s['source_version']} at {when}"
+        )
     return "\n".join(lines)
