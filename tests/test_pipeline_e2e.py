@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -141,6 +142,10 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     assert all("validation_auc_roc" in t.data.metrics and t.info.status == "FINISHED" for t in trials)
     assert steps["fit"].data.tags["deltaml.winner_family"] in families
     assert "leaderboard.json" in {a.path for a in client.list_artifacts(fit_run)}
+    # The MLflow UI lists the tables each step read as dataset inputs, with their Delta version.
+    (trained_on,) = client.get_run(fit_run).inputs.dataset_inputs
+    assert json.loads(trained_on.dataset.source) == {"path": str(state / SPLIT), "delta_table_version": 0}
+    assert {t.key: t.value for t in trained_on.tags}["mlflow.data.context"] == "fit"
     report = {a.path for a in client.list_artifacts(steps["evaluate"].info.run_id, "report")}
     assert {"report/report.html", "report/roc.png", "report/feature_importance.png"} <= report
     assert steps["register"].data.tags["deltaml.gate_decision"] == "promoted"

@@ -15,6 +15,7 @@ from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException, ParseException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from deltaml.config import SourceConfig, TableRef
 from deltaml.errors import StepInputError
@@ -94,28 +95,145 @@ def read_table(spark: SparkSession, table: Table, step: str, version: int | None
     Raises:
         StepInputError: The table does not exist; the message names the step that produces it.
     """
+    _require_table(spark, table, step)
+    if version is None:
+        version = pinned(str(table))  # deltaml reproduce reads each table at its recorded version
+    if version is None:
+        read_version = table_version(spark, table)
+        df = _load_version(spark, table, read_version)
+    else:
+        read_version = version
+        try:
+            df = _load_version(spark, table, version)
+        except AnalysisException as exc:
+            first = exc.getMessage().splitlines()[0][:200]
+            raise StepInputError(
+                f"step '{step}': cannot read {table} at version {version} (latest is {table_version(spark, table)}): "
+                f"{first}; the version was vacuumed or never existed"
+            ) from None
+    # A version the caller chose (``as_of``) is still what it read when the table moves on.
+    record(str(table), read_version, "read", as_of=version is not None)
+    return df, read_version
+
+
+def _require_table(spark: SparkSession, table: Table, step: str) -> None:
     if not table_exists(spark, table):
         raise StepInputError(
             f"step '{step}': input Delta table {table} does not exist; run the step that writes it first "
             "(e.g. `deltaml run CONF` for the whole pipeline)"
         )
-    if version is None:
-        version = pinned(str(table))
-    latest = table_version(spark, table)
-    read_version = latest if version is None else version
-    reader = spark.read.format("delta").option("versionAsOf", read_version)
-    try:
-        df = reader.load(table.ref) if table.is_path else reader.table(table.ref)
-    except AnalysisException as exc:
-        if version is None:
-            raise
-        first = exc.getMessage().splitlines()[0][:200]
+
+
+def _load_version(spark: SparkSession, table: Table, version: int) -> DataFrame:
+    reader = spark.read.format("delta").option("versionAsOf", version)
+    return reader.load(table.ref) if table.is_path else reader.table(table.ref)
+
+
+def full_table_name(spark: SparkSession, table: Table) -> str:
+    """A catalog table's name with its catalog and schema (``spark_catalog.default.t`` for ``t``)."""
+    found = spark.catalog.getTable(table.ref)
+    return ".".join([found.catalog or "", *(found.namespace or []), found.name]).lstrip(".")
+
+
+def table_schema(spark: SparkSession, table: Table, version: int) -> StructType:
+    """The schema of a Delta table at ``version``, from its log (no data is read)."""
+    return _load_version(spark, table, version).schema
+
+
+def read_table_as_of(
+    spark: SparkSession, table: Table, step: str, version: int | None = None, timestamp: str | None = None
+) -> tuple[DataFrame, int]:
+    """Read an input table as its config pin says (Delta time travel) and return it with the version read.
+
+    ``version`` reads that version; ``timestamp`` reads the latest version committed at or before it
+    (without an offset, in the Spark session time zone), found in the table's history, so the version
+    read, and recorded for lineage, is exact. Without a pin, the latest version (:func:`read_table`).
+
+    Raises:
+        StepInputError: The table does not exist; it has no such version; the timestamp is before its
+            first commit; or VACUUM removed data files of the pinned version. The message names the
+            table, the pin and the versions that can be read.
+    """
+    if version is None and timestamp is None:
+        return read_table(spark, table, step)
+    _require_table(spark, table, step)
+    pin = f"version {version}" if timestamp is None else f"timestamp {timestamp!r}"
+    history = _delta_table(spark, table).history().select("version", "timestamp")
+    shown = "yyyy-MM-dd HH:mm:ssXXX"  # in the session time zone, as a pin without an offset is read
+    at = F.lit(timestamp).cast("timestamp")
+    found = history.agg(
+        F.min("version").alias("first"),
+        F.max("version").alias("last"),
+        F.date_format(F.min("timestamp"), shown).alias("since"),
+        F.date_format(F.max("timestamp"), shown).alias("until"),
+        F.max(F.when(F.col("timestamp") <= at, F.col("version"))).alias("as_of"),
+        F.first(at > F.current_timestamp()).alias("future"),
+    ).first()
+    assert found is not None  # a Delta table always has at least one commit
+    first, last = int(found["first"]), int(found["last"])
+    available = f"its history has versions {first}..{last}, committed {found['since']} to {found['until']}"
+    if timestamp is not None:
+        if found["future"]:
+            raise StepInputError(
+                f"step '{step}': {table} pinned to {pin}, which is in the future, and the table may still change "
+                f"before then; pin a past time or a version ({available})"
+            )
+        if found["as_of"] is None:
+            raise StepInputError(
+                f"step '{step}': {table} pinned to {pin}, which is before its first commit; {available}"
+            )
+        version = int(found["as_of"])
+    assert version is not None
+    if not first <= version <= last:
+        raise StepInputError(f"step '{step}': {table} pinned to {pin}, which it does not have; {available}")
+    gone = _vacuumed_file(spark, table, version, last)
+    if gone is not None:
+        readable = _first_readable(spark, table, version, last)
+        resolved = "" if timestamp is None else f" (version {version})"
         raise StepInputError(
-            f"step '{step}': cannot read {table} at version {version} (latest is {latest}): {first}; "
-            "the version was vacuumed or never existed"
-        ) from None
-    record(str(table), read_version, "read", as_of=version is not None)
-    return df, read_version
+            f"step '{step}': {table} pinned to {pin}{resolved} cannot be read: VACUUM removed its data file "
+            f"{gone.rsplit('/', 1)[-1]}; versions {readable}..{last} can be read ({available})"
+        )
+    try:
+        return read_table(spark, table, step, version)
+    except AnalysisException as exc:  # e.g. a version whose log Delta no longer keeps
+        first_line = exc.getMessage().splitlines()[0]
+        raise StepInputError(f"step '{step}': {table} pinned to {pin} cannot be read: {first_line}") from None
+
+
+def _vacuumed_file(spark: SparkSession, table: Table, version: int, latest: int) -> str | None:
+    """A data file of ``version`` that is gone (a VACUUM after it left the table), or None.
+
+    Only files the latest version no longer has can be gone, so a recent version costs little to
+    check: one listing of those files, no data read.
+    """
+    if version == latest:
+        return None
+    current = set(_load_version(spark, table, latest).inputFiles())
+    removed = sorted(set(_load_version(spark, table, version).inputFiles()) - current)
+    # A name with glob characters would be expanded rather than looked up; Delta writes none.
+    checkable = [f for f in removed if not any(ch in f for ch in "*?[]{}\\")]
+    if not checkable:
+        return None
+    try:
+        spark.read.format("binaryFile").load(checkable)  # checks that every path exists, reads nothing
+    except AnalysisException as exc:
+        if exc.getCondition() != "PATH_NOT_FOUND":
+            raise
+        return (exc.getMessageParameters() or {}).get("path") or checkable[0]
+    return None
+
+
+def _first_readable(spark: SparkSession, table: Table, unreadable: int, latest: int) -> int:
+    """The oldest version after ``unreadable`` whose files are all there (VACUUM removes the oldest first)."""
+    low, high = unreadable + 1, latest
+    while low < high:
+        middle = (low + high) // 2
+        if _vacuumed_file(spark, table, middle, latest) is not None:
+            low = middle + 1
+        else:
+            high = middle
+    return high
 
 
 def _writer_target(df_writer: object, table: Table) -> None:
@@ -347,8 +465,9 @@ def _read_rdataset(spark: SparkSession, source: SourceConfig) -> SourceData:
 def _read_delta_source(spark: SparkSession, source: SourceConfig) -> SourceData:
     assert source.path is not None
     table = Table(source.path, is_path=True)
-    df, version = read_table(spark, table, "ingest")
-    LOG.info("source %s read at version %d", source.path, version)
+    df, version = read_table_as_of(spark, table, "ingest", source.version, source.timestamp)
+    pin = source.version if source.version is not None else source.timestamp
+    LOG.info("source %s read at version %d%s", source.path, version, f" (pinned to {pin})" if pin is not None else "")
     return SourceData(df, "", f"delta {source.path}")
 
 

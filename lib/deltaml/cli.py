@@ -101,11 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     lineage = commands.add_parser(
         "lineage",
-        help="what a registered model version was trained on: tables and versions, config, seed, packages",
-        description="Print the manifest of the pipeline run that trained NAME version N.",
+        help="what a model version was trained on, or what a batch of predictions was scored from and by",
+        description=(
+            "NAME --version N: print the manifest of the pipeline run that trained that registered version "
+            "(tables and versions, config, seed, packages). CONF --batch ID: print, for that batch of CONF's "
+            "predictions table, its rows, the model version(s) that scored it, the source table and version "
+            "they read and when, and then each model version's manifest. With --batch, the registry is "
+            "--tracking-uri, else MLFLOW_TRACKING_URI, else CONF's store, and --env and --set apply to CONF."
+        ),
     )
-    lineage.add_argument("name", metavar="NAME", help="registered model name, e.g. telco_churn")
-    lineage.add_argument("--version", dest="model_version", type=int, required=True, metavar="N")
+    lineage.add_argument(
+        "target", metavar="NAME|CONF", help="registered model name with --version; pipeline YAML with --batch"
+    )
+    what = lineage.add_mutually_exclusive_group(required=True)
+    what.add_argument("--version", dest="model_version", type=int, metavar="N", help="the model version (with NAME)")
+    what.add_argument("--batch", metavar="ID", help="a batch_id of CONF's predictions table (with CONF)")
     _add_registry_options(lineage)
 
     jars = commands.add_parser(
@@ -258,13 +268,35 @@ def _move_champion(args: argparse.Namespace) -> int:
 def _print_lineage(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
+    from deltaml.errors import ConfigError, StepInputError
     from deltaml.lineage import model_lineage, render_lineage
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if args.batch is None:
+        uri = _registry_uri(args)
+        client = MlflowClient(tracking_uri=uri, registry_uri=None if uri.startswith("databricks") else uri)
+        print(render_lineage(model_lineage(client, args.target, args.model_version)))
+        return 0
+
+    from deltaml.config import load_config
+    from deltaml.context import resolve_tables
+    from deltaml.lineage import batch_lineage, render_batch_lineage
+    from deltaml.session import get_spark
+
+    if args.conf is not None:
+        raise ConfigError("lineage --batch: CONF is the positional argument and names the registry too; drop --conf")
+    args.conf = args.target
+    loaded = load_config(args.target, env=args.env, overrides=args.overrides)
     uri = _registry_uri(args)
     client = MlflowClient(tracking_uri=uri, registry_uri=None if uri.startswith("databricks") else uri)
-    print(render_lineage(model_lineage(client, args.name, args.model_version)))
+    batch = batch_lineage(get_spark(loaded.pipeline), resolve_tables(loaded.pipeline).predictions, args.batch)
+    print(render_batch_lineage(batch))
+    for name, version in sorted({(s["model_name"], s["model_version"]) for s in batch["scored"]}):
+        try:
+            print(render_lineage(model_lineage(client, name, version)))
+        except StepInputError as exc:  # a version without a manifest: the batch part above still stands
+            print(exc)
     return 0
 
 

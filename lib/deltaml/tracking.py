@@ -8,8 +8,10 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import mlflow
+from mlflow.data.delta_dataset_source import DeltaDatasetSource
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
@@ -24,6 +26,14 @@ TAG_CONFIG_HASH = "deltaml.config_hash"
 TAG_GIT_SHA = "deltaml.git_sha"
 TAG_VERSION = "deltaml.version"
 TRACKED_PACKAGES = ("deltaml", "pyspark", "delta-spark", "mlflow", "hyperopt", "pandas", "pyarrow")
+
+
+class DeltaTableSource(DeltaDatasetSource):
+    """MLflow's Delta table dataset source, except that version 0 is recorded too (MLflow drops a falsy version)."""
+
+    def to_dict(self) -> dict[Any, Any]:
+        """The source as MLflow stores it, always with ``delta_table_version``."""
+        return {**super().to_dict(), "delta_table_version": self.delta_table_version}
 
 
 # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; the URIs deltaml set are remembered so
