@@ -10,8 +10,10 @@ from pyspark.sql import SparkSession
 
 from deltaml.cache import MAX_TAG, CacheRecord, _changed, code_version, fingerprint, source_state
 from deltaml.catalog import Table, append_rows
-from deltaml.config import SourceConfig
+from deltaml.config import SourceConfig, load_config
 from deltaml.lineage import TableAccess
+from deltaml.runner import PipelineOutcome, run_pipeline
+from tests.conftest import telco_config_dict, write_config
 
 
 def test_the_source_listing_changes_with_a_new_or_rewritten_file_only(spark: SparkSession, tmp_path: Path) -> None:
@@ -76,6 +78,38 @@ def test_a_record_is_stale_once_an_input_moves_or_someone_else_writes_an_output(
     pinned = CacheRecord(inputs=[TableAccess(str(source), 0, "read", as_of=True)], outputs=[])
     assert CacheRecord.from_tag(pinned.to_tag()).inputs[0].as_of
     assert _changed(spark, client, CacheRecord.from_tag(pinned.to_tag()), "m") == ""
+    # register: reused while the version it registered exists, whatever @champion is now.
+    client.create_registered_model("m")
+    version = client.create_model_version("m", source=str(tmp_path / "model"))
+    client.set_registered_model_alias("m", "champion", version.version)
+    registered = CacheRecord(inputs=[], outputs=[], registered=int(version.version))
+    assert _changed(spark, client, CacheRecord.from_tag(registered.to_tag()), "m") == ""
+    client.delete_registered_model_alias("m", "champion")
+    assert _changed(spark, client, registered, "m") == ""
+    client.delete_model_version("m", version.version)
+    assert _changed(spark, client, registered, "m") == "m version 1, which that run registered, no longer exists"
     # A deleted output table is stale too.
     missing = CacheRecord(inputs=[], outputs=[TableAccess(str(tmp_path / "gone"), 0, "write")])
     assert _changed(spark, client, missing, "m") == f"output {tmp_path / 'gone'} no longer exists"
+
+
+def test_ingest_of_a_pinned_delta_source_is_reused_while_the_source_gains_versions(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    rows = spark.createDataFrame([(1, "No"), (2, "Yes")], "customer_id long, churn string")
+    rows.write.format("delta").save(str(source))
+    data = telco_config_dict()
+    data.update(state_dir=str(tmp_path / "state"), contract=None)
+    data["source"] = {"kind": "delta", "path": str(source), "version": 0}
+
+    def ingest(pin: int) -> PipelineOutcome:
+        data["source"]["version"] = pin
+        return run_pipeline(load_config(write_config(tmp_path / "p.yml", data)), steps=["ingest"], spark=spark)
+
+    first = ingest(0)
+    assert first.reused == {}
+    rows.write.format("delta").mode("append").save(str(source))  # the source's version 1
+    assert ingest(0).reused == {"ingest": first.outputs["run:ingest"]}
+    moved = ingest(1)
+    assert moved.reused == {} and moved.results["ingest"].metrics["rows_written"] == 4

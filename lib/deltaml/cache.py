@@ -73,7 +73,7 @@ class CacheRecord:
     inputs: list[TableAccess]
     outputs: list[TableAccess]
     restore: dict[str, Any] = field(default_factory=dict)
-    champion: int | None = None  # register: the @champion version right after the step
+    registered: int | None = None  # register: the model version it registered
 
     def to_tag(self) -> str:
         """The record as a JSON tag value (the leaderboard is dropped if the whole would exceed MLflow's limit)."""
@@ -81,7 +81,7 @@ class CacheRecord:
             "inputs": [[a.table, a.version, a.as_of] for a in self.inputs],
             "outputs": [[a.table, a.version] for a in self.outputs],
             "restore": self.restore,
-            "champion": self.champion,
+            "registered": self.registered,
         }
         text = json.dumps(data, sort_keys=True, default=str)
         if len(text) > MAX_TAG:
@@ -97,7 +97,7 @@ class CacheRecord:
             inputs=[TableAccess(t, int(v), "read", bool(rest and rest[0])) for t, v, *rest in data["inputs"]],
             outputs=[TableAccess(t, int(v), "write") for t, v in data["outputs"]],
             restore=data.get("restore") or {},
-            champion=data.get("champion"),
+            registered=data.get("registered"),
         )
 
     @property
@@ -254,10 +254,13 @@ def _changed(spark: SparkSession, client: MlflowClient, record: CacheRecord, mod
             return f"output {table} no longer exists"
         if now != version:
             return f"output {table} is at version {now}, not the version {version} that run wrote"
-    if record.champion is not None:
-        current = champion_version(client, model)
-        if current != record.champion:
-            return f"@champion of {model} is version {current}, was {record.champion} after that run"
+    # A registered version that was deleted is gone; a manual promote or rollback since is the user's
+    # choice and does not make the same model worth registering again.
+    if record.registered is not None:
+        try:
+            client.get_model_version(model, str(record.registered))
+        except MlflowException:
+            return f"{model} version {record.registered}, which that run registered, no longer exists"
     return ""
 
 
@@ -274,12 +277,12 @@ def champion_version(client: MlflowClient, name: str, alias: str = "champion") -
         return None
 
 
-def record_of(name: str, accesses: list[TableAccess], outputs: dict[str, Any], champion: int | None) -> CacheRecord:
+def record_of(name: str, accesses: list[TableAccess], outputs: dict[str, Any]) -> CacheRecord:
     """What to store for a finished step: its lineage and the outputs later steps take from it."""
     written = {(a.table, a.version) for a in accesses if a.kind == "write"}
     return CacheRecord(
         inputs=[a for a in accesses if a.kind == "read" and (a.table, a.version) not in written],
         outputs=[a for a in accesses if a.kind == "write"],
         restore={k: outputs[k] for k in RESTORED.get(name, ()) if k in outputs},
-        champion=champion,
+        registered=outputs.get("model_version") if name == "register" else None,
     )

@@ -272,10 +272,7 @@ def _run_step(
         log_datasets(ctx.spark, accesses, context=name)  # the MLflow UI's dataset inputs, with Delta version
         ctx.outputs[f"run:{name}"] = run.info.run_id
         if key is not None:
-            champion = None
-            if name == "register":
-                champion = champion_version(MlflowClient(), ctx.config.mlflow.registered_model)
-            record = record_of(name, accesses, ctx.outputs, champion)
+            record = record_of(name, accesses, ctx.outputs)
             # Set last: only a step that finished carries the key a later run looks for.
             mlflow.set_tags(
                 {TAG_FINGERPRINT: fingerprint(key, record.inputs), TAG_RECORD: record.to_tag(), TAG_KEY: key}
