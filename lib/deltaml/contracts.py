@@ -262,18 +262,21 @@ def table_failures(
             f"step '{step}': label value(s) {absent} do not occur; the contract expects {contract.labels_present}"
         )
     if contract.freshness is not None:
-        newest = summary["newest"]
-        limit = timedelta(hours=contract.freshness.max_age_hours)
-        if newest is None:
-            message = f"step '{step}': freshness column '{contract.freshness.column}' has no values"
-        else:
-            age = now - newest
-            message = (
-                f"step '{step}': the newest '{contract.freshness.column}' is {newest:%Y-%m-%d %H:%M}, "
-                f"{age.total_seconds() / 3600:.1f} h old; the contract allows {contract.freshness.max_age_hours:g} h"
-                if age > limit
-                else ""
-            )
+        message = stale_message(contract, summary["newest"], step, now)
         if message:
             (failures if contract.freshness.action == "fail" else warnings).append(message)
     return failures, warnings
+
+
+def stale_message(contract: ContractConfig, newest: datetime | None, step: str, now: datetime) -> str:
+    """Why the freshness rule is broken at ``now`` ("" when it holds); ``newest`` is the column's newest value."""
+    assert contract.freshness is not None
+    if newest is None:
+        return f"step '{step}': freshness column '{contract.freshness.column}' has no values"
+    age = now - newest
+    if age <= timedelta(hours=contract.freshness.max_age_hours):
+        return ""
+    return (
+        f"step '{step}': the newest '{contract.freshness.column}' is {newest:%Y-%m-%d %H:%M}, "
+        f"{age.total_seconds() / 3600:.1f} h old; the contract allows {contract.freshness.max_age_hours:g} h"
+    )

@@ -86,9 +86,15 @@ def recording() -> Iterator[list[TableAccess]]:
 def record(table: str, version: int, kind: Literal["read", "write"], as_of: bool = False) -> None:
     """Note a read or a write in the current recording (once per table, version and kind); no-op outside one."""
     accesses = _CURRENT.get()
+    if accesses is None:
+        return
     access = TableAccess(table, int(version), kind, as_of)
-    if accesses is not None and access not in accesses:
-        accesses.append(access)
+    for i, seen in enumerate(accesses):
+        if seen == access:
+            if seen.as_of and not as_of:  # also read as the latest: a newer version makes it stale
+                accesses[i] = access
+            return
+    accesses.append(access)
 
 
 def step_lineage(accesses: list[TableAccess]) -> dict[str, list[dict[str, Any]]]:

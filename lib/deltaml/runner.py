@@ -7,7 +7,7 @@ import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from deltaml.cache import (
     UPSTREAM,
     Reusable,
     champion_version,
+    commit_times,
     find_reusable,
     fingerprint,
     record_of,
@@ -38,7 +39,8 @@ from deltaml.cache import (
 )
 from deltaml.config import LoadedConfig
 from deltaml.context import DEFAULT_STEPS, STEP_NAMES, StepContext, StepResult
-from deltaml.errors import DeltamlError, StepFailedError
+from deltaml.contracts import stale_message
+from deltaml.errors import ContractError, DeltamlError, StepFailedError
 from deltaml.evaluation import run_evaluate
 from deltaml.ingest import run_ingest
 from deltaml.lineage import (
@@ -161,22 +163,15 @@ def _run_steps(
         accessed: dict[str, list[TableAccess]] = {}
         client = MlflowClient()
         for name in chosen:
-            key = None
-            if name in CACHEABLE:
-                key = step_key(ctx, name, _key_extras(ctx, client, name))
-                if name not in forced:
-                    started = time.perf_counter()
-                    reusable, why = find_reusable(
-                        spark, client, experiment_id, tags[TAG_PIPELINE], name, key, cfg.mlflow.registered_model
-                    )
-                    if reusable is not None:
-                        accessed[name] = reusable.record.accesses
-                        outcome.results[name] = _reuse(name, reusable, ctx, tags, key)
-                        outcome.seconds[name] = time.perf_counter() - started
-                        outcome.reused[name] = reusable.run_id
-                        _log_manifest(loaded, accessed, packages, sha)
-                        continue
-                    LOG.info("[%s] runs: %s", name, why)
+            started = time.perf_counter()
+            key, reusable = _cached(ctx, client, experiment_id, tags[TAG_PIPELINE], name, forced)
+            if key is not None and reusable is not None:
+                accessed[name] = reusable.record.accesses
+                outcome.results[name] = _reuse(name, reusable, ctx, tags, key)
+                outcome.seconds[name] = time.perf_counter() - started
+                outcome.reused[name] = reusable.run_id
+                _log_manifest(loaded, accessed, packages, sha)
+                continue
             with recording() as accesses:
                 outcome.results[name], outcome.seconds[name] = _run_step(name, STEPS[name], ctx, tags, accesses, key)
             accessed[name] = accesses
@@ -207,6 +202,45 @@ def _log_manifest(
     mlflow.log_dict(manifest, MANIFEST_ARTIFACT)
 
 
+def _cached(
+    ctx: StepContext, client: MlflowClient, experiment_id: str, pipeline: str, name: str, forced: set[str]
+) -> tuple[str | None, Reusable | None]:
+    """The step's cache key, and an earlier run to reuse if any (see :mod:`deltaml.cache`).
+
+    Failing to tell (a file system or the tracking server erring) costs one warning: the step runs.
+    """
+    if name not in CACHEABLE:
+        return None, None
+    cfg = ctx.config
+    try:
+        key = step_key(ctx, name, _key_extras(ctx, client, name))
+        if name in forced:
+            return key, None
+        if name == "score" and cfg.score.windows_as_of == "now":
+            LOG.info("[score] runs: with score.windows_as_of now, its predictions depend on when it runs")
+            return key, None
+        reusable, why = find_reusable(
+            spark=ctx.spark,
+            client=client,
+            experiment_id=experiment_id,
+            pipeline=pipeline,
+            name=name,
+            key=key,
+            model=cfg.mlflow.registered_model,
+        )
+    except Exception as exc:  # the step itself reports a missing input better
+        LOG.warning(
+            "[%s] runs: could not tell whether it is unchanged: %s: %s",
+            name,
+            type(exc).__name__,
+            _first_line(exc)[:300],
+        )
+        return None, None
+    if reusable is None:
+        LOG.info("[%s] runs: %s", name, why)
+    return key, reusable
+
+
 def _key_extras(ctx: StepContext, client: MlflowClient, name: str) -> dict[str, Any]:
     """What a step's cache key needs beyond its config: the source's state, the upstream run, the scoring model."""
     cfg = ctx.config
@@ -229,6 +263,8 @@ def _key_extras(ctx: StepContext, client: MlflowClient, name: str) -> dict[str, 
 
 def _reuse(name: str, reusable: Reusable, ctx: StepContext, tags: dict[str, str], key: str) -> StepResult:
     """Skip a step: restore what later steps take from it, and leave a child run that points at the reused one."""
+    if name == "validate":
+        _recheck_freshness(ctx, reusable)
     ctx.outputs.update(reusable.record.restore)
     ctx.outputs[f"run:{name}"] = reusable.run_id
     if name == "evaluate":
@@ -244,6 +280,21 @@ def _reuse(name: str, reusable: Reusable, ctx: StepContext, tags: dict[str, str]
     summary = f"skipped: unchanged since run {reusable.run_id} (fingerprint {print_key[:12]})"
     LOG.info("[%s] %s", name, summary)
     return StepResult(tags={"cached_from": reusable.run_id}, summary=summary)
+
+
+def _recheck_freshness(ctx: StepContext, reusable: Reusable) -> None:
+    """A reused validate run checked freshness then; the same data may be too old now."""
+    contract = ctx.config.contract
+    if contract is None or contract.freshness is None:
+        return
+    newest = reusable.record.restore.get("freshness_newest")
+    message = stale_message(contract, datetime.fromisoformat(newest) if newest else None, "validate", datetime.now())
+    if not message:
+        return
+    message += f" (rechecked for the reused validate run {reusable.run_id})"
+    if contract.freshness.action == "fail":
+        raise ContractError(message)
+    LOG.warning("%s", message)
 
 
 def _run_step(
@@ -273,6 +324,7 @@ def _run_step(
         ctx.outputs[f"run:{name}"] = run.info.run_id
         if key is not None:
             record = record_of(name, accesses, ctx.outputs)
+            record = replace(record, committed=commit_times(ctx.spark, record))
             # Set last: only a step that finished carries the key a later run looks for.
             mlflow.set_tags(
                 {TAG_FINGERPRINT: fingerprint(key, record.inputs), TAG_RECORD: record.to_tag(), TAG_KEY: key}

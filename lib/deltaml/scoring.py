@@ -326,7 +326,7 @@ def run_score(ctx: StepContext) -> StepResult:
     cfg = ctx.config
     name = cfg.mlflow.registered_model
     version = find_scoring_version(name, cfg.score.model_alias, cfg.score.model_version)
-    table = _input_table(ctx)
+    table = input_table(ctx)
     # A pinned score.table is read at its pin: that version is the source_version recorded with each prediction.
     pin = cfg.score.table
     data, source_version = read_table_as_of(
@@ -394,7 +394,8 @@ def run_score(ctx: StepContext) -> StepResult:
     return StepResult(metrics=metrics, tags=tags, summary=summary)
 
 
-def _input_table(ctx: StepContext) -> Table:
+def input_table(ctx: StepContext) -> Table:
+    """The table the score step reads: ``score.table``, else ``score.input`` (clean with a contract, else raw)."""
     cfg = ctx.config
     if cfg.score.table is not None:
         return resolve_table(cfg.score.table, cfg.state_path)

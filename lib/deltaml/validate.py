@@ -130,6 +130,8 @@ def _validate(
         )
     append_rows(ctx.spark, _quality_rows(ctx, report, checked_at), ctx.tables.quality)
     ctx.outputs["clean_version"] = clean_write.version
+    if contract.freshness is not None and summary["newest"] is not None:
+        ctx.outputs["freshness_newest"] = summary["newest"].isoformat()  # rechecked when this run is reused
     return StepResult(
         metrics={
             "rows_clean": float(clean_write.rows_written),
