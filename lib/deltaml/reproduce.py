@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,12 @@ from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 from pyspark.sql import SparkSession
 
-from deltaml.config import LoadedConfig, PipelineConfig
+from deltaml.catalog import read_table_as_of, recorded_table
+from deltaml.config import REDACTED_NOTE, LoadedConfig, PipelineConfig
+from deltaml.context import resolve_tables
 from deltaml.errors import StepInputError
 from deltaml.lineage import MANIFEST_ARTIFACT, pinned_versions
+from deltaml.session import get_spark
 from deltaml.tracking import TAG_PIPELINE, TAG_STEP
 
 LOG = logging.getLogger(__name__)
@@ -45,24 +47,24 @@ class Reproduction:
 
     @property
     def differences(self) -> dict[str, float]:
-        """Absolute difference per test metric present in both runs (NaN when one side is missing)."""
-        names = sorted(set(self.original) | set(self.reproduced))
-        return {n: abs(self.original.get(n, math.nan) - self.reproduced.get(n, math.nan)) for n in names}
+        """Absolute difference per test metric both runs have (one deltaml may log a metric the other does not)."""
+        names = sorted(set(self.original) & set(self.reproduced))
+        return {n: abs(self.original[n] - self.reproduced[n]) for n in names}
 
     @property
     def matches(self) -> bool:
-        """Every test metric within the tolerance (NaN, a missing metric, never is)."""
-        return all(d <= self.tolerance for d in self.differences.values())
+        """Every shared test metric within the tolerance (NaN never is), and at least one shared."""
+        return bool(self.differences) and all(d <= self.tolerance for d in self.differences.values())
 
     def render(self) -> str:
         """A table of the metrics and the verdict."""
         lines = [f"{'metric':<26}{'original':>20}{'reproduced':>20}{'difference':>14}"]
         for name, diff in self.differences.items():
-            lines.append(
-                f"{name:<26}{self.original.get(name, math.nan):>20.12g}"
-                f"{self.reproduced.get(name, math.nan):>20.12g}{diff:>14.3g}"
-            )
-        identical = all(d == 0 for d in self.differences.values())
+            lines.append(f"{name:<26}{self.original[name]:>20.12g}{self.reproduced[name]:>20.12g}{diff:>14.3g}")
+        for name in sorted(set(self.original) ^ set(self.reproduced)):
+            side = "original" if name in self.original else "reproduced"
+            lines.append(f"{name:<26} only in the {side} run, not compared")
+        identical = bool(self.differences) and all(d == 0 for d in self.differences.values())
         verdict = "identical" if identical else ("match" if self.matches else "DIFFER")
         lines.append(
             f"{verdict}: run {self.reproduced_run} reproduces {self.original_run} "
@@ -122,8 +124,19 @@ def evaluate_metrics(client: MlflowClient, pipeline_run_id: str) -> tuple[str, d
 
 
 def reproduction_config(manifest: dict[str, Any], tracking_uri: str) -> LoadedConfig:
-    """The recorded config, tracked to the current store, with its state folder where the run had it."""
+    """The recorded config, tracked to the current store, with its state folder where the run had it.
+
+    Raises:
+        StepInputError: A value training needs came from an environment variable, so the manifest
+            has only its template.
+    """
     data = json.loads(json.dumps(manifest["config"]))
+    hidden = [k for k in _redacted(data) if not k.startswith(("mlflow.tracking_uri", "source."))]
+    if hidden:
+        raise StepInputError(
+            f"reproduce: the recorded config has {', '.join(hidden)} from environment variables, which are not "
+            "recorded; reproduce needs their values in the config itself"
+        )
     data.setdefault("mlflow", {})["tracking_uri"] = tracking_uri
     if manifest.get("state_path"):
         data["state_dir"] = manifest["state_path"]
@@ -137,6 +150,15 @@ def reproduction_config(manifest: dict[str, Any], tracking_uri: str) -> LoadedCo
     return LoadedConfig(
         pipeline=pipeline, effective=manifest["config"], config_hash=manifest["config_hash"], source_files=[]
     )
+
+
+def _redacted(node: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose recorded value is a redacted ``${VAR}`` template."""
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in _redacted(value, f"{prefix}{key}.")]
+    if isinstance(node, list):
+        return [k for i, value in enumerate(node) for k in _redacted(value, f"{prefix}{i}.")]
+    return [prefix.rstrip(".")] if isinstance(node, str) and REDACTED_NOTE in node else []
 
 
 def reproduce(
@@ -170,6 +192,15 @@ def reproduce(
         for table in manifest["steps"][step]["inputs"]:
             pins.setdefault(table["table"], int(table["version"]))
     loaded = reproduction_config(manifest, tracking_uri)
+    split = str(resolve_tables(loaded.pipeline).split)
+    if split not in pins:
+        raise StepInputError(
+            f"reproduce: the recorded config resolves the split table to {split}, but run {parent.info.run_id} "
+            f"trained on {', '.join(pins)}; run reproduce where the run's relative state_dir resolves the same"
+        )
+    spark = spark or get_spark(loaded.pipeline)
+    for table, version in pins.items():  # a vacuumed version is one line now, not a failure mid-fit
+        read_table_as_of(spark, recorded_table(table), "reproduce", version=version)
     LOG.info(
         "reproducing run %s: fit and evaluate on %s",
         parent.info.run_id,
