@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,15 @@ from pyspark.sql import SparkSession
 
 ROOT = Path(__file__).resolve().parents[1]
 TELCO_CONF = ROOT / "conf" / "telco_churn.yml"
+
+
+@pytest.fixture
+def restore_cli_logging() -> Iterator[None]:
+    """``main`` points the ``deltaml`` logger at the current stderr, which is pytest's capture here; undo that."""
+    logger = logging.getLogger("deltaml")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture(scope="session", autouse=True)

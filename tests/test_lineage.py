@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -35,14 +34,7 @@ from deltaml.lineage import (
 from deltaml.tracking import configure_tracking
 from tests.conftest import telco_config_dict, write_config
 
-
-@pytest.fixture(autouse=True)
-def _restore_cli_logging() -> Iterator[None]:
-    """``main`` points the ``deltaml`` logger at the current stderr, which is pytest's capture here; undo that."""
-    logger = logging.getLogger("deltaml")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
+pytestmark = pytest.mark.usefixtures("restore_cli_logging")
 
 
 def test_recording_sees_reads_and_writes_with_their_versions(spark: SparkSession, tmp_path: Path) -> None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
 import random
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -32,13 +30,7 @@ from tests.conftest import write_config
 NAME = "churn_model"
 
 
-@pytest.fixture(autouse=True)
-def _restore_cli_logging() -> Iterator[None]:
-    """``main`` points the ``deltaml`` logger at the current stderr, which is pytest's capture here; undo that."""
-    logger = logging.getLogger("deltaml")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
+pytestmark = pytest.mark.usefixtures("restore_cli_logging")
 
 
 def _registry(tmp_path: Path, versions: int, name: str = NAME) -> tuple[MlflowClient, str]:
