@@ -210,21 +210,16 @@ def model_lineage(client: Any, name: str, version: int) -> dict[str, Any]:
     Raises:
         StepInputError: The version does not exist, or its run carries no manifest (trained before deltaml wrote one).
     """
-    import json
-    import tempfile
-    from pathlib import Path
-
     from mlflow.exceptions import MlflowException
 
     from deltaml.errors import StepInputError
+    from deltaml.tracking import load_run_json
 
     try:
         found = client.get_model_version(name, str(version))
         fit_run = client.get_run(found.run_id)
         pipeline_run = fit_run.data.tags.get("mlflow.parentRunId", found.run_id)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = client.download_artifacts(pipeline_run, MANIFEST_ARTIFACT, tmp)
-            manifest: dict[str, Any] = json.loads(Path(path).read_text())
+        manifest: dict[str, Any] = load_run_json(client, pipeline_run, MANIFEST_ARTIFACT)
     except (MlflowException, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StepInputError(

@@ -12,7 +12,6 @@ labels table is configured, the live metric against the model's test metric.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import tempfile
@@ -37,6 +36,7 @@ from deltaml.errors import StepInputError
 from deltaml.models import PREDICTED_LABEL_COL, encode_label
 from deltaml.report import write_drift_report
 from deltaml.scoring import INPUT_HASH_COL, input_hash
+from deltaml.tracking import load_run_json
 
 LOG = logging.getLogger(__name__)
 
@@ -100,8 +100,7 @@ def load_reference_profile(name: str, version: int) -> tuple[Profile, Profile, s
         run_id = client.get_model_version(name, str(version)).run_id
         if run_id is None:
             raise OSError("the version has no MLflow run")
-        with tempfile.TemporaryDirectory() as tmp:
-            data = json.loads(Path(client.download_artifacts(run_id, PROFILE_ARTIFACT, tmp)).read_text())
+        data = load_run_json(client, run_id, PROFILE_ARTIFACT)
     except (MlflowException, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StepInputError(

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Run
@@ -27,7 +25,7 @@ from deltaml.context import resolve_tables
 from deltaml.errors import StepInputError
 from deltaml.lineage import MANIFEST_ARTIFACT, pinned_versions
 from deltaml.session import get_spark
-from deltaml.tracking import TAG_PIPELINE, TAG_STEP
+from deltaml.tracking import TAG_PIPELINE, TAG_STEP, load_run_json
 
 LOG = logging.getLogger(__name__)
 
@@ -92,9 +90,7 @@ def load_manifest(client: MlflowClient, run_id: str) -> dict[str, Any]:
         StepInputError: The run has none (it predates manifests, or is not a deltaml pipeline run).
     """
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = client.download_artifacts(run_id, MANIFEST_ARTIFACT, tmp)
-            manifest: dict[str, Any] = json.loads(Path(path).read_text())
+        manifest: dict[str, Any] = load_run_json(client, run_id, MANIFEST_ARTIFACT)
     except (MlflowException, OSError) as exc:
         raise StepInputError(
             f"reproduce: run {run_id} has no {MANIFEST_ARTIFACT} ({str(exc).splitlines()[0][:160]}); "

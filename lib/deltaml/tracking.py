@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import os
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +135,14 @@ def latest_step_run(config: PipelineConfig, step: str) -> Run:
         )
     reused = runs[0].data.tags.get("deltaml.cached_from")
     return MlflowClient().get_run(reused) if reused else runs[0]
+
+
+def load_run_json(client: MlflowClient, run_id: str, artifact: str) -> Any:
+    """A JSON artifact of a run (the manifest, the reference profile), downloaded to a temporary folder.
+
+    Raises:
+        MlflowException: The run or the artifact does not exist, or the store cannot be reached.
+        OSError: The download left no readable file.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(client.download_artifacts(run_id, artifact, tmp)).read_text())
