@@ -252,7 +252,7 @@ def find_reusable(
     """The newest finished run of the step with this key whose inputs and outputs are unchanged.
 
     Returns:
-        The run (or None) and, when there is none, why (for the log).
+        The run (or None) and, when a run with this key exists but is stale, why (for the log).
     """
     runs = client.search_runs(
         experiment_ids=[experiment_id],
@@ -264,7 +264,7 @@ def find_reusable(
         max_results=5,
     )
     if not runs:
-        return None, "no finished run with this config, code and upstream"
+        return None, ""  # a first run, or a changed config or code: nothing to say per step
     reason = ""
     for run in runs:
         record = CacheRecord.from_tag(run.data.tags[TAG_RECORD])

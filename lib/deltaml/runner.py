@@ -236,7 +236,7 @@ def _cached(
             _first_line(exc)[:300],
         )
         return None, None
-    if reusable is None:
+    if reusable is None and why:
         LOG.info("[%s] runs: %s", name, why)
     return key, reusable
 
