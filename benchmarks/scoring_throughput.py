@@ -33,12 +33,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from deltaml.cli import main as deltaml_main
-from deltaml.config import load_config
-from deltaml.context import resolve_tables
-from deltaml.ingest import INGEST_BATCH_COL
-from deltaml.models import positive_probability
-from deltaml.session import get_spark
-from deltaml.tracking import resolve_tracking_uri
+from deltaml.columns import INGEST_BATCH_COL
+from deltaml.config.loader import load_config
+from deltaml.io.session import get_spark
+from deltaml.io.tables import resolve_tables
+from deltaml.io.tracking import resolve_tracking_uri
+from deltaml.ml.models import positive_probability
 
 CONF = "conf/telco_churn.yml"
 

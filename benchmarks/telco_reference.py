@@ -16,11 +16,11 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from deltaml.catalog import read_table
-from deltaml.config import load_config
-from deltaml.context import StepContext
-from deltaml.session import get_spark
-from deltaml.tracking import configure_tracking
+from deltaml.config.loader import load_config
+from deltaml.io.catalog import read_table
+from deltaml.io.session import get_spark
+from deltaml.io.tracking import configure_tracking
+from deltaml.steps.base import StepContext
 
 
 def main(argv: list[str]) -> int:

@@ -22,16 +22,17 @@ from hyperopt import STATUS_OK, Trials, fmin, tpe
 from pyspark.ml import Pipeline
 from pyspark.sql import functions as F
 
-from deltaml.config import load_config
-from deltaml.context import event_tables, resolve_tables
-from deltaml.evaluation import collected_metrics
-from deltaml.features import FEATURES_COL, build_feature_stages
-from deltaml.models import LABEL_COL, model_stages
-from deltaml.search_space import build_space, params_from_sample
-from deltaml.session import get_spark
-from deltaml.split import SPLIT_COL, TRAIN, VALIDATION
-from deltaml.train import fit_pipeline, with_binary_label
-from deltaml.tuning import SearchBudget, search_family
+from deltaml.columns import FEATURES_COL, LABEL_COL, SPLIT_COL, TRAIN, VALIDATION
+from deltaml.config.loader import load_config
+from deltaml.config.search_space import build_space, params_from_sample
+from deltaml.io.session import get_spark
+from deltaml.io.tables import event_tables, resolve_tables
+from deltaml.ml.features import build_feature_stages
+from deltaml.ml.labels import with_binary_label
+from deltaml.ml.metrics import collected_metrics
+from deltaml.ml.models import model_stages
+from deltaml.ml.training import fit_pipeline
+from deltaml.ml.tuning import SearchBudget, search_family
 
 SEARCH = {
     "maxDepth": {"quniform": [4, 10, 1]},

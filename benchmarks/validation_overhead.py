@@ -13,9 +13,9 @@ import sys
 import tempfile
 import time
 
-from deltaml.config import load_config
-from deltaml.runner import run_pipeline
-from deltaml.session import get_spark
+from deltaml.config.loader import load_config
+from deltaml.io.session import get_spark
+from deltaml.pipeline.runner import run_pipeline
 
 
 def _run(state: str, with_contract: bool) -> tuple[float, float]:

@@ -454,7 +454,7 @@ def spark_submit(
     The driver's Spark UI gets a free port (its REST API shows which executors are busy) and the
     application writes an event log (executors added and lost, tasks and why they failed).
     """
-    from deltaml.session import check_delta_jars
+    from deltaml.io.session import check_delta_jars
 
     ui_port = free_port()
     event_dir = log.parent / f"{log.stem}-events"

@@ -50,7 +50,7 @@ def _restore_mlflow_environment() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     """The one SparkSession of the test run: local[2], Delta from set-up's jars, 2 shuffle partitions."""
-    from deltaml.session import build_local_session
+    from deltaml.io.session import build_local_session
 
     session = build_local_session(
         tmp_path_factory.mktemp("spark-state"),

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from deltaml.cli import build_parser
-from deltaml.config import LoadedConfig, load_config
+from deltaml.config.loader import LoadedConfig, load_config
 from deltaml.widgets import config_from_widgets
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,12 +12,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
-from deltaml import cache
-from deltaml.cache import MAX_TAG, CacheRecord, _changed, code_version, commit_times, fingerprint, source_state
-from deltaml.catalog import Table, append_rows
-from deltaml.config import SourceConfig, load_config
-from deltaml.lineage import TableAccess
-from deltaml.runner import PipelineOutcome, run_pipeline
+from deltaml.config.loader import load_config
+from deltaml.config.schema import SourceConfig
+from deltaml.io.catalog import Table, append_rows
+from deltaml.io.recording import TableAccess
+from deltaml.pipeline import cache
+from deltaml.pipeline.cache import MAX_TAG, CacheRecord, _changed, code_version, commit_times, fingerprint, source_state
+from deltaml.pipeline.runner import PipelineOutcome, run_pipeline
 from tests.conftest import telco_config_dict, write_config
 
 

@@ -24,11 +24,11 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from deltaml.cli import main
-from deltaml.config import load_config
-from deltaml.context import DEFAULT_STEPS
-from deltaml.reproduce import reproduce
-from deltaml.runner import PipelineOutcome, run_pipeline
-from deltaml.tracking import resolve_tracking_uri
+from deltaml.config.loader import load_config
+from deltaml.io.tracking import resolve_tracking_uri
+from deltaml.pipeline.reproduce import reproduce
+from deltaml.pipeline.runner import PipelineOutcome, run_pipeline
+from deltaml.steps.base import DEFAULT_STEPS
 from tests.conftest import telco_config_dict, write_config
 
 pytestmark = pytest.mark.slow
@@ -138,7 +138,9 @@ def test_unchanged_steps_are_reused_new_data_reruns_downstream_and_a_killed_run_
     # Reproduce the first run: the split table has been overwritten twice since, so fit and
     # evaluate read it at version 0 by time travel, and the test metrics come out the same.
     split = DeltaTable.forPath(spark, str(tmp_path / "state" / SPLIT))
-    assert split.history(1).first()["version"] == 2
+    last_commit = split.history(1).first()
+    assert last_commit is not None
+    assert last_commit["version"] == 2
     uri = resolve_tracking_uri(load_config(conf).pipeline)
     result = reproduce(first.run_id, uri, spark=spark)
     assert result.original.keys() == result.reproduced.keys() and "test_auc_roc" in result.original

@@ -8,9 +8,9 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
-from deltaml.catalog import Table, read_source, read_table, replace_where, resolve_table
-from deltaml.config import SourceConfig, TableRef
+from deltaml.config.schema import SourceConfig, TableRef
 from deltaml.errors import StepInputError
+from deltaml.io.catalog import Table, read_source, read_table, replace_where, resolve_table
 
 SCHEMA = "id long, batch string, value double"
 

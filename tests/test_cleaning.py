@@ -14,7 +14,8 @@ from pyspark.ml.param import Params
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.testing import assertDataFrameEqual
 
-from deltaml.cleaning import (
+from deltaml.errors import StepInputError
+from deltaml.ml.cleaning import (
     ConstantImputer,
     MissingIndicator,
     OutlierCapper,
@@ -23,7 +24,6 @@ from deltaml.cleaning import (
     RareCategoryGrouperModel,
     TypeCoercer,
 )
-from deltaml.errors import StepInputError
 
 NAN = float("nan")
 INF = float("inf")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deltaml.config import REDACTED_NOTE, load_config
+from deltaml.config.loader import REDACTED_NOTE, load_config
 from deltaml.errors import ConfigError
 from tests.conftest import TELCO_CONF, telco_config_dict, write_config
 
@@ -31,9 +31,11 @@ def test_every_shipped_overlay_loads(env: str, monkeypatch: pytest.MonkeyPatch) 
     cfg = load_config(TELCO_CONF, env=env).pipeline
     refs = [cfg.tables.raw, cfg.tables.clean, cfg.tables.quarantine, cfg.tables.quality, cfg.tables.split]
     if env == "cluster":
-        assert all(ref.path is not None and ref.path.startswith("s3a://bucket/deltaml/") for ref in refs)
+        assert all(
+            ref is not None and ref.path is not None and ref.path.startswith("s3a://bucket/deltaml/") for ref in refs
+        )
     if env == "databricks":
-        assert all(ref.name is not None and ref.name.startswith("main.deltaml.") for ref in refs)
+        assert all(ref is not None and ref.name is not None and ref.name.startswith("main.deltaml.") for ref in refs)
 
 
 def test_overrides_are_typed_and_change_the_hash() -> None:

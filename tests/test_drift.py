@@ -16,7 +16,8 @@ from pyspark.sql.types import DoubleType, IntegerType, StringType, StructField, 
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2_contingency, ks_2samp, wasserstein_distance
 
-from deltaml.drift import (
+from deltaml.errors import StepInputError
+from deltaml.quality.drift import (
     CATEGORICAL_METRICS,
     NUMERIC_METRICS,
     OTHER,
@@ -27,7 +28,6 @@ from deltaml.drift import (
     build_profile,
     compare,
 )
-from deltaml.errors import StepInputError
 
 ROWS = 4000
 CATEGORIES = ["a", "b", "c", "d", "e"]

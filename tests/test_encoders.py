@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml import Estimator, Pipeline, PipelineModel, Transformer
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
-from deltaml.encoders import CategoryEncoder
 from deltaml.errors import StepInputError
+from deltaml.ml.encoders import CategoryEncoder
 
 TRAIN = [("a", 1.0), ("a", 0.0), ("a", 1.0), ("b", 0.0), (None, 1.0)]
 SCORE = [(1, "a"), (2, "b"), (3, "never seen"), (4, None)]
@@ -18,7 +19,7 @@ SCORE = [(1, "a"), (2, "b"), (3, "never seen"), (4, None)]
 
 def test_frequency_and_target_values_by_hand(spark: SparkSession, tmp_path: Path) -> None:
     train = spark.createDataFrame(TRAIN, "c string, _label double")
-    stages = [
+    stages: list[Estimator[Any] | Transformer] = [
         CategoryEncoder(inputCols=["c"], outputCols=["c_freq"], method="frequency"),
         CategoryEncoder(inputCols=["c"], outputCols=["c_target"], method="target", smoothing=2.0),
     ]

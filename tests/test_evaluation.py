@@ -10,7 +10,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql.types import DoubleType, StructField, StructType
 from sklearn.metrics import accuracy_score, auc, log_loss, precision_recall_curve, roc_auc_score
 
-from deltaml.evaluation import binary_metrics
+from deltaml.ml.metrics import binary_metrics
 
 Y = [1, 0, 1, 1, 0, 0, 1, 0, 0, 1, 0, 0]
 P = [0.9, 0.2, 0.65, 0.4, 0.3, 0.55, 0.8, 0.1, 0.45, 0.35, 0.05, 0.6]
@@ -51,7 +51,7 @@ def test_empty_split_reports_zero_rows(spark: SparkSession) -> None:
 
 
 def test_collected_metrics_equal_the_spark_metrics_for_every_task(spark: SparkSession) -> None:
-    from deltaml.evaluation import collected_metrics, task_metrics
+    from deltaml.ml.metrics import collected_metrics, task_metrics
 
     rows = [
         (float(y), Vectors.dense([1 - p, p]), Vectors.dense([1 - p, p]), float(p >= 0.5))

@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 from pyspark.ml import Pipeline
+from pyspark.ml.feature import Bucketizer
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
-from deltaml.config import FeaturesConfig, load_config
+from deltaml.config.loader import load_config
+from deltaml.config.schema import FeaturesConfig
 from deltaml.errors import ConfigError
-from deltaml.features import build_feature_stages, feature_names
-from deltaml.train import build_training_pipeline, with_binary_label
+from deltaml.ml.features import build_feature_stages, feature_names
+from deltaml.ml.labels import with_binary_label
+from deltaml.ml.training import build_training_pipeline
 from tests.conftest import TELCO_CONF
 
 ROWS = [
@@ -35,7 +38,7 @@ def _derived(spark: SparkSession, derived: list[dict[str, object]], columns: lis
 
 
 def test_row_wise_derived_features_match_hand_computed_values(spark: SparkSession) -> None:
-    derived = [
+    derived: list[dict[str, object]] = [
         {"name": "ratio", "kind": "ratio", "columns": ["a", "b"]},
         {"name": "diff", "kind": "difference", "columns": ["a", "b"]},
         {"name": "log_a", "kind": "log", "columns": ["a"]},
@@ -58,7 +61,7 @@ def test_row_wise_derived_features_match_hand_computed_values(spark: SparkSessio
 
 
 def test_cyclical_encoding_puts_december_next_to_january(spark: SparkSession) -> None:
-    derived = [
+    derived: list[dict[str, object]] = [
         {"name": "m", "kind": "date_part", "columns": ["d2"], "part": "month"},
         {"name": "mc", "kind": "cyclical", "columns": ["m"], "period": 12},
     ]
@@ -74,6 +77,7 @@ def test_quantile_buckets_are_learned_on_train_only(spark: SparkSession) -> None
     train = spark.createDataFrame([(i, float(i)) for i in range(1, 11)], "id long, a double")
     model = Pipeline(stages=build_feature_stages(features)).fit(train)
     bucketizer = next(s for s in model.stages if type(s).__name__ == "Bucketizer")
+    assert isinstance(bucketizer, Bucketizer)
     # The median of train's 1..10 splits the buckets; a later 1000 cannot move it.
     assert bucketizer.getSplits()[1] == pytest.approx(5.0, abs=1.0)
     scoring = spark.createDataFrame([(1, 2.0), (2, 1000.0)], "id long, a double")
@@ -195,9 +199,9 @@ def test_hashing_category_cap_and_slot_selection_keep_names_aligned(spark: Spark
 def test_loaded_window_stages_are_pointed_at_this_environment(tmp_path: Path) -> None:
     from pyspark.ml import PipelineModel
 
-    from deltaml.catalog import Table
-    from deltaml.config import WindowFeaturesConfig
-    from deltaml.features import bind_window_stages, window_stage
+    from deltaml.config.schema import WindowFeaturesConfig
+    from deltaml.io.catalog import Table
+    from deltaml.ml.features import bind_window_stages, window_stage
 
     window = WindowFeaturesConfig.model_validate(
         {

@@ -13,8 +13,8 @@ from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
 from deltaml.cli import main
-from deltaml.features import feature_names
-from deltaml.windows import WindowFeatures
+from deltaml.ml.features import feature_names
+from deltaml.ml.windows import WindowFeatures
 from tests.conftest import ROOT, write_config
 
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def test_flights_pipeline_trains_and_scores_with_point_in_time_windows(
     model = mlflow.spark.load_model(f"models:/flight_delays/{champion.version}")
     windows = [s for s in model.stages if isinstance(s, WindowFeatures)]
     assert [w.getPrefix() for w in windows] == ["plane", "same_flight"]
-    from deltaml.config import load_config
+    from deltaml.config.loader import load_config
 
     features = load_config(flights_conf).pipeline.features
     names = feature_names(model, features)

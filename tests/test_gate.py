@@ -10,9 +10,9 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from sklearn.metrics import accuracy_score, log_loss, precision_recall_curve, roc_auc_score
 
-from deltaml.config import GateConfig
+from deltaml.config.schema import GateConfig
 from deltaml.errors import StepInputError
-from deltaml.gate import bootstrap_differences, gate_decision, metric_value
+from deltaml.quality.gate import bootstrap_differences, gate_decision, metric_value
 
 SCHEMA = "y double, p_champion double, p_challenger double, pred_champion double, pred_challenger double"
 

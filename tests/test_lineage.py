@@ -14,24 +14,24 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from deltaml import runner
-from deltaml.catalog import Table, read_table, replace_where
 from deltaml.cli import main
-from deltaml.config import load_config
-from deltaml.context import StepContext, StepResult, resolve_tables
+from deltaml.columns import MANIFEST_ARTIFACT
+from deltaml.config.loader import load_config
 from deltaml.errors import StepInputError
-from deltaml.lineage import (
-    MANIFEST_ARTIFACT,
-    TableAccess,
+from deltaml.io.catalog import Table, read_table, replace_where
+from deltaml.io.recording import TableAccess, recording
+from deltaml.io.tables import resolve_tables
+from deltaml.io.tracking import configure_tracking
+from deltaml.pipeline import runner
+from deltaml.pipeline.lineage import (
     batch_lineage,
     build_manifest,
     log_datasets,
     model_lineage,
-    recording,
     render_batch_lineage,
     render_lineage,
 )
-from deltaml.tracking import configure_tracking
+from deltaml.steps.base import StepContext, StepResult
 from tests.conftest import telco_config_dict, write_config
 
 pytestmark = pytest.mark.usefixtures("restore_cli_logging")
@@ -148,13 +148,13 @@ def test_log_datasets_warns_and_goes_on_when_a_dataset_cannot_be_logged(
         read_table(spark, kept, "ingest")
     shutil.rmtree(gone.ref)
 
-    with caplog.at_level(logging.WARNING, logger="deltaml.lineage"):
+    with caplog.at_level(logging.WARNING, logger="deltaml.pipeline.lineage"):
         log_datasets(spark, accesses)  # no active run: nothing is logged, and no run is started
         assert mlflow.active_run() is None
         with mlflow.start_run(tags={"deltaml.step": "ingest"}) as run:
             log_datasets(spark, accesses)
     assert list(_dataset_inputs(run.info.run_id)) == ["kept@v0"]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "deltaml.lineage"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "deltaml.pipeline.lineage"]
     assert warnings[0] == "lineage: no active MLflow run; 2 input table(s) not logged as datasets"
     assert warnings[1].startswith(f"lineage: {gone} v0 not logged as an MLflow dataset: Py4JJavaError: ")
     assert len(warnings) == 2 and "\n" not in warnings[1]

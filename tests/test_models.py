@@ -8,12 +8,14 @@ import pytest
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.linalg import Vectors
+from pyspark.ml.regression import LinearRegressionModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from deltaml.columns import WEIGHT_COL
 from deltaml.errors import StepInputError
-from deltaml.models import WEIGHT_COL, DecisionThreshold, class_weights, model_stages
+from deltaml.ml.models import DecisionThreshold, class_weights, model_stages
 
 FAMILIES = ["logistic_regression", "random_forest", "gbt", "linear_svc", "mlp"]
 
@@ -29,7 +31,7 @@ def test_every_family_gives_probability_and_thresholded_prediction(spark: SparkS
     params = {"hidden_layers": [4], "maxIter": 50} if family == "mlp" else {"maxIter": 5} if family == "gbt" else {}
     stages = [*model_stages(family, params, seed=1, num_features=2), DecisionThreshold(threshold=0.5)]
     scored = Pipeline(stages=stages).fit(data).transform(data)
-    out = scored.select("_label", vector_to_array("probability")[1].alias("p"), "prediction").collect()
+    out = scored.select("_label", vector_to_array(F.col("probability"))[1].alias("p"), "prediction").collect()
     assert all(0.0 <= r["p"] <= 1.0 for r in out)
     assert all(r["prediction"] == (1.0 if r["p"] >= 0.5 else 0.0) for r in out)
     # The classes are separable on the first feature: every family ranks them almost perfectly.
@@ -47,7 +49,9 @@ def test_decision_threshold_is_hand_checkable_and_survives_save_and_load(spark: 
     loaded = PipelineModel.load(str(tmp_path / "m"))
     expected = spark.createDataFrame([(1, 0.0), (2, 1.0), (3, 1.0)], "id int, prediction double")
     assertDataFrameEqual(loaded.transform(data).select("id", "prediction"), expected)
-    assert loaded.stages[0].getThreshold() == 0.3
+    threshold = loaded.stages[0]
+    assert isinstance(threshold, DecisionThreshold)
+    assert threshold.getThreshold() == 0.3
 
 
 def test_balanced_class_weights(spark: SparkSession) -> None:
@@ -76,7 +80,7 @@ def test_bad_model_params_are_one_line(family: str, params: dict[str, object], m
 def test_multiclass_families_give_k_probabilities_and_class_labels_survive_save(
     spark: SparkSession, tmp_path: Path
 ) -> None:
-    from deltaml.models import ClassLabels, model_classes
+    from deltaml.ml.models import ClassLabels, model_classes
 
     rows = [(Vectors.dense([float(i % 3) + 0.1 * (i % 5), float(i % 2)]), float(i % 3)) for i in range(30)]
     data = spark.createDataFrame(rows, ["features", "_label"])
@@ -102,12 +106,14 @@ def test_regression_families_predict_numbers(spark: SparkSession) -> None:
         predicted = [r["prediction"] for r in model.transform(data).select("prediction").collect()]
         assert len(predicted) == 30 and all(isinstance(p, float) for p in predicted), family
     linear = Pipeline(stages=model_stages("linear_regression", {}, seed=1, task="regression")).fit(data)
-    assert linear.stages[-1].coefficients[0] == pytest.approx(3.0, abs=1e-6)
+    fitted = linear.stages[-1]
+    assert isinstance(fitted, LinearRegressionModel)
+    assert fitted.coefficients.toArray()[0] == pytest.approx(3.0, abs=1e-6)
 
 
 def test_label_encoding_per_task_and_balanced_weights_for_three_classes(spark: SparkSession) -> None:
-    from deltaml.config import LabelConfig
-    from deltaml.models import encode_label
+    from deltaml.config.schema import LabelConfig
+    from deltaml.ml.models import encode_label
 
     df = spark.createDataFrame([("x",), ("y",), ("z",), ("y",), ("w",)], "label string")
     multiclass = LabelConfig(column="label", task="multiclass", classes=["x", "y", "z"])
@@ -123,9 +129,9 @@ def test_label_encoding_per_task_and_balanced_weights_for_three_classes(spark: S
 
 
 def test_a_class_absent_from_train_keeps_its_probability_slot(spark: SparkSession) -> None:
-    from deltaml.config import load_config
+    from deltaml.config.loader import load_config
     from deltaml.errors import StepInputError as InputError
-    from deltaml.train import label_classes, labelled_rows
+    from deltaml.ml.labels import label_classes, labelled_rows
     from tests.conftest import ROOT
 
     config = load_config(ROOT / "conf" / "penguin_species.yml").pipeline

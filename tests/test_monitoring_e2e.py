@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame, SparkSession
@@ -15,8 +16,8 @@ from pyspark.sql import functions as F
 from sklearn.metrics import roc_auc_score
 
 from deltaml.cli import main
-from deltaml.config import load_config
-from deltaml.retraining import retrain
+from deltaml.config.loader import load_config
+from deltaml.pipeline.retraining import retrain
 from tests.conftest import telco_config_dict, write_config
 from tests.test_pipeline_e2e import run_notebook
 
@@ -66,8 +67,9 @@ def _append_test_rows(spark: SparkSession, conf: Path, batch: str, offset: int, 
 
 def _window_rows(spark: SparkSession, conf: Path) -> list[Any]:
     table = _load(spark, conf, MONITORING)
-    latest = table.agg(F.max("monitored_at")).first()[0]
-    return table.where(F.col("monitored_at") == latest).collect()
+    latest = table.agg(F.max("monitored_at")).first()
+    assert latest is not None
+    return table.where(F.col("monitored_at") == latest[0]).collect()
 
 
 def _drifted(rows: list[Any]) -> set[str]:
@@ -114,15 +116,17 @@ def test_monitor_flags_exactly_the_shifted_features_and_retraining_follows(
     decay = next(r for r in shifted if r["metric"] == "auc_roc_decay")
     window = _load(spark, trained, "warehouse/gold/telco_churn_predictions").where("batch_id = 'shifted'")
     labels = _load(spark, trained, CLEAN).select("customer_id", "churn")
-    pairs = window.join(labels, "customer_id").select("probability", "churn").toPandas()
+    pairs: pd.DataFrame = window.join(labels, "customer_id").select("probability", "churn").toPandas()
     assert live["value"] == pytest.approx(roc_auc_score(pairs["churn"] == "Yes", pairs["probability"]), abs=1e-9)
     assert decay["value"] == pytest.approx(test["value"] - live["value"], abs=1e-9)
     champion = MlflowClient().get_model_version_by_alias("telco_churn", "champion")
     assert test["value"] == pytest.approx(float(champion.tags["metric.test_auc_roc"]))
 
     # The report is in MLflow.
+    experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
+    assert experiment is not None
     monitor_run = MlflowClient().search_runs(
-        [mlflow.get_experiment_by_name(cfg.mlflow.experiment).experiment_id],
+        [experiment.experiment_id],
         filter_string="tags.`deltaml.step` = 'monitor'",
         order_by=["attributes.start_time DESC"],
     )[0]

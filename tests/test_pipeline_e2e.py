@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
 from deltaml.cli import main
-from deltaml.config import load_config
-from deltaml.session import check_delta_jars
+from deltaml.config.loader import load_config
+from deltaml.io.session import check_delta_jars
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -113,8 +113,10 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     assert _rows(spark, state / RAW, "customer_id") == (7043, 7043)
     assert _rows(spark, state / PREDICTIONS, "customer_id") == (7043, 7043)
 
+    experiment = mlflow.get_experiment_by_name("deltaml-telco-churn")
+    assert experiment is not None
     parent = client.search_runs(
-        [mlflow.get_experiment_by_name("deltaml-telco-churn").experiment_id],
+        [experiment.experiment_id],
         filter_string="tags.`deltaml.step` = 'pipeline'",
     )[0]
     steps = _step_runs(parent.info.run_id)
@@ -143,7 +145,9 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     assert steps["fit"].data.tags["deltaml.winner_family"] in families
     assert "leaderboard.json" in {a.path for a in client.list_artifacts(fit_run)}
     # The MLflow UI lists the tables each step read as dataset inputs, with their Delta version.
-    (trained_on,) = client.get_run(fit_run).inputs.dataset_inputs
+    fit_inputs = client.get_run(fit_run).inputs
+    assert fit_inputs is not None
+    (trained_on,) = fit_inputs.dataset_inputs
     assert json.loads(trained_on.dataset.source) == {"path": str(state / SPLIT), "delta_table_version": 0}
     assert {t.key: t.value for t in trained_on.tags}["mlflow.data.context"] == "fit"
     report = {a.path for a in client.list_artifacts(steps["evaluate"].info.run_id, "report")}

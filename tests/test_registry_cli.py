@@ -16,15 +16,17 @@ from pyspark.ml.classification import LogisticRegression
 from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 
-from deltaml.catalog import overwrite_table
 from deltaml.cli import main
-from deltaml.config import load_config
-from deltaml.context import StepContext, resolve_tables
+from deltaml.columns import HISTORY_TAG, LABEL_COL
+from deltaml.config.loader import load_config
 from deltaml.errors import StepInputError
-from deltaml.gate import HISTORY_MAX_CHARS, HISTORY_TAG, promote, promotion_history, rollback
-from deltaml.registry import run_register
-from deltaml.tracking import configure_tracking, resolve_tracking_uri
-from deltaml.train import LABEL_COL, with_binary_label
+from deltaml.io.catalog import overwrite_table
+from deltaml.io.registry import HISTORY_MAX_CHARS, promote, promotion_history, rollback
+from deltaml.io.tables import resolve_tables
+from deltaml.io.tracking import configure_tracking, resolve_tracking_uri
+from deltaml.ml.labels import with_binary_label
+from deltaml.steps.base import StepContext
+from deltaml.steps.register import run_register
 from tests.conftest import write_config
 
 NAME = "churn_model"
@@ -65,7 +67,8 @@ def test_promote_moves_the_alias_and_keeps_a_history(tmp_path: Path) -> None:
     ]
     assert all(set(e) == {"version", "previous", "at", "reason"} for e in history)
     promoted_at = datetime.fromisoformat(client.get_model_version(NAME, "3").tags["deltaml.promoted_at"])
-    assert promoted_at.utcoffset() is not None and promoted_at.utcoffset().total_seconds() == 0
+    offset = promoted_at.utcoffset()
+    assert offset is not None and offset.total_seconds() == 0
     assert started <= promoted_at <= datetime.now().astimezone()
     assert history[-1]["at"] == client.get_model_version(NAME, "3").tags["deltaml.promoted_at"]
 

@@ -22,9 +22,9 @@ from pyspark.sql import functions as F
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
-from deltaml.config import CostConfig
+from deltaml.config.schema import CostConfig
 from deltaml.errors import StepInputError
-from deltaml.report import (
+from deltaml.report.statistics import (
     RESIDUAL_QUANTILES,
     CalibrationPoint,
     PredictedVsActualGrid,
@@ -42,10 +42,8 @@ from deltaml.report import (
     residual_histogram,
     roc_points,
     score_histogram,
-    write_multiclass_report,
-    write_regression_report,
-    write_report,
 )
+from deltaml.report.writers import write_multiclass_report, write_regression_report, write_report
 
 ROWS = 2000
 BINS = 1000

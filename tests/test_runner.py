@@ -8,9 +8,9 @@ import mlflow
 import pytest
 from pyspark.sql import SparkSession
 
-from deltaml import runner
 from deltaml.cli import main
-from deltaml.context import StepContext, StepResult
+from deltaml.pipeline import runner
+from deltaml.steps.base import StepContext, StepResult
 from tests.conftest import telco_config_dict, write_config
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from pyspark.ml import PipelineModel
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from tests.fixtures.make_saved_models import SCHEMA
@@ -39,7 +40,7 @@ def test_a_pipeline_saved_before_the_move_scores_as_it_did(spark: SparkSession) 
     model = PipelineModel.load(str(SAVED / "pipeline"))
     rows = [tuple(r) for r in json.loads((SAVED / "input.json").read_text())]
     scored = model.transform(spark.createDataFrame(rows, SCHEMA)).select(
-        "id", "plan_grouped", "plan_target", vector_to_array("probability").alias("probability"), "prediction"
+        "id", "plan_grouped", "plan_target", vector_to_array(F.col("probability")).alias("probability"), "prediction"
     )
     expected_rows = json.loads((SAVED / "expected.json").read_text())
     expected = spark.createDataFrame(expected_rows, scored.schema)

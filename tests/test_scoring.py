@@ -10,17 +10,11 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from deltaml.catalog import Table, read_table, replace_rows, sql_in, sql_literal
+from deltaml.columns import BATCH_COL, INPUT_HASH_COL
 from deltaml.errors import StepInputError
-from deltaml.scoring import (
-    BATCH_COL,
-    INPUT_HASH_COL,
-    ScoringPlan,
-    batch_values,
-    input_hash,
-    plan_scoring,
-    sync_serving,
-)
+from deltaml.io.catalog import Table, read_table, replace_rows, sql_in, sql_literal
+from deltaml.ml.predictions import batch_values, input_hash
+from deltaml.steps.score import ScoringPlan, plan_scoring, sync_serving
 
 SCHEMA = "id long, batch string, x double, note string"
 FEATURES = ["x"]
@@ -180,16 +174,16 @@ def test_too_many_batches_and_an_empty_input_are_one_line_errors(spark: SparkSes
     first, v0 = _plan(spark, source, predictions, "batch")
     _record(spark, first, source, v0, predictions)
     _append(spark, source, [(i, f"b{i}", 1.0, "n") for i in range(2, 12)])
-    import deltaml.scoring
+    import deltaml.steps.score
 
     data, version = read_table(spark, source, "score")
-    limit = deltaml.scoring.MAX_BATCHES
+    limit = deltaml.steps.score.MAX_BATCHES
     try:
-        deltaml.scoring.MAX_BATCHES = 5
+        deltaml.steps.score.MAX_BATCHES = 5
         with pytest.raises(StepInputError, match=r"more than 5 batches; set score.batch_column"):
             plan_scoring(spark, data, source, version, predictions, "id", FEATURES, "batch", False)
     finally:
-        deltaml.scoring.MAX_BATCHES = limit
+        deltaml.steps.score.MAX_BATCHES = limit
 
 
 def test_batch_values_keeps_strings_and_names_nulls(spark: SparkSession) -> None:
@@ -214,6 +208,9 @@ def test_serving_table_keeps_the_latest_prediction_per_key(spark: SparkSession, 
     served = {r["id"]: (r["prediction"], r[BATCH_COL]) for r in spark.read.format("delta").load(serving.ref).collect()}
     assert served == {1: (0.1, "a"), 2: (0.6, "c"), 3: (0.3, "b")}
     # Nothing newer than what is served: no write at all.
-    before = DeltaTable.forPath(spark, serving.ref).history(1).first()["version"]
+    before = DeltaTable.forPath(spark, serving.ref).history(1).first()
+    assert before is not None
     assert sync_serving(spark, predictions, serving, "id") is None
-    assert DeltaTable.forPath(spark, serving.ref).history(1).first()["version"] == before
+    after = DeltaTable.forPath(spark, serving.ref).history(1).first()
+    assert after is not None
+    assert after["version"] == before["version"]

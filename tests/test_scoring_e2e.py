@@ -45,7 +45,9 @@ def _state(conf: Path) -> Path:
 
 
 def _latest_version(spark: SparkSession, path: Path) -> int:
-    return int(DeltaTable.forPath(spark, str(path)).history(1).first()["version"])
+    last_commit = DeltaTable.forPath(spark, str(path)).history(1).first()
+    assert last_commit is not None
+    return int(last_commit["version"])
 
 
 def _load(spark: SparkSession, path: Path) -> DataFrame:
@@ -55,7 +57,9 @@ def _load(spark: SparkSession, path: Path) -> DataFrame:
 def _append_batch(spark: SparkSession, conf: Path, batch: str, copies: int, offset: int, partitions: int = 2) -> int:
     """Append ``copies`` copies of the clean table's first batch under new keys, as batch ``batch``."""
     clean = _load(spark, _state(conf) / CLEAN)
-    first = clean.where(F.col("_ingest_batch_id") == clean.select(F.min("_ingest_batch_id")).first()[0])
+    first_batch = clean.select(F.min("_ingest_batch_id")).first()
+    assert first_batch is not None
+    first = clean.where(F.col("_ingest_batch_id") == first_batch[0])
     copied = first.crossJoin(spark.range(copies).withColumnRenamed("id", "_copy"))
     extra = (
         copied.withColumn("customer_id", F.col("customer_id") + F.lit(offset) + F.col("_copy") * 100_000)
@@ -100,7 +104,9 @@ def test_score_is_incremental_and_full_rescores(
     assert rescored.count() == rescored.select("customer_id").distinct().count() == 7043 + added
     assert rescored.select("scored_at").distinct().count() == 1
     assert _latest_version(spark, state / PREDICTIONS) == version + 2
-    latest = rescored.select(F.max("scored_at")).first()[0]
+    latest_row = rescored.select(F.max("scored_at")).first()
+    assert latest_row is not None
+    latest = latest_row[0]
     assert _load(spark, state / SERVING).where(F.col("scored_at") == latest).count() == 7043 + added
 
 

@@ -14,8 +14,8 @@ from hyperopt.exceptions import DuplicateLabel
 from hyperopt.pyll.stochastic import sample
 from pydantic import ValidationError
 
-from deltaml.config import CandidateConfig
-from deltaml.search_space import build_space, describe, params_from_sample, searched_params, validate_search
+from deltaml.config.schema import CandidateConfig
+from deltaml.config.search_space import build_space, describe, params_from_sample, searched_params, validate_search
 
 N_SAMPLES = 200
 

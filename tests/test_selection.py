@@ -16,7 +16,7 @@ from pyspark.sql.types import IntegerType, StructField, StructType
 from pyspark.testing import assertDataFrameEqual
 
 from deltaml.errors import StepInputError
-from deltaml.selection import FeatureSlotSelector, kept_slots
+from deltaml.ml.selection import FeatureSlotSelector, kept_slots
 
 NAN = float("nan")
 SCHEMA = StructType([StructField("id", IntegerType()), StructField("features", VectorUDT())])
@@ -105,7 +105,7 @@ def test_kept_slots_rejects_a_matrix_that_does_not_match_the_candidates() -> Non
 def test_selector_drops_constant_slots(spark: SparkSession, caplog: pytest.LogCaptureFixture) -> None:
     data = _vectors(spark, [[1.0, 5.0, 0.0, 7.0], [2.0, 5.0, 3.0, 7.0], [4.0, 5.0, 1.0, 7.0]])
     selector = FeatureSlotSelector(inputCol="features", outputCol="selected")
-    with caplog.at_level(logging.INFO, logger="deltaml.selection"):
+    with caplog.at_level(logging.INFO, logger="deltaml.ml.selection"):
         model = selector.fit(data)
     assert isinstance(model, VectorSlicer)
     assert model.getIndices() == [0, 2]

@@ -10,9 +10,9 @@ import pytest
 from delta import configure_spark_with_delta_pip
 from pyspark.sql import SparkSession
 
-from deltaml.config import load_config
+from deltaml.config.loader import load_config
 from deltaml.errors import SetupError
-from deltaml.session import check_delta_jars, delta_artifacts, delta_jar_paths, get_spark
+from deltaml.io.session import check_delta_jars, delta_artifacts, delta_jar_paths, get_spark
 from tests.conftest import TELCO_CONF
 
 

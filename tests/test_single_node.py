@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pytest
@@ -20,7 +20,7 @@ from pyspark.testing import assertDataFrameEqual
 from sklearn import metrics as skm
 
 from deltaml.errors import StepFailedError, StepInputError
-from deltaml.single_node import (
+from deltaml.ml.single_node import (
     TRIAL_JOB_GROUP,
     ShippedData,
     SingleNodeModel,
@@ -30,6 +30,9 @@ from deltaml.single_node import (
     ship_data,
     single_node_estimator,
 )
+
+if TYPE_CHECKING:
+    from pyspark.ml._typing import MulticlassClassificationEvaluatorMetricType
 
 SCHEMA = StructType([StructField("features", VectorUDT(), False), StructField("_label", DoubleType(), False)])
 PARAMS = {"max_iter": 30.0, "max_leaf_nodes": 15.0, "learning_rate": 0.2}  # floats, as Hyperopt gives them
@@ -153,10 +156,11 @@ def test_multiclass_probability_has_every_class_even_one_absent_from_train(spark
             "accuracy": skm.accuracy_score(y, predicted),
             "f1": skm.f1_score(y, predicted, average="weighted", zero_division=0.0),
             # Spark's log-loss of the same output (class 2's probability 0 floored at 1e-15, as
-            # deltaml's evaluate step does), not scikit-learn's (floored at float64 eps).
-            "log_loss": MulticlassClassificationEvaluator(labelCol="_label", metricName="logLoss").evaluate(
-                model.transform(validation)
-            ),
+            # deltaml's evaluate step does), not scikit-learn's (floored at float64 eps). The cast:
+            # pyspark's stub Literal for metricName leaves out "logLoss", which Spark accepts.
+            "log_loss": MulticlassClassificationEvaluator(
+                labelCol="_label", metricName=cast("MulticlassClassificationEvaluatorMetricType", "logLoss")
+            ).evaluate(model.transform(validation)),
         },
     )
 
@@ -192,7 +196,7 @@ def test_regression_trial_and_driver_fit(spark: SparkSession, tmp_path: Path) ->
 
 def test_max_rows_samples_train_and_validation(spark: SparkSession, caplog: pytest.LogCaptureFixture) -> None:
     train, validation = _binary(spark)
-    with caplog.at_level(logging.INFO, logger="deltaml.single_node"):
+    with caplog.at_level(logging.INFO, logger="deltaml.ml.single_node"):
         shipped = ship_data(spark, train, validation, max_rows=60, seed=5)
     try:
         assert (shipped.train_rows, shipped.validation_rows, shipped.sampled) == (60, 60, True)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from deltaml.config import SplitConfig
-from deltaml.split import SPLIT_COL, assign_split
+from deltaml.columns import SPLIT_COL
+from deltaml.config.schema import SplitConfig
+from deltaml.steps.split import assign_split
 
 
-def _labelled(spark: SparkSession, rows: int = 2000):  # type: ignore[no-untyped-def]
+def _labelled(spark: SparkSession, rows: int = 2000) -> DataFrame:
     # 20% positives, so a random split would give noticeably uneven class shares.
     return spark.range(rows).withColumn("y", F.when(F.col("id") % 5 == 0, "Yes").otherwise("No"))
 
 
-def _assignment(df) -> dict[int, str]:  # type: ignore[no-untyped-def]
+def _assignment(df: DataFrame) -> dict[int, str]:
     return {r["id"]: r[SPLIT_COL] for r in df.select("id", SPLIT_COL).collect()}
 
 

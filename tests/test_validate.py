@@ -13,12 +13,12 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from deltaml import runner
-from deltaml.catalog import table_exists
-from deltaml.config import load_config
-from deltaml.context import StepContext
+from deltaml.config.loader import load_config
 from deltaml.errors import ConfigError, ContractError
-from deltaml.runner import run_pipeline
+from deltaml.io.catalog import table_exists
+from deltaml.pipeline import runner
+from deltaml.pipeline.runner import run_pipeline
+from deltaml.steps.base import StepContext
 from tests.conftest import write_config
 
 SCHEMA = "id long, x double, cat string, code string, y string"
@@ -341,7 +341,9 @@ def test_warn_rules_pass_rows_and_are_counted(spark: SparkSession, tmp_path: Pat
     ctx = _validate(_config(tmp_path, contract=contract), spark)
     assert [r["id"] for r in _table(spark, ctx, "clean")] == [1, 2, 3, 4, 10]
     quality = spark.read.format("delta").load(ctx.tables.quality.ref)
-    assert quality.where(F.col("rule") == "x.max").select("action", "rows_broken").first().asDict() == {
+    broken = quality.where(F.col("rule") == "x.max").select("action", "rows_broken").first()
+    assert broken is not None
+    assert broken.asDict() == {
         "action": "warn",
         "rows_broken": 1,
     }

@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from deltaml.errors import StepInputError
-from deltaml.windows import WindowAggregate, WindowFeatures, as_of_aggregates, point_in_time_aggregates
+from deltaml.ml.windows import WindowAggregate, WindowFeatures, as_of_aggregates, point_in_time_aggregates
 
 REF = datetime(2024, 3, 31)  # customer a's first reference time
 LATER = datetime(2024, 4, 6)  # customer a's second reference time
@@ -272,7 +272,9 @@ def test_window_stage_reads_the_event_table_and_matches_the_function(spark: Spar
 
     expected = _aggregate(entities, _events(spark), COUNTS_AND_SUMS)
     assertDataFrameEqual(loaded.transform(entities), expected)
-    assert [a.column_name() for a in loaded.stages[0].window_aggregates()] == [a.column_name() for a in COUNTS_AND_SUMS]
+    loaded_stage = loaded.stages[0]
+    assert isinstance(loaded_stage, WindowFeatures)
+    assert [a.column_name() for a in loaded_stage.window_aggregates()] == [a.column_name() for a in COUNTS_AND_SUMS]
 
 
 def test_window_stage_as_of_replaces_every_reference_time(spark: SparkSession, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from deltaml import __version__
+from deltaml._version import __version__
 from deltaml.errors import DeltamlError
 
 LOG = logging.getLogger("deltaml")
@@ -16,7 +16,7 @@ LOG = logging.getLogger("deltaml")
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for ``deltaml`` and its sub-commands."""
-    from deltaml.context import STEP_NAMES
+    from deltaml.steps.base import STEP_NAMES
 
     parser = argparse.ArgumentParser(
         prog="deltaml",
@@ -192,10 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     import yaml
 
-    from deltaml.config import load_config
+    from deltaml.config.loader import load_config
 
     if args.command == "setup-jars":
-        from deltaml.session import install_delta_jars
+        from deltaml.io.session import install_delta_jars
 
         paths = install_delta_jars()
         if args.spark_jars:
@@ -217,14 +217,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(loaded.effective, sort_keys=False), end="")
         print(f"# config hash: {loaded.config_hash}")
         return 0
-    from deltaml.runner import run_pipeline
+    from deltaml.pipeline.runner import run_pipeline
 
     # MLflow sets its own logger to INFO when imported; its per-file DFS notes are noise here, and so is
     # the progress bar it draws for each small artifact it downloads (the monitor's reference profile).
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.command == "retrain":
-        from deltaml.retraining import retrain
+        from deltaml.pipeline.retraining import retrain
 
         decision = retrain(loaded, dry_run=args.dry_run)
         print(decision.summary)
@@ -241,8 +241,9 @@ def _move_champion(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from deltaml.columns import CHAMPION
     from deltaml.errors import StepFailedError
-    from deltaml.gate import CHAMPION, promote, rollback
+    from deltaml.io.registry import promote, rollback
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     uri = _registry_uri(args)
@@ -269,7 +270,7 @@ def _print_lineage(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
     from deltaml.errors import ConfigError, StepInputError
-    from deltaml.lineage import model_lineage, render_lineage
+    from deltaml.pipeline.lineage import model_lineage, render_lineage
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -279,10 +280,10 @@ def _print_lineage(args: argparse.Namespace) -> int:
         print(render_lineage(model_lineage(client, args.target, args.model_version)))
         return 0
 
-    from deltaml.config import load_config
-    from deltaml.context import resolve_tables
-    from deltaml.lineage import batch_lineage, render_batch_lineage
-    from deltaml.session import get_spark
+    from deltaml.config.loader import load_config
+    from deltaml.io.session import get_spark
+    from deltaml.io.tables import resolve_tables
+    from deltaml.pipeline.lineage import batch_lineage, render_batch_lineage
 
     if args.conf is not None:
         raise ConfigError("lineage --batch: CONF is the positional argument and names the registry too; drop --conf")
@@ -301,7 +302,7 @@ def _print_lineage(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from deltaml.reproduce import reproduce
+    from deltaml.pipeline.reproduce import reproduce
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -321,8 +322,8 @@ def _registry_uri(args: argparse.Namespace) -> str:
     elif os.environ.get("MLFLOW_TRACKING_URI"):
         uri = os.environ["MLFLOW_TRACKING_URI"]
     elif args.conf:
-        from deltaml.config import load_config
-        from deltaml.tracking import resolve_tracking_uri
+        from deltaml.config.loader import load_config
+        from deltaml.io.tracking import resolve_tracking_uri
 
         uri = resolve_tracking_uri(load_config(args.conf, env=args.env, overrides=args.overrides).pipeline)
     else:

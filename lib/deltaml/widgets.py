@@ -6,9 +6,9 @@ import re
 from collections.abc import Sequence
 from typing import Protocol
 
-from deltaml.config import LoadedConfig, load_config
-from deltaml.retraining import RetrainDecision, retrain
-from deltaml.runner import PipelineOutcome, run_pipeline
+from deltaml.config.loader import LoadedConfig, load_config
+from deltaml.pipeline.retraining import RetrainDecision, retrain
+from deltaml.pipeline.runner import PipelineOutcome, run_pipeline
 
 
 class Widgets(Protocol):

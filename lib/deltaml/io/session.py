@@ -1,0 +1,248 @@
+"""Builds every SparkSession deltaml uses: local with offline Delta jars, or the cluster's own."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from deltaml.config.schema import PipelineConfig
+from deltaml.errors import SetupError
+
+LOG = logging.getLogger(__name__)
+
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+
+
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+
+
+SCALA_VERSION = "2.13"
+
+
+# Settings for a one-machine session. Delta's snapshot state is rebuilt with 50 partitions by
+# default, which costs seconds per read on small tables; the UI is off so parallel test runs
+# cannot collide on its port.
+LOCAL_DEFAULTS: dict[str, str] = {
+    "spark.sql.shuffle.partitions": "4",
+    "spark.default.parallelism": "4",
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.driver.memory": "2g",
+    "spark.sql.debug.maxToStringFields": "200",
+}
+
+
+def delta_artifacts() -> list[tuple[str, str, str]]:
+    """The Maven coordinates of the Delta jars matching the installed delta-spark and pyspark.
+
+    Mirrors ``delta.pip_utils.configure_spark_with_delta_pip``: the artifact name carries
+    pyspark's major.minor version and the version is the delta-spark package's own.
+
+    Returns:
+        ``(group, artifact, version)`` for delta-spark and delta-storage.
+    """
+    import pyspark
+
+    delta_version = importlib.metadata.version("delta-spark")
+    spark_major_minor = ".".join(pyspark.__version__.split(".")[:2])
+    return [
+        ("io.delta", f"delta-spark_{spark_major_minor}_{SCALA_VERSION}", delta_version),
+        ("io.delta", "delta-storage", delta_version),
+    ]
+
+
+def delta_jar_paths(maven_repo: Path | None = None) -> list[Path]:
+    """Where set-up's ``mvn dependency:get`` puts the Delta jars in the local Maven repository.
+
+    Args:
+        maven_repo: The local repository; ``~/.m2/repository`` by default.
+
+    Returns:
+        One path per artifact of :func:`delta_artifacts`.
+    """
+    repo = maven_repo or Path.home() / ".m2" / "repository"
+    return [
+        repo.joinpath(*group.split("."), artifact, version, f"{artifact}-{version}.jar")
+        for group, artifact, version in delta_artifacts()
+    ]
+
+
+def check_delta_jars(maven_repo: Path | None = None) -> list[Path]:
+    """Return the Delta jar paths, or fail with one line naming the set-up command.
+
+    Raises:
+        SetupError: A jar is not in the local Maven repository.
+    """
+    paths = delta_jar_paths(maven_repo)
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        coordinate = ":".join(delta_artifacts()[0])
+        raise SetupError(
+            f"Delta Lake jar not found: {missing[0]} ({coordinate}); run `make setup` "
+            "(it fetches the jars with Maven) and try again"
+        )
+    return paths
+
+
+def install_delta_jars(maven_repo: Path | None = None) -> list[Path]:
+    """Fetch the Delta jars into the local Maven repository with the Maven client, if missing.
+
+    Spark then starts with them from ``spark.jars`` and downloads nothing at run time.
+
+    Returns:
+        The jar paths, all present.
+
+    Raises:
+        SetupError: Maven is not installed or could not fetch a jar.
+    """
+    import shutil
+    import subprocess
+
+    missing = [
+        (artifact, path)
+        for artifact, path in zip(delta_artifacts(), delta_jar_paths(maven_repo), strict=True)
+        if not path.is_file()
+    ]
+    if missing and shutil.which("mvn") is None:
+        raise SetupError(
+            "Maven (mvn) is not on PATH; install it (e.g. apt-get install maven) and run `make setup` again"
+        )
+    for (group, artifact, version), path in missing:
+        coordinate = f"{group}:{artifact}:{version}"
+        command = ["mvn", "--batch-mode", "--quiet", "dependency:get", f"-Dartifact={coordinate}", "-Dtransitive=false"]
+        if maven_repo is not None:
+            command.append(f"-Dmaven.repo.local={maven_repo}")
+        LOG.info("fetching %s with Maven", coordinate)
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0 or not path.is_file():
+            detail = (done.stdout + done.stderr).strip().splitlines()
+            raise SetupError(f"Maven could not fetch {coordinate}: {detail[0] if detail else 'no output'}")
+    return check_delta_jars(maven_repo)
+
+
+def _under_spark_submit() -> bool:
+    """True when a JVM launched by spark-submit (or a pyspark shell) is waiting for this driver."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def get_spark(config: PipelineConfig, maven_repo: Path | None = None) -> SparkSession:
+    """Return the session for a pipeline: the active one, spark-submit's, or a new local one.
+
+    An active session (a notebook, a test fixture) and a Databricks runtime's session are reused; the config's
+    ``spark.conf`` settings that can change at run time are set on it, the others are
+    reported. Under
+    spark-submit, only settings spark-submit did not set are added (Delta's extension and
+    catalog where absent, the config's ``spark.conf``). Otherwise a local session is built
+    with the Delta jars from the local Maven repository, so nothing is downloaded.
+
+    Args:
+        config: The pipeline config; its ``spark`` section and ``state_dir`` are used.
+        maven_repo: Local Maven repository holding the Delta jars (``~/.m2/repository``).
+
+    Returns:
+        A SparkSession with Delta Lake enabled.
+
+    Raises:
+        SetupError: Local mode and the Delta jars are missing.
+    """
+    active = SparkSession.getActiveSession()
+    if active is None and "DATABRICKS_RUNTIME_VERSION" in os.environ:
+        # A Databricks job's Python script: the runtime's session exists but may not be active in this
+        # thread yet, and the cluster has no Delta jars in ~/.m2 to build a local one from.
+        active = SparkSession.builder.getOrCreate()
+    if active is not None:
+        for key, value in config.spark.conf.items():
+            if active.conf.isModifiable(key):
+                active.conf.set(key, str(value))
+            elif active.conf.get(key, None) != str(value):
+                LOG.warning(
+                    "spark.conf %s=%s cannot change in a running session; it stays %s",
+                    key,
+                    value,
+                    active.conf.get(key, None),
+                )
+        return active
+    app_name = config.spark.app_name or f"deltaml-{config.name}"
+    builder = SparkSession.builder.appName(app_name)
+    if _under_spark_submit():
+        from pyspark import SparkConf, SparkContext
+
+        # Connect to spark-submit's JVM first: only then does SparkConf() see its settings.
+        SparkContext._ensure_initialized()
+        submitted = SparkConf()
+        wanted: dict[str, str] = {
+            "spark.sql.extensions": DELTA_EXTENSION,
+            "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
+            **{k: str(v) for k, v in config.spark.conf.items()},
+        }
+        for key, value in wanted.items():
+            if not submitted.contains(key):
+                builder = builder.config(key, value)
+        kept = sorted(k for k in wanted if submitted.contains(k))
+        LOG.info(
+            "using spark-submit's session (master %s); kept spark-submit's %s",
+            submitted.get("spark.master", "?"),
+            ", ".join(f"{k}={submitted.get(k)}" for k in kept) or "nothing",
+        )
+        return builder.getOrCreate()
+    return build_local_session(
+        config.state_path,
+        master=config.spark.master,
+        conf={k: str(v) for k, v in config.spark.conf.items()},
+        app_name=app_name,
+        maven_repo=maven_repo,
+    )
+
+
+def build_local_session(
+    state_path: Path,
+    master: str = "local[*]",
+    conf: dict[str, str] | None = None,
+    app_name: str = "deltaml",
+    maven_repo: Path | None = None,
+) -> SparkSession:
+    """Start a local Spark session with Delta Lake from jars installed by set-up.
+
+    Args:
+        state_path: The state folder; the Spark SQL warehouse goes below it.
+        master: The Spark master, ``local[*]`` by default.
+        conf: Extra Spark settings; they win over deltaml's local defaults.
+        app_name: The application name shown by Spark.
+        maven_repo: Local Maven repository holding the Delta jars.
+
+    Returns:
+        A new (or the already running) local SparkSession.
+
+    Raises:
+        SetupError: The Delta jars are missing.
+    """
+    jars = check_delta_jars(maven_repo)
+    # Python workers must run this interpreter, or they miss deltaml's dependencies.
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    settings: dict[str, str] = {
+        **LOCAL_DEFAULTS,
+        "spark.jars": ",".join(str(p) for p in jars),
+        "spark.sql.extensions": DELTA_EXTENSION,
+        "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
+        "spark.sql.warehouse.dir": str(state_path / "spark-warehouse"),
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={state_path / 'derby'}",
+        **(conf or {}),
+    }
+    builder = SparkSession.builder.master(master).appName(app_name)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    LOG.info("started local Spark %s (%s) with Delta jars %s", spark.version, master, jars[0].name)
+    return spark

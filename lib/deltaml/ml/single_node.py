@@ -1,0 +1,949 @@
+"""Single-node model families (scikit-learn, LightGBM): tuning trials fitted on executors, and their Spark stage.
+
+Spark ML estimators are distributed; a single-node estimator fits in one Python process on
+numpy arrays. For tuning, :func:`ship_data` collects the train and validation vectors once
+(sampled down to ``max_rows``) and broadcasts them; every :func:`executor_trial` is then a
+one-task Spark job whose task reads the broadcast (unpickled once per Python worker, never
+re-sent per trial), fits the estimator with native threads capped to the task's cores,
+computes the validation metrics and returns the pickled estimator. Concurrent trials on
+driver threads are concurrent tasks on the executors' cores.
+
+A fitted estimator becomes a :class:`SingleNodeModel`, an ordinary Spark ML ``Transformer``
+whose params hold the pickled estimator (base64), so it saves and loads with the
+``PipelineModel`` and scores with ``PipelineModel.transform`` (an Arrow ``pandas_udf``).
+Saved models record ``deltaml.single_node.SingleNodeModel``: do not move or rename it.
+
+This module is imported by executors' Python workers (by the trial tasks and the scoring
+UDF), so it imports nothing from deltaml but its exceptions.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import math
+import os
+import pickle
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, Self
+
+import numpy as np
+import pandas as pd
+from pyspark import keyword_only
+from pyspark.ml.base import Transformer
+from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasFeaturesCol
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.functions import pandas_udf
+from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
+
+from deltaml.errors import SetupError, StepFailedError, StepInputError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark import Broadcast, SparkContext
+from deltaml.columns import RAW_PREDICTION_COL
+
+LOG = logging.getLogger(__name__)
+
+
+SINGLE_NODE_FAMILIES = frozenset({"hist_gradient_boosting", "lightgbm"})
+
+
+TASKS = ("binary", "multiclass", "regression")
+
+
+# The column names of deltaml.features and deltaml.models (not imported: see the module docstring).
+FEATURES_COL = "features"
+
+
+LABEL_COL = "_label"
+
+
+WEIGHT_COL = "_weight"
+
+
+PROBABILITY_COL = "probability"
+
+
+PREDICTION_COL = "prediction"
+
+
+# Spark UI: every trial job is in this group (``sc.cancelJobGroup`` stops running trials).
+TRIAL_JOB_GROUP = "deltaml-single-node-trials"
+
+
+# Params Hyperopt may give as floats (31.0) that the estimators need as ints.
+_INTEGER_PARAMS: dict[str, frozenset[str]] = {
+    "hist_gradient_boosting": frozenset(
+        {"max_iter", "max_leaf_nodes", "max_depth", "min_samples_leaf", "max_bins", "n_iter_no_change", "random_state"}
+    ),
+    "lightgbm": frozenset(
+        {"n_estimators", "num_leaves", "max_depth", "min_child_samples", "subsample_for_bin", "subsample_freq"}
+        | {"n_jobs", "random_state"}
+    ),
+}
+
+
+_JOB_PROPERTIES = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
+
+
+# Extra rows drawn by Spark's Bernoulli sample so that at least max_rows come back (6 sigma).
+_SAMPLE_MARGIN_SIGMAS = 6.0
+
+
+_OUTPUT_COL = "__single_node_output"
+
+
+_LOG_EPS = 1e-15
+
+
+# -- estimators ---------------------------------------------------------------------------------------------------
+
+
+def single_node_estimator(family: str, task: str, params: dict[str, Any], *, seed: int) -> Any:
+    """The unfitted scikit-learn-API estimator of a single-node family.
+
+    ``hist_gradient_boosting`` is scikit-learn's ``HistGradientBoostingClassifier`` (binary,
+    multiclass) or ``HistGradientBoostingRegressor``; ``lightgbm`` is LightGBM's
+    ``LGBMClassifier``/``LGBMRegressor`` with ``n_jobs=1`` and ``verbose=-1`` unless set.
+    Whole-number floats of integer params (``max_iter=100.0``) become ints. Building is
+    cheap and has no side effects, so it also validates a config's params.
+
+    Args:
+        family: One of :data:`SINGLE_NODE_FAMILIES`.
+        task: ``binary``, ``multiclass`` or ``regression``.
+        params: Constructor arguments in the library's own names (``learning_rate``, ``max_iter``).
+        seed: ``random_state``, unless ``params`` sets it.
+
+    Returns:
+        The estimator.
+
+    Raises:
+        StepInputError: An unknown family, task or param, or a non-whole value for an integer param.
+        SetupError: ``lightgbm`` is asked for but not installed.
+    """
+    if family not in SINGLE_NODE_FAMILIES:
+        raise StepInputError(
+            f"step 'fit': unknown single-node family {family!r}; use one of {sorted(SINGLE_NODE_FAMILIES)}"
+        )
+    if task not in TASKS:
+        raise StepInputError(f"step 'fit': unknown task {task!r} for {family}; use one of {list(TASKS)}")
+    regression = task == "regression"
+    defaults: dict[str, Any] = {"random_state": seed}
+    if family == "hist_gradient_boosting":
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+        estimator: Any = HistGradientBoostingRegressor() if regression else HistGradientBoostingClassifier()
+    else:
+        try:
+            import lightgbm
+        except ImportError:
+            raise SetupError(
+                "model family 'lightgbm' needs the lightgbm package; install it (pip install lightgbm) "
+                "or use hist_gradient_boosting"
+            ) from None
+        estimator = lightgbm.LGBMRegressor() if regression else lightgbm.LGBMClassifier()
+        defaults.update(n_jobs=1, verbose=-1)
+    valid = sorted(estimator.get_params())
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise StepInputError(
+            f"step 'fit': {unknown} are not params of {type(estimator).__name__} ({family}); valid: {valid}"
+        )
+    values = {**defaults, **params}
+    for name in _INTEGER_PARAMS[family] & set(values):
+        values[name] = _as_int(family, name, values[name])
+    return estimator.set_params(**values)
+
+
+def _as_int(family: str, name: str, value: Any) -> Any:
+    """A whole-number float (or numpy number) as an int; other values unchanged (the estimator checks them)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        return value
+    if not math.isfinite(value) or float(value) != round(float(value)):
+        raise StepInputError(f"step 'fit': {family} param {name} must be a whole number, got {value!r}")
+    return round(float(value))
+
+
+def _fit_estimator(estimator: Any, task: str, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None) -> Any:
+    """Fit on numpy arrays; class labels become ints so ``classes_`` are the class indices."""
+    target = y if task == "regression" else y.astype(np.int64)
+    if weights is None:
+        return estimator.fit(x, target)
+    return estimator.fit(x, target, sample_weight=weights)
+
+
+def _model_output(estimator: Any, task: str, x: np.ndarray, num_classes: int) -> np.ndarray:
+    """Regression: the predictions. Classification: ``(rows, num_classes)`` probabilities, slot i = class i.
+
+    A class the estimator never saw (absent from its train sample) gets probability 0.
+    """
+    if task == "regression":
+        return np.asarray(estimator.predict(x), dtype=np.float64) if len(x) else np.zeros(0)
+    probabilities = np.zeros((len(x), num_classes), dtype=np.float64)
+    if len(x):
+        classes = np.asarray(estimator.classes_).astype(np.int64)
+        probabilities[:, classes] = estimator.predict_proba(x)
+    return probabilities
+
+
+def validation_metrics(task: str, y: np.ndarray, output: np.ndarray, *, num_classes: int) -> dict[str, float]:
+    """deltaml's metrics of a task, computed with scikit-learn on numpy arrays.
+
+    Binary: ``auc_roc``, ``auc_pr`` (as Spark computes it, see :func:`area_under_pr`), ``log_loss``,
+    ``accuracy``; multiclass:
+    ``accuracy``, ``f1`` (support-weighted, as Spark's ``f1``), ``log_loss``; regression: ``rmse``,
+    ``mae``, ``r2``; all with ``rows``. The prediction of a classifier is the most probable class.
+    A metric that is undefined on these rows (AUC with one class present) is left out.
+
+    Args:
+        task: ``binary``, ``multiclass`` or ``regression``.
+        y: The labels (class indices for classification).
+        output: Predictions (regression) or ``(rows, num_classes)`` probabilities.
+        num_classes: Number of classes (ignored for regression).
+
+    Returns:
+        Metric name -> value; only ``rows`` when there are no rows.
+    """
+    from sklearn import metrics as skm
+
+    rows = float(len(y))
+    if not rows:
+        return {"rows": 0.0}
+    if task == "regression":
+        return {
+            "rows": rows,
+            "rmse": float(skm.root_mean_squared_error(y, output)),
+            "mae": float(skm.mean_absolute_error(y, output)),
+            "r2": float(skm.r2_score(y, output)),
+        }
+    labels = y.astype(np.int64)
+    predicted = output.argmax(axis=1)
+    # Log-loss as deltaml's Spark metrics compute it: the true class's probability, clipped at
+    # 1e-15 (and, for a binary label, at 1 - 1e-15), unnormalised.
+    true_class = output[np.arange(len(labels)), labels]
+    clipped = np.clip(true_class, _LOG_EPS, 1 - _LOG_EPS) if task == "binary" else np.maximum(true_class, _LOG_EPS)
+    result = {
+        "rows": rows,
+        "accuracy": float(skm.accuracy_score(labels, predicted)),
+        "log_loss": float(-np.mean(np.log(clipped))),
+    }
+    if task == "multiclass":
+        result["f1"] = float(skm.f1_score(labels, predicted, average="weighted", zero_division=0.0))
+    elif len(np.unique(labels)) == 2:
+        result["auc_roc"] = float(skm.roc_auc_score(labels, output[:, 1]))
+        result["auc_pr"] = area_under_pr(labels, output[:, 1])
+    return result
+
+
+def area_under_pr(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The area under the precision-recall curve as Spark's ``BinaryClassificationMetrics`` computes it.
+
+    One curve point per distinct score (thresholds descending), trapezoids between points, and
+    the curve starts at (recall 0, precision of the first point). Unlike scikit-learn's average
+    precision (a step sum), this matches the AUC-PR of deltaml's Spark evaluations exactly.
+    """
+    order = np.argsort(-scores, kind="stable")
+    ranked, positive = scores[order], labels[order] == 1
+    last_of_score = np.r_[ranked[1:] != ranked[:-1], True]
+    tp = np.cumsum(positive)[last_of_score].astype(np.float64)
+    fp = np.cumsum(~positive)[last_of_score].astype(np.float64)
+    if not tp[-1]:
+        return float("nan")
+    recall, precision = tp / tp[-1], tp / (tp + fp)
+    recall = np.r_[0.0, recall]
+    precision = np.r_[precision[0], precision]
+    return float(np.sum((recall[1:] - recall[:-1]) * (precision[1:] + precision[:-1]) / 2))
+
+
+def _check_labels(task: str, num_classes: int, label_max: float, integral: bool, what: str) -> int:
+    """The number of classes (0 for regression), after checking the labels are class indices below it."""
+    if task == "regression":
+        return 0
+    expected = 2 if task == "binary" else num_classes
+    if task == "binary" and num_classes != 2:
+        raise StepInputError(f"step 'fit': a binary task has 2 classes, got num_classes={num_classes}")
+    if expected < 2:
+        raise StepInputError(f"step 'fit': a multiclass task needs num_classes >= 2, got {num_classes}")
+    if not integral or label_max >= expected:
+        raise StepInputError(
+            f"step 'fit': {what} labels must be class indices 0..{expected - 1} for a {task} task; "
+            f"found {'non-integer labels' if not integral else f'label {label_max:g}'}"
+        )
+    return expected
+
+
+# -- shipping the data ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingArrays:
+    """What the broadcast holds: train and validation rows as numpy arrays (labels as float64)."""
+
+    token: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    w_train: np.ndarray | None
+    x_validation: np.ndarray
+    y_validation: np.ndarray
+
+
+@dataclass
+class ShippedData:
+    """The train and validation arrays, broadcast once to the executors for every trial of a search.
+
+    Attributes:
+        broadcast: The Spark broadcast of one :class:`TrainingArrays`.
+        token: Identifies these arrays (the trial tasks report whether their worker had them already).
+        train_rows: Train rows shipped (after sampling).
+        validation_rows: Validation rows shipped (after sampling).
+        num_features: Size of the feature vectors.
+        sampled: Whether train or validation was sampled down to ``max_rows``.
+        weighted: Whether train rows carry ``_weight``.
+        label_max: The largest label, train and validation.
+        integral_labels: Whether every label is a whole number.
+        nbytes: Size of the arrays in bytes.
+        destroyed: Whether :meth:`destroy` released the data.
+    """
+
+    broadcast: Broadcast[TrainingArrays]
+    token: str
+    train_rows: int
+    validation_rows: int
+    num_features: int
+    sampled: bool
+    weighted: bool
+    label_max: float
+    integral_labels: bool
+    nbytes: int
+    destroyed: bool = False
+
+    def unpersist(self, blocking: bool = False) -> None:
+        """Drop the executors' copies; a later trial ships the data to them again."""
+        self.broadcast.unpersist(blocking)
+
+    def destroy(self, blocking: bool = False) -> None:
+        """Release the data everywhere, driver included; no trial can use it afterwards."""
+        if not self.destroyed:
+            self.broadcast.destroy(blocking)
+            self.destroyed = True
+
+
+def ship_data(
+    spark: SparkSession, train_df: DataFrame, validation_df: DataFrame, *, max_rows: int, seed: int
+) -> ShippedData:
+    """Collect train and validation vectors to the driver, at most ``max_rows`` each, and broadcast them once.
+
+    Each DataFrame needs ``features`` (a dense or sparse vector) and ``_label`` (double); train's
+    ``_weight`` is shipped when present. A DataFrame with more than ``max_rows`` rows is sampled
+    without replacement (seeded): Spark draws a little more than ``max_rows`` and the driver keeps
+    exactly ``max_rows``, so the driver never holds much more than the sample.
+
+    Args:
+        spark: The session whose executors run the trials.
+        train_df: The rows to fit on.
+        validation_df: The rows the trial metrics are computed on.
+        max_rows: Most rows shipped of each DataFrame.
+        seed: Seed of the sampling.
+
+    Returns:
+        The broadcast data and its sizes.
+
+    Raises:
+        StepInputError: A column is missing or null, vectors differ in size, or train is empty.
+    """
+    if max_rows < 1:
+        raise StepInputError(f"step 'tune': max_rows must be >= 1, got {max_rows}")
+    with _spark_job(spark.sparkContext, "deltaml: collect train and validation rows for single-node trials"):
+        x_train, y_train, w_train, train_total = _collect_arrays(train_df, "train", max_rows=max_rows, seed=seed)
+        if not len(y_train):
+            raise StepInputError("step 'tune': the train rows for a single-node family are empty")
+        x_val, y_val, _, validation_total = _collect_arrays(
+            validation_df, "validation", max_rows=max_rows, seed=seed + 1, with_weights=False
+        )
+    if len(y_val) and x_val.shape[1] != x_train.shape[1]:
+        raise StepInputError(
+            f"step 'tune': validation vectors have {x_val.shape[1]} features, train vectors {x_train.shape[1]}"
+        )
+    labels = np.concatenate([y_train, y_val])
+    arrays = TrainingArrays(uuid.uuid4().hex, x_train, y_train, w_train, x_val, y_val)
+    nbytes = sum(a.nbytes for a in (x_train, y_train, x_val, y_val) if a is not None)
+    nbytes += 0 if w_train is None else w_train.nbytes
+    started = time.perf_counter()
+    broadcast = spark.sparkContext.broadcast(arrays)
+    LOG.info(
+        "shipped %d train and %d validation rows x %d features (%.1f MB) to the executors in %.1f s",
+        len(y_train),
+        len(y_val),
+        x_train.shape[1],
+        nbytes / 1e6,
+        time.perf_counter() - started,
+    )
+    return ShippedData(
+        broadcast=broadcast,
+        token=arrays.token,
+        train_rows=len(y_train),
+        validation_rows=len(y_val),
+        num_features=x_train.shape[1],
+        sampled=train_total > len(y_train) or validation_total > len(y_val),
+        weighted=w_train is not None,
+        label_max=float(labels.max()),
+        integral_labels=bool(np.all(labels == np.round(labels))),
+        nbytes=nbytes,
+    )
+
+
+def _collect_arrays(
+    df: DataFrame, what: str, *, max_rows: int, seed: int, with_weights: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """Features, labels and (optional) weights of at most ``max_rows`` rows, and the DataFrame's row count."""
+    missing = [c for c in (FEATURES_COL, LABEL_COL) if c not in df.columns]
+    if missing:
+        raise StepInputError(f"step 'tune': {what} rows lack column(s) {missing}; present: {df.columns}")
+    weighted = with_weights and WEIGHT_COL in df.columns
+    columns = [vector_to_array(F.col(FEATURES_COL)).alias("x"), F.col(LABEL_COL).cast("double").alias("y")]
+    if weighted:
+        columns.append(F.col(WEIGHT_COL).cast("double").alias("w"))
+    total = df.count()
+    source = df
+    if total > max_rows:
+        wanted = max_rows + _SAMPLE_MARGIN_SIGMAS * math.sqrt(max_rows) + 100
+        source = df.sample(withReplacement=False, fraction=min(1.0, wanted / total), seed=seed)
+    table = source.select(*columns).toArrow()
+    x = arrow_matrix(table.column("x"), what)
+    y = _vector(table.column("y"), what, LABEL_COL)
+    w = _vector(table.column("w"), what, WEIGHT_COL) if weighted else None
+    if len(y) > max_rows:
+        keep = np.sort(np.random.default_rng(seed).choice(len(y), size=max_rows, replace=False))
+        x, y, w = x[keep], y[keep], None if w is None else w[keep]
+    if len(y) < total:
+        LOG.info("single-node %s rows: sampled %d of %d (max_rows %d)", what, len(y), total, max_rows)
+    return x, y, w, total
+
+
+def arrow_matrix(column: pa.ChunkedArray, what: str) -> np.ndarray:
+    """A ``(rows, width)`` float64 matrix from an Arrow list<double> column (vectors as arrays)."""
+    values = column.combine_chunks()
+    if values.null_count:
+        raise StepInputError(f"step 'tune': {values.null_count} {what} row(s) have a null {FEATURES_COL!r} vector")
+    if not len(values):
+        return np.zeros((0, 0), dtype=np.float64)
+    lengths = values.value_lengths().to_numpy(zero_copy_only=False)
+    if np.any(lengths != lengths[0]):
+        raise StepInputError(
+            f"step 'tune': {what} {FEATURES_COL!r} vectors differ in size ({lengths.min()} to {lengths.max()})"
+        )
+    flat = values.flatten().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    return flat.reshape(len(values), int(lengths[0]))
+
+
+def _vector(column: pa.ChunkedArray, what: str, name: str) -> np.ndarray:
+    if column.null_count:
+        raise StepInputError(f"step 'tune': {column.null_count} {what} row(s) have a null {name!r}")
+    return column.to_numpy().astype(np.float64, copy=False)
+
+
+# -- trials on executors ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialTaskInfo:
+    """Where and how long a trial ran: what a Python task can honestly know about itself.
+
+    Attributes:
+        host: The executor's host name.
+        pid: The Python worker's process id.
+        stage_id: The Spark stage of the trial's job.
+        task_attempt_id: Spark's unique id of the task attempt.
+        attempt_number: How many times the task was retried before this attempt.
+        cpus: Cores Spark gave the task; native threads are capped to this.
+        data_seconds: Time to get the broadcast arrays (unpickling them, the first time in a worker).
+        data_reused: Whether this worker already held the arrays from an earlier trial.
+        fit_seconds: Time to fit the estimator.
+        seconds: The whole task, fit and validation metrics included.
+        workdir: The Python worker's working directory, which tells executors on one host apart
+            (on a standalone worker ``<work dir>/<app id>/<executor id>``, on YARN the container's folder).
+    """
+
+    host: str
+    pid: int
+    stage_id: int
+    task_attempt_id: int
+    attempt_number: int
+    cpus: int
+    data_seconds: float
+    data_reused: bool
+    fit_seconds: float
+    seconds: float
+    workdir: str = ""
+
+
+@dataclass(frozen=True)
+class _TaskSuccess:
+    model: bytes
+    metrics: dict[str, float]
+    info: TrialTaskInfo
+
+
+@dataclass(frozen=True)
+class _TaskFailure:
+    error_type: str
+    message: str
+    traceback: str
+    host: str
+    pid: int
+
+
+# In each Python worker: the id of the arrays object last seen for a broadcast token.
+_WORKER_DATA: dict[str, int] = {}
+
+
+def executor_trial(
+    spark: SparkSession,
+    shipped: ShippedData,
+    family: str,
+    task: str,
+    params: dict[str, Any],
+    *,
+    seed: int,
+    num_classes: int = 2,
+) -> tuple[SingleNodeModel, dict[str, float]]:
+    """Fit one trial's estimator on an executor, as a one-task Spark job, and return its stage and metrics.
+
+    The task reads the broadcast arrays, fits with native threads capped to the task's cores,
+    scores the validation rows and sends back the pickled estimator. Only the params and the
+    broadcast's handle travel with the task. Safe to call from several driver threads at once:
+    each call is its own job (group :data:`TRIAL_JOB_GROUP`, described by family and params in
+    the Spark UI) and its own task on a free core.
+
+    Args:
+        spark: The session the data was shipped with.
+        shipped: The broadcast train and validation arrays.
+        family: One of :data:`SINGLE_NODE_FAMILIES`.
+        task: ``binary``, ``multiclass`` or ``regression``.
+        params: The estimator's constructor arguments.
+        seed: ``random_state`` unless ``params`` sets it.
+        num_classes: Classes of a multiclass label (the probability vector's size), 2 for binary.
+
+    Returns:
+        The fitted :class:`SingleNodeModel` (with ``trial_info`` set) and its validation metrics
+        (see :func:`validation_metrics`).
+
+    Raises:
+        StepInputError: Bad family, task or params, labels that are not class indices, or destroyed
+            data (no job runs).
+        StepFailedError: The fit failed in the task (the message is the original error's first
+            line, e.g. scikit-learn's rejection of a param value) or the Spark job failed.
+    """
+    single_node_estimator(family, task, params, seed=seed)  # bad params fail here, on the driver
+    if shipped.destroyed:
+        raise StepInputError(f"{family} trial: the shipped data was destroyed; ship the data again (ship_data)")
+    classes = _check_labels(task, num_classes, shipped.label_max, shipped.integral_labels, "shipped")
+    sc = spark.sparkContext
+    job = partial(_trial_partition, shipped.broadcast, shipped.token, family, task, dict(params), seed, classes)
+    described = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
+    try:
+        with _spark_job(sc, f"deltaml {family} trial: {described}", group=TRIAL_JOB_GROUP):
+            result = sc.parallelize([0], 1).mapPartitions(job).collect()[0]
+    except Exception as exc:
+        raise StepFailedError(f"{family} trial: the Spark job failed: {_spark_error(exc)}") from exc
+    if isinstance(result, _TaskFailure):
+        LOG.debug("%s trial failed on %s (pid %d):\n%s", family, result.host, result.pid, result.traceback)
+        raise StepFailedError(f"{result.error_type}: {result.message} ({family} trial on {result.host})")
+    info = result.info
+    LOG.debug(
+        "%s trial fitted in %.2f s on %s pid %d (%d cpu, data %s in %.2f s)",
+        family,
+        info.fit_seconds,
+        info.host,
+        info.pid,
+        info.cpus,
+        "reused" if info.data_reused else "loaded",
+        info.data_seconds,
+    )
+    model = SingleNodeModel(family=family, task=task, numClasses=classes, modelBytes=_encode(result.model))
+    model.trial_info = info
+    return model, result.metrics
+
+
+def _trial_partition(
+    data: Broadcast[TrainingArrays],
+    token: str,
+    family: str,
+    task: str,
+    params: dict[str, Any],
+    seed: int,
+    num_classes: int,
+    rows: Iterable[Any],
+) -> Iterator[_TaskSuccess | _TaskFailure]:
+    """The trial task (runs on an executor): one result, success or the error, never an exception."""
+    for _ in rows:  # read the (one-element) input to its end, or Spark closes this worker instead of reusing it
+        pass
+    yield _run_trial_task(data, token, family, task, params, seed, num_classes)
+
+
+def _run_trial_task(
+    data: Broadcast[TrainingArrays],
+    token: str,
+    family: str,
+    task: str,
+    params: dict[str, Any],
+    seed: int,
+    num_classes: int,
+) -> _TaskSuccess | _TaskFailure:
+    from pyspark import TaskContext
+
+    started = time.perf_counter()
+    context = TaskContext.get()
+    cpus = max(1, context.cpus() if context is not None else int(os.environ.get("OMP_NUM_THREADS", "1")))
+    try:
+        arrays = data.value
+        data_seconds = time.perf_counter() - started
+        reused = _WORKER_DATA.get(token) == id(arrays)
+        _WORKER_DATA[token] = id(arrays)
+        estimator = single_node_estimator(family, task, params, seed=seed)
+        with _thread_limit(cpus):
+            fit_started = time.perf_counter()
+            _fit_estimator(estimator, task, arrays.x_train, arrays.y_train, arrays.w_train)
+            fit_seconds = time.perf_counter() - fit_started
+            output = _model_output(estimator, task, arrays.x_validation, num_classes)
+        metrics = validation_metrics(task, arrays.y_validation, output, num_classes=num_classes)
+        model = pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # sent back as a value, so the driver raises it and Spark does not retry
+        return _TaskFailure(
+            type(exc).__name__, _first_line(str(exc)), traceback.format_exc(), socket.gethostname(), os.getpid()
+        )
+    info = TrialTaskInfo(
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        stage_id=context.stageId() if context is not None else -1,
+        task_attempt_id=context.taskAttemptId() if context is not None else -1,
+        attempt_number=context.attemptNumber() if context is not None else 0,
+        cpus=cpus,
+        data_seconds=data_seconds,
+        data_reused=reused,
+        fit_seconds=fit_seconds,
+        seconds=time.perf_counter() - started,
+        workdir=os.getcwd(),
+    )
+    return _TaskSuccess(model, metrics, info)
+
+
+def fit_single_node(
+    spark: SparkSession,
+    train_df: DataFrame,
+    family: str,
+    task: str,
+    params: dict[str, Any],
+    *,
+    seed: int,
+    num_classes: int = 2,
+    max_rows: int,
+) -> SingleNodeModel:
+    """Fit a single-node family on the driver (the final refit): collect at most ``max_rows`` rows and fit.
+
+    The fit uses the driver's cores. ``_weight`` is used when ``train_df`` has it.
+
+    Args:
+        spark: The session that collects the rows.
+        train_df: ``features`` and ``_label`` (and optionally ``_weight``) rows.
+        family: One of :data:`SINGLE_NODE_FAMILIES`.
+        task: ``binary``, ``multiclass`` or ``regression``.
+        params: The estimator's constructor arguments.
+        seed: ``random_state`` unless ``params`` sets it, and the sampling seed.
+        num_classes: Classes of a multiclass label, 2 for binary.
+        max_rows: Most train rows used (a seeded sample without replacement beyond that).
+
+    Returns:
+        The fitted stage.
+
+    Raises:
+        StepInputError: Bad family, task, params, columns or labels, or no rows.
+        StepFailedError: The estimator's fit failed.
+    """
+    estimator = single_node_estimator(family, task, params, seed=seed)
+    with _spark_job(spark.sparkContext, f"deltaml {family} final fit: collect the train rows"):
+        x, y, w, _ = _collect_arrays(train_df, "train", max_rows=max_rows, seed=seed)
+    if not len(y):
+        raise StepInputError("step 'fit': the train rows for a single-node family are empty")
+    integral = bool(np.all(y == np.round(y)))
+    classes = _check_labels(task, num_classes, float(y.max()), integral, "train")
+    started = time.perf_counter()
+    try:
+        _fit_estimator(estimator, task, x, y, w)
+    except Exception as exc:
+        raise StepFailedError(f"{type(exc).__name__}: {_first_line(str(exc))} ({family} fit on the driver)") from exc
+    LOG.info("fitted %s on %d rows x %d features in %.1f s", family, len(y), x.shape[1], time.perf_counter() - started)
+    blob = pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL)
+    return SingleNodeModel(family=family, task=task, numClasses=classes, modelBytes=_encode(blob))
+
+
+@contextmanager
+def _spark_job(sc: SparkContext, description: str, group: str | None = None) -> Iterator[None]:
+    """Describe (and group) the Spark jobs this thread starts inside the block, then restore the thread's own.
+
+    Job properties are per thread (PySpark pins each Python thread to a JVM thread), so concurrent
+    trials each describe their own job.
+    """
+    previous = {key: sc.getLocalProperty(key) for key in _JOB_PROPERTIES}
+    sc.setLocalProperty("spark.job.description", description[:500])
+    if group is not None:
+        sc.setLocalProperty("spark.jobGroup.id", group)
+        sc.setLocalProperty("spark.job.interruptOnCancel", "true")
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            sc.setLocalProperty(key, value)  # type: ignore[arg-type]  # None removes the property
+
+
+def _spark_error(exc: Exception) -> str:
+    """One line saying why a Spark job failed: the Python error of a task, or the JVM's exception."""
+    from pyspark.errors import PythonException
+
+    if isinstance(exc, PythonException):  # a traceback; its last line is the error
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return lines[-1] if lines else type(exc).__name__
+    java = getattr(exc, "java_exception", None)  # py4j's Py4JJavaError: "An error occurred while calling ..."
+    if java is not None:
+        try:
+            for _ in range(20):  # the root cause says most ("Task not serializable" wraps the reason)
+                cause = java.getCause()
+                if cause is None:
+                    break
+                java = cause
+            return _first_line(str(java.toString()))
+        except Exception:  # the gateway may be gone; fall back to the Python message
+            pass
+    return _first_line(str(exc))
+
+
+def _first_line(message: str) -> str:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "(no message)"
+
+
+def _encode(blob: bytes) -> str:
+    return base64.b64encode(blob).decode("ascii")
+
+
+# -- the Spark ML stage -----------------------------------------------------------------------------------------
+
+
+def _thread_limit(cpus: int) -> Any:
+    """A context capping the OpenMP and BLAS threads of this process to ``cpus``.
+
+    Built on each use: it applies to the native libraries loaded at that moment (scikit-learn's and
+    LightGBM's OpenMP runtimes are different libraries, loaded when first imported).
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=cpus)
+
+
+# Unpickled estimators of this Python process, by the hash of their bytes (a few models at most).
+_ESTIMATORS: dict[str, Any] = {}
+
+
+_ESTIMATORS_LOCK = threading.Lock()
+
+
+_MAX_CACHED_ESTIMATORS = 4
+
+
+def _cached_estimator(digest: str, encoded: str) -> Any:
+    with _ESTIMATORS_LOCK:
+        estimator = _ESTIMATORS.get(digest)
+        if estimator is None:
+            estimator = pickle.loads(base64.b64decode(encoded))
+            while len(_ESTIMATORS) >= _MAX_CACHED_ESTIMATORS:
+                _ESTIMATORS.pop(next(iter(_ESTIMATORS)))
+            _ESTIMATORS[digest] = estimator
+        return estimator
+
+
+def _predict_batch(digest: str, encoded: str, task: str, num_classes: int, vectors: pd.Series) -> np.ndarray:
+    """Model output of one Arrow batch of feature arrays (see :func:`_model_output`)."""
+    from pyspark import TaskContext
+
+    estimator = _cached_estimator(digest, encoded)
+    x = np.stack(vectors.to_numpy()) if len(vectors) else np.zeros((0, 0))
+    context = TaskContext.get()
+    with _thread_limit(max(1, context.cpus()) if context is not None else 1):
+        return _model_output(estimator, task, x, num_classes)
+
+
+_CLASS_OUTPUT = StructType(
+    [StructField(PROBABILITY_COL, ArrayType(DoubleType(), False)), StructField(PREDICTION_COL, DoubleType())]
+)
+
+
+class SingleNodeModel(Transformer, HasFeaturesCol, DefaultParamsReadable["SingleNodeModel"], DefaultParamsWritable):
+    """A fitted single-node estimator (scikit-learn API) as a Spark ML stage, scored with an Arrow pandas UDF.
+
+    Classification adds ``probability`` (a vector of ``numClasses`` slots, slot i = class i),
+    ``rawPrediction`` (the same vector) and ``prediction`` (the most probable class index, as a
+    double); regression adds ``prediction``. Each Python worker unpickles the estimator once.
+
+    Params:
+        family: The family that built it (``hist_gradient_boosting``, ``lightgbm``).
+        task: ``binary``, ``multiclass`` or ``regression``.
+        numClasses: Size of the probability vector (0 for regression).
+        modelBytes: The pickled fitted estimator, base64-encoded, so the default params writer
+            saves it in the stage's metadata.
+        featuresCol: The vector column read (default ``features``).
+    """
+
+    _input_kwargs: dict[str, Any]
+    trial_info: TrialTaskInfo | None = None  # set by executor_trial; not saved
+
+    family: Param[str] = Param(Params._dummy(), "family", "single-node model family", TypeConverters.toString)
+    task: Param[str] = Param(
+        Params._dummy(), "task", "binary, multiclass or regression", typeConverter=TypeConverters.toString
+    )
+    numClasses: Param[int] = Param(
+        Params._dummy(), "numClasses", "size of the probability vector (0: regression)", TypeConverters.toInt
+    )
+    modelBytes: Param[str] = Param(
+        Params._dummy(), "modelBytes", "base64 of the pickled fitted estimator", TypeConverters.toString
+    )
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        family: str = "hist_gradient_boosting",
+        task: str = "binary",
+        numClasses: int = 2,
+        modelBytes: str = "",
+        featuresCol: str = FEATURES_COL,
+    ) -> None:
+        """Create the stage; see the class docstring for the arguments."""
+        super().__init__()
+        self._setDefault(family="hist_gradient_boosting", task="binary", numClasses=2, modelBytes="")
+        self._setDefault(featuresCol=FEATURES_COL)
+        self.setParams(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(
+        self,
+        *,
+        family: str = "hist_gradient_boosting",
+        task: str = "binary",
+        numClasses: int = 2,
+        modelBytes: str = "",
+        featuresCol: str = FEATURES_COL,
+    ) -> Self:
+        """Sets params for this SingleNodeModel; arguments as for the constructor."""
+        return self._set(**self._input_kwargs)
+
+    def getFamily(self) -> str:
+        """Gets the value of :py:attr:`family`."""
+        return self.getOrDefault(self.family)
+
+    def getTask(self) -> str:
+        """Gets the value of :py:attr:`task`."""
+        return self.getOrDefault(self.task)
+
+    def getNumClasses(self) -> int:
+        """Gets the value of :py:attr:`numClasses`."""
+        return self.getOrDefault(self.numClasses)
+
+    def getModelBytes(self) -> str:
+        """Gets the value of :py:attr:`modelBytes`."""
+        return self.getOrDefault(self.modelBytes)
+
+    def estimator(self) -> Any:
+        """The fitted scikit-learn-API estimator (unpickled once per process)."""
+        encoded = self._checked_model_bytes()
+        return _cached_estimator(hashlib.sha256(encoded.encode("ascii")).hexdigest(), encoded)
+
+    def _checked_model_bytes(self) -> str:
+        encoded = self.getModelBytes()
+        if not encoded:
+            raise StepInputError("SingleNodeModel: modelBytes is empty; build the stage with executor_trial or fit")
+        if self.getTask() not in TASKS:
+            raise StepInputError(f"SingleNodeModel: task must be one of {list(TASKS)}, got {self.getTask()!r}")
+        return encoded
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        encoded = self._checked_model_bytes()
+        features_col = self.getFeaturesCol()
+        if features_col not in dataset.columns:
+            raise StepInputError(f"SingleNodeModel: column {features_col!r} not found; present: {dataset.columns}")
+        digest = hashlib.sha256(encoded.encode("ascii")).hexdigest()
+        task, classes = self.getTask(), self.getNumClasses()
+        features = vector_to_array(F.col(features_col))
+        if task == "regression":
+
+            @pandas_udf(DoubleType())  # type: ignore[call-overload]
+            def predict(vectors: pd.Series) -> pd.Series:
+                return pd.Series(_predict_batch(digest, encoded, task, classes, vectors))
+
+            return dataset.withColumn(PREDICTION_COL, predict(features))
+
+        @pandas_udf(_CLASS_OUTPUT)  # type: ignore[call-overload]
+        def predict_classes(vectors: pd.Series) -> pd.DataFrame:
+            probabilities = _predict_batch(digest, encoded, task, classes, vectors)
+            return pd.DataFrame(
+                {
+                    PROBABILITY_COL: list(probabilities),
+                    PREDICTION_COL: probabilities.argmax(axis=1).astype(np.float64),
+                }
+            )
+
+        vector = array_to_vector(F.col(f"{_OUTPUT_COL}.{PROBABILITY_COL}"))
+        return (
+            dataset.withColumn(_OUTPUT_COL, predict_classes(features))
+            .withColumns(
+                {
+                    PROBABILITY_COL: vector,
+                    RAW_PREDICTION_COL: vector,
+                    PREDICTION_COL: F.col(f"{_OUTPUT_COL}.{PREDICTION_COL}"),
+                }
+            )
+            .drop(_OUTPUT_COL)
+        )
+
+
+_PERMUTATION_SCORING = {"binary": "roc_auc", "multiclass": "accuracy", "regression": "r2"}
+
+
+def permutation_importances(
+    model: SingleNodeModel, scored: DataFrame, *, max_rows: int = 5000, repeats: int = 3, seed: int = 0
+) -> list[float]:
+    """Permutation importance of each feature slot: the drop in score when the slot is shuffled.
+
+    Single-node estimators such as HistGradientBoosting have no built-in importances, so this
+    uses scikit-learn's ``permutation_importance`` on the driver, on a seeded sample of at most
+    ``max_rows`` rows of ``scored`` (which needs ``features`` and ``_label``). The score is
+    AUC-ROC (binary), accuracy (multiclass) or R² (regression).
+
+    Returns:
+        The mean importance per slot, in slot order.
+    """
+    from sklearn.inspection import permutation_importance
+
+    x, y, _, _ = _collect_arrays(scored, "evaluation", max_rows=max_rows, seed=seed, with_weights=False)
+    if not len(y):
+        return []
+    task = model.getTask()
+    if task != "regression" and len(np.unique(y)) < 2:
+        return []
+    result = permutation_importance(
+        model.estimator(), x, y, scoring=_PERMUTATION_SCORING[task], n_repeats=repeats, random_state=seed, n_jobs=1
+    )
+    return [float(v) for v in result.importances_mean]

@@ -1,0 +1,284 @@
+"""Hyperopt tuning: TPE proposes on the driver, trials run concurrently from driver threads.
+
+Spark ML cannot train inside a ``SparkTrials`` task, so the search is an ask-and-tell loop over
+Hyperopt's own ``Trials``: each proposed point is trained on its own driver thread (a Spark ML
+fit is an ordinary set of Spark jobs; a single-node fit is one task on an executor, see
+:mod:`deltaml.single_node`), so the executors share the concurrent trials. Trial ``k`` is
+proposed from the results of trials ``1..k - parallelism``: a thread starts the next trial as
+soon as that history is complete, and with the same seed, data and parallelism the sequence of
+proposed points is the same whichever trial finishes first.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, STATUS_FAIL, STATUS_OK, Trials, tpe
+from hyperopt.base import Domain, spec_from_misc
+from hyperopt.fmin import space_eval
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from deltaml.config.search_space import build_space, params_from_sample
+
+LOG = logging.getLogger(__name__)
+
+
+# Metrics where larger is better; the search minimises the loss, so these are negated.
+_HIGHER_IS_BETTER = {"auc_roc", "auc_pr", "accuracy", "f1", "r2"}
+
+
+def loss_of(metric: str, value: float) -> float:
+    """The loss Hyperopt minimises for a metric value."""
+    return -value if metric in _HIGHER_IS_BETTER else value
+
+
+@dataclass
+class TrialOutcome:
+    """One trial: the params tried, the validation metrics, and the fitted model if it succeeded."""
+
+    family: str
+    number: int
+    params: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+    model: Any = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the trial finished with a metric."""
+        return self.error is None
+
+
+@dataclass
+class FamilyResult:
+    """All trials of one family and its best one."""
+
+    family: str
+    trials: list[TrialOutcome]
+    best: TrialOutcome | None
+    seconds: float
+    stopped: str
+
+
+@dataclass(frozen=True)
+class SearchBudget:
+    """How much searching a family gets."""
+
+    max_evals: int
+    parallelism: int
+    deadline: float  # time.monotonic() after which no new batch starts
+    early_stop_rounds: int
+    seed: int
+
+
+class TrialLogger:
+    """Records every trial as a nested MLflow run under the tuning run, from any thread."""
+
+    def __init__(self, parent_run_id: str | None, experiment_id: str | None) -> None:
+        self._client = MlflowClient() if parent_run_id else None
+        self._parent = parent_run_id
+        self._experiment = experiment_id
+        self._lock = threading.Lock()
+
+    def log(self, trial: TrialOutcome, metric: str) -> None:
+        """Create a finished child run with the trial's params, metrics, duration and status."""
+        if self._client is None or self._parent is None or self._experiment is None:
+            return
+        tags = {
+            "mlflow.parentRunId": self._parent,
+            "mlflow.runName": f"{trial.family}-{trial.number:03d}",
+            "deltaml.step": "trial",
+            "deltaml.family": trial.family,
+        }
+        if trial.error:
+            tags["deltaml.error"] = trial.error[:4000]
+        # A single-node trial knows where it ran (host and Python worker of its executor task).
+        info = next((getattr(s, "trial_info", None) for s in getattr(trial.model, "stages", [])), None)
+        if info is not None:
+            tags["deltaml.trial_host"] = str(info.host)
+            tags["deltaml.trial_pid"] = str(info.pid)
+            tags["deltaml.trial_task_attempt"] = str(info.task_attempt_id)
+            tags["deltaml.trial_workdir"] = str(info.workdir)
+        with self._lock:  # the tracking store is shared; one writer at a time keeps SQLite happy
+            run = self._client.create_run(self._experiment, tags=tags)
+            now = int(time.time() * 1000)
+            self._client.log_batch(
+                run.info.run_id,
+                metrics=[
+                    *(Metric(f"validation_{k}", v, now, 0) for k, v in trial.metrics.items() if math.isfinite(v)),
+                    Metric("seconds", trial.seconds, now, 0),
+                ],
+                params=[Param(k, str(v)[:6000]) for k, v in sorted(trial.params.items())],
+                tags=[RunTag("deltaml.trial_metric", metric)],
+            )
+            self._client.set_terminated(run.info.run_id, "FINISHED" if trial.ok else "FAILED")
+
+
+def search_family(
+    family: str,
+    search: dict[str, Any],
+    fixed: dict[str, Any],
+    train_trial: Callable[[dict[str, Any]], tuple[Any, dict[str, float]]],
+    *,
+    metric: str,
+    budget: SearchBudget,
+    on_trial: Callable[[TrialOutcome, TrialOutcome | None], None] = lambda trial, best: None,
+) -> FamilyResult:
+    """Tune one family: TPE proposals, ``budget.parallelism`` trials at a time on driver threads.
+
+    Args:
+        family: The family name (labels the search space and the trials).
+        search: The family's search space as written in YAML (may be empty: one trial of ``fixed``).
+        fixed: Params every trial uses; a searched param of the same name wins.
+        train_trial: Fits a model with the given params and returns it with its validation metrics.
+            Called from several threads at once; an exception fails only that trial.
+        metric: The validation metric to optimise (a key of what ``train_trial`` returns).
+        budget: Trial count, concurrency, deadline, early stopping and seed.
+        on_trial: Called after every trial with the trial and the family's best so far.
+
+    Returns:
+        Every trial, the best one (None if all failed), the wall time and why the search stopped.
+    """
+    started = time.monotonic()
+    if not search:
+        outcome = _require_metric(_run_trial(family, 1, dict(fixed), train_trial), metric)
+        only = outcome if outcome.ok and metric in outcome.metrics else None
+        if only is None:
+            outcome.model = None
+        on_trial(outcome, only)
+        return FamilyResult(family, [outcome], only, time.monotonic() - started, "single trial (no search space)")
+    max_evals = budget.max_evals
+    space = build_space(search, family)
+    domain = Domain(lambda _: 0.0, space)
+    rng = np.random.default_rng(budget.seed)
+    seeds = [int(rng.integers(2**31 - 1)) for _ in range(max_evals)]
+    # TPE starts modelling after a third of the budget (between 2 and 20 random trials first).
+    suggest = partial(tpe.suggest, n_startup_jobs=max(2, min(20, max_evals // 3)))
+    lag = budget.parallelism
+    docs: dict[int, dict[str, Any]] = {}
+    done: dict[int, TrialOutcome] = {}
+    outcomes: list[TrialOutcome] = []
+    best: TrialOutcome | None = None
+    stopped = "max_evals"
+    running: dict[Future[TrialOutcome], int] = {}
+    number = 1  # the next trial to start
+    with ThreadPoolExecutor(max_workers=budget.parallelism, thread_name_prefix=f"trial-{family}") as pool:
+        while True:
+            # Trial k is proposed from the results of trials 1..k-parallelism exactly, whatever
+            # finished first, so the same seed gives the same sequence; a free thread starts the
+            # next trial as soon as that history is complete (no barrier per batch).
+            while (
+                stopped == "max_evals"
+                and number <= max_evals
+                and len(running) < budget.parallelism
+                and all(j in done for j in range(1, number - lag + 1))
+            ):
+                reason = _stop_reason(budget, outcomes[: max(0, number - lag)], metric)
+                if reason:
+                    stopped = reason
+                    break
+                history = Trials()
+                known = [docs[j] for j in range(1, number - lag + 1)]
+                if known:
+                    history.insert_trial_docs(known)
+                    history.refresh()
+                (doc,) = suggest([number], domain, history, seeds[number - 1])
+                docs[number] = doc
+                point = {**fixed, **params_from_sample(space_eval(space, spec_from_misc(doc["misc"])), search)}
+                running[pool.submit(_run_trial, family, number, point, train_trial)] = number
+                number += 1
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                outcome = _require_metric(future.result(), metric)
+                done[running.pop(future)] = outcome
+                _record(docs[outcome.number], outcome, metric)
+            # Outcomes are taken in trial order: the best, early stopping and the callback do not
+            # depend on which thread finished first.
+            while len(outcomes) + 1 in done:
+                outcome = done[len(outcomes) + 1]
+                outcomes.append(outcome)
+                improved = _better(outcome, best, metric)
+                previous, best = best, (outcome if improved else best)
+                on_trial(outcome, best)
+                # Keep only the best model of the family in memory.
+                if improved and previous is not None:
+                    previous.model = None
+                elif not improved:
+                    outcome.model = None
+    return FamilyResult(family, outcomes, best, time.monotonic() - started, stopped)
+
+
+def _require_metric(outcome: TrialOutcome, metric: str) -> TrialOutcome:
+    """A trial without a finite value of the metric (one class in validation, say) counts as failed."""
+    if outcome.ok and not math.isfinite(outcome.metrics.get(metric, math.nan)):
+        outcome.error = (
+            f"validation {metric} is undefined on these rows (e.g. the validation split has a single class); "
+            "check the split and the label"
+        )
+        outcome.model = None
+        LOG.warning("trial %s-%03d failed: %s", outcome.family, outcome.number, outcome.error)
+    return outcome
+
+
+def _stop_reason(budget: SearchBudget, history: list[TrialOutcome], metric: str) -> str | None:
+    """Why no further trial starts, judged on the trials a new proposal would see; None to go on."""
+    if time.monotonic() >= budget.deadline:
+        return "timeout"
+    if budget.early_stop_rounds:
+        since_best, best = 0, None
+        for outcome in history:
+            if _better(outcome, best, metric):
+                best, since_best = outcome, 0
+            else:
+                since_best += 1
+        if since_best >= budget.early_stop_rounds:
+            return f"no improvement in {budget.early_stop_rounds} trials"
+    return None
+
+
+def _better(outcome: TrialOutcome, best: TrialOutcome | None, metric: str) -> bool:
+    """Whether a trial beats the best so far (a failed trial never does)."""
+    if not outcome.ok or metric not in outcome.metrics:
+        return False
+    return best is None or loss_of(metric, outcome.metrics[metric]) < loss_of(metric, best.metrics[metric])
+
+
+def _record(doc: dict[str, Any], outcome: TrialOutcome, metric: str) -> None:
+    """Tell Hyperopt's trial document the outcome: the loss, or a failure."""
+    if outcome.ok and metric in outcome.metrics:
+        doc["result"] = {"loss": loss_of(metric, outcome.metrics[metric]), "status": STATUS_OK}
+        doc["state"] = JOB_STATE_DONE
+    else:
+        doc["result"] = {"status": STATUS_FAIL}
+        doc["state"] = JOB_STATE_ERROR
+
+
+def _run_trial(
+    family: str,
+    number: int,
+    params: dict[str, Any],
+    train_trial: Callable[[dict[str, Any]], tuple[Any, dict[str, float]]],
+) -> TrialOutcome:
+    started = time.monotonic()
+    try:
+        model, metrics = train_trial(params)
+    except Exception as exc:  # a failed trial is recorded, and the search goes on
+        first = (str(exc).strip().splitlines() or [""])[0]
+        LOG.warning("trial %s-%03d failed: %s: %s", family, number, type(exc).__name__, first)
+        return TrialOutcome(
+            family, number, params, seconds=time.monotonic() - started, error=f"{type(exc).__name__}: {first}"
+        )
+    return TrialOutcome(family, number, params, metrics, time.monotonic() - started, model=model)

@@ -1,0 +1,1 @@
+"""Running steps as a pipeline: the runner, step caching, lineage manifests, reproduce, retraining."""

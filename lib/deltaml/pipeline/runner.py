@@ -1,0 +1,380 @@
+"""Runs the pipeline's steps in order: one MLflow parent run, a child run per step, progress on the console."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.tracking.fluent import ActiveRun
+from pyspark.sql import SparkSession
+
+from deltaml._version import __version__
+from deltaml.columns import (
+    MANIFEST_ARTIFACT,
+    STEP_LINEAGE_ARTIFACT,
+    TAG_CACHED_FROM,
+    TAG_CONFIG_HASH,
+    TAG_FINGERPRINT,
+    TAG_GIT_SHA,
+    TAG_KEY,
+    TAG_PIPELINE,
+    TAG_RECORD,
+    TAG_STEP,
+    TAG_VERSION,
+)
+from deltaml.config.loader import LoadedConfig
+from deltaml.errors import ContractError, DeltamlError, StepFailedError
+from deltaml.io.recording import TableAccess, recording
+from deltaml.io.session import get_spark
+from deltaml.io.tracking import configure_tracking, git_sha, latest_step_run, package_versions
+from deltaml.pipeline.cache import (
+    CACHEABLE,
+    UPSTREAM,
+    Reusable,
+    champion_version,
+    commit_times,
+    find_reusable,
+    fingerprint,
+    record_of,
+    source_state,
+    step_key,
+)
+from deltaml.pipeline.lineage import build_manifest, log_datasets, step_lineage
+from deltaml.quality.contracts import stale_message
+from deltaml.steps.base import DEFAULT_STEPS, STEP_NAMES, StepContext, StepResult
+from deltaml.steps.evaluate import run_evaluate
+from deltaml.steps.fit import run_fit
+from deltaml.steps.ingest import run_ingest
+from deltaml.steps.monitor import run_monitor
+from deltaml.steps.register import run_register
+from deltaml.steps.score import run_score
+from deltaml.steps.split import run_split
+from deltaml.steps.validate import run_validate
+
+LOG = logging.getLogger(__name__)
+
+
+StepFunction = Callable[[StepContext], StepResult]
+
+
+STEPS: dict[str, StepFunction] = {
+    "ingest": run_ingest,
+    "validate": run_validate,
+    "split": run_split,
+    "fit": run_fit,
+    "evaluate": run_evaluate,
+    "register": run_register,
+    "score": run_score,
+    "monitor": run_monitor,
+}
+
+
+assert tuple(STEPS) == STEP_NAMES, "runner.STEPS must list context.STEP_NAMES in order"
+
+
+@dataclass
+class PipelineOutcome:
+    """What a pipeline run did: its MLflow parent run, each step's result and duration."""
+
+    run_id: str
+    results: dict[str, StepResult] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    # Steps skipped because an earlier run of them is still valid: step name -> that run's id.
+    reused: dict[str, str] = field(default_factory=dict)
+
+
+def run_pipeline(
+    loaded: LoadedConfig,
+    steps: Sequence[str] | None = None,
+    spark: SparkSession | None = None,
+    force: bool | Collection[str] = False,
+    tags: dict[str, str] | None = None,
+) -> PipelineOutcome:
+    """Run the named steps (all, in order, by default) under one MLflow parent run.
+
+    A step whose config, code and inputs are those of a finished earlier run of it is skipped and
+    that run's outputs are reused (:mod:`deltaml.cache`).
+
+    Args:
+        loaded: The validated config (see :func:`deltaml.config.load_config`).
+        steps: Step names to run, in pipeline order (default: all but monitor); each reads its inputs from Delta/MLflow,
+            so any step can run alone once its inputs exist.
+        spark: A session to use; by default :func:`deltaml.session.get_spark` builds one.
+        force: True to run every step even if unchanged, or the names of the steps to run regardless (the steps
+            after them then run too, because their inputs are new).
+        tags: Tags for the runs, over the defaults (``deltaml reproduce`` files its runs under another pipeline tag).
+
+    Returns:
+        The parent run id and each step's result.
+
+    Raises:
+        DeltamlError: A step's input broke its contract; the parent run is marked FAILED.
+    """
+    cfg = loaded.pipeline
+    chosen = list(DEFAULT_STEPS) if not steps else [s for s in STEPS if s in set(steps)]
+    if cfg.contract is None and not steps:
+        chosen.remove("validate")
+    spark = spark or get_spark(cfg)
+    forced = set(STEPS) if force is True else set(force or ())
+    try:
+        return _run_steps(loaded, chosen, spark, forced, tags or {})
+    except MlflowException as exc:  # the tracking server is unreachable, say; its message is one line
+        raise StepFailedError(f"pipeline {cfg.name}: MLflow failed: {_first_line(exc)[:500]}") from exc
+
+
+def _run_steps(
+    loaded: LoadedConfig, chosen: list[str], spark: SparkSession, forced: set[str], extra_tags: dict[str, str]
+) -> PipelineOutcome:
+    cfg = loaded.pipeline
+    experiment_id = configure_tracking(cfg)
+    sha = git_sha()
+    ctx = StepContext(spark=spark, loaded=loaded, outputs={"git_sha": sha})
+    run_name = f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    tags = {
+        TAG_PIPELINE: cfg.name,
+        TAG_CONFIG_HASH: loaded.config_hash,
+        TAG_GIT_SHA: sha,
+        TAG_VERSION: __version__,
+        **extra_tags,
+    }
+    LOG.info("pipeline %s: steps %s (config hash %s)", cfg.name, ", ".join(chosen), loaded.config_hash)
+    with _tracked_run(run_name=run_name, tags={**tags, TAG_STEP: "pipeline"}) as parent:
+        _log_config(loaded)
+        mlflow.log_params({f"package.{k}": v for k, v in package_versions().items()})
+        outcome = PipelineOutcome(run_id=parent.info.run_id)
+        packages = package_versions()
+        accessed: dict[str, list[TableAccess]] = {}
+        client = MlflowClient()
+        for name in chosen:
+            started = time.perf_counter()
+            key, reusable = _cached(ctx, client, experiment_id, tags[TAG_PIPELINE], name, forced)
+            if key is not None and reusable is not None:
+                accessed[name] = reusable.record.accesses
+                outcome.results[name] = _reuse(name, reusable, ctx, tags, key)
+                outcome.seconds[name] = time.perf_counter() - started
+                outcome.reused[name] = reusable.run_id
+                _log_manifest(loaded, accessed, packages, sha)
+                continue
+            with recording() as accesses:
+                outcome.results[name], outcome.seconds[name] = _run_step(name, STEPS[name], ctx, tags, accesses, key)
+            accessed[name] = accesses
+            _log_manifest(loaded, accessed, packages, sha)
+        mlflow.log_metrics({f"seconds_{k}": v for k, v in outcome.seconds.items()})
+        if outcome.reused:
+            mlflow.set_tag("deltaml.reused_steps", ", ".join(outcome.reused))
+    outcome.outputs = ctx.outputs
+    total = sum(outcome.seconds.values())
+    skipped = f", {len(outcome.reused)} of {len(chosen)} steps reused" if outcome.reused else ""
+    LOG.info("pipeline %s finished in %.1fs%s (MLflow run %s)", cfg.name, total, skipped, outcome.run_id)
+    return outcome
+
+
+def _log_manifest(
+    loaded: LoadedConfig, accessed: dict[str, list[TableAccess]], packages: dict[str, str], sha: str
+) -> None:
+    # Rewritten after every step, so a run that fails later still says what it read and wrote.
+    manifest = build_manifest(
+        accessed,
+        config_hash=loaded.config_hash,
+        effective_config=loaded.effective,
+        seed=loaded.pipeline.seed,
+        packages=packages,
+        git_sha=sha,
+        state_path=str(loaded.pipeline.state_path),
+    )
+    mlflow.log_dict(manifest, MANIFEST_ARTIFACT)
+
+
+def _cached(
+    ctx: StepContext, client: MlflowClient, experiment_id: str, pipeline: str, name: str, forced: set[str]
+) -> tuple[str | None, Reusable | None]:
+    """The step's cache key, and an earlier run to reuse if any (see :mod:`deltaml.cache`).
+
+    Failing to tell (a file system or the tracking server erring) costs one warning: the step runs.
+    """
+    if name not in CACHEABLE:
+        return None, None
+    cfg = ctx.config
+    try:
+        key = step_key(ctx, name, _key_extras(ctx, client, name))
+        if name in forced:
+            return key, None
+        if name == "score" and cfg.score.windows_as_of == "now":
+            LOG.info("[score] runs: with score.windows_as_of now, its predictions depend on when it runs")
+            return key, None
+        reusable, why = find_reusable(
+            spark=ctx.spark,
+            client=client,
+            experiment_id=experiment_id,
+            pipeline=pipeline,
+            name=name,
+            key=key,
+            model=cfg.mlflow.registered_model,
+        )
+    except Exception as exc:  # the step itself reports a missing input better
+        LOG.warning(
+            "[%s] runs: could not tell whether it is unchanged: %s: %s",
+            name,
+            type(exc).__name__,
+            _first_line(exc)[:300],
+        )
+        return None, None
+    if reusable is None and why:
+        LOG.info("[%s] runs: %s", name, why)
+    return key, reusable
+
+
+def _key_extras(ctx: StepContext, client: MlflowClient, name: str) -> dict[str, Any]:
+    """What a step's cache key needs beyond its config: the source's state, the upstream run, the scoring model."""
+    cfg = ctx.config
+    if name == "ingest":
+        return {"source_state": source_state(ctx.spark, cfg.source)}
+    if name in UPSTREAM:
+        upstream = UPSTREAM[name]
+        run_id = ctx.outputs.get(f"run:{upstream}")
+        if run_id is None:
+            try:
+                run_id = latest_step_run(cfg, upstream).info.run_id
+            except DeltamlError:
+                run_id = None  # the step itself will say what is missing
+        return {"upstream": run_id}
+    if name == "score":
+        model, alias = cfg.mlflow.registered_model, cfg.score.model_alias
+        return {"model_version": cfg.score.model_version or champion_version(client, model, alias)}
+    return {}
+
+
+def _reuse(name: str, reusable: Reusable, ctx: StepContext, tags: dict[str, str], key: str) -> StepResult:
+    """Skip a step: restore what later steps take from it, and leave a child run that points at the reused one."""
+    if name == "validate":
+        _recheck_freshness(ctx, reusable)
+    ctx.outputs.update(reusable.record.restore)
+    ctx.outputs[f"run:{name}"] = reusable.run_id
+    if name == "evaluate":
+        ctx.outputs["metrics"] = reusable.metrics
+    print_key = fingerprint(key, reusable.record.inputs)
+    with _tracked_run(
+        run_name=f"{name} (reused)",
+        nested=True,
+        tags={**tags, TAG_STEP: name, TAG_CACHED_FROM: reusable.run_id, TAG_FINGERPRINT: print_key},
+    ):
+        mlflow.log_dict(step_lineage(reusable.record.accesses), STEP_LINEAGE_ARTIFACT)
+        log_datasets(ctx.spark, reusable.record.accesses, context=name)
+    summary = f"skipped: unchanged since run {reusable.run_id} (fingerprint {print_key[:12]})"
+    LOG.info("[%s] %s", name, summary)
+    return StepResult(tags={"cached_from": reusable.run_id}, summary=summary)
+
+
+def _recheck_freshness(ctx: StepContext, reusable: Reusable) -> None:
+    """A reused validate run checked freshness then; the same data may be too old now."""
+    contract = ctx.config.contract
+    if contract is None or contract.freshness is None:
+        return
+    newest = reusable.record.restore.get("freshness_newest")
+    message = stale_message(contract, datetime.fromisoformat(newest) if newest else None, "validate", datetime.now())
+    if not message:
+        return
+    message += f" (rechecked for the reused validate run {reusable.run_id})"
+    if contract.freshness.action == "fail":
+        raise ContractError(message)
+    LOG.warning("%s", message)
+
+
+def _run_step(
+    name: str,
+    function: StepFunction,
+    ctx: StepContext,
+    tags: dict[str, str],
+    accesses: list[TableAccess],
+    key: str | None,
+) -> tuple[StepResult, float]:
+    LOG.info("[%s] started", name)
+    started = time.perf_counter()
+    with _tracked_run(run_name=name, nested=True, tags={**tags, TAG_STEP: name}) as run:
+        try:
+            result = function(ctx)
+        except DeltamlError:
+            raise
+        except Exception as exc:
+            # Spark, Delta and MLflow errors run to pages of JVM trace; keep one line, chain the rest.
+            LOG.debug("step %s failed", name, exc_info=True)
+            raise StepFailedError(f"step '{name}' failed: {type(exc).__name__}: {_first_line(exc)[:500]}") from exc
+        seconds = time.perf_counter() - started
+        mlflow.log_metrics({**result.metrics, "seconds": seconds})
+        mlflow.set_tags({f"deltaml.{k}": v for k, v in result.tags.items()})
+        mlflow.log_dict(step_lineage(accesses), STEP_LINEAGE_ARTIFACT)
+        log_datasets(ctx.spark, accesses, context=name)  # the MLflow UI's dataset inputs, with Delta version
+        ctx.outputs[f"run:{name}"] = run.info.run_id
+        if key is not None:
+            record = record_of(name, accesses, ctx.outputs)
+            record = replace(record, committed=commit_times(ctx.spark, record))
+            # Set last: only a step that finished carries the key a later run looks for.
+            mlflow.set_tags(
+                {TAG_FINGERPRINT: fingerprint(key, record.inputs), TAG_RECORD: record.to_tag(), TAG_KEY: key}
+            )
+    LOG.info("[%s] done in %.1fs: %s", name, seconds, result.summary)
+    return result, seconds
+
+
+@contextmanager
+def _tracked_run(**kwargs: Any) -> Iterator[ActiveRun]:
+    """``mlflow.start_run``, except that failing to mark the run FAILED never hides the error that failed it.
+
+    With the tracking server gone, ending the run fails as well; that second error would replace
+    the first (and its one-line message) as the one the command reports.
+    """
+    run = mlflow.start_run(**kwargs)
+
+    def still_active() -> bool:
+        active = mlflow.active_run()
+        return active is not None and active.info.run_id == run.info.run_id
+
+    try:
+        yield run
+    except BaseException:
+        try:
+            if still_active():
+                mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        except Exception as exc:  # MLflow pops the run from its stack before it calls the server
+            LOG.warning("could not mark MLflow run %s FAILED: %s", run.info.run_id, _first_line(exc)[:300])
+        raise
+    if still_active():
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def _log_config(loaded: LoadedConfig) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yml"
+        path.write_text(yaml.safe_dump(loaded.effective, sort_keys=False))
+        mlflow.log_artifact(str(path))
+    flat = _flatten(loaded.effective)
+    mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+    mlflow.set_tag("deltaml.config_files", ", ".join(loaded.source_files))
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,1 @@
+"""Data quality: contracts, drift statistics, the reference profile, and the champion/challenger decision."""

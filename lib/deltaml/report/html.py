@@ -1,0 +1,162 @@
+"""The report's HTML: one self-contained page with tables and inline figures."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from deltaml.report.plots import _rate
+from deltaml.report.statistics import _CONFUSION_KEYS, CalibrationPoint, ScoreHistogram
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
+
+
+# ---- HTML ----------------------------------------------------------------------------------
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.7em; text-align: right; }
+th { background: #f3f3f3; } td.name, th.name { text-align: left; }
+.plots { display: flex; flex-wrap: wrap; gap: 1em; }
+figure { margin: 0; } figcaption { color: #555; font-size: 0.9em; }
+"""
+
+
+_CAPTIONS = {
+    "roc.png": "ROC curve (binned)",
+    "pr.png": "Precision-recall curve (binned)",
+    "confusion_matrix.png": "Confusion matrix",
+    "calibration.png": "Calibration",
+    "feature_importance.png": "Feature importance",
+    "confusion_matrix_normalized.png": "Confusion matrix, rows normalised (the diagonal is the recall)",
+    "residuals.png": "Residuals (prediction - actual)",
+    "predicted_vs_actual.png": "Predicted vs actual (all rows, log colour scale)",
+}
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float | np.floating):
+        return html.escape(f"{float(value):.6g}")
+    return html.escape(str(value))
+
+
+def _bin_label(point: CalibrationPoint) -> str:
+    closing = "]" if point.upper >= 1.0 else ")"
+    return f"[{point.lower:.3g}, {point.upper:.3g}{closing}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    head = "".join(
+        f'<th class="name">{html.escape(h)}</th>' if i == 0 else f"<th>{html.escape(h)}</th>"
+        for i, h in enumerate(header)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="name">{_cell(v)}</td>' if i == 0 else f"<td>{_cell(v)}</td>" for i, v in enumerate(row))
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _render_html(
+    title: str,
+    metrics: dict[str, float],
+    histogram: ScoreHistogram,
+    confusion: dict[str, int],
+    threshold: float,
+    calibration: list[CalibrationPoint],
+    top: list[tuple[str, float]],
+    leaderboard: list[dict[str, object]] | None,
+    plots: dict[str, bytes],
+) -> str:
+    tp, fp, tn, fn = (int(confusion[k]) for k in _CONFUSION_KEYS)
+    precision, recall = _rate(tp, tp + fp), _rate(tp, tp + fn)
+    f1 = _rate(2 * tp, 2 * tp + fp + fn)
+    parts = [
+        *_page_head(title),
+        "<h2>Metrics</h2>",
+        _table(["metric", "value"], sorted(metrics.items())),
+        "<h2>Decision threshold</h2>",
+        f"<p>Predict positive when p &gt;= <strong>{html.escape(f'{threshold:.6g}')}</strong>.</p>",
+        _table(["", "predicted 0", "predicted 1"], [["actual 0", tn, fp], ["actual 1", fn, tp]]),
+        _table(["at the threshold", "value"], [["precision", precision], ["recall", recall], ["F1", f1]]),
+        *_leaderboard_section(leaderboard),
+    ]
+    parts.append("<h2>Plots</h2>")
+    parts.append(
+        f"<p>ROC and precision-recall curves come from a histogram of {histogram.bins} equal-width bins of p "
+        f"over {histogram.rows:,} rows; scores within one bin count as tied.</p>"
+    )
+    parts += _figures_section(plots)
+    if calibration:
+        parts += [
+            "<h2>Calibration</h2>",
+            _table(
+                ["p bin", "rows", "mean predicted", "observed rate"],
+                [[_bin_label(c), c.rows, c.mean_predicted, c.observed_rate] for c in calibration],
+            ),
+        ]
+    parts += _importance_section(top)
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _page_head(title: str) -> list[str]:
+    return [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+
+
+def _html_page(title: str, sections: list[str]) -> str:
+    return "\n".join([*_page_head(title), *sections, "</body></html>"]) + "\n"
+
+
+def _leaderboard_section(leaderboard: list[dict[str, object]] | None) -> list[str]:
+    if not leaderboard:
+        return []
+    columns: list[str] = []
+    for entry in leaderboard:
+        columns += [str(key) for key in entry if str(key) not in columns]
+    rows = [[entry.get(c, "") for c in columns] for entry in leaderboard]
+    return ["<h2>Leaderboard</h2>", _table(columns, rows)]
+
+
+def _figures_section(plots: dict[str, bytes]) -> list[str]:
+    parts = ['<div class="plots">']
+    for name, data in plots.items():
+        caption = html.escape(_CAPTIONS.get(name, name))
+        encoded = base64.b64encode(data).decode("ascii")
+        parts.append(
+            f'<figure><img src="data:image/png;base64,{encoded}" alt="{caption}">'
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
+    parts.append("</div>")
+    return parts
+
+
+def _importance_section(top: list[tuple[str, float]]) -> list[str]:
+    if not top:
+        return []
+    return [f"<h2>Top {len(top)} features</h2>", _table(["feature", "weight"], top)]

@@ -1,0 +1,264 @@
+"""The evaluate step: metrics on validation and test and the test report, computed in Spark on all rows."""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from pyspark.ml import PipelineModel
+from pyspark.ml.base import PredictionModel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from deltaml.columns import LABEL_COL, SPLIT_COL, TEST, TRAIN, VALIDATION
+from deltaml.errors import StepInputError
+from deltaml.io.catalog import read_table
+from deltaml.ml.features import feature_names
+from deltaml.ml.labels import labelled_rows
+from deltaml.ml.metrics import task_metrics
+from deltaml.ml.models import DecisionThreshold, encode_label, model_classes, positive_probability
+from deltaml.ml.single_node import SingleNodeModel, permutation_importances
+from deltaml.quality.contracts import check_columns
+from deltaml.quality.profile import log_reference_profile, prediction_column, reference_profile
+from deltaml.report.statistics import (
+    calibration_points,
+    confusion_matrix,
+    feature_importances,
+    multiclass_confusion,
+    predicted_vs_actual,
+    residual_histogram,
+    score_histogram,
+)
+from deltaml.report.writers import write_multiclass_report, write_regression_report, write_report
+from deltaml.steps.base import StepContext, StepResult, load_fitted_model
+
+LOG = logging.getLogger(__name__)
+
+
+_SUMMARY = {
+    "binary": (
+        ("test AUC-ROC", "test_auc_roc"),
+        ("AUC-PR", "test_auc_pr"),
+        ("log-loss", "test_log_loss"),
+        ("accuracy", "test_accuracy"),
+        ("validation AUC-ROC", "validation_auc_roc"),
+    ),
+    "multiclass": (
+        ("test F1", "test_f1"),
+        ("accuracy", "test_accuracy"),
+        ("log-loss", "test_log_loss"),
+        ("validation F1", "validation_f1"),
+    ),
+    "regression": (
+        ("test RMSE", "test_rmse"),
+        ("MAE", "test_mae"),
+        ("R²", "test_r2"),
+        ("validation RMSE", "validation_rmse"),
+    ),
+}
+
+
+def run_evaluate(ctx: StepContext) -> StepResult:
+    """Score the validation and test splits with the fitted model and compute their metrics."""
+    cfg = ctx.config
+    task = cfg.label.task
+    model, model_uri = load_fitted_model(ctx)
+    data, split_version = read_table(ctx.spark, ctx.tables.split, "evaluate")
+    check_columns(
+        data, [*cfg.features.columns, cfg.label.column, SPLIT_COL], "evaluate", f"split table {ctx.tables.split}"
+    )
+    classes = model_classes(model.stages)
+    metrics: dict[str, float] = {}
+    threshold = decision_threshold(model)
+    report_files: list[str] = []
+    if classes:
+        metrics.update(_unknown_class_rows(data, cfg, classes))
+    for split_name in (VALIDATION, TEST):
+        # Scored once: the metrics and (for test) the report read the same cached predictions.
+        scored = model.transform(labelled_rows(data, cfg, split_name, classes=classes)).cache()
+        for name, value in task_metrics(scored, task).items():
+            metrics[f"{split_name}_{name}"] = value
+        if split_name == TEST:
+            report_files = _log_report(ctx, model, scored, metrics, threshold)
+            _log_profile(ctx, data, scored, model_uri)
+        scored.unpersist()
+    ctx.outputs["metrics"] = metrics
+    extra = {"decision_threshold": threshold} if task == "binary" else {}
+    return StepResult(
+        metrics={**metrics, "split_table_version": float(split_version), **extra},
+        tags={"model_uri": model_uri, "report": ", ".join(report_files)},
+        summary=", ".join(f"{label} {metrics[key]:.4f}" for label, key in _SUMMARY[task] if key in metrics),
+    )
+
+
+def _log_profile(ctx: StepContext, data: DataFrame, scored_test: DataFrame, model_uri: str) -> None:
+    """Store the reference profile for monitoring (train features, test predictions) with the model's run."""
+    cfg = ctx.config
+    column = prediction_column(cfg.label.task)
+    predictions = scored_test.select(
+        positive_probability().alias(column) if cfg.label.task == "binary" else F.col(column)
+    )
+    profile = reference_profile(cfg, data.where(F.col(SPLIT_COL) == TRAIN), predictions)
+    match = re.match(r"^runs:/([^/]+)/", model_uri)
+    if match is None:
+        LOG.warning("no reference profile stored: model %s is not a run artifact", model_uri)
+        return
+    log_reference_profile(match.group(1), profile)
+
+
+def _unknown_class_rows(data: DataFrame, cfg: Any, classes: list[str]) -> dict[str, float]:
+    """Validation and test rows whose label is none of the model's classes (left out of its metrics), in one job."""
+    counts = {
+        r[SPLIT_COL]: int(r["count"])
+        for r in data.where(F.col(SPLIT_COL).isin(VALIDATION, TEST) & F.col(cfg.label.column).isNotNull())
+        .where(encode_label(cfg.label, classes).isNull())
+        .groupBy(SPLIT_COL)
+        .count()
+        .collect()
+    }
+    for split_name, unknown in counts.items():
+        LOG.warning(
+            "%d %s row(s) have a %s the model never saw in training (classes %s); they are left out of its metrics",
+            unknown,
+            split_name,
+            cfg.label.column,
+            classes,
+        )
+    return {f"{name}_rows_unknown_class": float(counts.get(name, 0)) for name in (VALIDATION, TEST)}
+
+
+def decision_threshold(model: PipelineModel) -> float:
+    """The threshold stored in a deltaml model's :class:`DecisionThreshold` stage (0.5 if it has none)."""
+    stages = [s for s in model.stages if isinstance(s, DecisionThreshold)]
+    return stages[-1].getThreshold() if stages else 0.5
+
+
+def classifier_stage(model: PipelineModel) -> Any:
+    """The fitted model stage (classifier or regressor) inside a deltaml model, or None."""
+    found = [s for s in model.stages if isinstance(s, PredictionModel)]
+    return found[-1] if found else None
+
+
+def _log_report(
+    ctx: StepContext, model: PipelineModel, scored_test: DataFrame, metrics: dict[str, float], threshold: float
+) -> list[str]:
+    """Write the test split's evaluation report (plots, metrics, one HTML page) to the step's MLflow run."""
+    cfg = ctx.config
+    title = f"{cfg.name}: test split"
+    test_metrics = {k: v for k, v in metrics.items() if k.startswith("test_")}
+    leaderboard = ctx.outputs.get("leaderboard")
+
+    def importances() -> list[tuple[str, float]]:
+        try:
+            single = [s for s in model.stages if isinstance(s, SingleNodeModel)]
+            if single:
+                values = permutation_importances(single[-1], scored_test, seed=cfg.seed)
+                names = feature_names(model, cfg.features)
+                if values and len(values) != len(names):
+                    raise ValueError(f"{len(values)} importances for {len(names)} feature names")
+                return sorted(zip(names, values, strict=False), key=lambda pair: -abs(pair[1]))
+            return feature_importances(classifier_stage(model), feature_names(model, cfg.features))
+        except (ValueError, StepInputError) as exc:
+            LOG.warning("feature importances left out of the report: %s", exc)
+            return []
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            if cfg.label.task == "multiclass":
+                files = _multiclass_report(
+                    Path(tmp), model, scored_test, importances(), title, test_metrics, leaderboard
+                )
+            elif cfg.label.task == "regression":
+                files = _regression_report(Path(tmp), scored_test, importances(), title, test_metrics, leaderboard)
+            else:
+                files = _binary_report(Path(tmp), scored_test, importances, title, test_metrics, threshold, leaderboard)
+        except StepInputError as exc:
+            LOG.warning("no evaluation report: %s", exc)
+            return []
+        if files and mlflow.active_run() is not None:
+            mlflow.log_artifacts(tmp, artifact_path="report")
+        return [f"report/{f.name}" for f in files]
+
+
+def _binary_report(
+    out: Path,
+    scored_test: DataFrame,
+    importances: Callable[[], list[tuple[str, float]]],
+    title: str,
+    metrics: dict[str, float],
+    threshold: float,
+    leaderboard: Any,
+) -> list[Path]:
+    scored = scored_test.select(F.col(LABEL_COL).alias("y"), positive_probability().alias("p")).cache()
+    try:
+        histogram = score_histogram(scored)
+        if histogram.total_positives == 0 or histogram.total_negatives == 0:
+            LOG.warning("no evaluation report: the test split does not have both classes")
+            return []
+        confusion = confusion_matrix(scored, threshold)
+    finally:
+        scored.unpersist()
+    return write_report(
+        out,
+        title=title,
+        metrics=metrics,
+        histogram=histogram,
+        confusion=confusion,
+        threshold=threshold,
+        calibration=calibration_points(histogram),
+        importances=importances(),
+        leaderboard=leaderboard,
+    )
+
+
+def _multiclass_report(
+    out: Path,
+    model: PipelineModel,
+    scored_test: DataFrame,
+    importances: list[tuple[str, float]],
+    title: str,
+    metrics: dict[str, float],
+    leaderboard: Any,
+) -> list[Path]:
+    labels = model_classes(model.stages) or []
+    scored = scored_test.select(F.col(LABEL_COL).alias("y"), F.col("prediction").alias("pred"))
+    confusion = multiclass_confusion(scored, len(labels))
+    return write_multiclass_report(
+        out,
+        title=title,
+        metrics=metrics,
+        labels=labels,
+        confusion=confusion,
+        importances=importances,
+        leaderboard=leaderboard,
+    )
+
+
+def _regression_report(
+    out: Path,
+    scored_test: DataFrame,
+    importances: list[tuple[str, float]],
+    title: str,
+    metrics: dict[str, float],
+    leaderboard: Any,
+) -> list[Path]:
+    scored = scored_test.select(F.col(LABEL_COL).alias("y"), F.col("prediction").alias("pred")).cache()
+    try:
+        residuals = residual_histogram(scored)
+        grid = predicted_vs_actual(scored)
+    finally:
+        scored.unpersist()
+    return write_regression_report(
+        out,
+        title=title,
+        metrics=metrics,
+        residuals=residuals,
+        grid=grid,
+        importances=importances,
+        leaderboard=leaderboard,
+    )

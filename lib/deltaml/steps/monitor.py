@@ -1,0 +1,404 @@
+"""The monitor step: drift of scored batches against the model's training profile, and decay once labels land.
+
+At evaluation, :func:`log_reference_profile` stores with the model's MLflow run a profile of its
+train rows (the features it reads) and of its test predictions. ``deltaml monitor CONF`` reads a
+window of the predictions table, takes the exact input rows that were scored (the source table at
+the version each prediction records, matched on key and input hash), compares them and the
+predictions with that profile (:mod:`deltaml.drift`, Spark aggregations only), and writes one row
+per feature and metric to the monitoring Delta table, with the window's drifted share and, when a
+labels table is configured, the live metric against the model's test metric.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from pyspark.errors import AnalysisException
+from pyspark.ml.evaluation import BinaryClassificationEvaluator
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from deltaml.columns import INPUT_HASH_COL, PREDICTED_LABEL_COL
+from deltaml.config.schema import PipelineConfig
+from deltaml.errors import StepInputError
+from deltaml.io.catalog import read_table, recorded_table, replace_rows, resolve_table, sql_literal
+from deltaml.ml.models import encode_label
+from deltaml.ml.predictions import input_hash
+from deltaml.quality.drift import DriftMetric, Profile, compare
+from deltaml.quality.profile import (
+    PREDICTIONS_FEATURE,
+    WINDOW_FEATURE,
+    as_profiled,
+    current_shares,
+    load_reference_profile,
+    reference_shares,
+)
+from deltaml.report.writers import write_drift_report
+from deltaml.steps.base import StepContext, StepResult
+
+LOG = logging.getLogger(__name__)
+
+
+_LOWER_IS_BETTER = {"rmse", "mae", "log_loss"}
+
+
+# Probabilities are clipped like Spark's log-loss evaluator does.
+LOG_LOSS_EPS = 1e-15
+
+
+@dataclass(frozen=True)
+class Window:
+    """The prediction rows monitored together, and what identifies them."""
+
+    rows: DataFrame
+    window_id: str
+    description: str
+    model_version: int
+    batches: list[str]
+    sources: list[tuple[str, int]]
+    count: int
+    first_scored_at: datetime
+    last_scored_at: datetime
+
+
+def select_window(predictions: DataFrame, spec: str, now: datetime) -> Window:
+    """The predictions of the window ``spec``: ``last_run`` (the latest scoring), ``all``, or ``<n>d`` / ``<n>h``.
+
+    Raises:
+        StepInputError: The window holds no predictions.
+    """
+    if spec == "last_run":
+        # The comparison stays in Spark: a timestamp collected to Python and sent back can shift by an
+        # hour in a driver time zone's repeated DST hour.
+        latest = predictions.agg(F.max("scored_at").alias("_latest"))
+        rows = predictions.join(F.broadcast(latest), F.col("scored_at") == F.col("_latest")).drop("_latest")
+        description = "the latest score run"
+    elif spec == "all":
+        rows, description = predictions, "every prediction"
+    else:
+        amount, unit = int(spec[:-1]), spec[-1]
+        since = now - (timedelta(days=amount) if unit == "d" else timedelta(hours=amount))
+        rows = predictions.where(F.col("scored_at") >= F.lit(since))
+        description = f"predictions scored since {since:%Y-%m-%d %H:%M}"
+    # One model's predictions at a time: the newest model's, compared with its own profile.
+    newest = rows.agg(F.max("model_version").alias("_newest"))
+    rows = rows.join(F.broadcast(newest), F.col("model_version") == F.col("_newest")).drop("_newest")
+    info = rows.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.max("model_version").alias("model"),
+        F.sort_array(F.collect_set("batch_id")).alias("batches"),
+        F.sort_array(F.collect_set(F.struct("source_table", "source_version"))).alias("sources"),
+        F.min("scored_at").alias("first"),
+        F.max("scored_at").alias("last"),
+    ).first()
+    if info is None or not info["n"]:
+        raise StepInputError(f"step 'monitor': no predictions in the window ({description}); run `deltaml score` first")
+    batches = [str(b) for b in info["batches"]]
+    sources = [(str(s["source_table"]), int(s["source_version"])) for s in info["sources"]]
+    key = "|".join([spec, str(info["first"]), str(info["last"]), *batches])
+    return Window(
+        rows=rows,
+        window_id=hashlib.sha256(key.encode()).hexdigest()[:16],
+        description=f"{description}, model v{int(info['model'])}",
+        model_version=int(info["model"]),
+        batches=batches,
+        sources=sources,
+        count=int(info["n"]),
+        first_scored_at=info["first"],
+        last_scored_at=info["last"],
+    )
+
+
+def scored_inputs(spark: SparkSession, window: Window, cfg: PipelineConfig) -> DataFrame:
+    """The input rows the window's predictions were made from: each source at its recorded version,
+    matched on key and input hash, so a row changed since is not mistaken for the one scored."""
+    if INPUT_HASH_COL not in window.rows.columns:
+        raise StepInputError(
+            "step 'monitor': the predictions were written before deltaml recorded each row's input hash, so the "
+            "rows they were made from cannot be found; rescore them with `deltaml score CONF --full`"
+        )
+    frames = []
+    for source, version in window.sources:
+        # Each source version is matched only with the predictions read at that version, so a row
+        # unchanged across several scored versions counts once per prediction, not once per version.
+        wanted = (
+            window.rows.where((F.col("source_table") == source) & (F.col("source_version") == version))
+            .select(cfg.key, F.col(INPUT_HASH_COL).alias("_input_hash"))
+            .distinct()
+        )
+        try:
+            data, _ = read_table(spark, recorded_table(source), "monitor", version=version)
+            data.schema  # noqa: B018 - resolve the time travel now, so a vacuumed version fails here
+        except AnalysisException as exc:
+            raise StepInputError(
+                f"step 'monitor': {source} v{version}, which the window's predictions were made from, cannot be "
+                f"read ({exc.getMessage().splitlines()[0][:200]}); monitor a shorter window (monitor.window) or "
+                "keep more table history (delta.logRetentionDuration, and VACUUM's retention)"
+            ) from None
+        hashed = data.withColumn("_input_hash", input_hash(cfg.key, cfg.features.columns))
+        frames.append(as_profiled(hashed.join(wanted, [cfg.key, "_input_hash"], "left_semi"), cfg))
+    inputs = frames[0]
+    for frame in frames[1:]:
+        inputs = inputs.unionByName(frame)
+    return inputs
+
+
+def drift_rows(metrics: list[DriftMetric], cfg: PipelineConfig) -> tuple[list[dict[str, Any]], dict[str, bool], float]:
+    """Apply the thresholds: one row per metric, which features drifted, and the drifted share of features."""
+    thresholds = cfg.monitor.thresholds.model_dump()
+    rows: list[dict[str, Any]] = []
+    drifted: dict[str, bool] = {}
+    for m in metrics:
+        threshold = thresholds.get(m.metric)
+        crossed = False
+        if threshold is not None:
+            crossed = m.value < threshold if m.metric == "chi2_pvalue" else abs(m.value) > threshold
+        drifted[m.feature] = drifted.get(m.feature, False) or crossed
+        rows.append(
+            {
+                "feature": m.feature,
+                "kind": m.kind,
+                "metric": m.metric,
+                "value": float(m.value),
+                "threshold": None if threshold is None else float(threshold),
+                "drifted": crossed,
+                "reference_rows": m.reference_rows,
+                "current_rows": m.current_rows,
+            }
+        )
+    features = [f for f in drifted if f != PREDICTIONS_FEATURE]
+    share = sum(drifted[f] for f in features) / len(features) if features else 0.0
+    return rows, drifted, share
+
+
+# The metrics the predictions table's columns allow, per task; the first is used when the gate's is not one.
+LIVE_METRICS = {
+    "binary": ("auc_roc", "auc_pr", "accuracy", "log_loss"),
+    "multiclass": ("accuracy",),
+    "regression": ("rmse", "mae", "r2"),
+}
+
+
+def live_performance(
+    window: Window, cfg: PipelineConfig, labels: DataFrame, test_metrics: dict[str, float]
+) -> list[dict[str, Any]]:
+    """A metric on the window's predictions whose label has arrived, its test value, and the decay.
+
+    The metric is the gate's where the predictions table allows it (:data:`LIVE_METRICS`), else the
+    task's first. Decay is how much worse live is than test (test - live for higher-is-better metrics).
+    """
+    assert cfg.monitor.labels is not None
+    label = cfg.monitor.labels.column or cfg.label.column
+    allowed = LIVE_METRICS[cfg.label.task]
+    metric = cfg.gate_metric if cfg.gate_metric in allowed else allowed[0]
+    arrived = labels.select(cfg.key, F.col(f"`{label}`").alias(cfg.label.column))
+    joined = window.rows.drop(cfg.label.column).join(arrived, cfg.key).where(F.col(cfg.label.column).isNotNull())
+    rows = joined.count()
+    if rows == 0:
+        LOG.info("no labels yet for the %d predictions of the window", window.count)
+        return []
+    live = _metric(joined, cfg, metric)
+    test = test_metrics.get(f"test_{metric}")
+    out = [{"metric": metric, "value": live, "threshold": None, "drifted": False, "current_rows": rows}]
+    if test is not None:
+        decay = (live - test) if metric in _LOWER_IS_BETTER else (test - live)
+        limit = cfg.retrain.performance_drop
+        out += [
+            {"metric": f"test_{metric}", "value": test, "threshold": None, "drifted": False, "current_rows": rows},
+            {
+                "metric": f"{metric}_decay",
+                "value": decay,
+                "threshold": limit,
+                "drifted": limit is not None and decay > limit,
+                "current_rows": rows,
+            },
+        ]
+    return out
+
+
+def _metric(joined: DataFrame, cfg: PipelineConfig, metric: str) -> float:
+    task = cfg.label.task
+    if task == "multiclass":
+        hit = (F.col(PREDICTED_LABEL_COL).cast("string") == F.col(cfg.label.column).cast("string")).cast("double")
+        return _single(joined.agg(F.avg(hit).alias("v")))
+    y = encode_label(cfg.label)
+    if task == "binary":
+        frame = joined.select(y.alias("y"), F.col("probability").cast("double").alias("p"), "prediction")
+        if metric in ("auc_roc", "auc_pr"):
+            evaluator = BinaryClassificationEvaluator(
+                rawPredictionCol="p",
+                labelCol="y",
+                metricName="areaUnderROC" if metric == "auc_roc" else "areaUnderPR",
+                numBins=0,
+            )
+            return float(evaluator.evaluate(frame))
+        if metric == "log_loss":
+            p = F.least(F.greatest(F.col("p"), F.lit(LOG_LOSS_EPS)), F.lit(1 - LOG_LOSS_EPS))
+            loss = -(F.col("y") * F.log(p) + (1 - F.col("y")) * F.log(1 - p))
+            return _single(frame.agg(F.avg(loss).alias("v")))
+        return _single(frame.agg(F.avg((F.col("prediction") == F.col("y")).cast("double")).alias("v")))
+    error = F.col("prediction") - y
+    expression = {
+        "mae": F.avg(F.abs(error)),
+        # try_divide: one labelled row, or labels all equal, give null rather than failing the step.
+        "r2": 1 - F.try_divide(F.sum(error * error), F.var_pop(y) * F.count(y)),
+    }.get(metric, F.sqrt(F.avg(error * error)))
+    return _single(joined.agg(expression.alias("v")))
+
+
+def _single(aggregated: DataFrame) -> float:
+    row = aggregated.first()
+    return float(row["v"]) if row is not None and row["v"] is not None else float("nan")
+
+
+def _registered_test_metrics(name: str, version: int) -> dict[str, float]:
+    tags = MlflowClient().get_model_version(name, str(version)).tags
+    out: dict[str, float] = {}
+    for key, value in tags.items():
+        if key.startswith("metric."):
+            try:
+                out[key.removeprefix("metric.")] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def run_monitor(ctx: StepContext) -> StepResult:
+    """Monitor the configured window of predictions; append its drift (and decay) rows to the monitoring table."""
+    cfg = ctx.config
+    spark = ctx.spark
+    predictions, _ = read_table(spark, ctx.tables.predictions, "monitor")
+    now = datetime.now().astimezone()
+    window = select_window(predictions, cfg.monitor.window, now)
+    name = cfg.mlflow.registered_model
+    features_ref, predictions_ref, column = load_reference_profile(name, window.model_version)
+    inputs = scored_inputs(spark, window, cfg)
+    metrics = compare(features_ref, inputs)
+    metrics += [
+        DriftMetric(PREDICTIONS_FEATURE, m.kind, m.metric, m.value, m.reference_rows, m.current_rows)
+        for m in compare(predictions_ref, window.rows.select(column))
+    ]
+    rows, drifted, share = drift_rows(metrics, cfg)
+    window_drifted = share > cfg.monitor.drift_share
+    rows.append(
+        {
+            "feature": WINDOW_FEATURE,
+            "kind": "window",
+            "metric": "drifted_share",
+            "value": share,
+            "threshold": cfg.monitor.drift_share,
+            "drifted": window_drifted,
+            "reference_rows": features_ref.rows,
+            "current_rows": window.count,
+        }
+    )
+    performance: list[dict[str, Any]] = []
+    if cfg.monitor.labels is not None:
+        labels, _ = read_table(
+            spark, resolve_table(cfg.monitor.labels.table, cfg.state_path), "monitor (monitor.labels.table)"
+        )
+        test = _registered_test_metrics(name, window.model_version)
+        performance = live_performance(window, cfg, labels, test)
+        rows += [{"feature": WINDOW_FEATURE, "kind": "performance", "reference_rows": None, **p} for p in performance]
+    written = _write_rows(spark, ctx, window, rows, now)
+    _log_to_mlflow(cfg, window, rows, drifted, share, features_ref, predictions_ref, inputs, column)
+    flagged = sorted(f for f, d in drifted.items() if d and f != PREDICTIONS_FEATURE)
+    decay = next((p for p in performance if p["metric"].endswith("_decay")), None)
+    summary = (
+        f"{window.count} predictions ({window.description}): "
+        f"{len(flagged)} of {len([f for f in drifted if f != PREDICTIONS_FEATURE])} features drifted "
+        f"({share:.0%}{', window drifted' if window_drifted else ''})"
+        + (f": {', '.join(flagged)}" if flagged else "")
+        + ("; predictions drifted" if drifted.get(PREDICTIONS_FEATURE) else "")
+        + (f"; {decay['metric']} {decay['value']:+.4f}" if decay else "")
+        + f" -> {ctx.tables.monitoring} v{written}"
+    )
+    return StepResult(
+        metrics={
+            "drifted_share": share,
+            "window_drifted": float(window_drifted),
+            "rows_monitored": float(window.count),
+            "features_drifted": float(len(flagged)),
+            **({"performance_decay": float(decay["value"])} if decay else {}),
+        },
+        tags={"window_id": window.window_id, "drifted_features": ",".join(flagged)[:5000]},
+        summary=summary,
+    )
+
+
+def _write_rows(
+    spark: SparkSession, ctx: StepContext, window: Window, rows: list[dict[str, Any]], now: datetime
+) -> int:
+    """Replace this window's rows in the monitoring table (a rerun on the same window replaces, never duplicates)."""
+    cfg = ctx.config
+    schema = (
+        "window_id string, monitored_at timestamp, pipeline string, model_name string, model_version int, "
+        "window string, batches string, first_scored_at timestamp, last_scored_at timestamp, "
+        "feature string, kind string, metric string, value double, threshold double, drifted boolean, "
+        "reference_rows long, current_rows long"
+    )
+    common = {
+        "window_id": window.window_id,
+        "monitored_at": now,
+        "pipeline": cfg.name,
+        "model_name": cfg.mlflow.registered_model,
+        "model_version": window.model_version,
+        "window": window.description,
+        "batches": ",".join(window.batches)[:10000],
+        "first_scored_at": window.first_scored_at,
+        "last_scored_at": window.last_scored_at,
+    }
+    columns = [c.split()[0] for c in schema.split(", ")]
+    records = [tuple({**common, **r}.get(c) for c in columns) for r in rows]
+    frame = spark.createDataFrame(records, schema)
+    table = ctx.tables.monitoring
+    assert table is not None
+    return replace_rows(spark, frame, table, f"window_id = {sql_literal(window.window_id)}").version
+
+
+def _log_to_mlflow(
+    cfg: PipelineConfig,
+    window: Window,
+    rows: list[dict[str, Any]],
+    drifted: dict[str, bool],
+    share: float,
+    features_ref: Profile,
+    predictions_ref: Profile,
+    inputs: DataFrame,
+    column: str,
+) -> None:
+    if mlflow.active_run() is None:
+        return
+    values = {
+        f"drift.{_metric_key(r['feature'])}.{r['metric']}": r["value"]
+        for r in rows
+        if r["kind"] in ("numeric", "categorical") and r["value"] == r["value"]
+    }
+    mlflow.log_metrics(values)
+    top = sorted(
+        (f for f, d in drifted.items() if d and f != PREDICTIONS_FEATURE),
+        key=lambda f: -max((r["value"] for r in rows if r["feature"] == f and r["metric"] == "psi"), default=0.0),
+    )[:4]
+    chosen = [(f, features_ref.columns[f], inputs.select(f)) for f in top if f in features_ref.columns]
+    chosen.append((f"predictions ({column})", predictions_ref.columns[column], window.rows.select(column)))
+    overlays = []
+    for label, profile, current in chosen:
+        bins, shares = current_shares(profile, current)
+        overlays.append((label, bins, reference_shares(profile, len(bins)), shares))
+    title = f"{cfg.name}: drift of {window.description} against its training profile"
+    with tempfile.TemporaryDirectory() as tmp:
+        write_drift_report(Path(tmp), title=title, rows=rows, share=share, overlays=overlays)
+        mlflow.log_artifacts(tmp, artifact_path="drift")
+
+
+def _metric_key(feature: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_./ -]", "_", feature)

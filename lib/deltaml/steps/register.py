@@ -1,0 +1,228 @@
+"""The register step: the fitted model into the MLflow registry with lineage tags, then the champion/challenger gate."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import mlflow
+import mlflow.spark
+from mlflow.tracking import MlflowClient
+from pyspark.ml import PipelineModel
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from deltaml._version import __version__
+from deltaml.columns import CHALLENGER, CHAMPION, LABEL_COL, SPLIT_COL, TEST
+from deltaml.errors import DeltamlError, StepInputError
+from deltaml.io.catalog import read_table, table_version
+from deltaml.io.registry import champion_version, promote
+from deltaml.io.tables import event_tables
+from deltaml.io.tracking import latest_step_run
+from deltaml.ml.features import bind_window_stages
+from deltaml.ml.labels import labelled_rows
+from deltaml.ml.models import model_classes, positive_probability
+from deltaml.quality.contracts import check_columns
+from deltaml.quality.gate import GateDecision, gate_decision
+from deltaml.steps.base import StepContext, StepResult, load_fitted_model
+
+LOG = logging.getLogger(__name__)
+
+
+def run_register(ctx: StepContext) -> StepResult:
+    """Register the model fitted in this run (or the latest fit run) as @challenger; the gate decides @champion.
+
+    The new version gets the lineage tags and the alias ``challenger``. Unless
+    ``register.gate.enabled`` is false, it is then compared with the current @champion on the
+    test rows of the split table (:func:`deltaml.gate.gate_decision`) and promoted only if it
+    passes; a champion that cannot score these rows (trained on other features) is replaced.
+    The decision is returned as ``gate_*`` metrics and tags.
+    """
+    cfg = ctx.config
+    name = cfg.mlflow.registered_model
+    _, model_uri = load_fitted_model(ctx)
+    metrics = ctx.outputs.get("metrics")
+    if metrics is None:
+        evaluated = latest_step_run(cfg, "evaluate")
+        if evaluated.data.tags.get("deltaml.model_uri") != model_uri:
+            raise StepInputError(
+                f"step 'register': the latest evaluate run scored {evaluated.data.tags.get('deltaml.model_uri')}, "
+                f"not the model to register ({model_uri}); run --step evaluate first"
+            )
+        metrics = dict(evaluated.data.metrics)
+    split_version = ctx.outputs.get("split_version")
+    if split_version is None:
+        split_version = table_version(ctx.spark, ctx.tables.split)
+    lineage = {
+        "deltaml.pipeline": cfg.name,
+        "deltaml.config_hash": ctx.loaded.config_hash,
+        "deltaml.version": __version__,
+        "deltaml.git_sha": ctx.outputs.get("git_sha", "unknown"),
+        "deltaml.training_table": str(ctx.tables.split),
+        "deltaml.training_table_version": str(split_version),
+        "deltaml.raw_table": str(ctx.tables.raw),
+        "deltaml.model_uri": model_uri,
+        **{f"metric.{k}": f"{v:.6f}" for k, v in sorted(metrics.items()) if k.startswith("test_")},
+    }
+    registered = mlflow.register_model(model_uri, name, tags=lineage)
+    version = int(registered.version)
+    client = MlflowClient()
+    client.set_registered_model_alias(name, CHALLENGER, str(version))
+    ctx.outputs["model_version"] = version
+
+    gate = cfg.registration.gate
+    decision: GateDecision | None = None
+    if not gate.enabled:
+        previous = promote(client, name, version, "gate disabled")
+        promoted, reason = True, "gate disabled"
+    else:
+        decision = _decide(ctx, client, version, int(split_version))
+        promoted, reason = decision.promote, decision.reason
+        previous = promote(client, name, version, f"gate: {reason}") if promoted else decision.champion_version
+    client.set_model_version_tag(name, str(version), "deltaml.gate", f"{'promoted' if promoted else 'kept'}: {reason}")
+    ctx.outputs["promoted"] = promoted
+
+    outcome = f"promoted to @{CHAMPION}" if promoted else f"kept version {previous} as @{CHAMPION}"
+    gate_metrics = decision.as_metrics() if decision else {"gate_promoted": 1.0}
+    gate_tags = decision.as_tags() if decision else {"gate_decision": "promoted", "gate_reason": reason}
+    return StepResult(
+        metrics={"model_version": float(version), **gate_metrics},
+        tags={"registered_model": name, "model_version": str(version), **gate_tags},
+        summary=f"{name} version {version} @{CHALLENGER}; {outcome} ({reason})",
+    )
+
+
+def _decide(ctx: StepContext, client: MlflowClient, version: int, split_version: int) -> GateDecision:
+    """Score the split's test rows with the challenger and the current champion, and run the gate."""
+    cfg = ctx.config
+    name = cfg.mlflow.registered_model
+    challenger, _ = load_fitted_model(ctx)
+    test = _test_rows(ctx, split_version, model_classes(challenger.stages))
+    current = champion_version(client, name)
+
+    def decide(scored: DataFrame, champion: int | None) -> GateDecision:
+        return gate_decision(
+            scored,
+            cfg.registration.gate,
+            seed=cfg.seed,
+            champion_version=champion,
+            challenger_version=version,
+            task=cfg.label.task,
+            metric=cfg.gate_metric,
+        )
+
+    def challenger_alone() -> GateDecision:
+        return decide(
+            score_test_rows(test, cfg.key, challenger, None, label=cfg.label.column, task=cfg.label.task), None
+        )
+
+    if current is None:
+        return challenger_alone()
+    try:
+        scored = _score_with_champion(ctx, test, challenger, current)
+    except DeltamlError:
+        raise
+    except Exception as exc:  # Spark's and MLflow's errors: the champion does not fit this data
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        LOG.warning("champion %s version %s cannot score the test rows, replacing it: %s", name, current, first[:300])
+        alone = challenger_alone()
+        return dataclasses.replace(
+            alone,
+            champion_version=current,
+            reason=f"champion version {current} cannot score this data ({type(exc).__name__}); "
+            f"{alone.metric} {alone.challenger_value:.4f}",
+        )
+    try:
+        return decide(scored, current)
+    finally:
+        scored.unpersist()
+
+
+def _score_with_champion(ctx: StepContext, test: DataFrame, challenger: PipelineModel, version: int) -> DataFrame:
+    """Both models' scores of the test rows, cached; a champion that cannot score them fails here, not in the gate."""
+    cfg = ctx.config
+    champion = mlflow.spark.load_model(f"models:/{cfg.mlflow.registered_model}/{version}")
+    bind_window_stages(champion, cfg.features.windows, event_tables(cfg))
+    scored = score_test_rows(test, cfg.key, challenger, champion, label=cfg.label.column, task=cfg.label.task).cache()
+    try:
+        scored.count()
+    except Exception:
+        scored.unpersist()
+        raise
+    return scored
+
+
+def _test_rows(ctx: StepContext, split_version: int, classes: list[str] | None) -> DataFrame:
+    """The labelled TEST rows of the split table at the version the model was trained on."""
+    cfg = ctx.config
+    data, _ = read_table(ctx.spark, ctx.tables.split, "register", version=split_version)
+    where = f"split table {ctx.tables.split} v{split_version}"
+    check_columns(data, [cfg.key, *cfg.features.columns, cfg.label.column, SPLIT_COL], "register", where)
+    test = labelled_rows(data, cfg, TEST, classes=classes)
+    counts = test.agg(F.count("*").alias("rows"), F.countDistinct(cfg.key).alias("keys")).first()
+    assert counts is not None
+    if counts["rows"] != counts["keys"]:
+        raise StepInputError(
+            f"step 'register': key '{cfg.key}' is not unique and non-null in the test rows of {where} "
+            f"({counts['rows']} rows, {counts['keys']} distinct keys); the gate pairs both models' scores "
+            "by key (add a unique rule on it to the contract)"
+        )
+    return test
+
+
+def score_test_rows(
+    test: DataFrame,
+    key: str,
+    challenger: PipelineModel,
+    champion: PipelineModel | None,
+    *,
+    label: str | None = None,
+    task: str = "binary",
+) -> DataFrame:
+    """Both models' scores of the same rows, paired by ``key``.
+
+    Args:
+        test: Rows with ``key``, the features and the numeric ``_label`` in the challenger's encoding.
+        key: A column unique per row.
+        challenger: The new model.
+        champion: The current champion, or None.
+        label: The label column as configured (needed for ``multiclass``).
+        task: ``binary``, ``multiclass`` or ``regression``.
+
+    Returns:
+        ``y``, ``p_challenger``, ``pred_challenger`` and, with a champion, ``p_champion`` and
+        ``pred_champion``. Binary: the probability of the positive class and the 0/1 prediction.
+        Multiclass: the probability of the row's true class and the predicted class as an index
+        of the challenger's classes (each model reads its own class order, so a champion trained
+        with other classes still compares fairly). Regression: the prediction in both columns.
+    """
+    challenger_classes = model_classes(challenger.stages) if task == "multiclass" else None
+
+    def scores(model: PipelineModel, role: str) -> DataFrame:
+        scored = model.transform(test)
+        if task == "multiclass":
+            if label is None or challenger_classes is None:
+                raise StepInputError("gate: a multiclass model needs its label column and ClassLabels stage")
+            own = F.array(*[F.lit(c) for c in model_classes(model.stages) or []])
+            theirs = F.array(*[F.lit(c) for c in challenger_classes])
+            truth = F.col(label).cast("string")
+            probability = F.element_at(vector_to_array(F.col("probability")), F.array_position(own, truth).cast("int"))
+            predicted = F.element_at(own, F.col("prediction").cast("int") + 1)
+            p = F.coalesce(F.when(F.array_position(own, truth) > 0, probability), F.lit(0.0))
+            pred = (F.array_position(theirs, predicted) - 1).cast("double")
+        elif task == "regression":
+            p = pred = F.col("prediction").cast("double")
+        else:
+            p, pred = positive_probability(), F.col("prediction").cast("double")
+        return scored.select(
+            F.col(key),
+            F.col(LABEL_COL).cast("double").alias("y"),
+            p.alias(f"p_{role}"),
+            pred.alias(f"pred_{role}"),
+        )
+
+    scored = scores(challenger, "challenger")
+    if champion is not None:
+        scored = scored.join(scores(champion, "champion").drop("y"), on=key, how="inner")
+    return scored.drop(key)

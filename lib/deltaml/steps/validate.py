@@ -1,0 +1,269 @@
+"""The validate step: the raw table against its contract; good rows to clean, bad rows to quarantine."""
+
+from __future__ import annotations
+
+import html
+import logging
+from datetime import datetime
+from typing import Any
+
+import mlflow
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from deltaml.columns import (
+    INGEST_BATCH_COL,
+    INGEST_COLUMNS,
+    QUARANTINED_AT_COL,
+    REPORT_HTML,
+    REPORT_JSON,
+    VIOLATIONS_COL,
+    WARNINGS_COL,
+)
+from deltaml.config.schema import ContractConfig
+from deltaml.errors import ContractError
+from deltaml.io.catalog import append_rows, distinct_values, read_table, replace_where
+from deltaml.quality.contracts import (
+    CORRUPT_RECORD_COL,
+    RowRule,
+    annotate,
+    check_schema,
+    row_rules,
+    summarize,
+    table_failures,
+)
+from deltaml.steps.base import StepContext, StepResult
+
+LOG = logging.getLogger(__name__)
+
+
+EXAMPLES_PER_RULE = 5
+
+
+def run_validate(ctx: StepContext) -> StepResult:
+    """Check the raw table against the contract and split it into clean and quarantined rows.
+
+    Nothing is written when the contract fails (schema drift set to fail, a table rule, a
+    ``fail`` row rule, or more bad rows than ``max_bad_fraction``): the run stops with one
+    line and the report in MLflow, and every table keeps its previous version.
+
+    Raises:
+        ContractError: The contract failed, or the row accounting did not add up.
+    """
+    cfg = ctx.config
+    contract = cfg.contract
+    if contract is None:
+        raise ContractError(
+            "step 'validate': the config has no 'contract' section; add one or run without --step validate"
+        )
+    raw, raw_version = read_table(ctx.spark, ctx.tables.raw, "validate")
+    schema = check_schema(raw, contract, "validate", ignore=INGEST_COLUMNS)
+    rules = row_rules(schema.df, contract, schema.coerced)
+    annotated = annotate(schema.df, rules).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        return _validate(
+            ctx, contract, raw, raw_version, schema.failures, schema.warnings, rules, annotated, schema.coerced
+        )
+    finally:
+        annotated.unpersist()
+
+
+def _validate(
+    ctx: StepContext,
+    contract: ContractConfig,
+    raw: DataFrame,
+    raw_version: int,
+    schema_failures: list[str],
+    schema_warnings: list[str],
+    rules: list[RowRule],
+    annotated: DataFrame,
+    coerced: dict[str, tuple[str, str]],
+) -> StepResult:
+    cfg = ctx.config
+    checked_at = datetime.now().replace(microsecond=0)
+    summary = summarize(annotated, rules, contract, cfg.label.column)
+    failures = list(schema_failures)
+    table_fail, table_warn = table_failures(summary, contract, "validate", checked_at)
+    failures += table_fail
+    rows, bad = summary["rows"], summary["bad_rows"]
+    for rule in rules:
+        if rule.action == "fail" and summary["breaks"][rule.rule_id]:
+            failures.append(
+                f"step 'validate': rule {rule.rule_id} ({rule.column} {rule.detail}) broken by "
+                f"{summary['breaks'][rule.rule_id]} rows and its action is fail"
+            )
+    fraction = bad / rows if rows else 0.0
+    if fraction > contract.max_bad_fraction:
+        worst = sorted(
+            ((n, r.rule_id) for r in rules if r.action != "warn" and (n := summary["breaks"][r.rule_id])), reverse=True
+        )
+        failures.append(
+            f"step 'validate': {bad} of {rows} rows ({fraction:.1%}) broke the contract, above max_bad_fraction "
+            f"{contract.max_bad_fraction:.1%} ({', '.join(f'{rid} {n}' for n, rid in worst[:5])}); "
+            "fix the source or raise contract.max_bad_fraction"
+        )
+    examples = _examples(annotated, rules, cfg.key) if (bad or any(summary["breaks"].values())) else {}
+    report = _report(ctx, contract, summary, rules, examples, failures, schema_warnings + table_warn, raw_version)
+    mlflow.log_dict(report, REPORT_JSON)
+    mlflow.log_text(_render_html(report), REPORT_HTML)
+    mlflow.log_metrics({"rows_in": float(rows), "rows_bad": float(bad), "bad_fraction": fraction})
+    for warning in schema_warnings + table_warn:
+        LOG.warning("%s", warning)
+    if failures:
+        more = f" (+{len(failures) - 1} more, see {REPORT_JSON} in MLflow)" if len(failures) > 1 else ""
+        raise ContractError(failures[0] + more)
+
+    batches = distinct_values(raw, INGEST_BATCH_COL) if INGEST_BATCH_COL in raw.columns else [f"v{raw_version}"]
+    is_bad = F.size(VIOLATIONS_COL) > 0
+    originals = [F.col(f"_original_{c}").alias(c) if c in coerced else F.col(f"`{c}`") for c in raw.columns]
+    quarantined = annotated.where(is_bad).select(
+        *originals, F.col(VIOLATIONS_COL), F.lit(checked_at).cast("timestamp").alias(QUARANTINED_AT_COL)
+    )
+    helper_columns = {VIOLATIONS_COL, WARNINGS_COL, CORRUPT_RECORD_COL, *(f"_original_{c}" for c in coerced)}
+    clean = annotated.where(~is_bad).select(*[F.col(f"`{c}`") for c in annotated.columns if c not in helper_columns])
+    # A column bronze gained (extra_column: warn) is carried on, not refused by Delta.
+    quarantine_write = replace_where(
+        ctx.spark, quarantined, ctx.tables.quarantine, INGEST_BATCH_COL, batches, merge_schema=True
+    )
+    clean_write = replace_where(ctx.spark, clean, ctx.tables.clean, INGEST_BATCH_COL, batches, merge_schema=True)
+    if clean_write.rows_written + quarantine_write.rows_written != rows:
+        raise ContractError(
+            f"step 'validate': row accounting failed: {rows} rows in, {clean_write.rows_written} clean + "
+            f"{quarantine_write.rows_written} quarantined written; rerun the step (its writes replace the batch)"
+        )
+    append_rows(ctx.spark, _quality_rows(ctx, report, checked_at), ctx.tables.quality)
+    ctx.outputs["clean_version"] = clean_write.version
+    if contract.freshness is not None and summary["newest"] is not None:
+        ctx.outputs["freshness_newest"] = summary["newest"].isoformat()  # rechecked when this run is reused
+    return StepResult(
+        metrics={
+            "rows_clean": float(clean_write.rows_written),
+            "rows_quarantined": float(quarantine_write.rows_written),
+            "raw_table_version": float(raw_version),
+            "clean_table_version": float(clean_write.version),
+            "quarantine_table_version": float(quarantine_write.version),
+        },
+        tags={"clean_table": str(ctx.tables.clean), "quarantine_table": str(ctx.tables.quarantine)},
+        summary=(
+            f"{rows} rows: {clean_write.rows_written} clean -> {ctx.tables.clean} v{clean_write.version}, "
+            f"{quarantine_write.rows_written} quarantined -> {ctx.tables.quarantine} v{quarantine_write.version}"
+            + (f"; warnings: {len(schema_warnings) + len(table_warn)}" if schema_warnings or table_warn else "")
+        ),
+    )
+
+
+def _examples(annotated: DataFrame, rules: list[RowRule], key: str) -> dict[str, list[dict[str, Any]]]:
+    """Up to five failing values per rule: one job over the broken rows, a handful of rows collected."""
+    if not rules:
+        return {}
+    value: Column = F.lit(None).cast("string")
+    for rule in rules:
+        source = F.col(f"`{rule.column}`") if rule.kind != "unique" else F.lit(None)
+        if rule.column in annotated.columns or rule.kind == "unique":
+            value = F.when(F.col("_rule") == rule.rule_id, source.cast("string")).otherwise(value)
+    key_col = F.col(f"`{key}`").cast("string") if key in annotated.columns else F.lit(None).cast("string")
+    exploded = annotated.where((F.size(VIOLATIONS_COL) > 0) | (F.size(WARNINGS_COL) > 0)).select(
+        F.explode(F.concat(VIOLATIONS_COL, WARNINGS_COL)).alias("_rule"), key_col.alias("key"), F.col("*")
+    )
+    ranked = exploded.select("_rule", "key", value.alias("value")).withColumn(
+        "_n", F.row_number().over(Window.partitionBy("_rule").orderBy("key"))
+    )
+    found: dict[str, list[dict[str, Any]]] = {}
+    for row in ranked.where(F.col("_n") <= EXAMPLES_PER_RULE).collect():
+        found.setdefault(row["_rule"], []).append({"key": row["key"], "value": row["value"]})
+    return found
+
+
+def _report(
+    ctx: StepContext,
+    contract: ContractConfig,
+    summary: dict[str, Any],
+    rules: list[RowRule],
+    examples: dict[str, list[dict[str, Any]]],
+    failures: list[str],
+    warnings: list[str],
+    raw_version: int,
+) -> dict[str, Any]:
+    rows, bad = summary["rows"], summary["bad_rows"]
+    return {
+        "pipeline": ctx.config.name,
+        "table": str(ctx.tables.raw),
+        "table_version": raw_version,
+        "status": "failed" if failures else "passed",
+        "rows_in": rows,
+        "rows_passed": rows - bad,
+        "rows_quarantined": 0 if failures else bad,
+        "rows_bad": bad,
+        "bad_fraction": bad / rows if rows else 0.0,
+        "max_bad_fraction": contract.max_bad_fraction,
+        "failures": failures,
+        "warnings": warnings,
+        "rules": [
+            {
+                "rule": r.rule_id,
+                "column": r.column,
+                "kind": r.kind,
+                "action": r.action,
+                "detail": r.detail,
+                "rows_broken": summary["breaks"][r.rule_id],
+                "rows_passed": rows - summary["breaks"][r.rule_id],
+                "examples": examples.get(r.rule_id, []),
+            }
+            for r in rules
+        ],
+    }
+
+
+def _quality_rows(ctx: StepContext, report: dict[str, Any], checked_at: datetime) -> DataFrame:
+    run = mlflow.active_run()
+    rows = [
+        (
+            ctx.config.name,
+            run.info.run_id if run else None,
+            checked_at,
+            report["table"],
+            int(report["table_version"]),
+            r["rule"],
+            r["column"],
+            r["kind"],
+            r["action"],
+            int(r["rows_broken"]),
+            int(report["rows_in"]),
+        )
+        for r in report["rules"]
+    ]
+    schema = (
+        "pipeline string, run_id string, checked_at timestamp, table string, table_version long, rule string, "
+        "column string, kind string, action string, rows_broken long, rows_checked long"
+    )
+    return ctx.spark.createDataFrame(rows, schema)
+
+
+def _render_html(report: dict[str, Any]) -> str:
+    def cell(value: Any) -> str:
+        return f"<td>{html.escape(str(value))}</td>"
+
+    rule_rows = "\n".join(
+        "<tr>"
+        + "".join(cell(r[k]) for k in ("rule", "action", "detail", "rows_broken", "rows_passed"))
+        + cell("; ".join(f"{e['key']}: {e['value']}" for e in r["examples"]))
+        + "</tr>"
+        for r in report["rules"]
+    )
+    problems = "".join(f"<li class=fail>{html.escape(m)}</li>" for m in report["failures"]) + "".join(
+        f"<li>{html.escape(m)}</li>" for m in report["warnings"]
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>deltaml validation: {html.escape(report["pipeline"])}</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:4px 8px}}
+table{{border-collapse:collapse}}.fail{{color:#b00}}</style></head><body>
+<h1>Validation of {html.escape(report["table"])} v{report["table_version"]}: {report["status"]}</h1>
+<p>{report["rows_in"]} rows in, {report["rows_passed"]} passed, {report["rows_quarantined"]} quarantined
+({report["bad_fraction"]:.2%} bad; maximum {report["max_bad_fraction"]:.2%}).</p>
+<ul>{problems}</ul>
+<table><tr><th>rule</th><th>action</th><th>broken when the value</th><th>rows broken</th><th>rows passed</th>
+<th>examples (key: value)</th></tr>
+{rule_rows}
+</table></body></html>
+"""
