@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.deltaml-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-monitor demo-flights demo-penguins demo-diamonds test test-fast lint zip clean cluster-up cluster-down
+.PHONY: setup demo demo-monitor demo-flights demo-penguins demo-diamonds test test-fast lint docs zip clean cluster-up cluster-down
 
 setup: $(STAMP)
 	$(BIN)/deltaml setup-jars
@@ -45,9 +45,14 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check lib tests jobs notebooks benchmarks
-	$(BIN)/ruff format --check lib tests jobs notebooks benchmarks
-	$(BIN)/mypy lib
+	$(BIN)/ruff check lib tests jobs notebooks benchmarks docs
+	$(BIN)/ruff format --check lib tests jobs notebooks benchmarks docs
+	$(BIN)/mypy --strict lib
+	$(BIN)/mypy tests docs
+
+# docs/reference/configuration.md and cli.md, generated from the config models and the CLI parser (no Spark needed).
+docs: $(STAMP)
+	$(BIN)/python docs/generate_reference.py
 
 # The package as a .zip for spark-submit --py-files (executors cannot import from a .whl).
 zip: $(STAMP)

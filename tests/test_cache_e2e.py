@@ -28,7 +28,7 @@ from deltaml.config.loader import load_config
 from deltaml.io.tracking import resolve_tracking_uri
 from deltaml.pipeline.reproduce import reproduce
 from deltaml.pipeline.runner import PipelineOutcome, run_pipeline
-from deltaml.steps.base import DEFAULT_STEPS
+from deltaml.steps import DEFAULT_STEPS
 from tests.conftest import telco_config_dict, write_config
 
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ def _ran(outcome: PipelineOutcome) -> list[str]:
 
 
 def _step_runs(outcome: PipelineOutcome) -> dict[str, str]:
-    return {name: outcome.outputs[f"run:{name}"] for name in outcome.results}
+    return {name: outcome.run_ids[name] for name in outcome.results}
 
 
 def test_unchanged_steps_are_reused_new_data_reruns_downstream_and_a_killed_run_resumes(
@@ -127,7 +127,7 @@ def test_unchanged_steps_are_reused_new_data_reruns_downstream_and_a_killed_run_
         order_by=["attributes.start_time DESC"],
         output_format="list",
     )[0]
-    assert killed_fit.info.run_id not in (first_runs["fit"], grown.outputs["run:fit"])
+    assert killed_fit.info.run_id not in (first_runs["fit"], grown.run_ids["fit"])
 
     resumed = run_pipeline(load_config(conf), spark=spark)
     assert list(resumed.reused) == ["ingest", "validate", "split", "fit"]
@@ -157,7 +157,7 @@ def test_unchanged_steps_are_reused_new_data_reruns_downstream_and_a_killed_run_
 
     # The CLI prints the comparison and exits 0 when the metrics match; an unknown run is one line, exit 4.
     capsys.readouterr()
-    assert main(["reproduce", first.outputs["run:fit"], "--conf", str(conf)]) == 0
+    assert main(["reproduce", first.run_ids["fit"], "--conf", str(conf)]) == 0
     printed = capsys.readouterr().out
     assert f"reproduces {first.run_id}" in printed and "test_auc_roc" in printed
     assert main(["reproduce", "0123456789abcdef", "--conf", str(conf)]) == 4

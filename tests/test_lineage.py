@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -65,7 +66,8 @@ def test_each_step_run_and_the_pipeline_manifest_carry_the_tables_and_versions(
         replace_where(ctx.spark, data, target, "batch", ["a"])
         return StepResult()
 
-    monkeypatch.setitem(runner.STEPS, "split", copy)
+    patched = [replace(s, run=copy, produces=None) if s.name == "split" else s for s in runner.STEPS]
+    monkeypatch.setattr(runner, "STEPS", tuple(patched))
     data = telco_config_dict()
     data["state_dir"] = str(tmp_path / "state")
     conf = write_config(tmp_path / "p.yml", data)
@@ -89,9 +91,11 @@ def test_each_step_run_and_the_pipeline_manifest_carry_the_tables_and_versions(
 
 def _dataset_inputs(run_id: str) -> dict[str, tuple[dict[str, object], str, dict[str, str]]]:
     """A run's dataset inputs by name: the source, its type and the input's tags."""
+    inputs = MlflowClient().get_run(run_id).inputs
+    assert inputs is not None
     return {
         d.dataset.name: (json.loads(d.dataset.source), d.dataset.source_type, {t.key: t.value for t in d.tags})
-        for d in MlflowClient().get_run(run_id).inputs.dataset_inputs
+        for d in inputs.dataset_inputs
     }
 
 
@@ -129,7 +133,10 @@ def test_log_datasets_names_each_table_read_at_the_version_read(spark: SparkSess
             {"mlflow.data.context": "fit"},
         ),
     }
-    logged = MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs[0].dataset
+    run_inputs = MlflowClient().get_run(run.info.run_id).inputs
+    assert run_inputs is not None
+    logged = run_inputs.dataset_inputs[0].dataset
+    assert logged.schema is not None
     assert [c["name"] for c in json.loads(logged.schema)["mlflow_colspec"]] == ["id", "batch", "x"]
 
 

@@ -25,8 +25,9 @@ from deltaml.io.registry import HISTORY_MAX_CHARS, promote, promotion_history, r
 from deltaml.io.tables import resolve_tables
 from deltaml.io.tracking import configure_tracking, resolve_tracking_uri
 from deltaml.ml.labels import with_binary_label
-from deltaml.steps.base import StepContext
-from deltaml.steps.register import run_register
+from deltaml.steps.base import StepContext, StepResult
+from deltaml.steps.outputs import EvaluateOutput, FitOutput, RegisterOutput
+from deltaml.steps.register import STEP
 from tests.conftest import write_config
 
 NAME = "churn_model"
@@ -273,23 +274,24 @@ def test_register_step_gates_the_champion(spark: SparkSession, tmp_path: Path) -
     split = resolve_tables(loaded.pipeline).split
     client = MlflowClient()
 
-    def register(features: list[str], split_version: int, overrides: list[str] | None = None) -> StepContext:
+    def register(features: list[str], split_version: int, overrides: list[str] | None = None) -> StepResult:
         current = load_config(conf, overrides=overrides) if overrides else loaded
         model, uri = _logged_model(spark.read.format("delta").load(split.ref), features)
-        ctx = StepContext(
-            spark=spark,
-            loaded=current,
-            outputs={"model": model, "model_uri": uri, "metrics": {"test_x": 0.5}, "split_version": split_version},
-        )
-        ctx.outputs["result"] = run_register(ctx)
-        return ctx
+        ctx = StepContext(spark=spark, loaded=current, models={uri: model})
+        ctx.publish(FitOutput(model_uri=uri, split_version=split_version))
+        ctx.publish(EvaluateOutput(model_uri=uri, metrics={"test_x": 0.5}))
+        return STEP.run(ctx.for_step(STEP))
+
+    def registered(result: StepResult) -> tuple[int, bool]:
+        assert isinstance(result.output, RegisterOutput)
+        return result.output.model_version, result.output.promoted
 
     with_gone = overwrite_table(spark, _split_rows(spark, with_gone=True), split).version
 
     # Version 1, trained on a column the split will lose later: no champion yet, so it is promoted.
     first = register(["gone"], with_gone)
-    assert first.outputs["result"].summary.startswith("gate_demo version 1 @challenger; promoted to @champion (first")
-    assert (first.outputs["model_version"], first.outputs["promoted"]) == (1, True)
+    assert first.summary.startswith("gate_demo version 1 @challenger; promoted to @champion (first")
+    assert registered(first) == (1, True)
     tags = client.get_model_version("gate_demo", "1").tags
     assert tags["deltaml.training_table"] == split.ref
     assert tags["deltaml.training_table_version"] == str(with_gone)
@@ -298,8 +300,8 @@ def test_register_step_gates_the_champion(spark: SparkSession, tmp_path: Path) -
 
     # Version 2 learns from noise: it stays @challenger and version 1 stays @champion.
     second = register(["x2"], with_gone)
-    result = second.outputs["result"]
-    assert (second.outputs["model_version"], second.outputs["promoted"]) == (2, False)
+    result = second
+    assert registered(second) == (2, False)
     assert result.summary.startswith("gate_demo version 2 @challenger; kept version 1 as @champion (auc_roc 0.")
     assert " < margin 0.0000)" in result.summary
     assert result.metrics["gate_promoted"] == 0.0
@@ -315,8 +317,8 @@ def test_register_step_gates_the_champion(spark: SparkSession, tmp_path: Path) -
     # The split loses 'gone': version 1 cannot score it any more, so version 3 replaces it.
     without_gone = overwrite_table(spark, _split_rows(spark, with_gone=False), split).version
     third = register(["x1"], without_gone)
-    result = third.outputs["result"]
-    assert third.outputs["promoted"] is True
+    result = third
+    assert registered(third)[1] is True
     assert result.summary.startswith(
         "gate_demo version 3 @challenger; promoted to @champion (champion version 1 cannot score this data ("
     )
@@ -327,9 +329,7 @@ def test_register_step_gates_the_champion(spark: SparkSession, tmp_path: Path) -
 
     # With the gate disabled, the noise model is promoted regardless.
     fourth = register(["x2"], without_gone, overrides=["register.gate.enabled=false"])
-    assert fourth.outputs["result"].summary == (
-        "gate_demo version 4 @challenger; promoted to @champion (gate disabled)"
-    )
+    assert fourth.summary == ("gate_demo version 4 @challenger; promoted to @champion (gate disabled)")
     history = promotion_history(client, "gate_demo")
     assert [(e["version"], e["previous"]) for e in history] == [(1, None), (3, 1), (4, 3)]
     assert history[1]["reason"].startswith("gate: champion version 1 cannot score this data")

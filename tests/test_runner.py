@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -21,7 +22,9 @@ def test_a_spark_error_inside_a_step_is_one_line_and_a_failed_run(
         ctx.spark.sql("SELECT no_such_column FROM range(1)").collect()
         return StepResult()
 
-    monkeypatch.setitem(runner.STEPS, "split", broken_split)
+    monkeypatch.setattr(
+        runner, "STEPS", tuple(replace(s, run=broken_split) if s.name == "split" else s for s in runner.STEPS)
+    )
     data = telco_config_dict()
     data["state_dir"] = str(tmp_path / "state")
     conf = write_config(tmp_path / "p.yml", data)

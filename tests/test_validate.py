@@ -16,8 +16,8 @@ from pyspark.sql import functions as F
 from deltaml.config.loader import load_config
 from deltaml.errors import ConfigError, ContractError
 from deltaml.io.catalog import table_exists
-from deltaml.pipeline import runner
 from deltaml.pipeline.runner import run_pipeline
+from deltaml.steps import validate as validate_step
 from deltaml.steps.base import StepContext
 from tests.conftest import write_config
 
@@ -329,7 +329,7 @@ def test_a_reused_validate_run_rechecks_freshness_against_the_clock(
             return cls.fromtimestamp((datetime.now(tz) + timedelta(days=2)).timestamp(), tz)
 
     # Nothing changed, so ingest and validate are reused; the same rows are now 49 hours old.
-    monkeypatch.setattr(runner, "datetime", TwoDaysLater)
+    monkeypatch.setattr(validate_step, "datetime", TwoDaysLater)
     with pytest.raises(ContractError, match=r"49\.0 h old; the contract allows 24 h \(rechecked for the reused"):
         _validate(conf, spark)
 

@@ -16,7 +16,7 @@ LOG = logging.getLogger("deltaml")
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for ``deltaml`` and its sub-commands."""
-    from deltaml.steps.base import STEP_NAMES
+    from deltaml.steps import STEP_NAMES
 
     parser = argparse.ArgumentParser(
         prog="deltaml",

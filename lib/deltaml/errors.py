@@ -37,3 +37,16 @@ class ContractError(DeltamlError):
     """The data broke its data contract; nothing downstream was written."""
 
     exit_code = 5
+
+
+def one_line(error: BaseException | str, limit: int = 500) -> str:
+    """The first non-blank line of an error's message, at most ``limit`` characters.
+
+    Spark, Delta and MLflow messages run to pages of JVM trace; the CLI shows one line and chains
+    the rest. An empty message gives the exception's type name (a message never disappears).
+    """
+    text = error if isinstance(error, str) else str(error)
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    if not line:
+        line = "(no message)" if isinstance(error, str) else type(error).__name__
+    return line[:limit]

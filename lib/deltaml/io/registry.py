@@ -53,6 +53,14 @@ def _version_exists(client: MlflowClient, name: str, version: int) -> bool:
     return True
 
 
+def alias_version(client: MlflowClient, name: str, alias: str) -> int | None:
+    """The version an alias points at, or None when the model or the alias does not exist."""
+    try:
+        return int(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
 def champion_version(client: MlflowClient, name: str) -> int | None:
     """The version the ``champion`` alias points at, or None.
 

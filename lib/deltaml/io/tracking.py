@@ -17,7 +17,7 @@ from mlflow.data.delta_dataset_source import DeltaDatasetSource
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from deltaml.columns import TAG_PIPELINE, TAG_STEP
+from deltaml.columns import TAG_CACHED_FROM, TAG_PIPELINE, TAG_STEP
 from deltaml.config.schema import PipelineConfig
 from deltaml.errors import StepInputError
 
@@ -130,7 +130,7 @@ def latest_step_run(config: PipelineConfig, step: str) -> Run:
             f"no finished '{step}' run of pipeline '{config.name}' in experiment {config.mlflow.experiment}; "
             f"run `deltaml run CONF --step {step}` (or the whole pipeline) first"
         )
-    reused = runs[0].data.tags.get("deltaml.cached_from")
+    reused = runs[0].data.tags.get(TAG_CACHED_FROM)
     return MlflowClient().get_run(reused) if reused else runs[0]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pyspark.ml import PipelineModel
 from pyspark.ml.base import Estimator, Transformer
@@ -81,8 +82,8 @@ def derived_sql(feature: DerivedFeature) -> list[tuple[str, str]]:
     return []  # bucket: learned or fixed splits, not a SQL expression
 
 
-def _derived_stages(features: FeaturesConfig) -> list[Estimator | Transformer]:
-    stages: list[Estimator | Transformer] = []
+def _derived_stages(features: FeaturesConfig) -> list[Estimator[Any] | Transformer]:
+    stages: list[Estimator[Any] | Transformer] = []
     expressions = [f"{expr} AS `{name}`" for d in features.derived for name, expr in derived_sql(d)]
     if expressions:
         stages.append(SQLTransformer(statement=f"SELECT *, {', '.join(expressions)} FROM __THIS__"))
@@ -121,7 +122,7 @@ def build_feature_stages(
     features: FeaturesConfig,
     output_col: str = FEATURES_COL,
     events: list[Table] | None = None,
-) -> list[Estimator | Transformer]:
+) -> list[Estimator[Any] | Transformer]:
     """The stages that clean and encode the configured columns into one vector column.
 
     Window aggregates come first (one stage per group, reading the event table ``events[i]``),
@@ -144,7 +145,7 @@ def build_feature_stages(
     Returns:
         Unfitted stages, in order.
     """
-    stages: list[Estimator | Transformer] = []
+    stages: list[Estimator[Any] | Transformer] = []
     parts: list[str] = []
     if len(events or []) != len(features.windows):
         raise ValueError(f"{len(features.windows)} window group(s) need as many event tables, got {events}")

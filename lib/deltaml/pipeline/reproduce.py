@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 from pyspark.sql import SparkSession
 
-from deltaml.columns import MANIFEST_ARTIFACT, TAG_PIPELINE, TAG_REPRODUCES, TAG_STEP
+from deltaml.columns import MANIFEST_ARTIFACT, TAG_CACHED_FROM, TAG_PIPELINE, TAG_REPRODUCES, TAG_STEP
 from deltaml.config.loader import REDACTED_NOTE, LoadedConfig
 from deltaml.config.schema import PipelineConfig
 from deltaml.errors import StepInputError
@@ -28,6 +28,7 @@ from deltaml.io.recording import pinned_versions
 from deltaml.io.session import get_spark
 from deltaml.io.tables import resolve_tables
 from deltaml.io.tracking import load_run_json
+from deltaml.steps.outputs import EvaluateOutput
 
 LOG = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def evaluate_metrics(client: MlflowClient, pipeline_run_id: str) -> tuple[str, d
             "compare; reproduce a run that trained and evaluated a model"
         )
     run = finished[0]
-    reused = run.data.tags.get("deltaml.cached_from")
+    reused = run.data.tags.get(TAG_CACHED_FROM)
     if reused:
         run = client.get_run(reused)
     return run.info.run_id, {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
@@ -212,6 +213,7 @@ def reproduce(
             force=True,
             tags={TAG_PIPELINE: f"{loaded.pipeline.name}.reproduce", TAG_REPRODUCES: parent.info.run_id},
         )
-    reproduced = {k: v for k, v in outcome.outputs.get("metrics", {}).items() if k.startswith("test_")}
+    evaluated = outcome.output(EvaluateOutput)
+    reproduced = {k: v for k, v in (evaluated.metrics if evaluated else {}).items() if k.startswith("test_")}
     LOG.info("original evaluate run %s, reproduced in pipeline run %s", original_run, outcome.run_id)
     return Reproduction(parent.info.run_id, outcome.run_id, original, reproduced, tolerance)

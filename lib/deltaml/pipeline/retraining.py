@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from deltaml.columns import CHAMPION, TAG_PIPELINE, TAG_STEP
+from deltaml.columns import CHAMPION, TAG_PIPELINE, TAG_STEP, TAG_TRAINING_TABLE, TAG_TRAINING_TABLE_VERSION
 from deltaml.config.loader import LoadedConfig
 from deltaml.config.schema import PipelineConfig
 from deltaml.errors import DeltamlError, StepFailedError
@@ -28,6 +28,7 @@ from deltaml.io.session import get_spark
 from deltaml.io.tables import resolve_tables
 from deltaml.io.tracking import configure_tracking
 from deltaml.quality.profile import WINDOW_FEATURE
+from deltaml.steps.outputs import RegisterOutput
 
 LOG = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def _latest_window(spark: SparkSession, table: Table, name: str, version: int) -
 
 def _new_rows(spark: SparkSession, cfg: PipelineConfig, tags: dict[str, str]) -> int | None:
     """Rows in the training source now minus the rows the champion's split table held when it trained."""
-    table, version = tags.get("deltaml.training_table"), tags.get("deltaml.training_table_version")
+    table, version = tags.get(TAG_TRAINING_TABLE), tags.get(TAG_TRAINING_TABLE_VERSION)
     if not table or version is None:
         return None
     tables = resolve_tables(cfg)
@@ -205,14 +206,15 @@ def retrain(loaded: LoadedConfig, dry_run: bool = False, spark: SparkSession | N
             _record(spark, cfg, RetrainDecision(now, fired, checks, "failed", champion, notes=[reason]))
             raise
         after = int(client.get_model_version_by_alias(cfg.mlflow.registered_model, CHAMPION).version)
+        registered = outcome.output(RegisterOutput)
         decision = RetrainDecision(
             now,
             fired,
             checks,
             "retrained",
             champion,
-            new_version=outcome.outputs.get("model_version"),
-            promoted=outcome.outputs.get("promoted"),
+            new_version=registered.model_version if registered else None,
+            promoted=registered.promoted if registered else None,
             champion_after=after,
         )
     _record(spark, cfg, decision)

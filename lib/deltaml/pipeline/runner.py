@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 import yaml
@@ -25,63 +25,32 @@ from deltaml.columns import (
     MANIFEST_ARTIFACT,
     STEP_LINEAGE_ARTIFACT,
     TAG_CACHED_FROM,
+    TAG_CONFIG_FILES,
     TAG_CONFIG_HASH,
     TAG_FINGERPRINT,
     TAG_GIT_SHA,
     TAG_KEY,
     TAG_PIPELINE,
+    TAG_PREFIX,
     TAG_RECORD,
+    TAG_REUSED_STEPS,
     TAG_STEP,
     TAG_VERSION,
 )
 from deltaml.config.loader import LoadedConfig
-from deltaml.errors import ContractError, DeltamlError, StepFailedError
+from deltaml.errors import DeltamlError, StepFailedError, one_line
 from deltaml.io.recording import TableAccess, recording
 from deltaml.io.session import get_spark
 from deltaml.io.tracking import configure_tracking, git_sha, latest_step_run, package_versions
-from deltaml.pipeline.cache import (
-    CACHEABLE,
-    UPSTREAM,
-    Reusable,
-    champion_version,
-    commit_times,
-    find_reusable,
-    fingerprint,
-    record_of,
-    source_state,
-    step_key,
-)
+from deltaml.pipeline.cache import Reusable, commit_times, find_reusable, fingerprint, record_of, step_key
 from deltaml.pipeline.lineage import build_manifest, log_datasets, step_lineage
-from deltaml.quality.contracts import stale_message
-from deltaml.steps.base import DEFAULT_STEPS, STEP_NAMES, StepContext, StepResult
-from deltaml.steps.evaluate import run_evaluate
-from deltaml.steps.fit import run_fit
-from deltaml.steps.ingest import run_ingest
-from deltaml.steps.monitor import run_monitor
-from deltaml.steps.register import run_register
-from deltaml.steps.score import run_score
-from deltaml.steps.split import run_split
-from deltaml.steps.validate import run_validate
+from deltaml.steps import DEFAULT_STEPS, STEPS
+from deltaml.steps.base import Step, StepContext, StepResult
+from deltaml.steps.outputs import StepOutput
 
 LOG = logging.getLogger(__name__)
 
-
-StepFunction = Callable[[StepContext], StepResult]
-
-
-STEPS: dict[str, StepFunction] = {
-    "ingest": run_ingest,
-    "validate": run_validate,
-    "split": run_split,
-    "fit": run_fit,
-    "evaluate": run_evaluate,
-    "register": run_register,
-    "score": run_score,
-    "monitor": run_monitor,
-}
-
-
-assert tuple(STEPS) == STEP_NAMES, "runner.STEPS must list context.STEP_NAMES in order"
+OutputT = TypeVar("OutputT", bound=StepOutput)
 
 
 @dataclass
@@ -91,9 +60,16 @@ class PipelineOutcome:
     run_id: str
     results: dict[str, StepResult] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-    outputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[type[StepOutput], StepOutput] = field(default_factory=dict)
+    # The MLflow run of each step (for a skipped step, the earlier run it reused).
+    run_ids: dict[str, str] = field(default_factory=dict)
     # Steps skipped because an earlier run of them is still valid: step name -> that run's id.
     reused: dict[str, str] = field(default_factory=dict)
+
+    def output(self, kind: type[OutputT]) -> OutputT | None:
+        """What the run's steps produced of this type (None if no step of this run produced it)."""
+        found = self.outputs.get(kind)
+        return found if isinstance(found, kind) else None
 
 
 def run_pipeline(
@@ -124,24 +100,25 @@ def run_pipeline(
         DeltamlError: A step's input broke its contract; the parent run is marked FAILED.
     """
     cfg = loaded.pipeline
-    chosen = list(DEFAULT_STEPS) if not steps else [s for s in STEPS if s in set(steps)]
-    if cfg.contract is None and not steps:
-        chosen.remove("validate")
+    if steps:
+        chosen = [s for s in STEPS if s.name in set(steps)]
+    else:
+        chosen = [s for s in STEPS if s.name in DEFAULT_STEPS and s.in_default_run(cfg)]
     spark = spark or get_spark(cfg)
-    forced = set(STEPS) if force is True else set(force or ())
+    forced = {s.name for s in STEPS} if force is True else set(force or ())
     try:
         return _run_steps(loaded, chosen, spark, forced, tags or {})
     except MlflowException as exc:  # the tracking server is unreachable, say; its message is one line
-        raise StepFailedError(f"pipeline {cfg.name}: MLflow failed: {_first_line(exc)[:500]}") from exc
+        raise StepFailedError(f"pipeline {cfg.name}: MLflow failed: {one_line(exc, 500)}") from exc
 
 
 def _run_steps(
-    loaded: LoadedConfig, chosen: list[str], spark: SparkSession, forced: set[str], extra_tags: dict[str, str]
+    loaded: LoadedConfig, chosen: list[Step], spark: SparkSession, forced: set[str], extra_tags: dict[str, str]
 ) -> PipelineOutcome:
     cfg = loaded.pipeline
     experiment_id = configure_tracking(cfg)
     sha = git_sha()
-    ctx = StepContext(spark=spark, loaded=loaded, outputs={"git_sha": sha})
+    ctx = StepContext(spark=spark, loaded=loaded, git_sha=sha)
     run_name = f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
     tags = {
         TAG_PIPELINE: cfg.name,
@@ -150,7 +127,7 @@ def _run_steps(
         TAG_VERSION: __version__,
         **extra_tags,
     }
-    LOG.info("pipeline %s: steps %s (config hash %s)", cfg.name, ", ".join(chosen), loaded.config_hash)
+    LOG.info("pipeline %s: steps %s (config hash %s)", cfg.name, ", ".join(s.name for s in chosen), loaded.config_hash)
     with _tracked_run(run_name=run_name, tags={**tags, TAG_STEP: "pipeline"}) as parent:
         _log_config(loaded)
         mlflow.log_params({f"package.{k}": v for k, v in package_versions().items()})
@@ -158,24 +135,26 @@ def _run_steps(
         packages = package_versions()
         accessed: dict[str, list[TableAccess]] = {}
         client = MlflowClient()
-        for name in chosen:
+        for step in chosen:
+            name = step.name
             started = time.perf_counter()
-            key, reusable = _cached(ctx, client, experiment_id, tags[TAG_PIPELINE], name, forced)
+            key, reusable = _cached(ctx, client, experiment_id, tags[TAG_PIPELINE], step, forced)
             if key is not None and reusable is not None:
                 accessed[name] = reusable.record.accesses
-                outcome.results[name] = _reuse(name, reusable, ctx, tags, key)
+                outcome.results[name] = _reuse(step, reusable, ctx, tags, key)
                 outcome.seconds[name] = time.perf_counter() - started
                 outcome.reused[name] = reusable.run_id
                 _log_manifest(loaded, accessed, packages, sha)
                 continue
             with recording() as accesses:
-                outcome.results[name], outcome.seconds[name] = _run_step(name, STEPS[name], ctx, tags, accesses, key)
+                outcome.results[name], outcome.seconds[name] = _run_step(step, ctx, tags, accesses, key)
             accessed[name] = accesses
             _log_manifest(loaded, accessed, packages, sha)
         mlflow.log_metrics({f"seconds_{k}": v for k, v in outcome.seconds.items()})
         if outcome.reused:
-            mlflow.set_tag("deltaml.reused_steps", ", ".join(outcome.reused))
-    outcome.outputs = ctx.outputs
+            mlflow.set_tag(TAG_REUSED_STEPS, ", ".join(outcome.reused))
+    outcome.outputs = dict(ctx.produced)
+    outcome.run_ids = dict(ctx.run_ids)
     total = sum(outcome.seconds.values())
     skipped = f", {len(outcome.reused)} of {len(chosen)} steps reused" if outcome.reused else ""
     LOG.info("pipeline %s finished in %.1fs%s (MLflow run %s)", cfg.name, total, skipped, outcome.run_id)
@@ -199,21 +178,22 @@ def _log_manifest(
 
 
 def _cached(
-    ctx: StepContext, client: MlflowClient, experiment_id: str, pipeline: str, name: str, forced: set[str]
+    ctx: StepContext, client: MlflowClient, experiment_id: str, pipeline: str, step: Step, forced: set[str]
 ) -> tuple[str | None, Reusable | None]:
-    """The step's cache key, and an earlier run to reuse if any (see :mod:`deltaml.cache`).
+    """The step's cache key, and an earlier run to reuse if any (see :mod:`deltaml.pipeline.cache`).
 
     Failing to tell (a file system or the tracking server erring) costs one warning: the step runs.
     """
-    if name not in CACHEABLE:
+    if not step.cacheable:
         return None, None
-    cfg = ctx.config
+    name = step.name
     try:
-        key = step_key(ctx, name, _key_extras(ctx, client, name))
+        key = step_key(ctx, step, {**step.key_inputs(ctx.for_step(step)), **_upstream_runs(ctx, step)})
         if name in forced:
             return key, None
-        if name == "score" and cfg.score.windows_as_of == "now":
-            LOG.info("[score] runs: with score.windows_as_of now, its predictions depend on when it runs")
+        bypass = step.bypass_cache(ctx.config)
+        if bypass:
+            LOG.info("[%s] runs: %s", name, bypass)
             return key, None
         reusable, why = find_reusable(
             spark=ctx.spark,
@@ -222,49 +202,45 @@ def _cached(
             pipeline=pipeline,
             name=name,
             key=key,
-            model=cfg.mlflow.registered_model,
+            model=ctx.config.mlflow.registered_model,
         )
     except Exception as exc:  # the step itself reports a missing input better
-        LOG.warning(
-            "[%s] runs: could not tell whether it is unchanged: %s: %s",
-            name,
-            type(exc).__name__,
-            _first_line(exc)[:300],
-        )
+        LOG.warning("[%s] runs: could not tell whether it is unchanged: %s", name, one_line(exc, 300))
         return None, None
     if reusable is None and why:
         LOG.info("[%s] runs: %s", name, why)
     return key, reusable
 
 
-def _key_extras(ctx: StepContext, client: MlflowClient, name: str) -> dict[str, Any]:
-    """What a step's cache key needs beyond its config: the source's state, the upstream run, the scoring model."""
-    cfg = ctx.config
-    if name == "ingest":
-        return {"source_state": source_state(ctx.spark, cfg.source)}
-    if name in UPSTREAM:
-        upstream = UPSTREAM[name]
-        run_id = ctx.outputs.get(f"run:{upstream}")
+def _upstream_runs(ctx: StepContext, step: Step) -> dict[str, Any]:
+    """The runs that produced the MLflow outputs (models, metrics) a step consumes: part of its cache key.
+
+    A Delta input is keyed by its version (the cache checks it); an output that lives in MLflow by
+    the run that produced it, from this pipeline run or else the latest finished run of its producer.
+    """
+    runs: dict[str, str | None] = {}
+    for kind in step.consumes:
+        if not kind.in_mlflow:
+            continue
+        producer = next(s.name for s in STEPS if s.produces is kind)
+        run_id = ctx.run_ids.get(producer)
         if run_id is None:
             try:
-                run_id = latest_step_run(cfg, upstream).info.run_id
+                run_id = latest_step_run(ctx.config, producer).info.run_id
             except DeltamlError:
                 run_id = None  # the step itself will say what is missing
-        return {"upstream": run_id}
-    if name == "score":
-        model, alias = cfg.mlflow.registered_model, cfg.score.model_alias
-        return {"model_version": cfg.score.model_version or champion_version(client, model, alias)}
-    return {}
+        runs[producer] = run_id
+    return {"upstream": runs} if runs else {}
 
 
-def _reuse(name: str, reusable: Reusable, ctx: StepContext, tags: dict[str, str], key: str) -> StepResult:
+def _reuse(step: Step, reusable: Reusable, ctx: StepContext, tags: dict[str, str], key: str) -> StepResult:
     """Skip a step: restore what later steps take from it, and leave a child run that points at the reused one."""
-    if name == "validate":
-        _recheck_freshness(ctx, reusable)
-    ctx.outputs.update(reusable.record.restore)
-    ctx.outputs[f"run:{name}"] = reusable.run_id
-    if name == "evaluate":
-        ctx.outputs["metrics"] = reusable.metrics
+    name = step.name
+    if step.produces is not None:
+        ctx.publish(step.produces.from_json(reusable.record.restore))
+    ctx.run_ids[name] = reusable.run_id
+    if step.on_reuse is not None:
+        step.on_reuse(ctx.for_step(step), reusable.run_id)
     print_key = fingerprint(key, reusable.record.inputs)
     with _tracked_run(
         run_name=f"{name} (reused)",
@@ -278,48 +254,39 @@ def _reuse(name: str, reusable: Reusable, ctx: StepContext, tags: dict[str, str]
     return StepResult(tags={"cached_from": reusable.run_id}, summary=summary)
 
 
-def _recheck_freshness(ctx: StepContext, reusable: Reusable) -> None:
-    """A reused validate run checked freshness then; the same data may be too old now."""
-    contract = ctx.config.contract
-    if contract is None or contract.freshness is None:
-        return
-    newest = reusable.record.restore.get("freshness_newest")
-    message = stale_message(contract, datetime.fromisoformat(newest) if newest else None, "validate", datetime.now())
-    if not message:
-        return
-    message += f" (rechecked for the reused validate run {reusable.run_id})"
-    if contract.freshness.action == "fail":
-        raise ContractError(message)
-    LOG.warning("%s", message)
-
-
 def _run_step(
-    name: str,
-    function: StepFunction,
+    step: Step,
     ctx: StepContext,
     tags: dict[str, str],
     accesses: list[TableAccess],
     key: str | None,
 ) -> tuple[StepResult, float]:
+    name = step.name
     LOG.info("[%s] started", name)
     started = time.perf_counter()
     with _tracked_run(run_name=name, nested=True, tags={**tags, TAG_STEP: name}) as run:
         try:
-            result = function(ctx)
+            result = step.run(ctx.for_step(step))
         except DeltamlError:
             raise
         except Exception as exc:
             # Spark, Delta and MLflow errors run to pages of JVM trace; keep one line, chain the rest.
             LOG.debug("step %s failed", name, exc_info=True)
-            raise StepFailedError(f"step '{name}' failed: {type(exc).__name__}: {_first_line(exc)[:500]}") from exc
+            raise StepFailedError(f"step '{name}' failed: {type(exc).__name__}: {one_line(exc, 500)}") from exc
+        if step.produces is not None and not isinstance(result.output, step.produces):
+            raise StepFailedError(
+                f"step '{name}' returned {type(result.output).__name__}, not the {step.produces.__name__} it declares"
+            )
+        if result.output is not None:
+            ctx.publish(result.output)
         seconds = time.perf_counter() - started
         mlflow.log_metrics({**result.metrics, "seconds": seconds})
-        mlflow.set_tags({f"deltaml.{k}": v for k, v in result.tags.items()})
+        mlflow.set_tags({f"{TAG_PREFIX}{k}": v for k, v in result.tags.items()})
         mlflow.log_dict(step_lineage(accesses), STEP_LINEAGE_ARTIFACT)
         log_datasets(ctx.spark, accesses, context=name)  # the MLflow UI's dataset inputs, with Delta version
-        ctx.outputs[f"run:{name}"] = run.info.run_id
+        ctx.run_ids[name] = run.info.run_id
         if key is not None:
-            record = record_of(name, accesses, ctx.outputs)
+            record = record_of(accesses, result.output)
             record = replace(record, committed=commit_times(ctx.spark, record))
             # Set last: only a step that finished carries the key a later run looks for.
             mlflow.set_tags(
@@ -349,14 +316,10 @@ def _tracked_run(**kwargs: Any) -> Iterator[ActiveRun]:
             if still_active():
                 mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         except Exception as exc:  # MLflow pops the run from its stack before it calls the server
-            LOG.warning("could not mark MLflow run %s FAILED: %s", run.info.run_id, _first_line(exc)[:300])
+            LOG.warning("could not mark MLflow run %s FAILED: %s", run.info.run_id, one_line(exc, 300))
         raise
     if still_active():
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
-
-
-def _first_line(exc: BaseException) -> str:
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def _log_config(loaded: LoadedConfig) -> None:
@@ -366,7 +329,7 @@ def _log_config(loaded: LoadedConfig) -> None:
         mlflow.log_artifact(str(path))
     flat = _flatten(loaded.effective)
     mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
-    mlflow.set_tag("deltaml.config_files", ", ".join(loaded.source_files))
+    mlflow.set_tag(TAG_CONFIG_FILES, ", ".join(loaded.source_files))
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

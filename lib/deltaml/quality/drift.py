@@ -625,7 +625,7 @@ def _approx_quantiles(
     """Quantiles of each column at ``probabilities`` in one job; an empty list for a column without values."""
     if not cols:
         return []
-    found = cast(list[list[float]], prepared.approxQuantile(cols, probabilities, relative_error))
+    found = prepared.approxQuantile(cols, probabilities, relative_error)
     return [[float(v) for v in values] for values in found]
 
 

@@ -35,7 +35,8 @@ from deltaml.report.statistics import (
     score_histogram,
 )
 from deltaml.report.writers import write_multiclass_report, write_regression_report, write_report
-from deltaml.steps.base import StepContext, StepResult, load_fitted_model
+from deltaml.steps.base import Step, StepContext, StepResult, load_fitted_model
+from deltaml.steps.outputs import EvaluateOutput, FitOutput
 
 LOG = logging.getLogger(__name__)
 
@@ -87,9 +88,9 @@ def run_evaluate(ctx: StepContext) -> StepResult:
             report_files = _log_report(ctx, model, scored, metrics, threshold)
             _log_profile(ctx, data, scored, model_uri)
         scored.unpersist()
-    ctx.outputs["metrics"] = metrics
     extra = {"decision_threshold": threshold} if task == "binary" else {}
     return StepResult(
+        output=EvaluateOutput(model_uri=model_uri, metrics=metrics),
         metrics={**metrics, "split_table_version": float(split_version), **extra},
         tags={"model_uri": model_uri, "report": ", ".join(report_files)},
         summary=", ".join(f"{label} {metrics[key]:.4f}" for label, key in _SUMMARY[task] if key in metrics),
@@ -151,7 +152,8 @@ def _log_report(
     cfg = ctx.config
     title = f"{cfg.name}: test split"
     test_metrics = {k: v for k, v in metrics.items() if k.startswith("test_")}
-    leaderboard = ctx.outputs.get("leaderboard")
+    fitted = ctx.output(FitOutput)
+    leaderboard = fitted.leaderboard if fitted is not None and fitted.leaderboard else None
 
     def importances() -> list[tuple[str, float]]:
         try:
@@ -262,3 +264,14 @@ def _regression_report(
         importances=importances,
         leaderboard=leaderboard,
     )
+
+
+STEP = Step(
+    name="evaluate",
+    run=run_evaluate,
+    phase="train",
+    sections=("evaluate", "features", "label", "key", "seed", "monitor.top_k"),
+    tables=lambda ctx: [ctx.tables.split],
+    consumes=(FitOutput,),
+    produces=EvaluateOutput,
+)

@@ -43,7 +43,8 @@ from deltaml.ml.single_node import (
 from deltaml.ml.training import finishing_stages, fit_pipeline, leading_windows
 from deltaml.ml.tuning import FamilyResult, SearchBudget, TrialLogger, TrialOutcome, loss_of, search_family
 from deltaml.quality.contracts import check_columns
-from deltaml.steps.base import StepContext, StepResult
+from deltaml.steps.base import Step, StepContext, StepResult
+from deltaml.steps.outputs import FitOutput
 
 LOG = logging.getLogger(__name__)
 
@@ -170,21 +171,21 @@ def run_fit(ctx: StepContext) -> StepResult:
             # it loads wherever MLflow does, with or without deltaml installed.
             code_paths=[str(package_folder(Path(scratch)))],
         )
-    ctx.outputs.update(
-        model=final,
-        model_uri=info.model_uri,
-        split_version=split_version,
-        leaderboard=leaderboard_rows(results, metric),
-    )
+    ctx.models[info.model_uri] = final  # evaluate and register in this run use it without reloading
     trials = sum(len(r.trials) for r in results)
     label_stat, label_text_, threshold_text = {
         "binary": ("positives_train", f"{positives} positive", f", threshold {threshold:.3f}"),
         "multiclass": ("classes_train", f"{positives} of {len(classes or [])} classes", ""),
         "regression": ("rows_train", "regression", ""),
     }[cfg.label.task]
-    if classes:
-        ctx.outputs["classes"] = classes
+    output = FitOutput(
+        model_uri=info.model_uri,
+        split_version=split_version,
+        classes=classes or None,
+        leaderboard=leaderboard_rows(results, metric),
+    )
     return StepResult(
+        output=output,
         metrics={
             "rows_train": float(rows),
             label_stat: float(positives),
@@ -464,3 +465,13 @@ def _log_leaderboard(results: list[FamilyResult], metric: str) -> None:
         )
     if mlflow.active_run() is not None and rows:
         mlflow.log_table(data={key: [row[key] for row in rows] for key in rows[0]}, artifact_file="leaderboard.json")
+
+
+STEP = Step(
+    name="fit",
+    run=run_fit,
+    phase="train",
+    sections=("features", "label", "model", "tuning", "evaluate", "key", "seed"),
+    tables=lambda ctx: [ctx.tables.split],
+    produces=FitOutput,
+)

@@ -13,9 +13,9 @@ from pyspark.sql import functions as F
 from deltaml.columns import INGEST_BATCH_COL, INGEST_COLUMNS, INGESTED_AT_COL
 from deltaml.config.schema import ContractConfig
 from deltaml.errors import ContractError, StepInputError
-from deltaml.io.catalog import read_source, read_table, replace_where, table_exists
+from deltaml.io.catalog import read_source, read_table, replace_where, source_state, table_exists
 from deltaml.quality.contracts import check_schema
-from deltaml.steps.base import StepContext, StepResult
+from deltaml.steps.base import Step, StepContext, StepResult
 
 LOG = logging.getLogger(__name__)
 
@@ -93,3 +93,14 @@ def run_ingest(ctx: StepContext) -> StepResult:
         tags={"source": source.description, "ingest_batch_id": batch_id, "raw_table": str(table)},
         summary=f"{written.rows_written} rows as batch {batch_id} -> {table} v{written.version}",
     )
+
+
+STEP = Step(
+    name="ingest",
+    run=run_ingest,
+    phase="train",
+    sections=("source", "key", "contract", "ingest"),
+    tables=lambda ctx: [ctx.tables.raw],
+    # The source's files (path, size, modification time) or dataset version: new data is a new key.
+    key_inputs=lambda ctx: {"source_state": source_state(ctx.spark, ctx.config.source)},
+)

@@ -43,7 +43,7 @@ from deltaml.quality.profile import (
     reference_shares,
 )
 from deltaml.report.writers import write_drift_report
-from deltaml.steps.base import StepContext, StepResult
+from deltaml.steps.base import Step, StepContext, StepResult
 
 LOG = logging.getLogger(__name__)
 
@@ -402,3 +402,22 @@ def _log_to_mlflow(
 
 def _metric_key(feature: str) -> str:
     return re.sub(r"[^A-Za-z0-9_./ -]", "_", feature)
+
+
+STEP = Step(
+    name="monitor",
+    run=run_monitor,
+    phase="monitor",
+    sections=(
+        "monitor",
+        "retrain.performance_drop",
+        "register.gate.metric",
+        "mlflow.registered_model",
+        "label",
+        "features",
+        "key",
+    ),
+    tables=lambda ctx: [ctx.tables.predictions, ctx.tables.monitoring],
+    # Always runs: its window is relative to now and to the last scoring.
+    cacheable=False,
+)

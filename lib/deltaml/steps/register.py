@@ -14,7 +14,22 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from deltaml._version import __version__
-from deltaml.columns import CHALLENGER, CHAMPION, LABEL_COL, SPLIT_COL, TEST
+from deltaml.columns import (
+    CHALLENGER,
+    CHAMPION,
+    LABEL_COL,
+    SPLIT_COL,
+    TAG_CONFIG_HASH,
+    TAG_GATE,
+    TAG_GIT_SHA,
+    TAG_MODEL_URI,
+    TAG_PIPELINE,
+    TAG_RAW_TABLE,
+    TAG_TRAINING_TABLE,
+    TAG_TRAINING_TABLE_VERSION,
+    TAG_VERSION,
+    TEST,
+)
 from deltaml.errors import DeltamlError, StepInputError
 from deltaml.io.catalog import read_table, table_version
 from deltaml.io.registry import champion_version, promote
@@ -25,7 +40,8 @@ from deltaml.ml.labels import labelled_rows
 from deltaml.ml.models import model_classes, positive_probability
 from deltaml.quality.contracts import check_columns
 from deltaml.quality.gate import GateDecision, gate_decision
-from deltaml.steps.base import StepContext, StepResult, load_fitted_model
+from deltaml.steps.base import Step, StepContext, StepResult, load_fitted_model
+from deltaml.steps.outputs import EvaluateOutput, FitOutput, RegisterOutput
 
 LOG = logging.getLogger(__name__)
 
@@ -42,34 +58,35 @@ def run_register(ctx: StepContext) -> StepResult:
     cfg = ctx.config
     name = cfg.mlflow.registered_model
     _, model_uri = load_fitted_model(ctx)
-    metrics = ctx.outputs.get("metrics")
-    if metrics is None:
-        evaluated = latest_step_run(cfg, "evaluate")
-        if evaluated.data.tags.get("deltaml.model_uri") != model_uri:
-            raise StepInputError(
-                f"step 'register': the latest evaluate run scored {evaluated.data.tags.get('deltaml.model_uri')}, "
-                f"not the model to register ({model_uri}); run --step evaluate first"
-            )
-        metrics = dict(evaluated.data.metrics)
-    split_version = ctx.outputs.get("split_version")
-    if split_version is None:
-        split_version = table_version(ctx.spark, ctx.tables.split)
+    evaluated = ctx.output(EvaluateOutput)
+    evaluated_uri: str | None
+    if evaluated is not None:
+        metrics, evaluated_uri = evaluated.metrics, evaluated.model_uri
+    else:
+        run = latest_step_run(ctx.loaded.pipeline, "evaluate")
+        metrics, evaluated_uri = dict(run.data.metrics), run.data.tags.get(TAG_MODEL_URI)
+    if evaluated_uri != model_uri:
+        raise StepInputError(
+            f"step 'register': the latest evaluate run scored {evaluated_uri}, "
+            f"not the model to register ({model_uri}); run --step evaluate first"
+        )
+    fitted = ctx.output(FitOutput)
+    split_version = fitted.split_version if fitted is not None else table_version(ctx.spark, ctx.tables.split)
     lineage = {
-        "deltaml.pipeline": cfg.name,
-        "deltaml.config_hash": ctx.loaded.config_hash,
-        "deltaml.version": __version__,
-        "deltaml.git_sha": ctx.outputs.get("git_sha", "unknown"),
-        "deltaml.training_table": str(ctx.tables.split),
-        "deltaml.training_table_version": str(split_version),
-        "deltaml.raw_table": str(ctx.tables.raw),
-        "deltaml.model_uri": model_uri,
+        TAG_PIPELINE: cfg.name,
+        TAG_CONFIG_HASH: ctx.loaded.config_hash,
+        TAG_VERSION: __version__,
+        TAG_GIT_SHA: ctx.git_sha,
+        TAG_TRAINING_TABLE: str(ctx.tables.split),
+        TAG_TRAINING_TABLE_VERSION: str(split_version),
+        TAG_RAW_TABLE: str(ctx.tables.raw),
+        TAG_MODEL_URI: model_uri,
         **{f"metric.{k}": f"{v:.6f}" for k, v in sorted(metrics.items()) if k.startswith("test_")},
     }
     registered = mlflow.register_model(model_uri, name, tags=lineage)
     version = int(registered.version)
     client = MlflowClient()
     client.set_registered_model_alias(name, CHALLENGER, str(version))
-    ctx.outputs["model_version"] = version
 
     gate = cfg.registration.gate
     decision: GateDecision | None = None
@@ -80,13 +97,13 @@ def run_register(ctx: StepContext) -> StepResult:
         decision = _decide(ctx, client, version, int(split_version))
         promoted, reason = decision.promote, decision.reason
         previous = promote(client, name, version, f"gate: {reason}") if promoted else decision.champion_version
-    client.set_model_version_tag(name, str(version), "deltaml.gate", f"{'promoted' if promoted else 'kept'}: {reason}")
-    ctx.outputs["promoted"] = promoted
+    client.set_model_version_tag(name, str(version), TAG_GATE, f"{'promoted' if promoted else 'kept'}: {reason}")
 
     outcome = f"promoted to @{CHAMPION}" if promoted else f"kept version {previous} as @{CHAMPION}"
     gate_metrics = decision.as_metrics() if decision else {"gate_promoted": 1.0}
     gate_tags = decision.as_tags() if decision else {"gate_decision": "promoted", "gate_reason": reason}
     return StepResult(
+        output=RegisterOutput(model_version=version, promoted=promoted),
         metrics={"model_version": float(version), **gate_metrics},
         tags={"registered_model": name, "model_version": str(version), **gate_tags},
         summary=f"{name} version {version} @{CHALLENGER}; {outcome} ({reason})",
@@ -226,3 +243,14 @@ def score_test_rows(
     if champion is not None:
         scored = scored.join(scores(champion, "champion").drop("y"), on=key, how="inner")
     return scored.drop(key)
+
+
+STEP = Step(
+    name="register",
+    run=run_register,
+    phase="train",
+    sections=("register", "mlflow.registered_model", "features", "label", "key", "seed"),
+    tables=lambda ctx: [ctx.tables.split],
+    consumes=(FitOutput, EvaluateOutput),
+    produces=RegisterOutput,
+)

@@ -7,13 +7,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import mlflow.spark
+from mlflow.tracking import MlflowClient
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from deltaml.columns import BATCH_COL, INGEST_BATCH_COL, INPUT_HASH_COL
+from deltaml.config.schema import PipelineConfig
 from deltaml.errors import StepInputError
 from deltaml.io.catalog import (
     Table,
@@ -29,12 +32,12 @@ from deltaml.io.catalog import (
     table_exists,
     upsert_latest,
 )
-from deltaml.io.registry import find_scoring_version
+from deltaml.io.registry import alias_version, find_scoring_version
 from deltaml.io.tables import event_tables
 from deltaml.ml.features import bind_window_stages
 from deltaml.ml.predictions import ScoringModel, batch_values, input_hash, score_frame
 from deltaml.quality.contracts import check_columns
-from deltaml.steps.base import StepContext, StepResult
+from deltaml.steps.base import Step, StepContext, StepResult
 
 LOG = logging.getLogger(__name__)
 
@@ -323,3 +326,32 @@ def sync_serving(spark: SparkSession, predictions: Table, serving: Table, key: s
     if latest.isEmpty():
         return None
     return upsert_latest(spark, latest, serving, key, "scored_at")
+
+
+def _scoring_model_version(ctx: StepContext) -> dict[str, Any]:
+    """The registered version that will score: a pinned ``score.model_version`` or the alias's current one."""
+    cfg = ctx.config
+    name, alias = cfg.mlflow.registered_model, cfg.score.model_alias
+    return {"model_version": cfg.score.model_version or alias_version(MlflowClient(), name, alias)}
+
+
+def _windows_now(cfg: PipelineConfig) -> str | None:
+    if cfg.score.windows_as_of == "now":
+        return "with score.windows_as_of now, its predictions depend on when it runs"
+    return None
+
+
+STEP = Step(
+    name="score",
+    run=run_score,
+    phase="predict",
+    sections=("score", "key", "features", "label", "contract", "mlflow.registered_model"),
+    tables=lambda ctx: [
+        input_table(ctx),
+        *event_tables(ctx.loaded.pipeline),
+        ctx.tables.predictions,
+        ctx.tables.serving,
+    ],
+    key_inputs=_scoring_model_version,
+    bypass_cache=_windows_now,
+)

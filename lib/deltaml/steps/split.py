@@ -11,7 +11,8 @@ from deltaml.columns import SPLIT_COL, TEST, TRAIN, VALIDATION
 from deltaml.config.schema import SplitConfig
 from deltaml.errors import StepInputError
 from deltaml.io.catalog import overwrite_table, read_table
-from deltaml.steps.base import StepContext, StepResult
+from deltaml.steps.base import Step, StepContext, StepResult
+from deltaml.steps.outputs import SplitOutput
 
 _HASH_MODULUS = 2_147_483_647  # a prime below 2**31
 
@@ -69,8 +70,8 @@ def run_split(ctx: StepContext) -> StepResult:
     written = overwrite_table(ctx.spark, split_df, ctx.tables.split)
     stored, _ = read_table(ctx.spark, ctx.tables.split, "split", written.version)
     counts = {row[SPLIT_COL]: int(row["count"]) for row in stored.groupBy(SPLIT_COL).count().collect()}
-    ctx.outputs["split_version"] = written.version
     return StepResult(
+        output=SplitOutput(split_version=written.version),
         metrics={
             "rows_written": float(written.rows_written),
             "input_table_version": float(raw_version),
@@ -81,3 +82,13 @@ def run_split(ctx: StepContext) -> StepResult:
         summary=", ".join(f"{name} {counts.get(name, 0)}" for name in (TRAIN, VALIDATION, TEST))
         + f" -> {ctx.tables.split} v{written.version}",
     )
+
+
+STEP = Step(
+    name="split",
+    run=run_split,
+    phase="train",
+    sections=("split", "key", "label", "seed"),
+    tables=lambda ctx: [ctx.training_source, ctx.tables.split],
+    produces=SplitOutput,
+)

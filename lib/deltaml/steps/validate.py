@@ -30,10 +30,12 @@ from deltaml.quality.contracts import (
     annotate,
     check_schema,
     row_rules,
+    stale_message,
     summarize,
     table_failures,
 )
-from deltaml.steps.base import StepContext, StepResult
+from deltaml.steps.base import Step, StepContext, StepResult
+from deltaml.steps.outputs import ValidateOutput
 
 LOG = logging.getLogger(__name__)
 
@@ -133,10 +135,9 @@ def _validate(
             f"{quarantine_write.rows_written} quarantined written; rerun the step (its writes replace the batch)"
         )
     append_rows(ctx.spark, _quality_rows(ctx, report, checked_at), ctx.tables.quality)
-    ctx.outputs["clean_version"] = clean_write.version
-    if contract.freshness is not None and summary["newest"] is not None:
-        ctx.outputs["freshness_newest"] = summary["newest"].isoformat()  # rechecked when this run is reused
+    newest = summary["newest"].isoformat() if contract.freshness is not None and summary["newest"] else None
     return StepResult(
+        output=ValidateOutput(clean_version=clean_write.version, freshness_newest=newest),  # rechecked on reuse
         metrics={
             "rows_clean": float(clean_write.rows_written),
             "rows_quarantined": float(quarantine_write.rows_written),
@@ -267,3 +268,32 @@ table{{border-collapse:collapse}}.fail{{color:#b00}}</style></head><body>
 {rule_rows}
 </table></body></html>
 """
+
+
+def recheck_freshness(ctx: StepContext, run_id: str) -> None:
+    """A reused validate run checked freshness then; the same data may be too old now."""
+    contract = ctx.config.contract
+    restored = ctx.output(ValidateOutput)
+    if contract is None or contract.freshness is None or restored is None:
+        return
+    newest = datetime.fromisoformat(restored.freshness_newest) if restored.freshness_newest else None
+    message = stale_message(contract, newest, "validate", datetime.now())
+    if not message:
+        return
+    message += f" (rechecked for the reused validate run {run_id})"
+    if contract.freshness.action == "fail":
+        raise ContractError(message)
+    LOG.warning("%s", message)
+
+
+STEP = Step(
+    name="validate",
+    run=run_validate,
+    phase="train",
+    sections=("contract", "key", "label"),
+    tables=lambda ctx: [ctx.tables.raw, ctx.tables.clean, ctx.tables.quarantine, ctx.tables.quality],
+    produces=ValidateOutput,
+    # Without a contract there is nothing to validate: a full run goes from raw to split.
+    in_default_run=lambda cfg: cfg.contract is not None,
+    on_reuse=recheck_freshness,
+)
