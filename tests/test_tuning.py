@@ -166,12 +166,11 @@ def test_every_trial_is_a_nested_mlflow_run(tmp_path: Path) -> None:
 
 
 def test_every_metric_has_a_direction() -> None:
-    from deltaml.config.schema import TASK_METRICS
-    from deltaml.ml.tuning import loss_of
+    from deltaml.tasks import TASKS, loss_of, tuning_metrics
 
     lower = {"log_loss", "rmse", "mae"}
-    for metrics in TASK_METRICS.values():
-        for metric in metrics:
+    for task in TASKS:
+        for metric in tuning_metrics(task):
             assert loss_of(metric, 1.0) == (1.0 if metric in lower else -1.0), metric
 
 

@@ -9,7 +9,8 @@ import sys
 from collections.abc import Sequence
 
 from deltaml._version import __version__
-from deltaml.errors import DeltamlError
+from deltaml.columns import MODEL_NAME_COL, MODEL_VERSION_COL
+from deltaml.errors import DeltamlError, one_line
 
 LOG = logging.getLogger("deltaml")
 
@@ -261,8 +262,8 @@ def _move_champion(args: argparse.Namespace) -> int:
             current = rollback(client, args.name, args.reason)
             print(f"{args.name} rolled back: version {current} is now @{CHAMPION}")
     except MlflowException as exc:
-        first = next((line.strip() for line in exc.message.splitlines() if line.strip()), type(exc).__name__)
-        raise StepFailedError(f"{args.command} {args.name}: MLflow failed at {_safe_uri(uri)}: {first[:300]}") from exc
+        first = one_line(exc.message or exc, 300)
+        raise StepFailedError(f"{args.command} {args.name}: MLflow failed at {_safe_uri(uri)}: {first}") from exc
     return 0
 
 
@@ -293,7 +294,7 @@ def _print_lineage(args: argparse.Namespace) -> int:
     client = MlflowClient(tracking_uri=uri, registry_uri=None if uri.startswith("databricks") else uri)
     batch = batch_lineage(get_spark(loaded.pipeline), resolve_tables(loaded.pipeline).predictions, args.batch)
     print(render_batch_lineage(batch))
-    for name, version in sorted({(s["model_name"], s["model_version"]) for s in batch["scored"]}):
+    for name, version in sorted({(s[MODEL_NAME_COL], s[MODEL_VERSION_COL]) for s in batch["scored"]}):
         try:
             print(render_lineage(model_lineage(client, name, version)))
         except StepInputError as exc:  # a version without a manifest: the batch part above still stands

@@ -62,12 +62,26 @@ TAG_REUSED_STEPS = "deltaml.reused_steps"
 TAG_REPRODUCES = "deltaml.reproduces"
 # A step result's own tags are logged as ``deltaml.<name>`` (StepResult.tags).
 TAG_PREFIX = "deltaml."
+# Tuning trials: each a nested run of the fit step.
+TRIAL_STEP = "trial"
+TAG_FAMILY = "deltaml.family"
+TAG_ERROR = "deltaml.error"
+TAG_TRIAL_METRIC = "deltaml.trial_metric"
+TAG_TRIAL_HOST = "deltaml.trial_host"
+TAG_TRIAL_PID = "deltaml.trial_pid"
+TAG_TRIAL_TASK_ATTEMPT = "deltaml.trial_task_attempt"
+TAG_TRIAL_WORKDIR = "deltaml.trial_workdir"
+# Retraining decisions, on the run of ``deltaml retrain``.
+TAG_RETRAIN_ACTION = "deltaml.retrain_action"
+TAG_RETRAIN_REASONS = "deltaml.retrain_reasons"
 
 # -- MLflow model version tags (lineage of a registered version) ----------------------------------------------
 TAG_TRAINING_TABLE = "deltaml.training_table"
 TAG_TRAINING_TABLE_VERSION = "deltaml.training_table_version"
 TAG_RAW_TABLE = "deltaml.raw_table"
 TAG_GATE = "deltaml.gate"
+# A registered version's test metrics, one tag each: ``metric.test_auc_roc``.
+METRIC_TAG_PREFIX = "metric."
 
 # -- MLflow registry: aliases and registered-model tags -------------------------------------------------------
 CHAMPION = "champion"

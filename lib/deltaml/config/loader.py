@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from deltaml.config.schema import PIN_KEYS, PipelineConfig
-from deltaml.errors import ConfigError
+from deltaml.errors import ConfigError, one_line
 
 # Free-form mappings whose keys contain dots themselves: in ``--set spark.conf.spark.sql.x=1``
 # everything after the section is one key.
@@ -92,7 +92,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or one_line(exc)
         raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
     if loaded is None:
         return {}

@@ -17,6 +17,8 @@ from pydantic import (
     model_validator,
 )
 
+from deltaml.tasks import gate_metrics, tuning_metrics
+
 
 class _Model(BaseModel):
     """Base for every config section: unknown keys are errors, values are checked strictly."""
@@ -820,21 +822,6 @@ TASK_FAMILIES: dict[str, tuple[str, ...]] = {
 }
 
 
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "binary": ("auc_roc", "auc_pr", "log_loss", "accuracy"),
-    "multiclass": ("f1", "accuracy", "log_loss"),
-    "regression": ("rmse", "mae", "r2"),
-}
-
-
-# The gate compares per-row aggregates, so weighted F1 (a ratio of per-class counts) is left out.
-GATE_METRICS: dict[str, tuple[str, ...]] = {
-    "binary": ("auc_roc", "auc_pr", "log_loss", "accuracy"),
-    "multiclass": ("accuracy", "log_loss"),
-    "regression": ("rmse", "mae", "r2"),
-}
-
-
 class CandidateConfig(_Model):
     """One model family to try: fixed Spark ML ``params`` and a Hyperopt ``search`` space over others.
 
@@ -1175,17 +1162,17 @@ class PipelineConfig(_Model):
                 families = list(TASK_FAMILIES[task])
                 raise ValueError(f"model family {candidate.family} cannot learn a {task} label; use one of {families}")
         if self.tuning.metric is None:
-            self.tuning.metric = TASK_METRICS[task][0]  # type: ignore[assignment]
-        elif self.tuning.metric not in TASK_METRICS[task]:
+            self.tuning.metric = tuning_metrics(task)[0]  # type: ignore[assignment]
+        elif self.tuning.metric not in tuning_metrics(task):
             raise ValueError(
-                f"tuning.metric {self.tuning.metric} is not a {task} metric; use one of {list(TASK_METRICS[task])}"
+                f"tuning.metric {self.tuning.metric} is not a {task} metric; use one of {list(tuning_metrics(task))}"
             )
         gate = self.registration.gate
         if gate.metric is None:
-            gate.metric = GATE_METRICS[task][0]  # type: ignore[assignment]
-        elif gate.metric not in GATE_METRICS[task]:
+            gate.metric = gate_metrics(task)[0]  # type: ignore[assignment]
+        elif gate.metric not in gate_metrics(task):
             raise ValueError(
-                f"register.gate.metric {gate.metric} cannot gate a {task} model; use one of {list(GATE_METRICS[task])}"
+                f"register.gate.metric {gate.metric} cannot gate a {task} model; use one of {list(gate_metrics(task))}"
             )
         if task == "multiclass" and self.features.encodings.target:
             raise ValueError(
@@ -1207,12 +1194,12 @@ class PipelineConfig(_Model):
     @property
     def tuning_metric(self) -> str:
         """The validation metric tuning optimises (the task's default when not configured)."""
-        return self.tuning.metric or TASK_METRICS[self.label.task][0]
+        return self.tuning.metric or tuning_metrics(self.label.task)[0]
 
     @property
     def gate_metric(self) -> str:
         """The test metric the champion/challenger gate compares (the task's default when not configured)."""
-        return self.registration.gate.metric or GATE_METRICS[self.label.task][0]
+        return self.registration.gate.metric or gate_metrics(self.label.task)[0]
 
     @property
     def state_path(self) -> Path:

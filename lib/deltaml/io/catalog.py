@@ -19,7 +19,7 @@ from pyspark.sql.types import StructType
 
 from deltaml.columns import CORRUPT_RECORD
 from deltaml.config.schema import SourceConfig, TableRef
-from deltaml.errors import StepInputError
+from deltaml.errors import StepInputError, one_line
 from deltaml.io.recording import pinned, record
 
 LOG = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def read_table(spark: SparkSession, table: Table, step: str, version: int | None
         try:
             df = _load_version(spark, table, version)
         except AnalysisException as exc:
-            first = exc.getMessage().splitlines()[0][:200]
+            first = one_line(exc.getMessage(), 200)
             raise StepInputError(
                 f"step '{step}': cannot read {table} at version {version} (latest is {table_version(spark, table)}): "
                 f"{first}; the version was vacuumed or never existed"
@@ -195,7 +195,7 @@ def read_table_as_of(
     try:
         return read_table(spark, table, step, version)
     except AnalysisException as exc:  # e.g. a version whose log Delta no longer keeps
-        first_line = exc.getMessage().splitlines()[0]
+        first_line = one_line(exc.getMessage())
         raise StepInputError(f"step '{step}': {table} pinned to {pin} cannot be read: {first_line}") from None
 
 
@@ -431,10 +431,10 @@ def _derive_and_filter(df: DataFrame, source: SourceConfig) -> DataFrame:
             df = df.where(F.expr(source.filter))
             df.schema  # noqa: B018 - analyse the plan now, so a bad condition fails here
     except ParseException as exc:
-        first = str(exc).splitlines()[0]
+        first = one_line(exc)
         raise StepInputError(f"step 'ingest': {what} does not parse: {first}") from None
     except AnalysisException as exc:
-        first = exc.getMessage().splitlines()[0]
+        first = one_line(exc.getMessage())
         raise StepInputError(f"step 'ingest': {what} is not a valid Spark SQL expression here: {first}") from None
     return df
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import mlflow.spark
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
+from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
+from deltaml.columns import PREDICTION_COL
 from deltaml.errors import StepInputError
 
 _MLFLOW_TYPES = {
@@ -37,7 +40,7 @@ def model_signature(df: DataFrame, columns: list[str]) -> ModelSignature:
         if mlflow_type is None:
             raise StepInputError(f"step 'fit': column '{column}' has unsupported type {fields[column].dataType}")
         specs.append(ColSpec(mlflow_type, column, required=False))
-    outputs = Schema([ColSpec("double", "prediction")])
+    outputs = Schema([ColSpec("double", PREDICTION_COL)])
     return ModelSignature(inputs=Schema(specs), outputs=outputs)
 
 
@@ -70,3 +73,14 @@ def model_requirements(single_node: bool = False) -> list[str]:
 
     names = ("pyspark", "mlflow", *(("scikit-learn",) if single_node else ()))
     return [f"{name}=={importlib.metadata.version(name)}" for name in names]
+
+
+def load_spark_model(uri: str) -> PipelineModel:
+    """A logged or registered Spark ML model (``runs:/...``, ``models:/NAME/VERSION``) as a PipelineModel."""
+    model: PipelineModel = mlflow.spark.load_model(uri)
+    return model
+
+
+def registered_model_uri(name: str, version: int) -> str:
+    """The MLflow URI of a registered model version."""
+    return f"models:/{name}/{version}"

@@ -7,16 +7,19 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from deltaml.columns import (
+    CHALLENGER,
     CHAMPION,
     HISTORY_TAG,
     PROMOTED_AT_TAG,
     ROLLED_BACK_AT_TAG,
 )
-from deltaml.errors import StepInputError
+from deltaml.errors import StepInputError, one_line
 
 LOG = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ def _registered_model(client: MlflowClient, name: str) -> Any:
         raise
 
 
-def _version_exists(client: MlflowClient, name: str, version: int) -> bool:
+def version_exists(client: MlflowClient, name: str, version: int) -> bool:
     try:
         client.get_model_version(name, str(version))
     except MlflowException as exc:
@@ -51,6 +54,47 @@ def _version_exists(client: MlflowClient, name: str, version: int) -> bool:
             return False
         raise
     return True
+
+
+def register_version(client: MlflowClient, model_uri: str, name: str, tags: dict[str, str]) -> int:
+    """Register a logged model as a new version of ``name`` with lineage tags, and point @challenger at it."""
+    registered = mlflow.register_model(model_uri, name, tags=tags)
+    version = int(registered.version)
+    client.set_registered_model_alias(name, CHALLENGER, str(version))
+    return version
+
+
+def tag_version(client: MlflowClient, name: str, version: int, key: str, value: str) -> None:
+    """Set one tag of a registered version."""
+    client.set_model_version_tag(name, str(version), key, value)
+
+
+def version_tags(client: MlflowClient, name: str, version: int) -> dict[str, str]:
+    """The tags of a registered version (its lineage, test metrics and gate decision)."""
+    return dict(client.get_model_version(name, str(version)).tags)
+
+
+def version_run_id(client: MlflowClient, name: str, version: int) -> str | None:
+    """The MLflow run that logged a registered version's model (None for a model registered from elsewhere)."""
+    run_id = client.get_model_version(name, str(version)).run_id
+    return str(run_id) if run_id else None
+
+
+def newest_version(client: MlflowClient, name: str) -> ModelVersion | None:
+    """The most recently registered version of ``name`` (promoted or not), or None when there is none."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    return max(versions, key=lambda v: int(v.creation_timestamp)) if versions else None
+
+
+def aliased_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The registered version an alias points at, with its tags and times; None when the model or alias is missing."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> int | None:
@@ -148,7 +192,7 @@ def promote(client: MlflowClient, name: str, version: int, reason: str) -> int |
         StepInputError: The registered model or the version does not exist.
     """
     previous = champion_version(client, name)
-    if not _version_exists(client, name, version):
+    if not version_exists(client, name, version):
         existing = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
         listed = ", ".join(str(v) for v in existing[-20:]) or "none"
         raise StepInputError(
@@ -205,7 +249,7 @@ def rollback(client: MlflowClient, name: str, reason: str) -> int:
     """
     current = champion_version(client, name)
     stack = _champion_stack(promotion_history(client, name))
-    while stack and (stack[-1] == current or not _version_exists(client, name, stack[-1])):
+    while stack and (stack[-1] == current or not version_exists(client, name, stack[-1])):
         stack.pop()
     if not stack:
         now = f"@{CHAMPION} is version {current}" if current is not None else f"no @{CHAMPION}"
@@ -237,7 +281,7 @@ def find_scoring_version(name: str, alias: str, version: int | None) -> int:
     except MlflowException as exc:
         wanted = f"version {version}" if version else f"alias @{alias}"
         raise StepInputError(
-            f"step 'score': registered model '{name}' has no {wanted} ({exc.message.splitlines()[0]}); "
+            f"step 'score': registered model '{name}' has no {wanted} ({one_line(exc.message or exc)}); "
             "train and register a model first (`deltaml run CONF`)"
         ) from None
     return int(found.version)

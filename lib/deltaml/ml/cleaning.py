@@ -20,8 +20,9 @@ from deltaml.errors import StepInputError
 LOG = logging.getLogger(__name__)
 
 
-# Every stage here is pure Python: a saved PipelineModel records each one as ``deltaml.cleaning.<Class>``
-# and PipelineModel.load imports that path, so these classes must not move or be renamed. Only built-in
+# Every stage here is pure Python: a saved PipelineModel records each one as ``deltaml.ml.cleaning.<Class>``
+# (``deltaml.cleaning.<Class>`` before the layering; that module still re-exports them) and PipelineModel.load
+# imports that path, so these classes must not move or be renamed. Only built-in
 # Column expressions run on the executors, which therefore never need deltaml installed.
 
 CAPPING_METHODS = ("quantile", "iqr")

@@ -11,10 +11,12 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from deltaml.columns import LABEL_COL
 from deltaml.errors import StepInputError
 from deltaml.ml.cleaning import _column, _InputOutputCols, _to_list_list_string, _value_or_none
 
-# Like deltaml.cleaning, saved models record ``deltaml.encoders.<Class>``: do not move or rename.
+# Like deltaml.ml.cleaning, saved models record ``deltaml.ml.encoders.<Class>`` (``deltaml.encoders`` before the
+# layering, still re-exported there): do not move or rename.
 ENCODING_METHODS = ("frequency", "target")
 
 
@@ -34,7 +36,7 @@ class _CategoryEncoderParams(_InputOutputCols):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._setDefault(method="frequency", labelCol="_label", smoothing=10.0)
+        self._setDefault(method="frequency", labelCol=LABEL_COL, smoothing=10.0)
 
     def getMethod(self) -> str:
         """Gets the value of :py:attr:`method`."""
@@ -78,7 +80,7 @@ class CategoryEncoder(
         inputCols: list[str] | None = None,
         outputCols: list[str] | None = None,
         method: str = "frequency",
-        labelCol: str = "_label",
+        labelCol: str = LABEL_COL,
         smoothing: float = 10.0,
     ) -> None:
         """Create the encoder; see the class docstring for the arguments."""
@@ -92,7 +94,7 @@ class CategoryEncoder(
         inputCols: list[str] | None = None,
         outputCols: list[str] | None = None,
         method: str = "frequency",
-        labelCol: str = "_label",
+        labelCol: str = LABEL_COL,
         smoothing: float = 10.0,
     ) -> Self:
         """Sets params for this CategoryEncoder; arguments as for the constructor."""

@@ -11,11 +11,10 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from deltaml.columns import LABEL_COL
+from deltaml.columns import LABEL_COL, PREDICTION_COL, PROBABILITY_COL, RAW_PREDICTION_COL
 from deltaml.ml.models import positive_probability
 from deltaml.ml.single_node import arrow_matrix, validation_metrics
-
-_EPS = 1e-15
+from deltaml.tasks import LOG_LOSS_EPS
 
 
 def binary_metrics(predictions: DataFrame, label_col: str = LABEL_COL) -> dict[str, float]:
@@ -30,15 +29,15 @@ def binary_metrics(predictions: DataFrame, label_col: str = LABEL_COL) -> dict[s
     """
     scored = predictions.select(
         F.col(label_col).alias("y"),
-        F.col("prediction"),
-        F.col("rawPrediction"),
+        F.col(PREDICTION_COL),
+        F.col(RAW_PREDICTION_COL),
         positive_probability().alias("p"),
     ).cache()
-    p = F.least(F.greatest(F.col("p"), F.lit(_EPS)), F.lit(1 - _EPS))
+    p = F.least(F.greatest(F.col("p"), F.lit(LOG_LOSS_EPS)), F.lit(1 - LOG_LOSS_EPS))
     row = scored.agg(
         F.count("*").alias("rows"),
         F.avg(-(F.col("y") * F.log(p) + (1 - F.col("y")) * F.log(1 - p))).alias("log_loss"),
-        F.avg((F.col("prediction") == F.col("y")).cast("double")).alias("accuracy"),
+        F.avg((F.col(PREDICTION_COL) == F.col("y")).cast("double")).alias("accuracy"),
     ).first()
     assert row is not None
     if row["rows"] == 0:
@@ -69,13 +68,13 @@ def multiclass_metrics(predictions: DataFrame, label_col: str = LABEL_COL) -> di
         ``log_loss`` (probabilities clipped to ``[1e-15, 1 - 1e-15]``) and ``rows``.
     """
     scored = predictions.select(
-        F.col(label_col).cast("double").alias("y"), F.col("prediction"), F.col("probability")
+        F.col(label_col).cast("double").alias("y"), F.col(PREDICTION_COL), F.col(PROBABILITY_COL)
     ).cache()
     try:
         rows = scored.count()
         if rows == 0:
             return {"rows": 0.0}
-        evaluator = MulticlassClassificationEvaluator(labelCol="y", predictionCol="prediction", eps=_EPS)
+        evaluator = MulticlassClassificationEvaluator(labelCol="y", predictionCol=PREDICTION_COL, eps=LOG_LOSS_EPS)
         return {
             "rows": float(rows),
             "f1": float(evaluator.evaluate(scored, {evaluator.metricName: "f1"})),
@@ -88,7 +87,7 @@ def multiclass_metrics(predictions: DataFrame, label_col: str = LABEL_COL) -> di
 
 def regression_metrics(predictions: DataFrame, label_col: str = LABEL_COL) -> dict[str, float]:
     """RMSE, MAE and R² of a scored DataFrame, from one Spark aggregation over all rows."""
-    y, pred = F.col(label_col).cast("double"), F.col("prediction").cast("double")
+    y, pred = F.col(label_col).cast("double"), F.col(PREDICTION_COL).cast("double")
     row = predictions.agg(
         F.count("*").alias("rows"),
         F.avg((pred - y) * (pred - y)).alias("mse"),
@@ -126,7 +125,7 @@ def collected_metrics(
     For small validation splits during tuning: one Spark job instead of several. The values
     are those of :func:`task_metrics` (exact AUCs, as Spark computes them without bins).
     """
-    output = F.col("prediction") if task == "regression" else vector_to_array(F.col("probability"))
+    output = F.col(PREDICTION_COL) if task == "regression" else vector_to_array(F.col(PROBABILITY_COL))
     table = predictions.select(F.col(label_col).cast("double").alias("y"), output.alias("out")).toArrow()
     if not table.num_rows:
         return {"rows": 0.0}

@@ -5,7 +5,8 @@ treat them alike. Classifiers give ``probability`` (a vector whose slot ``i`` is
 slot 1 is the positive class of a binary label) and ``prediction`` (the class index; for a
 binary label 0/1 at the model's stored decision threshold, see :class:`DecisionThreshold`).
 Regressors give ``prediction``. Multiclass models end with :class:`ClassLabels`, which adds
-``predicted_label``. Saved models record ``deltaml.models.<Class>``: do not move or rename the stages.
+``predicted_label``. Saved models record ``deltaml.ml.models.<Class>`` (``deltaml.models`` before the
+layering, still re-exported there): do not move or rename the stages.
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from deltaml.columns import FEATURES_COL, LABEL_COL, PREDICTED_LABEL_COL, PREDICTION_COL, PROBABILITY_COL, WEIGHT_COL
+from deltaml.columns import (
+    FEATURES_COL,
+    LABEL_COL,
+    PREDICTED_LABEL_COL,
+    PREDICTION_COL,
+    PROBABILITY_COL,
+    RAW_PREDICTION_COL,
+    WEIGHT_COL,
+)
 from deltaml.config.schema import LabelConfig
 from deltaml.errors import StepInputError
 
@@ -100,7 +109,7 @@ class MarginToProbability(Transformer, DefaultParamsReadable["MarginToProbabilit
     """
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        margin = vector_to_array(F.col("rawPrediction"))[1]
+        margin = vector_to_array(F.col(RAW_PREDICTION_COL))[1]
         positive = F.lit(1.0) / (F.lit(1.0) + F.exp(-margin))
         return dataset.withColumn(PROBABILITY_COL, array_to_vector(F.array(F.lit(1.0) - positive, positive)))
 

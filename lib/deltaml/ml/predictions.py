@@ -11,7 +11,19 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from deltaml.columns import BATCH_COL, INGEST_BATCH_COL, INPUT_HASH_COL, PREDICTED_LABEL_COL
+from deltaml.columns import (
+    BATCH_COL,
+    INGEST_BATCH_COL,
+    INPUT_HASH_COL,
+    MODEL_NAME_COL,
+    MODEL_VERSION_COL,
+    PREDICTED_LABEL_COL,
+    PREDICTION_COL,
+    PROBABILITY_COL,
+    SCORED_AT_COL,
+    SOURCE_TABLE_COL,
+    SOURCE_VERSION_COL,
+)
 from deltaml.ml.models import positive_probability
 
 
@@ -45,14 +57,14 @@ def score_frame(
     """
     if task == "multiclass":
         scores = [
-            F.array_max(vector_to_array(F.col("probability"))).alias("probability"),
-            F.col("prediction"),
+            F.array_max(vector_to_array(F.col(PROBABILITY_COL))).alias(PROBABILITY_COL),
+            F.col(PREDICTION_COL),
             F.col(PREDICTED_LABEL_COL),
         ]
     elif task == "regression":
-        scores = [F.col("prediction")]
+        scores = [F.col(PREDICTION_COL)]
     else:
-        scores = [positive_probability().alias("probability"), F.col("prediction")]
+        scores = [positive_probability().alias(PROBABILITY_COL), F.col(PREDICTION_COL)]
 
     def transform(df: DataFrame) -> DataFrame:
         if batch is not None:
@@ -66,12 +78,12 @@ def score_frame(
         return scored.select(
             F.col(key),
             *scores,
-            F.lit(scoring.name).alias("model_name"),
-            F.lit(scoring.version).alias("model_version"),
-            F.lit(source_table).alias("source_table"),
-            F.lit(source_version).cast("long").alias("source_version"),
+            F.lit(scoring.name).alias(MODEL_NAME_COL),
+            F.lit(scoring.version).alias(MODEL_VERSION_COL),
+            F.lit(source_table).alias(SOURCE_TABLE_COL),
+            F.lit(source_version).cast("long").alias(SOURCE_VERSION_COL),
             F.col("_batch").alias(BATCH_COL),
-            F.lit(scored_at).cast("timestamp").alias("scored_at"),
+            F.lit(scored_at).cast("timestamp").alias(SCORED_AT_COL),
             F.col("_input_hash").alias(INPUT_HASH_COL),
         )
 

@@ -23,8 +23,9 @@ from deltaml.ml.cleaning import _column
 LOG = logging.getLogger(__name__)
 
 
-# The estimator is recorded as ``deltaml.selection.FeatureSlotSelector`` in a saved Pipeline: do not move or
-# rename it. Its fitted model is pyspark's own VectorSlicer, so a fitted PipelineModel needs no deltaml class.
+# The estimator is recorded as ``deltaml.ml.selection.FeatureSlotSelector`` in a saved Pipeline (``deltaml.selection``
+# before the layering, still re-exported there): do not move or rename it. Its fitted model is pyspark's own
+# VectorSlicer, so a fitted PipelineModel needs no deltaml class.
 
 # Temporary column names, used only on the one-column frame the statistics are computed on.
 _SLOTS = "slots"

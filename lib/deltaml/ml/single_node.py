@@ -11,10 +11,11 @@ driver threads are concurrent tasks on the executors' cores.
 A fitted estimator becomes a :class:`SingleNodeModel`, an ordinary Spark ML ``Transformer``
 whose params hold the pickled estimator (base64), so it saves and loads with the
 ``PipelineModel`` and scores with ``PipelineModel.transform`` (an Arrow ``pandas_udf``).
-Saved models record ``deltaml.single_node.SingleNodeModel``: do not move or rename it.
+Saved models record ``deltaml.single_node.SingleNodeModel`` (the module lived there before the
+layering; ``deltaml/single_node.py`` re-exports it): keep that path importable.
 
-This module is imported by executors' Python workers (by the trial tasks and the scoring
-UDF), so it imports nothing from deltaml but its exceptions.
+Executors' Python workers import this module (the trial tasks and the scoring UDF), so it imports
+only the ground layer (column names, metric clipping, exceptions).
 """
 
 from __future__ import annotations
@@ -49,36 +50,18 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.functions import pandas_udf
 from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
 
-from deltaml.errors import SetupError, StepFailedError, StepInputError
+from deltaml.errors import SetupError, StepFailedError, StepInputError, one_line
+from deltaml.tasks import LOG_LOSS_EPS, TASKS
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark import Broadcast, SparkContext
-from deltaml.columns import RAW_PREDICTION_COL
+from deltaml.columns import FEATURES_COL, LABEL_COL, PREDICTION_COL, PROBABILITY_COL, RAW_PREDICTION_COL, WEIGHT_COL
 
 LOG = logging.getLogger(__name__)
 
 
 SINGLE_NODE_FAMILIES = frozenset({"hist_gradient_boosting", "lightgbm"})
-
-
-TASKS = ("binary", "multiclass", "regression")
-
-
-# The column names of deltaml.features and deltaml.models (not imported: see the module docstring).
-FEATURES_COL = "features"
-
-
-LABEL_COL = "_label"
-
-
-WEIGHT_COL = "_weight"
-
-
-PROBABILITY_COL = "probability"
-
-
-PREDICTION_COL = "prediction"
 
 
 # Spark UI: every trial job is in this group (``sc.cancelJobGroup`` stops running trials).
@@ -105,9 +88,6 @@ _SAMPLE_MARGIN_SIGMAS = 6.0
 
 
 _OUTPUT_COL = "__single_node_output"
-
-
-_LOG_EPS = 1e-15
 
 
 # -- estimators ---------------------------------------------------------------------------------------------------
@@ -235,7 +215,11 @@ def validation_metrics(task: str, y: np.ndarray, output: np.ndarray, *, num_clas
     # Log-loss as deltaml's Spark metrics compute it: the true class's probability, clipped at
     # 1e-15 (and, for a binary label, at 1 - 1e-15), unnormalised.
     true_class = output[np.arange(len(labels)), labels]
-    clipped = np.clip(true_class, _LOG_EPS, 1 - _LOG_EPS) if task == "binary" else np.maximum(true_class, _LOG_EPS)
+    clipped = (
+        np.clip(true_class, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
+        if task == "binary"
+        else np.maximum(true_class, LOG_LOSS_EPS)
+    )
     result = {
         "rows": rows,
         "accuracy": float(skm.accuracy_score(labels, predicted)),
@@ -625,7 +609,7 @@ def _run_trial_task(
         model = pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # sent back as a value, so the driver raises it and Spark does not retry
         return _TaskFailure(
-            type(exc).__name__, _first_line(str(exc)), traceback.format_exc(), socket.gethostname(), os.getpid()
+            type(exc).__name__, one_line(str(exc), 100_000), traceback.format_exc(), socket.gethostname(), os.getpid()
         )
     info = TrialTaskInfo(
         host=socket.gethostname(),
@@ -686,7 +670,9 @@ def fit_single_node(
     try:
         _fit_estimator(estimator, task, x, y, w)
     except Exception as exc:
-        raise StepFailedError(f"{type(exc).__name__}: {_first_line(str(exc))} ({family} fit on the driver)") from exc
+        raise StepFailedError(
+            f"{type(exc).__name__}: {one_line(str(exc), 100_000)} ({family} fit on the driver)"
+        ) from exc
     LOG.info("fitted %s on %d rows x %d features in %.1f s", family, len(y), x.shape[1], time.perf_counter() - started)
     blob = pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL)
     return SingleNodeModel(family=family, task=task, numClasses=classes, modelBytes=_encode(blob))
@@ -726,15 +712,10 @@ def _spark_error(exc: Exception) -> str:
                 if cause is None:
                     break
                 java = cause
-            return _first_line(str(java.toString()))
+            return one_line(str(java.toString()), 100_000)
         except Exception:  # the gateway may be gone; fall back to the Python message
             pass
-    return _first_line(str(exc))
-
-
-def _first_line(message: str) -> str:
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return lines[0] if lines else "(no message)"
+    return one_line(str(exc), 100_000)
 
 
 def _encode(blob: bytes) -> str:

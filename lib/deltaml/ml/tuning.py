@@ -28,18 +28,25 @@ from hyperopt.fmin import space_eval
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from deltaml.columns import (
+    TAG_ERROR,
+    TAG_FAMILY,
+    TAG_STEP,
+    TAG_TRIAL_HOST,
+    TAG_TRIAL_METRIC,
+    TAG_TRIAL_PID,
+    TAG_TRIAL_TASK_ATTEMPT,
+    TAG_TRIAL_WORKDIR,
+    TRIAL_STEP,
+)
 from deltaml.config.search_space import build_space, params_from_sample
+from deltaml.errors import one_line
+from deltaml.tasks import loss_of
 
 LOG = logging.getLogger(__name__)
 
 
 # Metrics where larger is better; the search minimises the loss, so these are negated.
-_HIGHER_IS_BETTER = {"auc_roc", "auc_pr", "accuracy", "f1", "r2"}
-
-
-def loss_of(metric: str, value: float) -> float:
-    """The loss Hyperopt minimises for a metric value."""
-    return -value if metric in _HIGHER_IS_BETTER else value
 
 
 @dataclass
@@ -98,18 +105,18 @@ class TrialLogger:
         tags = {
             "mlflow.parentRunId": self._parent,
             "mlflow.runName": f"{trial.family}-{trial.number:03d}",
-            "deltaml.step": "trial",
-            "deltaml.family": trial.family,
+            TAG_STEP: TRIAL_STEP,
+            TAG_FAMILY: trial.family,
         }
         if trial.error:
-            tags["deltaml.error"] = trial.error[:4000]
+            tags[TAG_ERROR] = trial.error[:4000]
         # A single-node trial knows where it ran (host and Python worker of its executor task).
         info = next((getattr(s, "trial_info", None) for s in getattr(trial.model, "stages", [])), None)
         if info is not None:
-            tags["deltaml.trial_host"] = str(info.host)
-            tags["deltaml.trial_pid"] = str(info.pid)
-            tags["deltaml.trial_task_attempt"] = str(info.task_attempt_id)
-            tags["deltaml.trial_workdir"] = str(info.workdir)
+            tags[TAG_TRIAL_HOST] = str(info.host)
+            tags[TAG_TRIAL_PID] = str(info.pid)
+            tags[TAG_TRIAL_TASK_ATTEMPT] = str(info.task_attempt_id)
+            tags[TAG_TRIAL_WORKDIR] = str(info.workdir)
         with self._lock:  # the tracking store is shared; one writer at a time keeps SQLite happy
             run = self._client.create_run(self._experiment, tags=tags)
             now = int(time.time() * 1000)
@@ -120,7 +127,7 @@ class TrialLogger:
                     Metric("seconds", trial.seconds, now, 0),
                 ],
                 params=[Param(k, str(v)[:6000]) for k, v in sorted(trial.params.items())],
-                tags=[RunTag("deltaml.trial_metric", metric)],
+                tags=[RunTag(TAG_TRIAL_METRIC, metric)],
             )
             self._client.set_terminated(run.info.run_id, "FINISHED" if trial.ok else "FAILED")
 
@@ -276,7 +283,7 @@ def _run_trial(
     try:
         model, metrics = train_trial(params)
     except Exception as exc:  # a failed trial is recorded, and the search goes on
-        first = (str(exc).strip().splitlines() or [""])[0]
+        first = one_line(str(exc), 100_000)
         LOG.warning("trial %s-%03d failed: %s: %s", family, number, type(exc).__name__, first)
         return TrialOutcome(
             family, number, params, seconds=time.monotonic() - started, error=f"{type(exc).__name__}: {first}"

@@ -399,8 +399,9 @@ class WindowFeatures(Transformer, DefaultParamsReadable["WindowFeatures"], Defau
     :func:`point_in_time_aggregates` with each row's ``referenceCol`` as its reference time, or,
     when ``asOf`` is set (an ISO-8601 time), :func:`as_of_aggregates` as of that moment. Nothing
     is learned, so fitting a pipeline that contains it learns nothing from events either; the
-    stage only saves where the events are and what to aggregate. Saved models record
-    ``deltaml.windows.WindowFeatures``: do not move or rename it.
+    stage only saves where the events are and what to aggregate. Saved models record the class by
+    its module path (``deltaml.ml.windows``; before the layering ``deltaml.windows``, still
+    re-exported there): do not move or rename it.
 
     Params:
         eventsTable: The event table: a path, or a catalog name when ``eventsIsPath`` is false.

@@ -28,14 +28,15 @@ from functools import cache
 from importlib.resources.abc import Traversable
 from typing import Any
 
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
 from deltaml._version import __version__
 from deltaml.columns import TAG_KEY, TAG_RECORD
+from deltaml.errors import one_line
 from deltaml.io.catalog import Table, recorded_table, table_exists
 from deltaml.io.recording import TableAccess
+from deltaml.io.registry import version_exists
 from deltaml.steps.base import Step, StepContext
 from deltaml.steps.outputs import StepOutput
 
@@ -230,11 +231,8 @@ def _changed(spark: SparkSession, client: MlflowClient, record: CacheRecord, mod
             return f"{kind} {table} is at version {latest}, {was}"
     # A registered version that was deleted is gone; a manual promote or rollback since is the user's
     # choice and does not make the same model worth registering again.
-    if record.registered is not None:
-        try:
-            client.get_model_version(model, str(record.registered))
-        except MlflowException:
-            return f"{model} version {record.registered}, which that run registered, no longer exists"
+    if record.registered is not None and not version_exists(client, model, record.registered):
+        return f"{model} version {record.registered}, which that run registered, no longer exists"
     return ""
 
 
@@ -274,7 +272,7 @@ def commit_times(spark: SparkSession, record: CacheRecord) -> dict[str, str]:
         try:
             commits = table_commits(spark, table, version)
         except Exception as exc:  # a missing time only weakens the check to versions
-            LOG.warning("no commit time for %s v%d: %s", table, version, str(exc).splitlines()[0][:200])
+            LOG.warning("no commit time for %s v%d: %s", table, version, one_line(exc, 200))
             continue
         found = next((c for c in commits or [] if c[0] == version), None)
         if found is not None:

@@ -19,8 +19,19 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from deltaml.io.catalog import Table
-from deltaml.columns import MANIFEST_ARTIFACT, PREDICTION_LINEAGE_COLUMNS
+from deltaml.columns import (
+    BATCH_COL,
+    MANIFEST_ARTIFACT,
+    MODEL_NAME_COL,
+    MODEL_VERSION_COL,
+    PREDICTION_LINEAGE_COLUMNS,
+    SCORED_AT_COL,
+    SOURCE_TABLE_COL,
+    SOURCE_VERSION_COL,
+)
+from deltaml.errors import one_line
 from deltaml.io.recording import TableAccess
+from deltaml.io.registry import version_run_id
 
 LOG = logging.getLogger(__name__)
 
@@ -148,14 +159,16 @@ def model_lineage(client: Any, name: str, version: int) -> dict[str, Any]:
     from deltaml.io.tracking import load_run_json
 
     try:
-        found = client.get_model_version(name, str(version))
-        fit_run = client.get_run(found.run_id)
-        pipeline_run = fit_run.data.tags.get("mlflow.parentRunId", found.run_id)
+        run_id = version_run_id(client, name, version)
+        if run_id is None:
+            raise OSError("the version has no MLflow run")
+        fit_run = client.get_run(run_id)
+        pipeline_run = fit_run.data.tags.get("mlflow.parentRunId", run_id)
         manifest: dict[str, Any] = load_run_json(client, pipeline_run, MANIFEST_ARTIFACT)
     except (MlflowException, OSError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = one_line(exc, 200)
         raise StepInputError(
-            f"lineage: {name} version {version} has no manifest ({first[:200]}); versions trained before deltaml "
+            f"lineage: {name} version {version} has no manifest ({first}); versions trained before deltaml "
             "recorded manifests have only their lineage tags (`mlflow` UI, model version tags)"
         ) from None
     return {"model": name, "version": version, "pipeline_run": pipeline_run, **manifest}
@@ -205,23 +218,23 @@ def batch_lineage(spark: SparkSession, predictions: Table, batch_id: str) -> dic
             f"its columns are {df.columns}"
         )
     shown = "yyyy-MM-dd HH:mm:ssXXX"
-    groups = ["model_name", "model_version", "source_table", "source_version"]
+    groups = [MODEL_NAME_COL, MODEL_VERSION_COL, SOURCE_TABLE_COL, SOURCE_VERSION_COL]
     rows = (
-        df.where(F.col("batch_id") == batch_id)
+        df.where(F.col(BATCH_COL) == batch_id)
         .groupBy(*groups)
         .agg(
             F.count(F.lit(1)).alias("rows"),
-            F.min("scored_at").alias("first"),
-            F.date_format(F.min("scored_at"), shown).alias("scored_from"),
-            F.date_format(F.max("scored_at"), shown).alias("scored_to"),
+            F.min(SCORED_AT_COL).alias("first"),
+            F.date_format(F.min(SCORED_AT_COL), shown).alias("scored_from"),
+            F.date_format(F.max(SCORED_AT_COL), shown).alias("scored_to"),
         )
         .orderBy("first", *groups)
         .collect()
     )
     if not rows:
-        latest = df.groupBy("batch_id").agg(F.max("scored_at").alias("at")).orderBy(F.desc("at"), "batch_id")
-        known = [r["batch_id"] for r in latest.limit(BATCHES_SHOWN).collect()]
-        count = df.select("batch_id").distinct().count() if len(known) == BATCHES_SHOWN else len(known)
+        latest = df.groupBy(BATCH_COL).agg(F.max(SCORED_AT_COL).alias("at")).orderBy(F.desc("at"), BATCH_COL)
+        known = [r[BATCH_COL] for r in latest.limit(BATCHES_SHOWN).collect()]
+        count = df.select(BATCH_COL).distinct().count() if len(known) == BATCHES_SHOWN else len(known)
         listed = f"its latest batches: {', '.join(known)} ({count} in all)" if known else "it has no batches"
         raise StepInputError(f"lineage: no batch '{batch_id}' in {predictions} v{version}; {listed}")
     scored = [{k: r[k] for k in (*groups, "rows", "scored_from", "scored_to")} for r in rows]

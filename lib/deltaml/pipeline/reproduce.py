@@ -22,7 +22,7 @@ from pyspark.sql import SparkSession
 from deltaml.columns import MANIFEST_ARTIFACT, TAG_CACHED_FROM, TAG_PIPELINE, TAG_REPRODUCES, TAG_STEP
 from deltaml.config.loader import REDACTED_NOTE, LoadedConfig
 from deltaml.config.schema import PipelineConfig
-from deltaml.errors import StepInputError
+from deltaml.errors import StepInputError, one_line
 from deltaml.io.catalog import read_table_as_of, recorded_table
 from deltaml.io.recording import pinned_versions
 from deltaml.io.session import get_spark
@@ -79,7 +79,7 @@ def pipeline_run(client: MlflowClient, run_id: str) -> Run:
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
-        raise StepInputError(f"reproduce: no MLflow run {run_id} ({str(exc).splitlines()[0][:200]})") from None
+        raise StepInputError(f"reproduce: no MLflow run {run_id} ({one_line(exc, 200)})") from None
     parent = run.data.tags.get("mlflow.parentRunId")
     if run.data.tags.get(TAG_STEP) != "pipeline" and parent:
         return pipeline_run(client, parent)
@@ -96,7 +96,7 @@ def load_manifest(client: MlflowClient, run_id: str) -> dict[str, Any]:
         manifest: dict[str, Any] = load_run_json(client, run_id, MANIFEST_ARTIFACT)
     except (MlflowException, OSError) as exc:
         raise StepInputError(
-            f"reproduce: run {run_id} has no {MANIFEST_ARTIFACT} ({str(exc).splitlines()[0][:160]}); "
+            f"reproduce: run {run_id} has no {MANIFEST_ARTIFACT} ({one_line(exc, 160)}); "
             "only runs of deltaml 0.1 or later with a fit step can be reproduced"
         ) from None
     return manifest

@@ -14,16 +14,26 @@ from datetime import UTC, datetime, timedelta
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from deltaml.columns import CHAMPION, TAG_PIPELINE, TAG_STEP, TAG_TRAINING_TABLE, TAG_TRAINING_TABLE_VERSION
+from deltaml.columns import (
+    CHAMPION,
+    MODEL_NAME_COL,
+    MODEL_VERSION_COL,
+    TAG_PIPELINE,
+    TAG_RETRAIN_ACTION,
+    TAG_RETRAIN_REASONS,
+    TAG_STEP,
+    TAG_TRAINING_TABLE,
+    TAG_TRAINING_TABLE_VERSION,
+)
 from deltaml.config.loader import LoadedConfig
 from deltaml.config.schema import PipelineConfig
-from deltaml.errors import DeltamlError, StepFailedError
+from deltaml.errors import DeltamlError, StepFailedError, one_line
 from deltaml.io.catalog import Table, append_rows, read_table, recorded_table, table_exists
+from deltaml.io.registry import alias_version, aliased_version, newest_version
 from deltaml.io.session import get_spark
 from deltaml.io.tables import resolve_tables
 from deltaml.io.tracking import configure_tracking
@@ -75,9 +85,8 @@ def evaluate_triggers(
     tables = resolve_tables(cfg)
     fired: list[str] = []
     checks: dict[str, str] = {}
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+    champion = aliased_version(client, name, CHAMPION)
+    if champion is None:
         return ["no @champion yet"], {"champion": "none"}, [], None
     version = int(champion.version)
 
@@ -94,7 +103,7 @@ def evaluate_triggers(
         )
         if decay is not None and decay > policy.performance_drop:
             fired.append(f"performance decay {decay:+.4f} > {policy.performance_drop}")
-    newest = _newest_version(client, name)
+    newest = newest_version(client, name)
     if policy.new_rows is not None:
         # Since the last training (the newest version, promoted or not), so a rejected challenger does not
         # leave the trigger firing on the same rows after every cooldown.
@@ -127,7 +136,7 @@ def _latest_window(spark: SparkSession, table: Table, name: str, version: int) -
         return {}
     rows, _ = read_table(spark, table, "retrain")
     mine = rows.where(
-        (F.col("model_name") == name) & (F.col("model_version") == version) & (F.col("feature") == WINDOW_FEATURE)
+        (F.col(MODEL_NAME_COL) == name) & (F.col(MODEL_VERSION_COL) == version) & (F.col("feature") == WINDOW_FEATURE)
     )
     newest = mine.agg(F.max("monitored_at").alias("_newest"))
     latest = mine.join(F.broadcast(newest), F.col("monitored_at") == F.col("_newest")).select("metric", "value")
@@ -148,21 +157,12 @@ def _new_rows(spark: SparkSession, cfg: PipelineConfig, tags: dict[str, str]) ->
     return int(now.count()) - int(trained.count())
 
 
-def _newest_version(client: MlflowClient, name: str) -> ModelVersion | None:
-    """The newest registered version (the last training, promoted or not)."""
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return None
-    return max(versions, key=lambda v: int(v.creation_timestamp)) if versions else None
-
-
 def _last_attempt(spark: SparkSession, table: Table, name: str, newest: ModelVersion | None) -> datetime | None:
     """When training was last attempted: the newest version's registration, or a later failed retraining."""
     times = [datetime.fromtimestamp(int(newest.creation_timestamp) / 1000, tz=UTC)] if newest is not None else []
     if table_exists(spark, table):
         log, _ = read_table(spark, table, "retrain")
-        failed = log.where((F.col("model_name") == name) & (F.col("action") == "failed")).agg(
+        failed = log.where((F.col(MODEL_NAME_COL) == name) & (F.col("action") == "failed")).agg(
             F.max("decided_at").alias("t")
         )
         row = failed.first()
@@ -185,8 +185,9 @@ def retrain(loaded: LoadedConfig, dry_run: bool = False, spark: SparkSession | N
     except DeltamlError:
         raise
     except Exception as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise StepFailedError(f"retrain: reading the triggers failed: {type(exc).__name__}: {first[:300]}") from exc
+        raise StepFailedError(
+            f"retrain: reading the triggers failed: {type(exc).__name__}: {one_line(exc, 300)}"
+        ) from exc
     for check, seen in checks.items():
         LOG.info("retrain check %s: %s", check, seen)
     if dry_run:
@@ -202,10 +203,10 @@ def retrain(loaded: LoadedConfig, dry_run: bool = False, spark: SparkSession | N
             outcome = run_pipeline(loaded, spark=spark, force=("fit",))
         except Exception as exc:
             # Recorded, so the cooldown also spaces out retries of a training that keeps failing.
-            reason = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+            reason = one_line(exc, 500)
             _record(spark, cfg, RetrainDecision(now, fired, checks, "failed", champion, notes=[reason]))
             raise
-        after = int(client.get_model_version_by_alias(cfg.mlflow.registered_model, CHAMPION).version)
+        after = alias_version(client, cfg.mlflow.registered_model, CHAMPION)
         registered = outcome.output(RegisterOutput)
         decision = RetrainDecision(
             now,
@@ -245,8 +246,8 @@ def _record(spark: SparkSession, cfg: PipelineConfig, decision: RetrainDecision)
             {
                 TAG_PIPELINE: cfg.name,
                 TAG_STEP: "retrain",
-                "deltaml.retrain_action": decision.action,
-                "deltaml.retrain_reasons": "; ".join([*decision.fired, *decision.notes])[:5000],
+                TAG_RETRAIN_ACTION: decision.action,
+                TAG_RETRAIN_REASONS: "; ".join([*decision.fired, *decision.notes])[:5000],
             }
         )
         mlflow.log_dict({**decision.checks, "summary": decision.summary}, "retrain_decision.json")

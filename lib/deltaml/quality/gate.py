@@ -10,20 +10,15 @@ from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from deltaml.columns import CHAMPION
+from deltaml.columns import CHALLENGER, CHAMPION
 from deltaml.config.schema import GateConfig
 from deltaml.errors import StepInputError
+from deltaml.tasks import LOG_LOSS_EPS, TASKS, gate_metrics, improvement
+from deltaml.tasks import metric as metric_spec
 
-METRICS = ("auc_roc", "auc_pr", "log_loss", "accuracy", "rmse", "mae", "r2")
-
-
-LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
-
-
-MODELS = ("champion", "challenger")
-
-
-_EPS = 1e-15
+MODELS = (CHAMPION, CHALLENGER)
+# Every metric the gate can compare, for some task.
+GATE_METRIC_NAMES = tuple(dict.fromkeys(m for task in TASKS for m in gate_metrics(task)))
 
 
 # Spark sums partition results in the order they arrive, so the same scores can give metrics that
@@ -82,8 +77,8 @@ class GateDecision:
 
 
 def _check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise StepInputError(f"gate metric '{metric}' is unknown; use one of {', '.join(METRICS)}")
+    if metric not in GATE_METRIC_NAMES:
+        raise StepInputError(f"gate metric '{metric}' is unknown; use one of {', '.join(GATE_METRIC_NAMES)}")
 
 
 def metric_value(
@@ -93,7 +88,7 @@ def metric_value(
 
     AUC-ROC and AUC-PR come from :class:`BinaryClassificationEvaluator` on the probability
     column, without down-sampling the curves (``numBins=0``); log-loss clips probabilities to
-    ``[1e-15, 1 - 1e-15]`` as :func:`deltaml.evaluation.binary_metrics` does; accuracy compares
+    ``[LOG_LOSS_EPS, 1 - LOG_LOSS_EPS]`` as :func:`deltaml.ml.metrics.binary_metrics` does; accuracy compares
     the 0/1 prediction column with the label. For a ``multiclass`` task the probability column
     holds the probability of each row's TRUE class, and log-loss is the mean of ``-log`` of it;
     for ``regression``, ``rmse``, ``mae`` and ``r2`` compare the prediction with the label.
@@ -134,7 +129,7 @@ def metric_value(
 def _pointwise_metric(metric: str, p: Column, pred: Column, y: Column, task: str = "binary") -> Column:
     """The aggregate of a metric built from per-row terms (log-loss, accuracy, RMSE, MAE, R²)."""
     if metric == "log_loss":
-        clipped = F.least(F.greatest(p, F.lit(_EPS)), F.lit(1 - _EPS))
+        clipped = F.least(F.greatest(p, F.lit(LOG_LOSS_EPS)), F.lit(1 - LOG_LOSS_EPS))
         if task == "multiclass":  # p is the probability of the true class
             return F.avg(-F.log(clipped))
         return F.avg(-(y * F.log(clipped) + (1 - y) * F.log(1 - clipped)))
@@ -151,7 +146,7 @@ def _pointwise_metric(metric: str, p: Column, pred: Column, y: Column, task: str
 
 def _difference(challenger: float, champion: float, metric: str) -> float:
     """Challenger minus champion, sign flipped where lower is better; float noise snapped to 0."""
-    difference = (champion - challenger) if metric in LOWER_IS_BETTER else (challenger - champion)
+    difference = improvement(metric, challenger, champion)
     return 0.0 if abs(difference) < _NOISE else difference
 
 
@@ -229,7 +224,7 @@ def bootstrap_differences(
 
     Args:
         scored: Columns ``y``, ``p_champion``, ``p_challenger``, ``pred_champion``, ``pred_challenger``.
-        metric: One of :data:`METRICS`.
+        metric: One of :data:`GATE_METRIC_NAMES`.
         seed: The seed of resample 0.
         resamples: How many resamples.
         task: ``binary``, ``multiclass`` or ``regression`` (see :func:`metric_value`).
@@ -328,7 +323,7 @@ def gate_decision(
             scored.unpersist()
     beats_margin = difference >= gate.margin
     significant = gate.bootstrap == 0 or (ci_low is not None and ci_low > 0)
-    better = " (lower is better)" if metric in LOWER_IS_BETTER else ""
+    better = "" if metric_spec(metric).larger_is_better else " (lower is better)"
     reason = (
         f"{metric}{better} {challenger_value:.4f} vs {champion_value:.4f}, "
         f"{difference:+.4f} {'>=' if beats_margin else '<'} margin {gate.margin:.4f}"

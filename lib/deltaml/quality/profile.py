@@ -9,9 +9,10 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from deltaml.columns import PREDICTED_LABEL_COL, PROFILE_ARTIFACT
+from deltaml.columns import PREDICTED_LABEL_COL, PREDICTION_COL, PROBABILITY_COL, PROFILE_ARTIFACT
 from deltaml.config.schema import PipelineConfig
-from deltaml.errors import StepInputError
+from deltaml.errors import StepInputError, one_line
+from deltaml.io.registry import version_run_id
 from deltaml.io.tracking import load_run_json
 from deltaml.quality.drift import CategoricalProfile, NumericProfile, Profile, build_profile
 
@@ -25,7 +26,7 @@ WINDOW_FEATURE = "*"
 def prediction_column(task: str) -> str:
     """The predictions-table column whose distribution is monitored: the positive-class probability
     (binary), the predicted label (multiclass) or the predicted value (regression)."""
-    return {"multiclass": PREDICTED_LABEL_COL, "regression": "prediction"}.get(task, "probability")
+    return {"multiclass": PREDICTED_LABEL_COL, "regression": PREDICTION_COL}.get(task, PROBABILITY_COL)
 
 
 def reference_profile(cfg: PipelineConfig, train_rows: DataFrame, predictions: DataFrame) -> dict[str, Any]:
@@ -70,14 +71,14 @@ def load_reference_profile(name: str, version: int) -> tuple[Profile, Profile, s
     """
     client = MlflowClient()
     try:
-        run_id = client.get_model_version(name, str(version)).run_id
+        run_id = version_run_id(client, name, version)
         if run_id is None:
             raise OSError("the version has no MLflow run")
         data = load_run_json(client, run_id, PROFILE_ARTIFACT)
     except (MlflowException, OSError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = one_line(exc, 200)
         raise StepInputError(
-            f"step 'monitor': {name} version {version} has no reference profile ({first[:200]}); "
+            f"step 'monitor': {name} version {version} has no reference profile ({first}); "
             "train a new version with this deltaml (`deltaml run CONF`) to monitor it"
         ) from None
     return Profile.from_dict(data["features"]), Profile.from_dict(data["predictions"]), str(data["prediction_column"])

@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast
 
-import mlflow.spark
 from pyspark.ml import PipelineModel
 from pyspark.sql import SparkSession
 
@@ -24,6 +23,7 @@ from deltaml.columns import MODEL_ARTIFACT, TAG_MODEL_URI
 from deltaml.config.loader import LoadedConfig
 from deltaml.config.schema import PipelineConfig
 from deltaml.io.catalog import Table
+from deltaml.io.models import load_spark_model
 from deltaml.io.tables import Tables, resolve_tables
 from deltaml.steps.outputs import FitOutput, StepOutput
 
@@ -200,5 +200,5 @@ def load_fitted_model(ctx: StepContext) -> tuple[PipelineModel, str]:
         run = latest_step_run(ctx.loaded.pipeline, "fit")
         uri = run.data.tags.get(TAG_MODEL_URI) or f"runs:/{run.info.run_id}/{MODEL_ARTIFACT}"
     if uri not in ctx.models:
-        ctx.models[uri] = mlflow.spark.load_model(uri)
+        ctx.models[uri] = load_spark_model(uri)
     return ctx.models[uri], uri

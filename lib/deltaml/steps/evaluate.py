@@ -15,7 +15,7 @@ from pyspark.ml.base import PredictionModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from deltaml.columns import LABEL_COL, SPLIT_COL, TEST, TRAIN, VALIDATION
+from deltaml.columns import LABEL_COL, PREDICTION_COL, SPLIT_COL, TEST, TRAIN, VALIDATION
 from deltaml.errors import StepInputError
 from deltaml.io.catalog import read_table
 from deltaml.ml.features import feature_names
@@ -228,7 +228,7 @@ def _multiclass_report(
     leaderboard: Any,
 ) -> list[Path]:
     labels = model_classes(model.stages) or []
-    scored = scored_test.select(F.col(LABEL_COL).alias("y"), F.col("prediction").alias("pred"))
+    scored = scored_test.select(F.col(LABEL_COL).alias("y"), F.col(PREDICTION_COL).alias("pred"))
     confusion = multiclass_confusion(scored, len(labels))
     return write_multiclass_report(
         out,
@@ -249,7 +249,7 @@ def _regression_report(
     metrics: dict[str, float],
     leaderboard: Any,
 ) -> list[Path]:
-    scored = scored_test.select(F.col(LABEL_COL).alias("y"), F.col("prediction").alias("pred")).cache()
+    scored = scored_test.select(F.col(LABEL_COL).alias("y"), F.col(PREDICTION_COL).alias("pred")).cache()
     try:
         residuals = residual_histogram(scored)
         grid = predicted_vs_actual(scored)

@@ -41,10 +41,11 @@ from deltaml.ml.single_node import (
     single_node_estimator,
 )
 from deltaml.ml.training import finishing_stages, fit_pipeline, leading_windows
-from deltaml.ml.tuning import FamilyResult, SearchBudget, TrialLogger, TrialOutcome, loss_of, search_family
+from deltaml.ml.tuning import FamilyResult, SearchBudget, TrialLogger, TrialOutcome, search_family
 from deltaml.quality.contracts import check_columns
 from deltaml.steps.base import Step, StepContext, StepResult
 from deltaml.steps.outputs import FitOutput
+from deltaml.tasks import loss_of
 
 LOG = logging.getLogger(__name__)
 

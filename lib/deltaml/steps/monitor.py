@@ -27,10 +27,23 @@ from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from deltaml.columns import INPUT_HASH_COL, PREDICTED_LABEL_COL
+from deltaml.columns import (
+    BATCH_COL,
+    INPUT_HASH_COL,
+    METRIC_TAG_PREFIX,
+    MODEL_NAME_COL,
+    MODEL_VERSION_COL,
+    PREDICTED_LABEL_COL,
+    PREDICTION_COL,
+    PROBABILITY_COL,
+    SCORED_AT_COL,
+    SOURCE_TABLE_COL,
+    SOURCE_VERSION_COL,
+)
 from deltaml.config.schema import PipelineConfig
-from deltaml.errors import StepInputError
+from deltaml.errors import StepInputError, one_line
 from deltaml.io.catalog import read_table, recorded_table, replace_rows, resolve_table, sql_literal
+from deltaml.io.registry import version_tags
 from deltaml.ml.models import encode_label
 from deltaml.ml.predictions import input_hash
 from deltaml.quality.drift import DriftMetric, Profile, compare
@@ -44,15 +57,12 @@ from deltaml.quality.profile import (
 )
 from deltaml.report.writers import write_drift_report
 from deltaml.steps.base import Step, StepContext, StepResult
+from deltaml.tasks import LOG_LOSS_EPS, improvement, live_metrics
 
 LOG = logging.getLogger(__name__)
 
 
-_LOWER_IS_BETTER = {"rmse", "mae", "log_loss"}
-
-
 # Probabilities are clipped like Spark's log-loss evaluator does.
-LOG_LOSS_EPS = 1e-15
 
 
 @dataclass(frozen=True)
@@ -79,31 +89,31 @@ def select_window(predictions: DataFrame, spec: str, now: datetime) -> Window:
     if spec == "last_run":
         # The comparison stays in Spark: a timestamp collected to Python and sent back can shift by an
         # hour in a driver time zone's repeated DST hour.
-        latest = predictions.agg(F.max("scored_at").alias("_latest"))
-        rows = predictions.join(F.broadcast(latest), F.col("scored_at") == F.col("_latest")).drop("_latest")
+        latest = predictions.agg(F.max(SCORED_AT_COL).alias("_latest"))
+        rows = predictions.join(F.broadcast(latest), F.col(SCORED_AT_COL) == F.col("_latest")).drop("_latest")
         description = "the latest score run"
     elif spec == "all":
         rows, description = predictions, "every prediction"
     else:
         amount, unit = int(spec[:-1]), spec[-1]
         since = now - (timedelta(days=amount) if unit == "d" else timedelta(hours=amount))
-        rows = predictions.where(F.col("scored_at") >= F.lit(since))
+        rows = predictions.where(F.col(SCORED_AT_COL) >= F.lit(since))
         description = f"predictions scored since {since:%Y-%m-%d %H:%M}"
     # One model's predictions at a time: the newest model's, compared with its own profile.
-    newest = rows.agg(F.max("model_version").alias("_newest"))
-    rows = rows.join(F.broadcast(newest), F.col("model_version") == F.col("_newest")).drop("_newest")
+    newest = rows.agg(F.max(MODEL_VERSION_COL).alias("_newest"))
+    rows = rows.join(F.broadcast(newest), F.col(MODEL_VERSION_COL) == F.col("_newest")).drop("_newest")
     info = rows.agg(
         F.count(F.lit(1)).alias("n"),
-        F.max("model_version").alias("model"),
-        F.sort_array(F.collect_set("batch_id")).alias("batches"),
-        F.sort_array(F.collect_set(F.struct("source_table", "source_version"))).alias("sources"),
-        F.min("scored_at").alias("first"),
-        F.max("scored_at").alias("last"),
+        F.max(MODEL_VERSION_COL).alias("model"),
+        F.sort_array(F.collect_set(BATCH_COL)).alias("batches"),
+        F.sort_array(F.collect_set(F.struct(SOURCE_TABLE_COL, SOURCE_VERSION_COL))).alias("sources"),
+        F.min(SCORED_AT_COL).alias("first"),
+        F.max(SCORED_AT_COL).alias("last"),
     ).first()
     if info is None or not info["n"]:
         raise StepInputError(f"step 'monitor': no predictions in the window ({description}); run `deltaml score` first")
     batches = [str(b) for b in info["batches"]]
-    sources = [(str(s["source_table"]), int(s["source_version"])) for s in info["sources"]]
+    sources = [(str(s[SOURCE_TABLE_COL]), int(s[SOURCE_VERSION_COL])) for s in info["sources"]]
     key = "|".join([spec, str(info["first"]), str(info["last"]), *batches])
     return Window(
         rows=rows,
@@ -131,7 +141,7 @@ def scored_inputs(spark: SparkSession, window: Window, cfg: PipelineConfig) -> D
         # Each source version is matched only with the predictions read at that version, so a row
         # unchanged across several scored versions counts once per prediction, not once per version.
         wanted = (
-            window.rows.where((F.col("source_table") == source) & (F.col("source_version") == version))
+            window.rows.where((F.col(SOURCE_TABLE_COL) == source) & (F.col(SOURCE_VERSION_COL) == version))
             .select(cfg.key, F.col(INPUT_HASH_COL).alias("_input_hash"))
             .distinct()
         )
@@ -141,7 +151,7 @@ def scored_inputs(spark: SparkSession, window: Window, cfg: PipelineConfig) -> D
         except AnalysisException as exc:
             raise StepInputError(
                 f"step 'monitor': {source} v{version}, which the window's predictions were made from, cannot be "
-                f"read ({exc.getMessage().splitlines()[0][:200]}); monitor a shorter window (monitor.window) or "
+                f"read ({one_line(exc.getMessage(), 200)}); monitor a shorter window (monitor.window) or "
                 "keep more table history (delta.logRetentionDuration, and VACUUM's retention)"
             ) from None
         hashed = data.withColumn("_input_hash", input_hash(cfg.key, cfg.features.columns))
@@ -180,25 +190,17 @@ def drift_rows(metrics: list[DriftMetric], cfg: PipelineConfig) -> tuple[list[di
     return rows, drifted, share
 
 
-# The metrics the predictions table's columns allow, per task; the first is used when the gate's is not one.
-LIVE_METRICS = {
-    "binary": ("auc_roc", "auc_pr", "accuracy", "log_loss"),
-    "multiclass": ("accuracy",),
-    "regression": ("rmse", "mae", "r2"),
-}
-
-
 def live_performance(
     window: Window, cfg: PipelineConfig, labels: DataFrame, test_metrics: dict[str, float]
 ) -> list[dict[str, Any]]:
     """A metric on the window's predictions whose label has arrived, its test value, and the decay.
 
-    The metric is the gate's where the predictions table allows it (:data:`LIVE_METRICS`), else the
+    The metric is the gate's where the predictions table allows it (:func:`deltaml.tasks.live_metrics`), else the
     task's first. Decay is how much worse live is than test (test - live for higher-is-better metrics).
     """
     assert cfg.monitor.labels is not None
     label = cfg.monitor.labels.column or cfg.label.column
-    allowed = LIVE_METRICS[cfg.label.task]
+    allowed = live_metrics(cfg.label.task)
     metric = cfg.gate_metric if cfg.gate_metric in allowed else allowed[0]
     arrived = labels.select(cfg.key, F.col(f"`{label}`").alias(cfg.label.column))
     joined = window.rows.drop(cfg.label.column).join(arrived, cfg.key).where(F.col(cfg.label.column).isNotNull())
@@ -210,7 +212,7 @@ def live_performance(
     test = test_metrics.get(f"test_{metric}")
     out = [{"metric": metric, "value": live, "threshold": None, "drifted": False, "current_rows": rows}]
     if test is not None:
-        decay = (live - test) if metric in _LOWER_IS_BETTER else (test - live)
+        decay = improvement(metric, test, live)
         limit = cfg.retrain.performance_drop
         out += [
             {"metric": f"test_{metric}", "value": test, "threshold": None, "drifted": False, "current_rows": rows},
@@ -232,7 +234,7 @@ def _metric(joined: DataFrame, cfg: PipelineConfig, metric: str) -> float:
         return _single(joined.agg(F.avg(hit).alias("v")))
     y = encode_label(cfg.label)
     if task == "binary":
-        frame = joined.select(y.alias("y"), F.col("probability").cast("double").alias("p"), "prediction")
+        frame = joined.select(y.alias("y"), F.col(PROBABILITY_COL).cast("double").alias("p"), PREDICTION_COL)
         if metric in ("auc_roc", "auc_pr"):
             evaluator = BinaryClassificationEvaluator(
                 rawPredictionCol="p",
@@ -245,8 +247,8 @@ def _metric(joined: DataFrame, cfg: PipelineConfig, metric: str) -> float:
             p = F.least(F.greatest(F.col("p"), F.lit(LOG_LOSS_EPS)), F.lit(1 - LOG_LOSS_EPS))
             loss = -(F.col("y") * F.log(p) + (1 - F.col("y")) * F.log(1 - p))
             return _single(frame.agg(F.avg(loss).alias("v")))
-        return _single(frame.agg(F.avg((F.col("prediction") == F.col("y")).cast("double")).alias("v")))
-    error = F.col("prediction") - y
+        return _single(frame.agg(F.avg((F.col(PREDICTION_COL) == F.col("y")).cast("double")).alias("v")))
+    error = F.col(PREDICTION_COL) - y
     expression = {
         "mae": F.avg(F.abs(error)),
         # try_divide: one labelled row, or labels all equal, give null rather than failing the step.
@@ -261,12 +263,12 @@ def _single(aggregated: DataFrame) -> float:
 
 
 def _registered_test_metrics(name: str, version: int) -> dict[str, float]:
-    tags = MlflowClient().get_model_version(name, str(version)).tags
+    tags = version_tags(MlflowClient(), name, version)
     out: dict[str, float] = {}
     for key, value in tags.items():
-        if key.startswith("metric."):
+        if key.startswith(METRIC_TAG_PREFIX):
             try:
-                out[key.removeprefix("metric.")] = float(value)
+                out[key.removeprefix(METRIC_TAG_PREFIX)] = float(value)
             except ValueError:
                 continue
     return out
@@ -350,8 +352,8 @@ def _write_rows(
         "window_id": window.window_id,
         "monitored_at": now,
         "pipeline": cfg.name,
-        "model_name": cfg.mlflow.registered_model,
-        "model_version": window.model_version,
+        MODEL_NAME_COL: cfg.mlflow.registered_model,
+        MODEL_VERSION_COL: window.model_version,
         "window": window.description,
         "batches": ",".join(window.batches)[:10000],
         "first_scored_at": window.first_scored_at,

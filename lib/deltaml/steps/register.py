@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import mlflow
-import mlflow.spark
 from mlflow.tracking import MlflowClient
 from pyspark.ml import PipelineModel
 from pyspark.ml.functions import vector_to_array
@@ -18,6 +16,9 @@ from deltaml.columns import (
     CHALLENGER,
     CHAMPION,
     LABEL_COL,
+    METRIC_TAG_PREFIX,
+    PREDICTION_COL,
+    PROBABILITY_COL,
     SPLIT_COL,
     TAG_CONFIG_HASH,
     TAG_GATE,
@@ -30,9 +31,10 @@ from deltaml.columns import (
     TAG_VERSION,
     TEST,
 )
-from deltaml.errors import DeltamlError, StepInputError
+from deltaml.errors import DeltamlError, StepInputError, one_line
 from deltaml.io.catalog import read_table, table_version
-from deltaml.io.registry import champion_version, promote
+from deltaml.io.models import load_spark_model, registered_model_uri
+from deltaml.io.registry import champion_version, promote, register_version, tag_version
 from deltaml.io.tables import event_tables
 from deltaml.io.tracking import latest_step_run
 from deltaml.ml.features import bind_window_stages
@@ -81,12 +83,10 @@ def run_register(ctx: StepContext) -> StepResult:
         TAG_TRAINING_TABLE_VERSION: str(split_version),
         TAG_RAW_TABLE: str(ctx.tables.raw),
         TAG_MODEL_URI: model_uri,
-        **{f"metric.{k}": f"{v:.6f}" for k, v in sorted(metrics.items()) if k.startswith("test_")},
+        **{f"{METRIC_TAG_PREFIX}{k}": f"{v:.6f}" for k, v in sorted(metrics.items()) if k.startswith("test_")},
     }
-    registered = mlflow.register_model(model_uri, name, tags=lineage)
-    version = int(registered.version)
     client = MlflowClient()
-    client.set_registered_model_alias(name, CHALLENGER, str(version))
+    version = register_version(client, model_uri, name, lineage)
 
     gate = cfg.registration.gate
     decision: GateDecision | None = None
@@ -97,7 +97,7 @@ def run_register(ctx: StepContext) -> StepResult:
         decision = _decide(ctx, client, version, int(split_version))
         promoted, reason = decision.promote, decision.reason
         previous = promote(client, name, version, f"gate: {reason}") if promoted else decision.champion_version
-    client.set_model_version_tag(name, str(version), TAG_GATE, f"{'promoted' if promoted else 'kept'}: {reason}")
+    tag_version(client, name, version, TAG_GATE, f"{'promoted' if promoted else 'kept'}: {reason}")
 
     outcome = f"promoted to @{CHAMPION}" if promoted else f"kept version {previous} as @{CHAMPION}"
     gate_metrics = decision.as_metrics() if decision else {"gate_promoted": 1.0}
@@ -141,8 +141,8 @@ def _decide(ctx: StepContext, client: MlflowClient, version: int, split_version:
     except DeltamlError:
         raise
     except Exception as exc:  # Spark's and MLflow's errors: the champion does not fit this data
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        LOG.warning("champion %s version %s cannot score the test rows, replacing it: %s", name, current, first[:300])
+        first = one_line(exc, 300)
+        LOG.warning("champion %s version %s cannot score the test rows, replacing it: %s", name, current, first)
         alone = challenger_alone()
         return dataclasses.replace(
             alone,
@@ -159,7 +159,7 @@ def _decide(ctx: StepContext, client: MlflowClient, version: int, split_version:
 def _score_with_champion(ctx: StepContext, test: DataFrame, challenger: PipelineModel, version: int) -> DataFrame:
     """Both models' scores of the test rows, cached; a champion that cannot score them fails here, not in the gate."""
     cfg = ctx.config
-    champion = mlflow.spark.load_model(f"models:/{cfg.mlflow.registered_model}/{version}")
+    champion = load_spark_model(registered_model_uri(cfg.mlflow.registered_model, version))
     bind_window_stages(champion, cfg.features.windows, event_tables(cfg))
     scored = score_test_rows(test, cfg.key, challenger, champion, label=cfg.label.column, task=cfg.label.task).cache()
     try:
@@ -224,14 +224,16 @@ def score_test_rows(
             own = F.array(*[F.lit(c) for c in model_classes(model.stages) or []])
             theirs = F.array(*[F.lit(c) for c in challenger_classes])
             truth = F.col(label).cast("string")
-            probability = F.element_at(vector_to_array(F.col("probability")), F.array_position(own, truth).cast("int"))
-            predicted = F.element_at(own, F.col("prediction").cast("int") + 1)
+            probability = F.element_at(
+                vector_to_array(F.col(PROBABILITY_COL)), F.array_position(own, truth).cast("int")
+            )
+            predicted = F.element_at(own, F.col(PREDICTION_COL).cast("int") + 1)
             p = F.coalesce(F.when(F.array_position(own, truth) > 0, probability), F.lit(0.0))
             pred = (F.array_position(theirs, predicted) - 1).cast("double")
         elif task == "regression":
-            p = pred = F.col("prediction").cast("double")
+            p = pred = F.col(PREDICTION_COL).cast("double")
         else:
-            p, pred = positive_probability(), F.col("prediction").cast("double")
+            p, pred = positive_probability(), F.col(PREDICTION_COL).cast("double")
         return scored.select(
             F.col(key),
             F.col(LABEL_COL).cast("double").alias("y"),

@@ -9,15 +9,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import mlflow.spark
 from mlflow.tracking import MlflowClient
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from deltaml.columns import BATCH_COL, INGEST_BATCH_COL, INPUT_HASH_COL
+from deltaml.columns import (
+    BATCH_COL,
+    INGEST_BATCH_COL,
+    INPUT_HASH_COL,
+    MODEL_VERSION_COL,
+    SCORED_AT_COL,
+    SOURCE_TABLE_COL,
+    SOURCE_VERSION_COL,
+)
 from deltaml.config.schema import PipelineConfig
-from deltaml.errors import StepInputError
+from deltaml.errors import StepInputError, one_line
 from deltaml.io.catalog import (
     Table,
     WriteResult,
@@ -32,6 +39,7 @@ from deltaml.io.catalog import (
     table_exists,
     upsert_latest,
 )
+from deltaml.io.models import load_spark_model, registered_model_uri
 from deltaml.io.registry import alias_version, find_scoring_version
 from deltaml.io.tables import event_tables
 from deltaml.ml.features import bind_window_stages
@@ -85,7 +93,7 @@ def plan_scoring(
     """
     where_source = f"source_table = {sql_literal(str(source))}"
     stored = (
-        read_table(spark, predictions, "score")[0].where(F.col("source_table") == str(source))
+        read_table(spark, predictions, "score")[0].where(F.col(SOURCE_TABLE_COL) == str(source))
         if table_exists(spark, predictions)
         else None
     )
@@ -110,7 +118,7 @@ def _last_scored(stored: DataFrame | None) -> tuple[int | None, list[int]]:
     if stored is None:
         return None, []
     row = stored.agg(
-        F.max("source_version").alias("v"), F.sort_array(F.collect_set("model_version")).alias("m")
+        F.max(SOURCE_VERSION_COL).alias("v"), F.sort_array(F.collect_set(MODEL_VERSION_COL)).alias("m")
     ).first()
     assert row is not None
     return (None if row["v"] is None else int(row["v"])), [int(m) for m in row["m"] or []]
@@ -190,12 +198,12 @@ def _plan_rows(
                 source,
                 last + 1,
                 source_version,
-                exc.getMessage().splitlines()[0],
+                one_line(exc.getMessage()),
             )
     if INPUT_HASH_COL in stored.columns:
         # Against each key's latest prediction only: a row whose values change and then change back is
         # scored again, so the newest prediction per key always matches the row's current values.
-        newest_first = Window.partitionBy(key).orderBy(F.col("scored_at").desc(), F.col(BATCH_COL).desc())
+        newest_first = Window.partitionBy(key).orderBy(F.col(SCORED_AT_COL).desc(), F.col(BATCH_COL).desc())
         seen = (
             stored.withColumn("_rank", F.row_number().over(newest_first))
             .where("_rank = 1")
@@ -264,7 +272,7 @@ def run_score(ctx: StepContext) -> StepResult:
         metrics["rows_scored"] = 0.0
     else:
         # Loaded only now: a run with nothing to score does not pay for it.
-        scoring = ScoringModel(name, version, mlflow.spark.load_model(f"models:/{name}/{version}"))
+        scoring = ScoringModel(name, version, load_spark_model(registered_model_uri(name, version)))
         scored_at = datetime.now().astimezone()
         as_of = scored_at if cfg.score.windows_as_of == "now" else None
         bind_window_stages(scoring.model, cfg.features.windows, event_tables(cfg), as_of)
@@ -318,14 +326,14 @@ def sync_serving(spark: SparkSession, predictions: Table, serving: Table, key: s
     if table_exists(spark, serving):
         served, _ = read_table(spark, serving, "score")
         # Compared in Spark: a timestamp collected to Python can shift in a driver's repeated DST hour.
-        since = served.agg(F.max("scored_at").alias("_since"))
-        newer = newer.join(F.broadcast(since), F.col("_since").isNull() | (F.col("scored_at") > F.col("_since")))
+        since = served.agg(F.max(SCORED_AT_COL).alias("_since"))
+        newer = newer.join(F.broadcast(since), F.col("_since").isNull() | (F.col(SCORED_AT_COL) > F.col("_since")))
         newer = newer.drop("_since")
-    latest_first = Window.partitionBy(key).orderBy(F.col("scored_at").desc(), F.col(BATCH_COL).desc())
+    latest_first = Window.partitionBy(key).orderBy(F.col(SCORED_AT_COL).desc(), F.col(BATCH_COL).desc())
     latest = newer.withColumn("_rank", F.row_number().over(latest_first)).where("_rank = 1").drop("_rank")
     if latest.isEmpty():
         return None
-    return upsert_latest(spark, latest, serving, key, "scored_at")
+    return upsert_latest(spark, latest, serving, key, SCORED_AT_COL)
 
 
 def _scoring_model_version(ctx: StepContext) -> dict[str, Any]:
