@@ -112,8 +112,8 @@ def test_no_step_imports_another_step() -> None:
     assert crossing == []
 
 
-def _circles() -> list[list[str]]:
-    """Strongly connected components of more than one module (Tarjan's algorithm)."""
+def _components() -> list[list[str]]:
+    """Strongly connected components of the import graph (Tarjan's algorithm), singletons included."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -135,13 +135,39 @@ def _circles() -> list[list[str]]:
                 component.append(member)
                 if member == node:
                     break
-            if len(component) > 1:
-                circles.append(sorted(component))
+            circles.append(sorted(component))
 
     for node in sorted(GRAPH):
         if node not in index:
             visit(node)
     return circles
+
+
+def _circles() -> list[list[str]]:
+    """The import circles: components of more than one module."""
+    return [c for c in _components() if len(c) > 1]
+
+
+def import_levels() -> int:
+    """The longest chain of imports, a circle counting as one module (importing nothing from deltaml: level 1)."""
+    component_of = {m: i for i, c in enumerate(_components()) for m in c}
+    members: dict[int, set[str]] = {}
+    for module, i in component_of.items():
+        members.setdefault(i, set()).add(module)
+    levels: dict[int, int] = {}
+
+    def level(i: int) -> int:
+        if i not in levels:
+            below = {component_of[t] for m in members[i] for t in GRAPH[m]} - {i}
+            levels[i] = 1 + max((level(j) for j in below), default=0)
+        return levels[i]
+
+    return max(level(i) for i in members)
+
+
+def graph_summary() -> str:
+    """Modules, import circles and import levels, as the layering issue reported them."""
+    return f"modules {len(GRAPH)}, circles {len(_circles())}, import levels {import_levels()}"
 
 
 def test_no_import_circle() -> None:

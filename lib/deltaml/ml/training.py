@@ -40,7 +40,7 @@ def finishing_stages(config: PipelineConfig, threshold: float, classes: list[str
 
 
 def leading_windows(stages: list[Any]) -> tuple[PipelineModel, list[Any]]:
-    """The leading :class:`~deltaml.windows.WindowFeatures` stages (nothing to fit) and the stages after them."""
+    """The leading :class:`~deltaml.ml.windows.WindowFeatures` stages (nothing to fit) and the stages after them."""
     leading = 0
     while leading < len(stages) and isinstance(stages[leading], WindowFeatures):
         leading += 1
@@ -52,7 +52,7 @@ def fit_pipeline(pipeline: Pipeline, train: DataFrame) -> PipelineModel:
 
     ``Pipeline.fit`` hands every estimator the lazily transformed data, so each estimator
     (imputer, indexer, scaler, model) would re-run the point-in-time joins. Here the leading
-    :class:`~deltaml.windows.WindowFeatures` stages transform once, the result is cached for
+    :class:`~deltaml.ml.windows.WindowFeatures` stages transform once, the result is cached for
     the rest of the fit, and the fitted model is the same sequence of stages.
     """
     windows, rest = leading_windows(pipeline.getStages())

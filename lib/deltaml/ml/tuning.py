@@ -3,7 +3,7 @@
 Spark ML cannot train inside a ``SparkTrials`` task, so the search is an ask-and-tell loop over
 Hyperopt's own ``Trials``: each proposed point is trained on its own driver thread (a Spark ML
 fit is an ordinary set of Spark jobs; a single-node fit is one task on an executor, see
-:mod:`deltaml.single_node`), so the executors share the concurrent trials. Trial ``k`` is
+:mod:`deltaml.ml.single_node`), so the executors share the concurrent trials. Trial ``k`` is
 proposed from the results of trials ``1..k - parallelism``: a thread starts the next trial as
 soon as that history is complete, and with the same seed, data and parallelism the sequence of
 proposed points is the same whichever trial finishes first.

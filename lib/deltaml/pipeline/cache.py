@@ -10,7 +10,7 @@ version that scores). A finished run of the step with the same key is reused whe
 - every Delta table it wrote is still at the version it wrote: nobody has written since, so what
   the next step reads is what that run produced.
 
-The run records both lists (from :mod:`deltaml.lineage`) and the outputs later steps take from it
+The run records both lists (from :mod:`deltaml.io.recording`) and the outputs later steps take from it
 in the ``deltaml.cache`` tag. The step's *fingerprint* is the key plus the versions it read.
 Because a re-run step produces a new run (and new table versions), the steps after it never
 match their old runs; a run killed midway therefore resumes at its first unfinished step.

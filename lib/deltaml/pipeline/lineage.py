@@ -1,6 +1,6 @@
 """Lineage: every Delta read and write of a step, with its version, and the manifest each MLflow run carries.
 
-:mod:`deltaml.catalog` reports each read (the version read) and each write (the version it
+:mod:`deltaml.io.catalog` reports each read (the version read) and each write (the version it
 committed) to the recording that :func:`recording` opens around a step; the runner logs them as
 the step run's ``lineage.json`` and gathers them, with the effective config, its hash, the seed,
 package versions and the git sha, into the pipeline run's ``manifest.json``. :func:`log_datasets`

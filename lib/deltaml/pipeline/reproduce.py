@@ -1,6 +1,6 @@
 """``deltaml reproduce RUN_ID``: train again from a past run's manifest and compare the metrics.
 
-The manifest (:mod:`deltaml.lineage`) holds the effective config and every table each step read
+The manifest (:mod:`deltaml.pipeline.lineage`) holds the effective config and every table each step read
 with its version. Reproducing re-runs fit and evaluate with that config, every table they read
 pinned to the recorded version by Delta time travel (the split table is usually overwritten since),
 and compares the test metrics with the original evaluate run's.

@@ -82,13 +82,13 @@ def run_pipeline(
     """Run the named steps (all, in order, by default) under one MLflow parent run.
 
     A step whose config, code and inputs are those of a finished earlier run of it is skipped and
-    that run's outputs are reused (:mod:`deltaml.cache`).
+    that run's outputs are reused (:mod:`deltaml.pipeline.cache`).
 
     Args:
         loaded: The validated config (see :func:`deltaml.config.load_config`).
         steps: Step names to run, in pipeline order (default: all but monitor); each reads its inputs from Delta/MLflow,
             so any step can run alone once its inputs exist.
-        spark: A session to use; by default :func:`deltaml.session.get_spark` builds one.
+        spark: A session to use; by default :func:`deltaml.io.session.get_spark` builds one.
         force: True to run every step even if unchanged, or the names of the steps to run regardless (the steps
             after them then run too, because their inputs are new).
         tags: Tags for the runs, over the defaults (``deltaml reproduce`` files its runs under another pipeline tag).

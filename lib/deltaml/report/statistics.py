@@ -440,7 +440,7 @@ def feature_importances(model_stage: Any, names: Sequence[str]) -> list[tuple[st
 
     Args:
         model_stage: The fitted model stage (or the fitted pipeline that ends in it).
-        names: One name per slot of the model's feature vector (see ``deltaml.features.feature_names``).
+        names: One name per slot of the model's feature vector (see ``deltaml.ml.features.feature_names``).
 
     Returns:
         ``(name, value)`` pairs sorted by ``abs(value)``, descending.
@@ -482,7 +482,7 @@ def feature_importances(model_stage: Any, names: Sequence[str]) -> list[tuple[st
     if len(values) != len(names):
         raise ValueError(
             f"feature_importances: {type(model_stage).__name__} has {len(values)} weights but {len(names)} "
-            "names were given; take the names from the same fitted pipeline (deltaml.features.feature_names)"
+            "names were given; take the names from the same fitted pipeline (deltaml.ml.features.feature_names)"
         )
     pairs = [(name, float(value)) for name, value in zip(names, values, strict=True)]
     return sorted(pairs, key=lambda pair: -abs(pair[1]))

@@ -52,7 +52,7 @@ LOG = logging.getLogger(__name__)
 
 # Up to this many validation rows, a Spark ML trial's metrics are computed on the driver from one
 # collect of the scores (the same definitions as the Spark evaluators, see
-# deltaml.single_node.validation_metrics) instead of a cached frame and a sort per AUC.
+# deltaml.ml.single_node.validation_metrics) instead of a cached frame and a sort per AUC.
 LOCAL_METRIC_ROWS = 100_000
 
 

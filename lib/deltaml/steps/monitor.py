@@ -4,7 +4,7 @@ At evaluation, :func:`log_reference_profile` stores with the model's MLflow run 
 train rows (the features it reads) and of its test predictions. ``deltaml monitor CONF`` reads a
 window of the predictions table, takes the exact input rows that were scored (the source table at
 the version each prediction records, matched on key and input hash), compares them and the
-predictions with that profile (:mod:`deltaml.drift`, Spark aggregations only), and writes one row
+predictions with that profile (:mod:`deltaml.quality.drift`, Spark aggregations only), and writes one row
 per feature and metric to the monitoring Delta table, with the window's drifted share and, when a
 labels table is configured, the live metric against the model's test metric.
 """

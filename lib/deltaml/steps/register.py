@@ -53,7 +53,7 @@ def run_register(ctx: StepContext) -> StepResult:
 
     The new version gets the lineage tags and the alias ``challenger``. Unless
     ``register.gate.enabled`` is false, it is then compared with the current @champion on the
-    test rows of the split table (:func:`deltaml.gate.gate_decision`) and promoted only if it
+    test rows of the split table (:func:`deltaml.quality.gate.gate_decision`) and promoted only if it
     passes; a champion that cannot score these rows (trained on other features) is replaced.
     The decision is returned as ``gate_*`` metrics and tags.
     """
