@@ -22,12 +22,11 @@ from deltaml.errors import StepInputError
 from deltaml.io.catalog import Table, read_table, replace_where
 from deltaml.io.recording import TableAccess, recording
 from deltaml.io.tables import resolve_tables
-from deltaml.io.tracking import configure_tracking
+from deltaml.io.tracking import configure_tracking, log_datasets
 from deltaml.pipeline import runner
 from deltaml.pipeline.lineage import (
     batch_lineage,
     build_manifest,
-    log_datasets,
     model_lineage,
     render_batch_lineage,
     render_lineage,
@@ -155,13 +154,13 @@ def test_log_datasets_warns_and_goes_on_when_a_dataset_cannot_be_logged(
         read_table(spark, kept, "ingest")
     shutil.rmtree(gone.ref)
 
-    with caplog.at_level(logging.WARNING, logger="deltaml.pipeline.lineage"):
+    with caplog.at_level(logging.WARNING, logger="deltaml.io.tracking"):
         log_datasets(spark, accesses)  # no active run: nothing is logged, and no run is started
         assert mlflow.active_run() is None
         with mlflow.start_run(tags={"deltaml.step": "ingest"}) as run:
             log_datasets(spark, accesses)
     assert list(_dataset_inputs(run.info.run_id)) == ["kept@v0"]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "deltaml.pipeline.lineage"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "deltaml.io.tracking"]
     assert warnings[0] == "lineage: no active MLflow run; 2 input table(s) not logged as datasets"
     assert warnings[1].startswith(f"lineage: {gone} v0 not logged as an MLflow dataset: Py4JJavaError: ")
     assert len(warnings) == 2 and "\n" not in warnings[1]

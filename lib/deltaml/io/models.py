@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import mlflow.spark
 from mlflow.models.signature import ModelSignature
@@ -12,7 +13,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from deltaml.columns import PREDICTION_COL
+from deltaml.columns import MODEL_ARTIFACT, PREDICTION_COL
 from deltaml.errors import StepInputError
 
 _MLFLOW_TYPES = {
@@ -84,3 +85,23 @@ def load_spark_model(uri: str) -> PipelineModel:
 def registered_model_uri(name: str, version: int) -> str:
     """The MLflow URI of a registered model version."""
     return f"models:/{name}/{version}"
+
+
+def log_spark_model(
+    model: PipelineModel,
+    *,
+    signature: ModelSignature,
+    input_example: Any,
+    pip_requirements: list[str],
+    code_paths: list[str],
+) -> str:
+    """Log a fitted PipelineModel to the active run under :data:`MODEL_ARTIFACT`; returns its model URI."""
+    info = mlflow.spark.log_model(
+        model,
+        artifact_path=MODEL_ARTIFACT,
+        signature=signature,
+        input_example=input_example,
+        pip_requirements=pip_requirements,
+        code_paths=code_paths,
+    )
+    return str(info.model_uri)

@@ -78,3 +78,12 @@ def record(table: str, version: int, kind: Literal["read", "write"], as_of: bool
                 accesses[i] = access
             return
     accesses.append(access)
+
+
+def step_lineage(accesses: list[TableAccess]) -> dict[str, list[dict[str, Any]]]:
+    """A step's inputs and outputs as JSON-ready lists (reading back a version the step wrote is not an input)."""
+    written = {(a.table, a.version) for a in accesses if a.kind == "write"}
+    return {
+        "inputs": [a.as_dict() for a in accesses if a.kind == "read" and (a.table, a.version) not in written],
+        "outputs": [a.as_dict() for a in accesses if a.kind == "write"],
+    }

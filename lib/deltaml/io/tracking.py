@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -9,17 +10,28 @@ import os
 import re
 import subprocess
 import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.data.dataset import Dataset
 from mlflow.data.delta_dataset_source import DeltaDatasetSource
-from mlflow.entities import Run
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Metric, Param, Run, RunStatus
+from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.fluent import ActiveRun
+from pyspark.sql import SparkSession
 
 from deltaml.columns import TAG_CACHED_FROM, TAG_PIPELINE, TAG_STEP
 from deltaml.config.schema import PipelineConfig
-from deltaml.errors import StepInputError
+from deltaml.errors import StepInputError, one_line
+from deltaml.io.catalog import full_table_name, recorded_table, table_schema
+from deltaml.io.recording import TableAccess, step_lineage
 
 LOG = logging.getLogger(__name__)
 
@@ -109,6 +121,37 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def finished_step_runs(
+    client: MlflowClient,
+    experiment_id: str,
+    pipeline: str,
+    step: str,
+    tags: dict[str, str] | None = None,
+    max_results: int = 5,
+) -> list[Run]:
+    """The finished runs of a pipeline's step, newest first, optionally with more tags equal to given values."""
+    wanted = {TAG_PIPELINE: pipeline, TAG_STEP: step, **(tags or {})}
+    conditions = [f"tags.`{key}` = '{value}'" for key, value in wanted.items()]
+    return list(
+        client.search_runs(
+            experiment_ids=[experiment_id],
+            filter_string=" and ".join([*conditions, "attributes.status = 'FINISHED'"]),
+            order_by=["attributes.start_time DESC"],
+            max_results=max_results,
+        )
+    )
+
+
+def child_runs(client: MlflowClient, parent_run_id: str, step: str) -> list[Run]:
+    """The runs of ``step`` nested under a pipeline run, whatever their status."""
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    return list(
+        client.search_runs(
+            [experiment], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{TAG_STEP}` = '{step}'"
+        )
+    )
+
+
 def latest_step_run(config: PipelineConfig, step: str) -> Run:
     """The most recent finished child run of ``step`` for this pipeline (for a skipped step, the run it reused).
 
@@ -116,14 +159,10 @@ def latest_step_run(config: PipelineConfig, step: str) -> Run:
         StepInputError: No such run exists yet.
     """
     experiment = mlflow.get_experiment_by_name(config.mlflow.experiment)
-    runs = MlflowClient().search_runs(
-        experiment_ids=[experiment.experiment_id] if experiment else [],
-        filter_string=(
-            f"tags.`{TAG_PIPELINE}` = '{config.name}' and tags.`{TAG_STEP}` = '{step}' "
-            "and attributes.status = 'FINISHED'"
-        ),
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
+    runs = (
+        finished_step_runs(MlflowClient(), experiment.experiment_id, config.name, step, max_results=1)
+        if experiment
+        else []
     )
     if experiment is None or not runs:
         raise StepInputError(
@@ -143,3 +182,175 @@ def load_run_json(client: MlflowClient, run_id: str, artifact: str) -> Any:
     """
     with tempfile.TemporaryDirectory() as tmp:
         return json.loads(Path(client.download_artifacts(run_id, artifact, tmp)).read_text())
+
+
+@contextmanager
+def tracked_run(**kwargs: Any) -> Iterator[ActiveRun]:
+    """``mlflow.start_run``, except that failing to mark the run FAILED never hides the error that failed it.
+
+    With the tracking server gone, ending the run fails as well; that second error would replace
+    the first (and its one-line message) as the one the command reports.
+    """
+    run = mlflow.start_run(**kwargs)
+
+    def still_active() -> bool:
+        active = mlflow.active_run()
+        return active is not None and active.info.run_id == run.info.run_id
+
+    try:
+        yield run
+    except BaseException:
+        try:
+            if still_active():
+                mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        except Exception as exc:  # MLflow pops the run from its stack before it calls the server
+            LOG.warning("could not mark MLflow run %s FAILED: %s", run.info.run_id, one_line(exc, 300))
+        raise
+    if still_active():
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+# -- the active run: what steps log (the runner opens a run per step) ------------------------------------------
+
+
+def mlflow_client() -> MlflowClient:
+    """A client of the tracking and registry URIs configured for this process."""
+    return MlflowClient()
+
+
+def active_run_info() -> tuple[str, str] | None:
+    """The run being logged to and its experiment: ``(run_id, experiment_id)``, or None outside a run."""
+    run = mlflow.active_run()
+    return (run.info.run_id, run.info.experiment_id) if run is not None else None
+
+
+def log_dict_to(run_id: str, data: Any, artifact_file: str) -> None:
+    """Log a JSON artifact to a given run (not necessarily the active one)."""
+    MlflowClient().log_dict(run_id, data, artifact_file)
+
+
+def active_run_id() -> str | None:
+    """The id of the run being logged to, or None outside a run."""
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else None
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    """Log metrics to the active run."""
+    mlflow.log_metrics(metrics)
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log params to the active run."""
+    mlflow.log_params(params)
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    """Set tags of the active run."""
+    mlflow.set_tags(tags)
+
+
+def log_dict(data: Any, artifact_file: str) -> None:
+    """Log a JSON (or YAML, by extension) artifact to the active run."""
+    mlflow.log_dict(data, artifact_file)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    """Log a text artifact to the active run."""
+    mlflow.log_text(text, artifact_file)
+
+
+def log_file(local_path: str, artifact_path: str | None = None) -> None:
+    """Log one local file to the active run."""
+    mlflow.log_artifact(local_path, artifact_path)
+
+
+def log_folder(local_dir: str, artifact_path: str | None = None) -> None:
+    """Log a local folder's files to the active run."""
+    mlflow.log_artifacts(local_dir, artifact_path)
+
+
+def log_table(data: Any, artifact_file: str) -> None:
+    """Log a table (a pandas DataFrame or a dict of columns) the MLflow UI shows as a table."""
+    mlflow.log_table(data, artifact_file)
+
+
+def log_finished_run(
+    experiment_id: str,
+    tags: dict[str, str],
+    metrics: dict[str, float],
+    params: dict[str, str],
+    ok: bool,
+) -> str:
+    """Create a run that is already finished (a tuning trial): its tags, metrics and params in one call.
+
+    Safe from any thread (it uses the client API, not the fluent run stack). Returns its id.
+    """
+    client = MlflowClient()
+    run = client.create_run(experiment_id, tags=tags)
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run.info.run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+        params=[Param(k, v) for k, v in sorted(params.items())],
+    )
+    client.set_terminated(run.info.run_id, "FINISHED" if ok else "FAILED")
+    return str(run.info.run_id)
+
+
+def log_datasets(spark: SparkSession, accesses: list[TableAccess], context: str | None = None) -> None:
+    """Log each Delta table a step read, at the version it read, as a dataset input of the active MLflow run.
+
+    Each dataset is MLflow's Delta source (the path or the table name, and the version), the table's
+    schema at that version, and a digest of ``table@vN``: the table is never read. (MLflow's own Spark
+    dataset, ``mlflow.data.load_delta``, would be profiled when logged, with a Spark job over all its
+    rows.) A table whose dataset cannot be logged costs one warning, never the step.
+
+    Args:
+        spark: The session the tables were read with.
+        accesses: The step's recording (see :func:`recording`); only its inputs are logged.
+        context: The inputs' context (``mlflow.data.context``); by default the run's step name
+            (its ``deltaml.step`` tag).
+    """
+    inputs = step_lineage(accesses)["inputs"]
+    active = mlflow.active_run()
+    if not inputs or active is None:
+        if inputs:
+            LOG.warning("lineage: no active MLflow run; %d input table(s) not logged as datasets", len(inputs))
+        return
+    context = context or active.data.tags.get(TAG_STEP)
+    for access in inputs:
+        try:
+            mlflow.log_input(_delta_dataset(spark, access["table"], access["version"]), context=context)
+        except Exception as exc:  # MLflow, Spark or the network: the step's result stands without it
+            # Py4J's first line only names the JVM call; the Java exception is on the next.
+            lines = [x.strip(" :") for x in str(exc).splitlines() if x.strip(" :")]
+            first = next((x for x in lines if not x.startswith("An error occurred while calling")), type(exc).__name__)
+            LOG.warning(
+                "lineage: %s v%d not logged as an MLflow dataset: %s: %s",
+                access["table"],
+                access["version"],
+                type(exc).__name__,
+                first[:300],
+            )
+
+
+def _delta_dataset(spark: SparkSession, table: str, version: int) -> Dataset:
+    """An MLflow dataset that names a Delta table at a version, with its schema, without reading it."""
+    where = recorded_table(table)
+    if where.is_path:
+        source = DeltaTableSource(path=where.ref, delta_table_version=version)
+    else:
+        # In full: MLflow takes the first part of a shorter name for a Unity Catalog and asks Databricks for it.
+        source = DeltaTableSource(delta_table_name=full_table_name(spark, where), delta_table_version=version)
+    struct = table_schema(spark, where, version)
+    schema = None
+    # MLflow infers a map column's fields from the data; inferred from an empty frame it gives up (schema "any").
+    if '"type":"map"' not in struct.json():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # its hint on integer columns is about pandas inputs
+            schema = infer_signature(spark.createDataFrame([], struct)).inputs
+    name = f"{where.ref.rstrip('/').rsplit('/', 1)[-1] if where.is_path else where.ref}@v{version}"
+    digest = hashlib.sha256(f"{table}@v{version}".encode()).hexdigest()[:16]
+    # Dataset is not an ABC: MetaDataset leaves profile abstract, and it is None.
+    return MetaDataset(source, name=name, digest=digest, schema=schema)  # type: ignore[abstract]

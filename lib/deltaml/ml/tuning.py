@@ -25,8 +25,6 @@ import numpy as np
 from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, STATUS_FAIL, STATUS_OK, Trials, tpe
 from hyperopt.base import Domain, spec_from_misc
 from hyperopt.fmin import space_eval
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
 
 from deltaml.columns import (
     TAG_ERROR,
@@ -41,6 +39,7 @@ from deltaml.columns import (
 )
 from deltaml.config.search_space import build_space, params_from_sample
 from deltaml.errors import one_line
+from deltaml.io.tracking import log_finished_run
 from deltaml.tasks import loss_of
 
 LOG = logging.getLogger(__name__)
@@ -93,14 +92,13 @@ class TrialLogger:
     """Records every trial as a nested MLflow run under the tuning run, from any thread."""
 
     def __init__(self, parent_run_id: str | None, experiment_id: str | None) -> None:
-        self._client = MlflowClient() if parent_run_id else None
         self._parent = parent_run_id
         self._experiment = experiment_id
         self._lock = threading.Lock()
 
     def log(self, trial: TrialOutcome, metric: str) -> None:
         """Create a finished child run with the trial's params, metrics, duration and status."""
-        if self._client is None or self._parent is None or self._experiment is None:
+        if self._parent is None or self._experiment is None:
             return
         tags = {
             "mlflow.parentRunId": self._parent,
@@ -117,19 +115,16 @@ class TrialLogger:
             tags[TAG_TRIAL_PID] = str(info.pid)
             tags[TAG_TRIAL_TASK_ATTEMPT] = str(info.task_attempt_id)
             tags[TAG_TRIAL_WORKDIR] = str(info.workdir)
+        metrics = {f"validation_{k}": v for k, v in trial.metrics.items() if math.isfinite(v)}
+        params = {k: str(v)[:6000] for k, v in trial.params.items()}
         with self._lock:  # the tracking store is shared; one writer at a time keeps SQLite happy
-            run = self._client.create_run(self._experiment, tags=tags)
-            now = int(time.time() * 1000)
-            self._client.log_batch(
-                run.info.run_id,
-                metrics=[
-                    *(Metric(f"validation_{k}", v, now, 0) for k, v in trial.metrics.items() if math.isfinite(v)),
-                    Metric("seconds", trial.seconds, now, 0),
-                ],
-                params=[Param(k, str(v)[:6000]) for k, v in sorted(trial.params.items())],
-                tags=[RunTag(TAG_TRIAL_METRIC, metric)],
+            log_finished_run(
+                self._experiment,
+                {**tags, TAG_TRIAL_METRIC: metric},
+                {**metrics, "seconds": trial.seconds},
+                params,
+                ok=trial.ok,
             )
-            self._client.set_terminated(run.info.run_id, "FINISHED" if trial.ok else "FAILED")
 
 
 def search_family(

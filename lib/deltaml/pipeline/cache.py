@@ -37,6 +37,7 @@ from deltaml.errors import one_line
 from deltaml.io.catalog import Table, recorded_table, table_exists
 from deltaml.io.recording import TableAccess
 from deltaml.io.registry import version_exists
+from deltaml.io.tracking import finished_step_runs
 from deltaml.steps.base import Step, StepContext
 from deltaml.steps.outputs import StepOutput
 
@@ -189,15 +190,7 @@ def find_reusable(
     Returns:
         The run (or None) and, when a run with this key exists but is stale, why (for the log).
     """
-    runs = client.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=(
-            f"tags.`deltaml.pipeline` = '{pipeline}' and tags.`deltaml.step` = '{name}' "
-            f"and tags.`{TAG_KEY}` = '{key}' and attributes.status = 'FINISHED'"
-        ),
-        order_by=["attributes.start_time DESC"],
-        max_results=5,
-    )
+    runs = finished_step_runs(client, experiment_id, pipeline, name, {TAG_KEY: key})
     if not runs:
         return None, ""  # a first run, or a changed config or code: nothing to say per step
     reason = ""

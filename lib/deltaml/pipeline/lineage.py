@@ -3,19 +3,17 @@
 :mod:`deltaml.io.catalog` reports each read (the version read) and each write (the version it
 committed) to the recording that :func:`recording` opens around a step; the runner logs them as
 the step run's ``lineage.json`` and gathers them, with the effective config, its hash, the seed,
-package versions and the git sha, into the pipeline run's ``manifest.json``. :func:`log_datasets`
+package versions and the git sha, into the pipeline run's ``manifest.json``. :func:`deltaml.io.tracking.log_datasets`
 lists a step's inputs as the step run's MLflow dataset inputs; :func:`batch_lineage` follows a batch
 of predictions back to the model versions that scored it and the source versions they read.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mlflow.data.dataset import Dataset
     from pyspark.sql import SparkSession
 
     from deltaml.io.catalog import Table
@@ -30,7 +28,7 @@ from deltaml.columns import (
     SOURCE_VERSION_COL,
 )
 from deltaml.errors import one_line
-from deltaml.io.recording import TableAccess
+from deltaml.io.recording import TableAccess, step_lineage
 from deltaml.io.registry import version_run_id
 
 LOG = logging.getLogger(__name__)
@@ -38,85 +36,6 @@ LOG = logging.getLogger(__name__)
 
 # How many existing batches an unknown batch id's error names.
 BATCHES_SHOWN = 5
-
-
-def step_lineage(accesses: list[TableAccess]) -> dict[str, list[dict[str, Any]]]:
-    """A step's inputs and outputs as JSON-ready lists (reading back a version the step wrote is not an input)."""
-    written = {(a.table, a.version) for a in accesses if a.kind == "write"}
-    return {
-        "inputs": [a.as_dict() for a in accesses if a.kind == "read" and (a.table, a.version) not in written],
-        "outputs": [a.as_dict() for a in accesses if a.kind == "write"],
-    }
-
-
-def log_datasets(spark: SparkSession, accesses: list[TableAccess], context: str | None = None) -> None:
-    """Log each Delta table a step read, at the version it read, as a dataset input of the active MLflow run.
-
-    Each dataset is MLflow's Delta source (the path or the table name, and the version), the table's
-    schema at that version, and a digest of ``table@vN``: the table is never read. (MLflow's own Spark
-    dataset, ``mlflow.data.load_delta``, would be profiled when logged, with a Spark job over all its
-    rows.) A table whose dataset cannot be logged costs one warning, never the step.
-
-    Args:
-        spark: The session the tables were read with.
-        accesses: The step's recording (see :func:`recording`); only its inputs are logged.
-        context: The inputs' context (``mlflow.data.context``); by default the run's step name
-            (its ``deltaml.step`` tag).
-    """
-    import mlflow
-
-    from deltaml.columns import TAG_STEP
-
-    inputs = step_lineage(accesses)["inputs"]
-    active = mlflow.active_run()
-    if not inputs or active is None:
-        if inputs:
-            LOG.warning("lineage: no active MLflow run; %d input table(s) not logged as datasets", len(inputs))
-        return
-    context = context or active.data.tags.get(TAG_STEP)
-    for access in inputs:
-        try:
-            mlflow.log_input(_delta_dataset(spark, access["table"], access["version"]), context=context)
-        except Exception as exc:  # MLflow, Spark or the network: the step's result stands without it
-            # Py4J's first line only names the JVM call; the Java exception is on the next.
-            lines = [x.strip(" :") for x in str(exc).splitlines() if x.strip(" :")]
-            first = next((x for x in lines if not x.startswith("An error occurred while calling")), type(exc).__name__)
-            LOG.warning(
-                "lineage: %s v%d not logged as an MLflow dataset: %s: %s",
-                access["table"],
-                access["version"],
-                type(exc).__name__,
-                first[:300],
-            )
-
-
-def _delta_dataset(spark: SparkSession, table: str, version: int) -> Dataset:
-    """An MLflow dataset that names a Delta table at a version, with its schema, without reading it."""
-    import warnings
-
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.models import infer_signature
-
-    from deltaml.io.catalog import full_table_name, recorded_table, table_schema
-    from deltaml.io.tracking import DeltaTableSource
-
-    where = recorded_table(table)
-    if where.is_path:
-        source = DeltaTableSource(path=where.ref, delta_table_version=version)
-    else:
-        # In full: MLflow takes the first part of a shorter name for a Unity Catalog and asks Databricks for it.
-        source = DeltaTableSource(delta_table_name=full_table_name(spark, where), delta_table_version=version)
-    struct = table_schema(spark, where, version)
-    schema = None
-    # MLflow infers a map column's fields from the data; inferred from an empty frame it gives up (schema "any").
-    if '"type":"map"' not in struct.json():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # its hint on integer columns is about pandas inputs
-            schema = infer_signature(spark.createDataFrame([], struct)).inputs
-    name = f"{where.ref.rstrip('/').rsplit('/', 1)[-1] if where.is_path else where.ref}@v{version}"
-    digest = hashlib.sha256(f"{table}@v{version}".encode()).hexdigest()[:16]
-    # Dataset is not an ABC: MetaDataset leaves profile abstract, and it is None.
-    return MetaDataset(source, name=name, digest=digest, schema=schema)  # type: ignore[abstract]
 
 
 def build_manifest(

@@ -27,7 +27,7 @@ from deltaml.io.catalog import read_table_as_of, recorded_table
 from deltaml.io.recording import pinned_versions
 from deltaml.io.session import get_spark
 from deltaml.io.tables import resolve_tables
-from deltaml.io.tracking import load_run_json
+from deltaml.io.tracking import child_runs, load_run_json
 from deltaml.steps.outputs import EvaluateOutput
 
 LOG = logging.getLogger(__name__)
@@ -104,11 +104,7 @@ def load_manifest(client: MlflowClient, run_id: str) -> dict[str, Any]:
 
 def evaluate_metrics(client: MlflowClient, pipeline_run_id: str) -> tuple[str, dict[str, float]]:
     """The test metrics of a pipeline run's evaluate step (the run it reused, if it skipped evaluate)."""
-    experiment = client.get_run(pipeline_run_id).info.experiment_id
-    runs = client.search_runs(
-        [experiment],
-        filter_string=f"tags.mlflow.parentRunId = '{pipeline_run_id}' and tags.`{TAG_STEP}` = 'evaluate'",
-    )
+    runs = child_runs(client, pipeline_run_id, "evaluate")
     finished = [r for r in runs if r.info.status == "FINISHED"]
     if not finished:
         raise StepInputError(

@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
@@ -36,7 +35,7 @@ from deltaml.io.catalog import Table, append_rows, read_table, recorded_table, t
 from deltaml.io.registry import alias_version, aliased_version, newest_version
 from deltaml.io.session import get_spark
 from deltaml.io.tables import resolve_tables
-from deltaml.io.tracking import configure_tracking
+from deltaml.io.tracking import configure_tracking, log_dict, mlflow_client, set_tags, tracked_run
 from deltaml.quality.profile import WINDOW_FEATURE
 from deltaml.steps.outputs import RegisterOutput
 
@@ -178,7 +177,7 @@ def retrain(loaded: LoadedConfig, dry_run: bool = False, spark: SparkSession | N
     cfg = loaded.pipeline
     spark = spark or get_spark(cfg)
     configure_tracking(cfg)
-    client = MlflowClient()
+    client = mlflow_client()
     now = datetime.now(UTC)
     try:
         fired, checks, blocked, champion = evaluate_triggers(spark, cfg, client, now)
@@ -241,8 +240,8 @@ def _record(spark: SparkSession, cfg: PipelineConfig, decision: RetrainDecision)
         decision.champion_after,
     )
     append_rows(spark, spark.createDataFrame([row], schema), resolve_tables(cfg).retraining)
-    with mlflow.start_run(run_name=f"{cfg.name}-retrain-{decision.decided_at:%Y%m%d-%H%M%S}") as run:
-        mlflow.set_tags(
+    with tracked_run(run_name=f"{cfg.name}-retrain-{decision.decided_at:%Y%m%d-%H%M%S}") as run:
+        set_tags(
             {
                 TAG_PIPELINE: cfg.name,
                 TAG_STEP: "retrain",
@@ -250,5 +249,5 @@ def _record(spark: SparkSession, cfg: PipelineConfig, decision: RetrainDecision)
                 TAG_RETRAIN_REASONS: "; ".join([*decision.fired, *decision.notes])[:5000],
             }
         )
-        mlflow.log_dict({**decision.checks, "summary": decision.summary}, "retrain_decision.json")
+        log_dict({**decision.checks, "summary": decision.summary}, "retrain_decision.json")
         LOG.info("retrain decision %s logged (MLflow run %s)", decision.action, run.info.run_id)

@@ -5,19 +5,15 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import mlflow
 import yaml
-from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.tracking.fluent import ActiveRun
 from pyspark.sql import SparkSession
 
 from deltaml._version import __version__
@@ -39,11 +35,24 @@ from deltaml.columns import (
 )
 from deltaml.config.loader import LoadedConfig
 from deltaml.errors import DeltamlError, StepFailedError, one_line
-from deltaml.io.recording import TableAccess, recording
+from deltaml.io.recording import TableAccess, recording, step_lineage
 from deltaml.io.session import get_spark
-from deltaml.io.tracking import configure_tracking, git_sha, latest_step_run, package_versions
+from deltaml.io.tracking import (
+    configure_tracking,
+    git_sha,
+    latest_step_run,
+    log_datasets,
+    log_dict,
+    log_file,
+    log_metrics,
+    log_params,
+    mlflow_client,
+    package_versions,
+    set_tags,
+    tracked_run,
+)
 from deltaml.pipeline.cache import Reusable, commit_times, find_reusable, fingerprint, record_of, step_key
-from deltaml.pipeline.lineage import build_manifest, log_datasets, step_lineage
+from deltaml.pipeline.lineage import build_manifest
 from deltaml.steps import DEFAULT_STEPS, STEPS
 from deltaml.steps.base import Step, StepContext, StepResult
 from deltaml.steps.outputs import StepOutput
@@ -128,13 +137,13 @@ def _run_steps(
         **extra_tags,
     }
     LOG.info("pipeline %s: steps %s (config hash %s)", cfg.name, ", ".join(s.name for s in chosen), loaded.config_hash)
-    with _tracked_run(run_name=run_name, tags={**tags, TAG_STEP: "pipeline"}) as parent:
+    with tracked_run(run_name=run_name, tags={**tags, TAG_STEP: "pipeline"}) as parent:
         _log_config(loaded)
-        mlflow.log_params({f"package.{k}": v for k, v in package_versions().items()})
+        log_params({f"package.{k}": v for k, v in package_versions().items()})
         outcome = PipelineOutcome(run_id=parent.info.run_id)
         packages = package_versions()
         accessed: dict[str, list[TableAccess]] = {}
-        client = MlflowClient()
+        client = mlflow_client()
         for step in chosen:
             name = step.name
             started = time.perf_counter()
@@ -150,9 +159,9 @@ def _run_steps(
                 outcome.results[name], outcome.seconds[name] = _run_step(step, ctx, tags, accesses, key)
             accessed[name] = accesses
             _log_manifest(loaded, accessed, packages, sha)
-        mlflow.log_metrics({f"seconds_{k}": v for k, v in outcome.seconds.items()})
+        log_metrics({f"seconds_{k}": v for k, v in outcome.seconds.items()})
         if outcome.reused:
-            mlflow.set_tag(TAG_REUSED_STEPS, ", ".join(outcome.reused))
+            set_tags({TAG_REUSED_STEPS: ", ".join(outcome.reused)})
     outcome.outputs = dict(ctx.produced)
     outcome.run_ids = dict(ctx.run_ids)
     total = sum(outcome.seconds.values())
@@ -174,7 +183,7 @@ def _log_manifest(
         git_sha=sha,
         state_path=str(loaded.pipeline.state_path),
     )
-    mlflow.log_dict(manifest, MANIFEST_ARTIFACT)
+    log_dict(manifest, MANIFEST_ARTIFACT)
 
 
 def _cached(
@@ -242,12 +251,12 @@ def _reuse(step: Step, reusable: Reusable, ctx: StepContext, tags: dict[str, str
     if step.on_reuse is not None:
         step.on_reuse(ctx.for_step(step), reusable.run_id)
     print_key = fingerprint(key, reusable.record.inputs)
-    with _tracked_run(
+    with tracked_run(
         run_name=f"{name} (reused)",
         nested=True,
         tags={**tags, TAG_STEP: name, TAG_CACHED_FROM: reusable.run_id, TAG_FINGERPRINT: print_key},
     ):
-        mlflow.log_dict(step_lineage(reusable.record.accesses), STEP_LINEAGE_ARTIFACT)
+        log_dict(step_lineage(reusable.record.accesses), STEP_LINEAGE_ARTIFACT)
         log_datasets(ctx.spark, reusable.record.accesses, context=name)
     summary = f"skipped: unchanged since run {reusable.run_id} (fingerprint {print_key[:12]})"
     LOG.info("[%s] %s", name, summary)
@@ -264,7 +273,7 @@ def _run_step(
     name = step.name
     LOG.info("[%s] started", name)
     started = time.perf_counter()
-    with _tracked_run(run_name=name, nested=True, tags={**tags, TAG_STEP: name}) as run:
+    with tracked_run(run_name=name, nested=True, tags={**tags, TAG_STEP: name}) as run:
         try:
             result = step.run(ctx.for_step(step))
         except DeltamlError:
@@ -280,56 +289,28 @@ def _run_step(
         if result.output is not None:
             ctx.publish(result.output)
         seconds = time.perf_counter() - started
-        mlflow.log_metrics({**result.metrics, "seconds": seconds})
-        mlflow.set_tags({f"{TAG_PREFIX}{k}": v for k, v in result.tags.items()})
-        mlflow.log_dict(step_lineage(accesses), STEP_LINEAGE_ARTIFACT)
+        log_metrics({**result.metrics, "seconds": seconds})
+        set_tags({f"{TAG_PREFIX}{k}": v for k, v in result.tags.items()})
+        log_dict(step_lineage(accesses), STEP_LINEAGE_ARTIFACT)
         log_datasets(ctx.spark, accesses, context=name)  # the MLflow UI's dataset inputs, with Delta version
         ctx.run_ids[name] = run.info.run_id
         if key is not None:
             record = record_of(accesses, result.output)
             record = replace(record, committed=commit_times(ctx.spark, record))
             # Set last: only a step that finished carries the key a later run looks for.
-            mlflow.set_tags(
-                {TAG_FINGERPRINT: fingerprint(key, record.inputs), TAG_RECORD: record.to_tag(), TAG_KEY: key}
-            )
+            set_tags({TAG_FINGERPRINT: fingerprint(key, record.inputs), TAG_RECORD: record.to_tag(), TAG_KEY: key})
     LOG.info("[%s] done in %.1fs: %s", name, seconds, result.summary)
     return result, seconds
-
-
-@contextmanager
-def _tracked_run(**kwargs: Any) -> Iterator[ActiveRun]:
-    """``mlflow.start_run``, except that failing to mark the run FAILED never hides the error that failed it.
-
-    With the tracking server gone, ending the run fails as well; that second error would replace
-    the first (and its one-line message) as the one the command reports.
-    """
-    run = mlflow.start_run(**kwargs)
-
-    def still_active() -> bool:
-        active = mlflow.active_run()
-        return active is not None and active.info.run_id == run.info.run_id
-
-    try:
-        yield run
-    except BaseException:
-        try:
-            if still_active():
-                mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
-        except Exception as exc:  # MLflow pops the run from its stack before it calls the server
-            LOG.warning("could not mark MLflow run %s FAILED: %s", run.info.run_id, one_line(exc, 300))
-        raise
-    if still_active():
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
 def _log_config(loaded: LoadedConfig) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yml"
         path.write_text(yaml.safe_dump(loaded.effective, sort_keys=False))
-        mlflow.log_artifact(str(path))
+        log_file(str(path))
     flat = _flatten(loaded.effective)
-    mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
-    mlflow.set_tag(TAG_CONFIG_FILES, ", ".join(loaded.source_files))
+    log_params({k: str(v)[:500] for k, v in flat.items()})
+    set_tags({TAG_CONFIG_FILES: ", ".join(loaded.source_files)})
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

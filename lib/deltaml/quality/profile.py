@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -13,7 +12,7 @@ from deltaml.columns import PREDICTED_LABEL_COL, PREDICTION_COL, PROBABILITY_COL
 from deltaml.config.schema import PipelineConfig
 from deltaml.errors import StepInputError, one_line
 from deltaml.io.registry import version_run_id
-from deltaml.io.tracking import load_run_json
+from deltaml.io.tracking import load_run_json, log_dict_to, mlflow_client
 from deltaml.quality.drift import CategoricalProfile, NumericProfile, Profile, build_profile
 
 # The feature name under which the predictions' own drift is recorded.
@@ -60,7 +59,7 @@ def as_profiled(rows: DataFrame, cfg: PipelineConfig) -> DataFrame:
 
 def log_reference_profile(run_id: str, profile: dict[str, Any]) -> None:
     """Store the profile with the model's MLflow run (as ``monitoring/reference_profile.json``)."""
-    MlflowClient().log_dict(run_id, profile, PROFILE_ARTIFACT)
+    log_dict_to(run_id, profile, PROFILE_ARTIFACT)
 
 
 def load_reference_profile(name: str, version: int) -> tuple[Profile, Profile, str]:
@@ -69,7 +68,7 @@ def load_reference_profile(name: str, version: int) -> tuple[Profile, Profile, s
     Raises:
         StepInputError: The version does not exist or its run has no profile (trained before deltaml stored one).
     """
-    client = MlflowClient()
+    client = mlflow_client()
     try:
         run_id = version_run_id(client, name, version)
         if run_id is None:

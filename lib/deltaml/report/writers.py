@@ -100,7 +100,7 @@ def write_report(
     backend and pyplot's figure registry are untouched. ``feature_importance.png`` is written only
     when ``importances`` is not empty (a stale one in ``out_dir`` is removed). The HTML embeds
     every PNG as a base64 data URI and escapes all text. In ``metrics.json`` a non-finite number
-    becomes ``null``. Log the folder with ``mlflow.log_artifacts(out_dir)``.
+    becomes ``null``. Log the folder with ``log_folder(out_dir)``.
 
     Args:
         out_dir: The folder to write into; created if missing. Files of the same names are replaced.

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from pyspark.ml import PipelineModel
 from pyspark.ml.base import PredictionModel
 from pyspark.sql import DataFrame
@@ -18,6 +17,7 @@ from pyspark.sql import functions as F
 from deltaml.columns import LABEL_COL, PREDICTION_COL, SPLIT_COL, TEST, TRAIN, VALIDATION
 from deltaml.errors import StepInputError
 from deltaml.io.catalog import read_table
+from deltaml.io.tracking import active_run_id, log_folder
 from deltaml.ml.features import feature_names
 from deltaml.ml.labels import labelled_rows
 from deltaml.ml.metrics import task_metrics
@@ -182,8 +182,8 @@ def _log_report(
         except StepInputError as exc:
             LOG.warning("no evaluation report: %s", exc)
             return []
-        if files and mlflow.active_run() is not None:
-            mlflow.log_artifacts(tmp, artifact_path="report")
+        if files and active_run_id() is not None:
+            log_folder(tmp, artifact_path="report")
         return [f"report/{f.name}" for f in files]
 
 

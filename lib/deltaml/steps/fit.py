@@ -12,18 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
-import mlflow.spark
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from deltaml.columns import FEATURES_COL, LABEL_COL, MODEL_ARTIFACT, SPLIT_COL, TRAIN, VALIDATION
+from deltaml.columns import FEATURES_COL, LABEL_COL, SPLIT_COL, TRAIN, VALIDATION
 from deltaml.config.schema import PipelineConfig
 from deltaml.errors import StepInputError
 from deltaml.io.catalog import read_table
-from deltaml.io.models import model_requirements, model_signature, package_folder
+from deltaml.io.models import log_spark_model, model_requirements, model_signature, package_folder
 from deltaml.io.tables import event_tables
+from deltaml.io.tracking import active_run_id, active_run_info, log_table
 from deltaml.ml.features import build_feature_stages
 from deltaml.ml.labels import _labelled_split, label_classes
 from deltaml.ml.models import (
@@ -162,9 +161,8 @@ def run_fit(ctx: StepContext) -> StepResult:
     metric = cfg.tuning_metric
     _log_leaderboard(results, metric)
     with tempfile.TemporaryDirectory(prefix="deltaml-code-") as scratch:
-        info = mlflow.spark.log_model(
+        model_uri = log_spark_model(
             final,
-            artifact_path=MODEL_ARTIFACT,
             signature=model_signature(data, cfg.features.columns),
             input_example=example,
             pip_requirements=model_requirements(winner.family in SINGLE_NODE_FAMILIES),
@@ -172,7 +170,7 @@ def run_fit(ctx: StepContext) -> StepResult:
             # it loads wherever MLflow does, with or without deltaml installed.
             code_paths=[str(package_folder(Path(scratch)))],
         )
-    ctx.models[info.model_uri] = final  # evaluate and register in this run use it without reloading
+    ctx.models[model_uri] = final  # evaluate and register in this run use it without reloading
     trials = sum(len(r.trials) for r in results)
     label_stat, label_text_, threshold_text = {
         "binary": ("positives_train", f"{positives} positive", f", threshold {threshold:.3f}"),
@@ -180,7 +178,7 @@ def run_fit(ctx: StepContext) -> StepResult:
         "regression": ("rows_train", "regression", ""),
     }[cfg.label.task]
     output = FitOutput(
-        model_uri=info.model_uri,
+        model_uri=model_uri,
         split_version=split_version,
         classes=classes or None,
         leaderboard=leaderboard_rows(results, metric),
@@ -196,7 +194,7 @@ def run_fit(ctx: StepContext) -> StepResult:
             **({"decision_threshold": threshold} if cfg.label.task == "binary" else {}),
         },
         tags={
-            "model_uri": info.model_uri,
+            "model_uri": model_uri,
             "split_table": str(ctx.tables.split),
             "winner_family": winner.family,
             "winner_params": json.dumps(winner.params, sort_keys=True, default=str),
@@ -204,7 +202,7 @@ def run_fit(ctx: StepContext) -> StepResult:
         summary=(
             f"fitted on {rows} train rows ({label_text_}); {trials} trial(s) over "
             f"{len(results)} famil{'y' if len(results) == 1 else 'ies'}; winner {winner.family} "
-            f"(validation {metric} {winner.metrics[metric]:.4f}){threshold_text}, logged {info.model_uri}"
+            f"(validation {metric} {winner.metrics[metric]:.4f}){threshold_text}, logged {model_uri}"
         ),
     )
 
@@ -238,8 +236,8 @@ def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: Mode
     task = cfg.label.task
     tuning = cfg.tuning
     metric = cfg.tuning_metric
-    active = mlflow.active_run()
-    logger = TrialLogger(active.info.run_id if active else None, active.info.experiment_id if active else None)
+    active = active_run_info()
+    logger = TrialLogger(active[0] if active else None, active[1] if active else None)
     deadline = time.monotonic() + tuning.timeout_seconds
     started = time.monotonic()
     results: list[FamilyResult] = []
@@ -464,8 +462,8 @@ def _log_leaderboard(results: list[FamilyResult], metric: str) -> None:
             row["seconds"],
             row["params"],
         )
-    if mlflow.active_run() is not None and rows:
-        mlflow.log_table(data={key: [row[key] for row in rows] for key in rows[0]}, artifact_file="leaderboard.json")
+    if active_run_id() is not None and rows:
+        log_table(data={key: [row[key] for row in rows] for key in rows[0]}, artifact_file="leaderboard.json")
 
 
 STEP = Step(

@@ -20,8 +20,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import mlflow
-from mlflow.tracking import MlflowClient
 from pyspark.errors import AnalysisException
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.sql import DataFrame, SparkSession
@@ -44,6 +42,7 @@ from deltaml.config.schema import PipelineConfig
 from deltaml.errors import StepInputError, one_line
 from deltaml.io.catalog import read_table, recorded_table, replace_rows, resolve_table, sql_literal
 from deltaml.io.registry import version_tags
+from deltaml.io.tracking import active_run_id, log_folder, log_metrics, mlflow_client
 from deltaml.ml.models import encode_label
 from deltaml.ml.predictions import input_hash
 from deltaml.quality.drift import DriftMetric, Profile, compare
@@ -263,7 +262,7 @@ def _single(aggregated: DataFrame) -> float:
 
 
 def _registered_test_metrics(name: str, version: int) -> dict[str, float]:
-    tags = version_tags(MlflowClient(), name, version)
+    tags = version_tags(mlflow_client(), name, version)
     out: dict[str, float] = {}
     for key, value in tags.items():
         if key.startswith(METRIC_TAG_PREFIX):
@@ -378,14 +377,14 @@ def _log_to_mlflow(
     inputs: DataFrame,
     column: str,
 ) -> None:
-    if mlflow.active_run() is None:
+    if active_run_id() is None:
         return
     values = {
         f"drift.{_metric_key(r['feature'])}.{r['metric']}": r["value"]
         for r in rows
         if r["kind"] in ("numeric", "categorical") and r["value"] == r["value"]
     }
-    mlflow.log_metrics(values)
+    log_metrics(values)
     top = sorted(
         (f for f, d in drifted.items() if d and f != PREDICTIONS_FEATURE),
         key=lambda f: -max((r["value"] for r in rows if r["feature"] == f and r["metric"] == "psi"), default=0.0),
@@ -399,7 +398,7 @@ def _log_to_mlflow(
     title = f"{cfg.name}: drift of {window.description} against its training profile"
     with tempfile.TemporaryDirectory() as tmp:
         write_drift_report(Path(tmp), title=title, rows=rows, share=share, overlays=overlays)
-        mlflow.log_artifacts(tmp, artifact_path="drift")
+        log_folder(tmp, artifact_path="drift")
 
 
 def _metric_key(feature: str) -> str:

@@ -36,7 +36,7 @@ from deltaml.io.catalog import read_table, table_version
 from deltaml.io.models import load_spark_model, registered_model_uri
 from deltaml.io.registry import champion_version, promote, register_version, tag_version
 from deltaml.io.tables import event_tables
-from deltaml.io.tracking import latest_step_run
+from deltaml.io.tracking import latest_step_run, mlflow_client
 from deltaml.ml.features import bind_window_stages
 from deltaml.ml.labels import labelled_rows
 from deltaml.ml.models import model_classes, positive_probability
@@ -85,7 +85,7 @@ def run_register(ctx: StepContext) -> StepResult:
         TAG_MODEL_URI: model_uri,
         **{f"{METRIC_TAG_PREFIX}{k}": f"{v:.6f}" for k, v in sorted(metrics.items()) if k.startswith("test_")},
     }
-    client = MlflowClient()
+    client = mlflow_client()
     version = register_version(client, model_uri, name, lineage)
 
     gate = cfg.registration.gate

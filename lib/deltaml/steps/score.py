@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from mlflow.tracking import MlflowClient
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -42,6 +41,7 @@ from deltaml.io.catalog import (
 from deltaml.io.models import load_spark_model, registered_model_uri
 from deltaml.io.registry import alias_version, find_scoring_version
 from deltaml.io.tables import event_tables
+from deltaml.io.tracking import mlflow_client
 from deltaml.ml.features import bind_window_stages
 from deltaml.ml.predictions import ScoringModel, batch_values, input_hash, score_frame
 from deltaml.quality.contracts import check_columns
@@ -340,7 +340,7 @@ def _scoring_model_version(ctx: StepContext) -> dict[str, Any]:
     """The registered version that will score: a pinned ``score.model_version`` or the alias's current one."""
     cfg = ctx.config
     name, alias = cfg.mlflow.registered_model, cfg.score.model_alias
-    return {"model_version": cfg.score.model_version or alias_version(MlflowClient(), name, alias)}
+    return {"model_version": cfg.score.model_version or alias_version(mlflow_client(), name, alias)}
 
 
 def _windows_now(cfg: PipelineConfig) -> str | None:

@@ -7,7 +7,6 @@ import logging
 from datetime import datetime
 from typing import Any
 
-import mlflow
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -24,6 +23,7 @@ from deltaml.columns import (
 from deltaml.config.schema import ContractConfig
 from deltaml.errors import ContractError
 from deltaml.io.catalog import append_rows, distinct_values, read_table, replace_where
+from deltaml.io.tracking import active_run_id, log_dict, log_metrics, log_text
 from deltaml.quality.contracts import (
     CORRUPT_RECORD_COL,
     RowRule,
@@ -107,9 +107,9 @@ def _validate(
         )
     examples = _examples(annotated, rules, cfg.key) if (bad or any(summary["breaks"].values())) else {}
     report = _report(ctx, contract, summary, rules, examples, failures, schema_warnings + table_warn, raw_version)
-    mlflow.log_dict(report, REPORT_JSON)
-    mlflow.log_text(_render_html(report), REPORT_HTML)
-    mlflow.log_metrics({"rows_in": float(rows), "rows_bad": float(bad), "bad_fraction": fraction})
+    log_dict(report, REPORT_JSON)
+    log_text(_render_html(report), REPORT_HTML)
+    log_metrics({"rows_in": float(rows), "rows_bad": float(bad), "bad_fraction": fraction})
     for warning in schema_warnings + table_warn:
         LOG.warning("%s", warning)
     if failures:
@@ -217,11 +217,11 @@ def _report(
 
 
 def _quality_rows(ctx: StepContext, report: dict[str, Any], checked_at: datetime) -> DataFrame:
-    run = mlflow.active_run()
+    run_id = active_run_id()
     rows = [
         (
             ctx.config.name,
-            run.info.run_id if run else None,
+            run_id,
             checked_at,
             report["table"],
             int(report["table_version"]),
