@@ -183,3 +183,26 @@ def test_the_layer_check_sees_a_violation() -> None:
     # The checks above pass on an empty graph too; this one proves they read real imports.
     assert "deltaml.io.catalog" in GRAPH["deltaml.pipeline.runner"] | GRAPH["deltaml.pipeline.cache"]
     assert LAYERS[layer_of("deltaml.pipeline.runner")] > LAYERS[layer_of("deltaml.io.catalog")]
+
+
+# What modules outside deltaml.io may import from MLflow: types to annotate and catch, not calls.
+MLFLOW_TYPES = ("mlflow.exceptions", "mlflow.entities", "mlflow.tracking")
+
+
+def test_only_io_talks_to_mlflow_and_delta() -> None:
+    talking = []
+    for name, path in sorted(MODULES.items()):
+        if name == "deltaml.io" or name.startswith("deltaml.io."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported = [node.module or ""]
+            else:
+                continue
+            for module in imported:
+                top = module.split(".")[0]
+                if top == "delta" or (top == "mlflow" and not module.startswith(MLFLOW_TYPES)):
+                    talking.append(f"{name} imports {module}")
+    assert talking == []

@@ -546,3 +546,22 @@ def _hadoop_listing(spark: SparkSession, path_text: str) -> str:
         elif not status.getPath().getName().startswith(("_", ".")):
             files.append(f"{status.getPath()}|{status.getLen()}|{status.getModificationTime()}")
     return hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest()
+
+
+def table_commits(spark: SparkSession, table: str, since: int, limit: int) -> list[tuple[int, str, str]] | None:
+    """A recorded table's commits from version ``since`` to the latest, newest first: (version, time, operation).
+
+    At most ``limit`` commits are read (one when ``since`` is the latest); None when the table does not exist.
+    """
+    resolved = recorded_table(table)
+    if not table_exists(spark, resolved):
+        return None
+    delta = _delta_table(spark, resolved)
+
+    def read(count: int) -> list[tuple[int, str, str]]:
+        rows = delta.history(count).select("version", "timestamp", "operation").collect()
+        return [(int(r["version"]), str(r["timestamp"]), str(r["operation"])) for r in rows]
+
+    latest = read(1)
+    count = min(max(latest[0][0] - since + 1, 1), limit) if latest else 1
+    return latest if count == 1 else read(count)

@@ -34,7 +34,7 @@ from pyspark.sql import SparkSession
 from deltaml._version import __version__
 from deltaml.columns import TAG_KEY, TAG_RECORD
 from deltaml.errors import one_line
-from deltaml.io.catalog import Table, recorded_table, table_exists
+from deltaml.io.catalog import table_commits
 from deltaml.io.recording import TableAccess
 from deltaml.io.registry import version_exists
 from deltaml.io.tracking import finished_step_runs
@@ -209,7 +209,7 @@ def _changed(spark: SparkSession, client: MlflowClient, record: CacheRecord, mod
     A table may have moved on only by commits that change no data (OPTIMIZE, VACUUM, table properties).
     """
     for table, (kind, version) in record.checked().items():
-        commits = table_commits(spark, table, version)
+        commits = table_commits(spark, table, version, MAX_COMMITS)
         was = f"was read at {version}" if kind == "input" else f"not the version {version} that run wrote"
         if commits is None:
             return f"{kind} {table} no longer exists"
@@ -229,32 +229,6 @@ def _changed(spark: SparkSession, client: MlflowClient, record: CacheRecord, mod
     return ""
 
 
-def table_commits(spark: SparkSession, table: str, since: int) -> list[tuple[int, str, str]] | None:
-    """The table's commits from version ``since`` to the latest, newest first: (version, time, operation).
-
-    At most :data:`MAX_COMMITS` are read; None when the table does not exist.
-    """
-    resolved = recorded_table(table)
-    if not table_exists(spark, resolved):
-        return None
-    history = _delta_history(spark, resolved)
-    latest: list[tuple[int, str, str]] = history(1)
-    count = min(max(latest[0][0] - since + 1, 1), MAX_COMMITS) if latest else 1
-    return latest if count == 1 else history(count)
-
-
-def _delta_history(spark: SparkSession, table: Table) -> Any:
-    from delta.tables import DeltaTable
-
-    delta = DeltaTable.forPath(spark, table.ref) if table.is_path else DeltaTable.forName(spark, table.ref)
-
-    def read(limit: int) -> list[tuple[int, str, str]]:
-        rows = delta.history(limit).select("version", "timestamp", "operation").collect()
-        return [(int(r["version"]), str(r["timestamp"]), str(r["operation"])) for r in rows]
-
-    return read
-
-
 def commit_times(spark: SparkSession, record: CacheRecord) -> dict[str, str]:
     """The commit time of each checked table's recorded version (tables that moved on meanwhile are left out).
 
@@ -263,7 +237,7 @@ def commit_times(spark: SparkSession, record: CacheRecord) -> dict[str, str]:
     times = {}
     for table, (_, version) in record.checked().items():
         try:
-            commits = table_commits(spark, table, version)
+            commits = table_commits(spark, table, version, MAX_COMMITS)
         except Exception as exc:  # a missing time only weakens the check to versions
             LOG.warning("no commit time for %s v%d: %s", table, version, one_line(exc, 200))
             continue
