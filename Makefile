@@ -10,11 +10,35 @@ PYTEST_ARGS ?=
 setup: $(STAMP)
 	$(BIN)/deltaml setup-jars
 
-# Reinstall when the dependency list changes; a second `make` reuses the environment.
-$(STAMP): setup.py
+# Reinstall when the dependency list or the pins change; a second `make` reuses the environment.
+$(STAMP): setup.py constraints/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[spark,demo,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints/dev.txt -e '.[spark,demo,dev]'
 	touch $(STAMP)
+
+# The compatibility matrix: one environment per Databricks runtime line, with the versions that runtime
+# ships (constraints/dbr-*.txt) on Python 3.12, each running the suite but its slow tests.
+# `make test-matrix` runs them all; `make test-dbr-17.3` one.
+PYTHON312 ?= $(or $(lastword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12)),python3.12)
+MATRIX := dbr-17.3 dbr-18 dbr-19
+.PHONY: test-matrix wheel $(MATRIX:%=test-%)
+
+.venvs/%/.installed: setup.py constraints/%.txt
+	test -x .venvs/$*/bin/python || $(PYTHON312) -m venv .venvs/$*
+	.venvs/$*/bin/python -m pip install --quiet --disable-pip-version-check -c constraints/$*.txt -e '.[spark,demo,dev]'
+	touch $@
+
+# The wheel a runtime installs (no extras); each matrix run first checks it changes no package there.
+wheel: $(STAMP)
+	rm -f dist/deltaml-*.whl
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w dist .
+
+$(MATRIX:%=test-%): test-%: .venvs/%/.installed wheel
+	.venvs/$*/bin/python -m tests.wheel_check dist/deltaml-*-py3-none-any.whl
+	.venvs/$*/bin/deltaml setup-jars
+	.venvs/$*/bin/python -m pytest -m "not slow" -p no:cacheprovider $(PYTEST_ARGS)
+
+test-matrix: $(MATRIX:%=test-%)
 
 demo: setup
 	$(BIN)/deltaml run conf/telco_churn.yml --env local

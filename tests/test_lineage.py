@@ -22,7 +22,7 @@ from deltaml.errors import StepInputError
 from deltaml.io.catalog import Table, read_table, replace_where
 from deltaml.io.recording import TableAccess, recording
 from deltaml.io.tables import resolve_tables
-from deltaml.io.tracking import configure_tracking, log_datasets
+from deltaml.io.tracking import client_for, configure_tracking, log_datasets
 from deltaml.pipeline import runner
 from deltaml.pipeline.lineage import (
     batch_lineage,
@@ -99,7 +99,9 @@ def _dataset_inputs(run_id: str) -> dict[str, tuple[dict[str, object], str, dict
 
 
 def test_log_datasets_names_each_table_read_at_the_version_read(spark: SparkSession, tmp_path: Path) -> None:
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client_for(uri)  # creates the store without MLflow 3.0's logging set-up, which would drop caplog's handler
+    mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("lineage-datasets")  # an earlier test's experiment id means nothing in this store
     features = Table(str(tmp_path / "features"), is_path=True)
     output = Table(str(tmp_path / "scores"), is_path=True)
@@ -142,7 +144,9 @@ def test_log_datasets_names_each_table_read_at_the_version_read(spark: SparkSess
 def test_log_datasets_warns_and_goes_on_when_a_dataset_cannot_be_logged(
     spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client_for(uri)  # creates the store without MLflow 3.0's logging set-up, which would drop caplog's handler
+    mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("lineage-datasets")  # an earlier test's experiment id means nothing in this store
     gone = Table(str(tmp_path / "gone"), is_path=True)
     kept = Table(str(tmp_path / "kept"), is_path=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "lib" / "deltaml"
 # Import name -> distribution name, where they differ.
-DISTRIBUTIONS = {"sklearn": "scikit-learn", "yaml": "pyyaml", "delta": "delta-spark"}
+DISTRIBUTIONS = {"sklearn": "scikit-learn", "yaml": "pyyaml", "delta": "delta-spark", "mlflow": "mlflow-skinny"}
 
 
 def _setup_keywords() -> dict[str, ast.expr]:

@@ -265,16 +265,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _move_champion(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     from deltaml.columns import CHAMPION
     from deltaml.errors import StepFailedError
     from deltaml.io.registry import promote, rollback
+    from deltaml.io.tracking import client_for
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     uri = _registry_uri(args)
-    # A client bound to the URI, rather than mlflow.set_tracking_uri, leaves the process's MLflow settings alone.
-    client = MlflowClient(tracking_uri=uri, registry_uri=None if uri.startswith("databricks") else uri)
+    client = client_for(uri)
     try:
         if args.command == "promote":
             previous = promote(client, args.name, args.model_version, args.reason)
@@ -293,16 +292,15 @@ def _move_champion(args: argparse.Namespace) -> int:
 
 
 def _print_lineage(args: argparse.Namespace) -> int:
-    from mlflow.tracking import MlflowClient
-
     from deltaml.errors import ConfigError, StepInputError
+    from deltaml.io.tracking import client_for
     from deltaml.pipeline.lineage import model_lineage, render_lineage
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.batch is None:
         uri = _registry_uri(args)
-        client = MlflowClient(tracking_uri=uri, registry_uri=None if uri.startswith("databricks") else uri)
+        client = client_for(uri)
         print(render_lineage(model_lineage(client, args.target, args.model_version)))
         return 0
 
@@ -316,7 +314,7 @@ def _print_lineage(args: argparse.Namespace) -> int:
     args.conf = args.target
     loaded = load_config(args.target, env=args.env, overrides=args.overrides)
     uri = _registry_uri(args)
-    client = MlflowClient(tracking_uri=uri, registry_uri=None if uri.startswith("databricks") else uri)
+    client = client_for(uri)
     batch = batch_lineage(get_spark(loaded.pipeline), resolve_tables(loaded.pipeline).predictions, args.batch)
     print(render_batch_lineage(batch))
     for name, version in sorted({(s[MODEL_NAME_COL], s[MODEL_VERSION_COL]) for s in batch["scored"]}):

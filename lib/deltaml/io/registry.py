@@ -112,7 +112,10 @@ def champion_version(client: MlflowClient, name: str) -> int | None:
         StepInputError: The registered model does not exist.
     """
     version = _registered_model(client, name).aliases.get(CHAMPION)
-    return int(version) if version is not None else None
+    # MLflow 3.0 keeps the alias of a deleted version (later versions drop it): that is no champion.
+    if version is None or not version_exists(client, name, int(version)):
+        return None
+    return int(version)
 
 
 def promotion_history(client: MlflowClient, name: str) -> list[dict[str, Any]]:

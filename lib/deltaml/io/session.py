@@ -45,8 +45,9 @@ LOCAL_DEFAULTS: dict[str, str] = {
 def delta_artifacts() -> list[tuple[str, str, str]]:
     """The Maven coordinates of the Delta jars matching the installed delta-spark and pyspark.
 
-    Mirrors ``delta.pip_utils.configure_spark_with_delta_pip``: the artifact name carries
-    pyspark's major.minor version and the version is the delta-spark package's own.
+    Mirrors ``delta.pip_utils.configure_spark_with_delta_pip``: from Delta 4.1 the artifact name
+    carries pyspark's major.minor version (``delta-spark_4.2_2.13``); Delta 4.0 (for Spark 4.0)
+    has only the Scala suffix (``delta-spark_2.13``). The version is the delta-spark package's own.
 
     Returns:
         ``(group, artifact, version)`` for delta-spark and delta-storage.
@@ -55,8 +56,10 @@ def delta_artifacts() -> list[tuple[str, str, str]]:
 
     delta_version = importlib.metadata.version("delta-spark")
     spark_major_minor = ".".join(pyspark.__version__.split(".")[:2])
+    major, minor = (int(part) for part in delta_version.split(".")[:2])
+    suffix = SCALA_VERSION if (major, minor) < (4, 1) else f"{spark_major_minor}_{SCALA_VERSION}"
     return [
-        ("io.delta", f"delta-spark_{spark_major_minor}_{SCALA_VERSION}", delta_version),
+        ("io.delta", f"delta-spark_{suffix}", delta_version),
         ("io.delta", "delta-storage", delta_version),
     ]
 

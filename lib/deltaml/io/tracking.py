@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import logging.config
 import os
 import re
 import subprocess
@@ -64,6 +65,52 @@ def resolve_tracking_uri(config: PipelineConfig) -> str:
     return f"sqlite:///{config.state_path / 'mlflow.db'}"
 
 
+@contextmanager
+def _store_setup_keeps_logging() -> Iterator[None]:
+    """Keep the process's logging as it is while MLflow creates or upgrades a database store.
+
+    MLflow 3.0's database migrations (Databricks Runtime 17.3 LTS ships 3.0.1) call alembic's
+    ``logging.config.fileConfig``, which replaces the root logger's handlers (the CLI's, a test
+    runner's) and prints alembic's INFO lines on stderr; later MLflow versions no longer do.
+    """
+    original = logging.config.fileConfig
+    logging.config.fileConfig = lambda *args, **kwargs: None
+    # Their INFO lines ("Creating initial MLflow database tables...", each migration) say nothing to a user.
+    quiet = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.config.fileConfig = original
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _is_database(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "postgresql", "mysql", "mssql"))
+
+
+def _open_database_stores(client: MlflowClient) -> None:
+    """Create or upgrade a database store now: the tracking tables, then (a separate store) the registry's."""
+    client.search_experiments(max_results=1)
+    client.search_registered_models(max_results=1)
+
+
+def client_for(uri: str) -> MlflowClient:
+    """A client bound to ``uri`` (tracking, and registry unless it is Databricks'), its store ready.
+
+    Bound to the URI rather than through ``mlflow.set_tracking_uri``, it leaves the process's MLflow
+    settings alone.
+    """
+    with _store_setup_keeps_logging():  # MLflow 3.0 opens the store in the constructor, later ones on first use
+        client = MlflowClient(tracking_uri=uri, registry_uri=None if uri.startswith("databricks") else uri)
+        if _is_database(uri):
+            _open_database_stores(client)
+    return client
+
+
 def configure_tracking(config: PipelineConfig) -> str:
     """Point MLflow tracking and registry at the pipeline's store and select its experiment.
 
@@ -83,8 +130,11 @@ def configure_tracking(config: PipelineConfig) -> str:
         mlflow.set_registry_uri(uri)
     if not from_environment:
         _URIS_WE_SET.add(uri)
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    with _store_setup_keeps_logging():  # the store is created or upgraded by the client or its first call
+        client = MlflowClient()
+        if _is_database(uri):
+            _open_database_stores(client)
+        experiment = client.get_experiment_by_name(config.mlflow.experiment)
     if experiment is None:
         artifact_location = None
         if uri.startswith("sqlite:") or uri.startswith("file:"):
@@ -210,7 +260,9 @@ def load_run_json(client: MlflowClient, run_id: str, artifact: str) -> Any:
         OSError: The download left no readable file.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        return json.loads(Path(client.download_artifacts(run_id, artifact, tmp)).read_text())
+        # MLflow 3.0 returns None here (later versions the local path); the file is at the same place.
+        local = client.download_artifacts(run_id, artifact, tmp) or str(Path(tmp) / artifact)
+        return json.loads(Path(local).read_text())
 
 
 @contextmanager

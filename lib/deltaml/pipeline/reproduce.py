@@ -27,7 +27,7 @@ from deltaml.io.catalog import read_table_as_of, recorded_table
 from deltaml.io.recording import pinned_versions
 from deltaml.io.session import get_spark
 from deltaml.io.tables import resolve_tables
-from deltaml.io.tracking import child_runs, load_run_json
+from deltaml.io.tracking import child_runs, client_for, load_run_json
 from deltaml.steps.outputs import EvaluateOutput
 
 LOG = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def reproduce(
     """
     from deltaml.pipeline.runner import run_pipeline
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = client_for(tracking_uri)
     parent = pipeline_run(client, run_id)
     manifest = load_manifest(client, parent.info.run_id)
     missing = [s for s in REPRODUCED_STEPS if s not in manifest.get("steps", {})]
