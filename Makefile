@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.deltaml-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-monitor demo-flights demo-penguins demo-diamonds test test-fast lint docs zip clean cluster-up cluster-down
+.PHONY: setup demo demo-monitor demo-flights demo-penguins demo-diamonds test test-fast lint docs zip clean cluster-up cluster-down connect-up connect-down
 
 setup: $(STAMP)
 	$(BIN)/deltaml setup-jars
@@ -13,7 +13,7 @@ setup: $(STAMP)
 # Reinstall when the dependency list or the pins change; a second `make` reuses the environment.
 $(STAMP): setup.py constraints/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints/dev.txt -e '.[spark,demo,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints/dev.txt -e '.[spark,connect,demo,dev]'
 	touch $(STAMP)
 
 # The compatibility matrix: one environment per Databricks runtime line, with the versions that runtime
@@ -94,3 +94,11 @@ cluster-up: setup
 
 cluster-down:
 	$(BIN)/python -m tests.cluster down
+
+# A Spark Connect server on sc://127.0.0.1:15002 (local[2], Delta), the transport of Databricks serverless and
+# standard-access clusters; `deltaml run conf/telco_churn.yml --env local-connect` then runs through it.
+connect-up: setup
+	$(BIN)/python -m tests.connect up
+
+connect-down:
+	$(BIN)/python -m tests.connect down

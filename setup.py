@@ -71,6 +71,9 @@ setup(
             # fetches the jar matching the installed package, so the pair in the constraints must agree.
             "delta-spark>=4.0,<4.5",
         ],
+        # A Spark Connect client (sc://... in spark.master or SPARK_REMOTE): pyspark's connect dependencies,
+        # without pyspark itself, so it adds to a Databricks runtime's or Databricks Connect's pyspark.
+        "connect": ["grpcio>=1.67", "grpcio-status>=1.67", "googleapis-common-protos>=1.65", "zstandard>=0.23"],
         # Linters pinned so a new release cannot turn a green main red overnight.
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6", "mypy==2.4.1", "types-PyYAML"],
     },

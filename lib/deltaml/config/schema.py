@@ -1078,8 +1078,9 @@ class SparkConfig(_Model):
     """Session settings. On a cluster, values spark-submit already set are never overridden."""
 
     master: str = "local[*]"
-    """The master of the local session deltaml builds; ignored under spark-submit and when a session is already
-    active (a notebook, Databricks)."""
+    """The master of the local session deltaml builds (``local[*]``), or a Spark Connect endpoint
+    (``sc://host:port``) to run through; ignored under spark-submit and when a session is already active (a
+    notebook, Databricks). Without it, the ``SPARK_REMOTE`` environment variable can name the endpoint."""
     app_name: str | None = None
     """The application name (default: ``deltaml-<name>``)."""
     conf: dict[str, str | int | float | bool] = Field(default_factory=dict)

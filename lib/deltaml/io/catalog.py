@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException, ParseException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -51,22 +50,43 @@ def recorded_table(text: str) -> Table:
     return Table(text, is_path=bool(re.match(r"^[A-Za-z][\w+.-]*:", text)) or text.startswith("/"))
 
 
+# Delta's table operations go through SQL (DESCRIBE HISTORY, DESCRIBE DETAIL, MERGE INTO), not the
+# DeltaTable API: SQL runs the same on a classic session and over Spark Connect, where the DeltaTable
+# API needs the Delta Connect server plugin (Databricks has it; an open-source Connect server may not).
+
+
+def sql_identifier(table: Table) -> str:
+    """The table in a SQL statement: ``delta.`path``` for a path, the name as configured otherwise."""
+    if table.is_path:
+        return "delta.`" + table.ref.replace("`", "``") + "`"
+    return table.ref
+
+
+def table_history(spark: SparkSession, table: Table, limit: int | None = None) -> DataFrame:
+    """The table's commits, newest first (``DESCRIBE HISTORY``): version, timestamp, operation, operationMetrics, ..."""
+    statement = f"DESCRIBE HISTORY {sql_identifier(table)}"
+    return spark.sql(statement if limit is None else f"{statement} LIMIT {int(limit)}")
+
+
+def table_detail(spark: SparkSession, table: Table) -> DataFrame:
+    """One row about the table (``DESCRIBE DETAIL``): format, location, properties, numFiles, ..."""
+    return spark.sql(f"DESCRIBE DETAIL {sql_identifier(table)}")
+
+
 def table_exists(spark: SparkSession, table: Table) -> bool:
     """True when the table exists and is a Delta table."""
-    if table.is_path:
-        return bool(DeltaTable.isDeltaTable(spark, table.ref))
-    return bool(spark.catalog.tableExists(table.ref))
-
-
-def _delta_table(spark: SparkSession, table: Table) -> DeltaTable:
-    if table.is_path:
-        return DeltaTable.forPath(spark, table.ref)
-    return DeltaTable.forName(spark, table.ref)
+    if not table.is_path:
+        return bool(spark.catalog.tableExists(table.ref))
+    try:
+        row = table_detail(spark, table).select("format").first()
+    except AnalysisException:  # DELTA_MISSING_DELTA_TABLE: no table there, or not a Delta one
+        return False
+    return row is not None and row["format"] == "delta"
 
 
 def table_version(spark: SparkSession, table: Table) -> int:
     """The latest committed version of a Delta table."""
-    row = _delta_table(spark, table).history(1).select("version").first()
+    row = table_history(spark, table, 1).select("version").first()
     assert row is not None  # a Delta table always has at least one commit
     return int(row["version"])
 
@@ -80,7 +100,7 @@ class WriteResult:
 
 
 def _last_write(spark: SparkSession, table: Table) -> WriteResult:
-    row = _delta_table(spark, table).history(1).select("version", "operationMetrics").first()
+    row = table_history(spark, table, 1).select("version", "operationMetrics").first()
     assert row is not None
     metrics = row["operationMetrics"] or {}
     record(str(table), int(row["version"]), "write")
@@ -156,7 +176,7 @@ def read_table_as_of(
         return read_table(spark, table, step)
     _require_table(spark, table, step)
     pin = f"version {version}" if timestamp is None else f"timestamp {timestamp!r}"
-    history = _delta_table(spark, table).history().select("version", "timestamp")
+    history = table_history(spark, table).select("version", "timestamp")
     shown = "yyyy-MM-dd HH:mm:ssXXX"  # in the session time zone, as a pin without an offset is read
     at = F.lit(timestamp).cast("timestamp")
     found = history.agg(
@@ -291,7 +311,7 @@ def replace_rows(
 
 def change_data_enabled(spark: SparkSession, table: Table) -> bool:
     """True when the table records its changes (``delta.enableChangeDataFeed``)."""
-    detail = _delta_table(spark, table).detail().select("properties").first()
+    detail = table_detail(spark, table).select("properties").first()
     properties = (detail["properties"] if detail else None) or {}
     return str(properties.get("delta.enableChangeDataFeed", "false")).lower() == "true"
 
@@ -326,15 +346,12 @@ def upsert_latest(spark: SparkSession, df: DataFrame, table: Table, key: str, or
         writer = df.write.format("delta").mode("append")
         _writer_target(writer, table)
         return _last_write(spark, table)
-    (
-        _delta_table(spark, table)
-        .alias("t")
-        .merge(df.alias("s"), f"t.`{key}` = s.`{key}`")
-        .whenMatchedUpdateAll(condition=f"s.`{order}` >= t.`{order}`")
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
-    row = _delta_table(spark, table).history(1).select("version", "operationMetrics").first()
+    spark.sql(
+        f"MERGE INTO {sql_identifier(table)} AS t USING {{source}} AS s ON t.`{key}` = s.`{key}` "
+        f"WHEN MATCHED AND s.`{order}` >= t.`{order}` THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *",
+        source=df,
+    ).collect()
+    row = table_history(spark, table, 1).select("version", "operationMetrics").first()
     assert row is not None
     metrics = row["operationMetrics"] or {}
     changed = int(metrics.get("numTargetRowsInserted", 0)) + int(metrics.get("numTargetRowsUpdated", 0))
@@ -563,10 +580,9 @@ def table_commits(spark: SparkSession, table: str, since: int, limit: int) -> li
     resolved = recorded_table(table)
     if not table_exists(spark, resolved):
         return None
-    delta = _delta_table(spark, resolved)
 
     def read(count: int) -> list[tuple[int, str, str]]:
-        rows = delta.history(count).select("version", "timestamp", "operation").collect()
+        rows = table_history(spark, resolved, count).select("version", "timestamp", "operation").collect()
         return [(int(r["version"]), str(r["timestamp"]), str(r["operation"])) for r in rows]
 
     latest = read(1)

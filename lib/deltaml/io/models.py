@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import mlflow.artifacts
 import mlflow.spark
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
@@ -14,7 +21,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from deltaml.columns import MODEL_ARTIFACT, PREDICTION_COL
-from deltaml.errors import StepInputError
+from deltaml.errors import SetupError, StepInputError
+from deltaml.io.session import is_connect
 
 _MLFLOW_TYPES = {
     T.IntegerType: "integer",
@@ -76,10 +84,79 @@ def model_requirements(single_node: bool = False) -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in names]
 
 
+# Where MLflow's Spark flavor puts the Spark ML model inside an MLflow model folder.
+_SPARK_MODEL_FOLDER = "sparkml"
+
+
+def _dfs_tmp() -> str:
+    """MLflow's ``MLFLOW_DFS_TMP``: the folder a Spark model passes through between Spark and the client."""
+    return os.environ.get("MLFLOW_DFS_TMP", "/tmp/mlflow")
+
+
+def _shared_folder(path: str) -> Path:
+    """A path Spark wrote (``file:/...`` or ``/...``) as a local folder this process can read, or one clear error."""
+    local = Path(path.removeprefix("file:"))
+    if not local.is_dir():
+        raise SetupError(
+            f"the Spark Connect server saved the model to {path}, which this process cannot read; set MLFLOW_DFS_TMP "
+            "to a folder the server and this process both see (on Databricks a /Volumes/... path)"
+        )
+    return local
+
+
+@contextmanager
+def _connect_model_files(spark: Any) -> Iterator[None]:
+    """Let MLflow's Spark flavor save a model over Spark Connect.
+
+    The flavor has the Spark model written to ``MLFLOW_DFS_TMP`` and copies it into the MLflow
+    model folder through the JVM's Hadoop file system, which a Connect client does not have; on
+    Databricks it reads a /Volumes path through the FUSE mount instead. Here the copy is a move of
+    a folder the server and this process share (a local server, or a mounted volume).
+    """
+    if spark is None or not is_connect(spark):
+        yield
+        return
+    hadoop = mlflow.spark._HadoopFileSystem
+    original = hadoop.__dict__["copy_to_local_file"]
+
+    def copy_to_local_file(_cls: Any, src: str, dst: str, remove_src: bool) -> None:
+        source = _shared_folder(src)
+        shutil.copytree(source, dst)
+        if remove_src:
+            shutil.rmtree(source, ignore_errors=True)
+
+    # MLflow then checks the input example by loading the model through the JVM, which fails here
+    # with a warning; deltaml loads and scores every logged model in its evaluate step anyway.
+    checker = logging.getLogger("mlflow.models.model")
+    level = checker.level
+    hadoop.copy_to_local_file = classmethod(copy_to_local_file)
+    checker.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hadoop.copy_to_local_file = original
+        checker.setLevel(level)
+
+
 def load_spark_model(uri: str) -> PipelineModel:
-    """A logged or registered Spark ML model (``runs:/...``, ``models:/NAME/VERSION``) as a PipelineModel."""
-    model: PipelineModel = mlflow.spark.load_model(uri)
-    return model
+    """A logged or registered Spark ML model (``runs:/...``, ``models:/NAME/VERSION``) as a PipelineModel.
+
+    Over Spark Connect the model's files are downloaded to ``MLFLOW_DFS_TMP`` (a folder the server
+    must see too) and the server loads them from there.
+    """
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.getActiveSession()
+    if spark is None or not is_connect(spark):
+        model: PipelineModel = mlflow.spark.load_model(uri)
+        return model
+    base = Path(_dfs_tmp())
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="deltaml-model-", dir=base) as scratch:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{uri.rstrip('/')}/{_SPARK_MODEL_FOLDER}", dst_path=scratch
+        )
+        return PipelineModel.load(str(local))
 
 
 def registered_model_uri(name: str, version: int) -> str:
@@ -96,12 +173,15 @@ def log_spark_model(
     code_paths: list[str],
 ) -> str:
     """Log a fitted PipelineModel to the active run under :data:`MODEL_ARTIFACT`; returns its model URI."""
-    info = mlflow.spark.log_model(
-        model,
-        artifact_path=MODEL_ARTIFACT,
-        signature=signature,
-        input_example=input_example,
-        pip_requirements=pip_requirements,
-        code_paths=code_paths,
-    )
+    from pyspark.sql import SparkSession
+
+    with _connect_model_files(SparkSession.getActiveSession()):
+        info = mlflow.spark.log_model(
+            model,
+            artifact_path=MODEL_ARTIFACT,
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=pip_requirements,
+            code_paths=code_paths,
+        )
     return str(info.model_uri)

@@ -6,6 +6,7 @@ import importlib.metadata
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -133,18 +134,117 @@ def install_delta_jars(maven_repo: Path | None = None) -> list[Path]:
     return check_delta_jars(maven_repo)
 
 
+CONNECT_SCHEME = "sc://"
+
+
+def connect_endpoint(master: str | None) -> str | None:
+    """The Spark Connect endpoint to use, if any: ``spark.master`` when it is ``sc://...``, else ``SPARK_REMOTE``.
+
+    ``SPARK_REMOTE`` is pyspark's own variable for a Connect endpoint (a Databricks Connect or a
+    ``start-connect-server`` address); the config wins over it so one file can pin the transport.
+    """
+    if master and master.startswith(CONNECT_SCHEME):
+        return master
+    remote = os.environ.get("SPARK_REMOTE", "")
+    return remote if remote.startswith(CONNECT_SCHEME) else None
+
+
+def is_connect(spark: SparkSession) -> bool:
+    """Whether ``spark`` is a Spark Connect client session (no SparkContext, no RDDs, no JVM gateway)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def session_for_threads() -> Callable[[], None]:
+    """A thread initializer giving new threads the calling thread's Spark Connect session.
+
+    A Connect client's active session is thread-local, and pyspark's ML client reads the active
+    one (``SparkSession.getActiveSession()``, not the default) to fit a model or read its
+    attributes: a fit in a new thread fails with a bare ``AssertionError`` unless the session is
+    made active there. A classic session needs nothing (its active session lives in the JVM).
+    """
+    spark = SparkSession.getActiveSession()
+    if spark is None or not is_connect(spark):
+        return lambda: None
+    connect_class = type(spark)
+
+    def activate() -> None:
+        if connect_class.getActiveSession() is None:
+            connect_class._set_default_and_active_session(spark)  # type: ignore[attr-defined]
+
+    return activate
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """How many tasks a stage of the session runs at once by default (``SparkContext.defaultParallelism``).
+
+    Over Spark Connect there is no SparkContext: ``spark.default.parallelism`` when set, else the
+    partitions Spark gives a range without an explicit count (it uses the default parallelism).
+    """
+    if not is_connect(spark):
+        return int(spark.sparkContext.defaultParallelism)
+    configured = spark.conf.get("spark.default.parallelism", None)
+    if configured:
+        return int(configured)
+    from pyspark.sql import functions as F
+
+    return max(1, spark.range(0, 1 << 16).select(F.spark_partition_id().alias("p")).distinct().count())
+
+
+def connect_session(endpoint: str, config: PipelineConfig) -> SparkSession:
+    """A Spark Connect client session on ``endpoint``, with the config's runtime ``spark.conf`` settings.
+
+    The server owns the JVM: Delta's extension and catalog, memory and the master are its own
+    settings (``make connect-up`` starts one with them). Settings a running server cannot change
+    are reported, not failed on.
+    """
+    try:
+        spark = SparkSession.builder.remote(endpoint).getOrCreate()
+    except ImportError as exc:
+        raise SetupError(
+            f"Spark Connect needs pyspark's connect dependencies ({exc.name or exc}): install deltaml[spark,connect]"
+        ) from exc
+    _apply_runtime_conf(spark, config)
+    if not LOG.isEnabledFor(logging.DEBUG):
+        # The Connect client logs every failed query as a JSON record with the server's stack trace;
+        # deltaml reports each failure in one line of its own (and the trace under --verbose).
+        from pyspark.logger import PySparkLogger
+
+        PySparkLogger.getLogger("DataFrameQueryContextLogger").setLevel(logging.CRITICAL)
+    LOG.info("using Spark Connect at %s (Spark %s)", _endpoint_without_token(endpoint), spark.version)
+    return spark
+
+
+def _endpoint_without_token(endpoint: str) -> str:
+    """``sc://host:port`` without its ``;token=...`` and other parameters (a token is a secret)."""
+    return endpoint.split(";", 1)[0].split("/;", 1)[0]
+
+
+def _apply_runtime_conf(spark: SparkSession, config: PipelineConfig) -> None:
+    for key, value in config.spark.conf.items():
+        if spark.conf.isModifiable(key):
+            spark.conf.set(key, str(value))
+        elif spark.conf.get(key, None) != str(value):
+            LOG.warning(
+                "spark.conf %s=%s cannot change in a running session; it stays %s",
+                key,
+                value,
+                spark.conf.get(key, None),
+            )
+
+
 def _under_spark_submit() -> bool:
     """True when a JVM launched by spark-submit (or a pyspark shell) is waiting for this driver."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
 def get_spark(config: PipelineConfig, maven_repo: Path | None = None) -> SparkSession:
-    """Return the session for a pipeline: the active one, spark-submit's, or a new local one.
+    """Return the session for a pipeline: the active one, a Spark Connect one, spark-submit's, or a new local one.
 
-    An active session (a notebook, a test fixture) and a Databricks runtime's session are reused; the config's
-    ``spark.conf`` settings that can change at run time are set on it, the others are
-    reported. Under
-    spark-submit, only settings spark-submit did not set are added (Delta's extension and
+    An active session (a notebook, a test fixture, a serverless or standard-access cluster's
+    Connect session) and a Databricks runtime's session are reused; the config's ``spark.conf``
+    settings that can change at run time are set on it, the others are reported. With no active
+    session, ``spark.master: sc://host:port`` (or ``SPARK_REMOTE``) connects to that Spark Connect
+    server. Under spark-submit, only settings spark-submit did not set are added (Delta's extension and
     catalog where absent, the config's ``spark.conf``). Otherwise a local session is built
     with the Delta jars from the local Maven repository, so nothing is downloaded.
 
@@ -158,22 +258,16 @@ def get_spark(config: PipelineConfig, maven_repo: Path | None = None) -> SparkSe
     Raises:
         SetupError: Local mode and the Delta jars are missing.
     """
+    endpoint = connect_endpoint(config.spark.master)
     active = SparkSession.getActiveSession()
+    if active is None and endpoint is not None:
+        return connect_session(endpoint, config)
     if active is None and "DATABRICKS_RUNTIME_VERSION" in os.environ:
         # A Databricks job's Python script: the runtime's session exists but may not be active in this
         # thread yet, and the cluster has no Delta jars in ~/.m2 to build a local one from.
         active = SparkSession.builder.getOrCreate()
     if active is not None:
-        for key, value in config.spark.conf.items():
-            if active.conf.isModifiable(key):
-                active.conf.set(key, str(value))
-            elif active.conf.get(key, None) != str(value):
-                LOG.warning(
-                    "spark.conf %s=%s cannot change in a running session; it stays %s",
-                    key,
-                    value,
-                    active.conf.get(key, None),
-                )
+        _apply_runtime_conf(active, config)
         return active
     app_name = config.spark.app_name or f"deltaml-{config.name}"
     builder = SparkSession.builder.appName(app_name)

@@ -8,6 +8,11 @@ re-sent per trial), fits the estimator with native threads capped to the task's 
 computes the validation metrics and returns the pickled estimator. Concurrent trials on
 driver threads are concurrent tasks on the executors' cores.
 
+Over Spark Connect (serverless, standard access mode) there are no broadcasts and no RDDs: the
+same sampled arrays go to the server once as a cached DataFrame, and each trial is a one-task
+``mapInArrow`` over it that rebuilds the arrays in its Python worker, fits and returns one row
+(the pickled result). The rows, their order and the fit are the same, so are the metrics.
+
 A fitted estimator becomes a :class:`SingleNodeModel`, an ordinary Spark ML ``Transformer``
 whose params hold the pickled estimator (base64), so it saves and loads with the
 ``PipelineModel`` and scores with ``PipelineModel.transform`` (an Arrow ``pandas_udf``).
@@ -48,14 +53,14 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.functions import pandas_udf
-from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
+from pyspark.sql.types import ArrayType, BinaryType, DoubleType, StructField, StructType
 
 from deltaml.errors import SetupError, StepFailedError, StepInputError, one_line
 from deltaml.tasks import LOG_LOSS_EPS, TASKS
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from pyspark import Broadcast, SparkContext
+    from pyspark import Broadcast
 from deltaml.columns import FEATURES_COL, LABEL_COL, PREDICTION_COL, PROBABILITY_COL, RAW_PREDICTION_COL, WEIGHT_COL
 
 LOG = logging.getLogger(__name__)
@@ -290,7 +295,7 @@ class ShippedData:
     """The train and validation arrays, broadcast once to the executors for every trial of a search.
 
     Attributes:
-        broadcast: The Spark broadcast of one :class:`TrainingArrays`.
+        broadcast: The Spark broadcast of one :class:`TrainingArrays` (a classic session).
         token: Identifies these arrays (the trial tasks report whether their worker had them already).
         train_rows: Train rows shipped (after sampling).
         validation_rows: Validation rows shipped (after sampling).
@@ -300,10 +305,11 @@ class ShippedData:
         label_max: The largest label, train and validation.
         integral_labels: Whether every label is a whole number.
         nbytes: Size of the arrays in bytes.
+        frame: Over Spark Connect, the same arrays as a cached DataFrame (:func:`_arrays_frame`).
         destroyed: Whether :meth:`destroy` released the data.
     """
 
-    broadcast: Broadcast[TrainingArrays]
+    broadcast: Broadcast[TrainingArrays] | None
     token: str
     train_rows: int
     validation_rows: int
@@ -313,16 +319,21 @@ class ShippedData:
     label_max: float
     integral_labels: bool
     nbytes: int
+    frame: DataFrame | None = None
     destroyed: bool = False
 
     def unpersist(self, blocking: bool = False) -> None:
         """Drop the executors' copies; a later trial ships the data to them again."""
-        self.broadcast.unpersist(blocking)
+        if self.broadcast is not None:
+            self.broadcast.unpersist(blocking)
 
     def destroy(self, blocking: bool = False) -> None:
         """Release the data everywhere, driver included; no trial can use it afterwards."""
         if not self.destroyed:
-            self.broadcast.destroy(blocking)
+            if self.broadcast is not None:
+                self.broadcast.destroy(blocking)
+            if self.frame is not None:
+                self.frame.unpersist(blocking)
             self.destroyed = True
 
 
@@ -351,7 +362,7 @@ def ship_data(
     """
     if max_rows < 1:
         raise StepInputError(f"step 'tune': max_rows must be >= 1, got {max_rows}")
-    with _spark_job(spark.sparkContext, "deltaml: collect train and validation rows for single-node trials"):
+    with _spark_job(spark, "deltaml: collect train and validation rows for single-node trials"):
         x_train, y_train, w_train, train_total = _collect_arrays(train_df, "train", max_rows=max_rows, seed=seed)
         if not len(y_train):
             raise StepInputError("step 'tune': the train rows for a single-node family are empty")
@@ -367,7 +378,11 @@ def ship_data(
     nbytes = sum(a.nbytes for a in (x_train, y_train, x_val, y_val) if a is not None)
     nbytes += 0 if w_train is None else w_train.nbytes
     started = time.perf_counter()
-    broadcast = spark.sparkContext.broadcast(arrays)
+    broadcast, frame = None, None
+    if _is_connect(spark):
+        frame = _arrays_frame(spark, arrays)
+    else:
+        broadcast = spark.sparkContext.broadcast(arrays)
     LOG.info(
         "shipped %d train and %d validation rows x %d features (%.1f MB) to the executors in %.1f s",
         len(y_train),
@@ -387,6 +402,7 @@ def ship_data(
         label_max=float(labels.max()),
         integral_labels=bool(np.all(labels == np.round(labels))),
         nbytes=nbytes,
+        frame=frame,
     )
 
 
@@ -537,12 +553,16 @@ def executor_trial(
     if shipped.destroyed:
         raise StepInputError(f"{family} trial: the shipped data was destroyed; ship the data again (ship_data)")
     classes = _check_labels(task, num_classes, shipped.label_max, shipped.integral_labels, "shipped")
-    sc = spark.sparkContext
-    job = partial(_trial_partition, shipped.broadcast, shipped.token, family, task, dict(params), seed, classes)
     described = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
     try:
-        with _spark_job(sc, f"deltaml {family} trial: {described}", group=TRIAL_JOB_GROUP):
-            result = sc.parallelize([0], 1).mapPartitions(job).collect()[0]
+        with _spark_job(spark, f"deltaml {family} trial: {described}", group=TRIAL_JOB_GROUP):
+            if shipped.frame is not None:
+                result = _connect_trial(shipped, family, task, dict(params), seed, classes)
+            else:
+                assert shipped.broadcast is not None
+                args = (shipped.broadcast, shipped.token, family, task, dict(params), seed, classes)
+                sc = spark.sparkContext
+                result = sc.parallelize([0], 1).mapPartitions(partial(_trial_partition, *args)).collect()[0]
     except Exception as exc:
         raise StepFailedError(f"{family} trial: the Spark job failed: {_spark_error(exc)}") from exc
     if isinstance(result, _TaskFailure):
@@ -581,7 +601,7 @@ def _trial_partition(
 
 
 def _run_trial_task(
-    data: Broadcast[TrainingArrays],
+    data: Broadcast[TrainingArrays] | _Held,
     token: str,
     family: str,
     task: str,
@@ -627,6 +647,90 @@ def _run_trial_task(
     return _TaskSuccess(model, metrics, info)
 
 
+@dataclass(frozen=True)
+class _Held:
+    """Arrays a Connect trial task rebuilt itself, read like a broadcast (``.value``)."""
+
+    value: TrainingArrays
+
+
+_PART_TRAIN, _PART_VALIDATION = 0, 1
+
+
+def _is_connect(spark: SparkSession) -> bool:
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def _arrays_frame(spark: SparkSession, arrays: TrainingArrays) -> DataFrame:
+    """The arrays as one cached DataFrame on the Connect server: part, row number, x, y, w (train then validation).
+
+    Sent once (pyspark caches a large local relation on the server as an artifact) and cached, so
+    every trial reads it from the server's memory instead of the client sending it again.
+    """
+    import pyarrow as pa
+
+    def part(code: int, x: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> pa.Table:
+        width = x.shape[1] if x.ndim == 2 else 0
+        return pa.table(
+            {
+                "part": pa.array(np.full(len(y), code, dtype=np.int8)),
+                "i": pa.array(np.arange(len(y), dtype=np.int64)),
+                "x": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x).ravel()), width).cast(
+                    pa.list_(pa.float64())
+                ),
+                "y": pa.array(y),
+                "w": pa.array(w if w is not None else np.ones(len(y))),
+            }
+        )
+
+    table = pa.concat_tables(
+        [
+            part(_PART_TRAIN, arrays.x_train, arrays.y_train, arrays.w_train),
+            part(_PART_VALIDATION, arrays.x_validation, arrays.y_validation, None),
+        ]
+    )
+    frame = spark.createDataFrame(table.to_pandas()).coalesce(1).cache()
+    frame.count()
+    return frame
+
+
+_TRIAL_RESULT_SCHEMA = StructType([StructField("result", BinaryType(), False)])
+
+
+def _connect_trial(
+    shipped: ShippedData, family: str, task: str, params: dict[str, Any], seed: int, num_classes: int
+) -> _TaskSuccess | _TaskFailure:
+    """One trial as a one-task ``mapInArrow`` over the cached arrays (no RDD, no broadcast): its pickled result."""
+    token, weighted = shipped.token, shipped.weighted
+    assert shipped.frame is not None
+
+    def trial(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow as pa
+
+        table = pa.Table.from_batches(list(batches))
+        order = np.lexsort((table.column("i").to_numpy(), table.column("part").to_numpy()))
+        table = table.take(pa.array(order))
+        is_train = table.column("part").to_numpy() == _PART_TRAIN
+        x = arrow_matrix(table.column("x"), "shipped")
+        y = _vector(table.column("y"), "shipped", LABEL_COL)
+        w = _vector(table.column("w"), "shipped", WEIGHT_COL)
+        arrays = TrainingArrays(
+            token,
+            x[is_train],
+            y[is_train],
+            w[is_train] if weighted else None,
+            x[~is_train],
+            y[~is_train],
+        )
+        result = _run_trial_task(_Held(arrays), token, family, task, params, seed, num_classes)
+        yield pa.RecordBatch.from_pydict({"result": [pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)]})
+
+    row = shipped.frame.mapInArrow(trial, _TRIAL_RESULT_SCHEMA).first()
+    assert row is not None
+    result: _TaskSuccess | _TaskFailure = pickle.loads(row["result"])
+    return result
+
+
 def fit_single_node(
     spark: SparkSession,
     train_df: DataFrame,
@@ -660,7 +764,7 @@ def fit_single_node(
         StepFailedError: The estimator's fit failed.
     """
     estimator = single_node_estimator(family, task, params, seed=seed)
-    with _spark_job(spark.sparkContext, f"deltaml {family} final fit: collect the train rows"):
+    with _spark_job(spark, f"deltaml {family} final fit: collect the train rows"):
         x, y, w, _ = _collect_arrays(train_df, "train", max_rows=max_rows, seed=seed)
     if not len(y):
         raise StepInputError("step 'fit': the train rows for a single-node family are empty")
@@ -679,12 +783,23 @@ def fit_single_node(
 
 
 @contextmanager
-def _spark_job(sc: SparkContext, description: str, group: str | None = None) -> Iterator[None]:
+def _spark_job(spark: SparkSession, description: str, group: str | None = None) -> Iterator[None]:
     """Describe (and group) the Spark jobs this thread starts inside the block, then restore the thread's own.
 
     Job properties are per thread (PySpark pins each Python thread to a JVM thread), so concurrent
-    trials each describe their own job.
+    trials each describe their own job. Over Spark Connect there is no SparkContext: the jobs carry
+    the group as an operation tag instead (``spark.interruptTag`` stops them).
     """
+    if _is_connect(spark):
+        if group is not None:
+            spark.addTag(group)
+        try:
+            yield
+        finally:
+            if group is not None:
+                spark.removeTag(group)
+        return
+    sc = spark.sparkContext
     previous = {key: sc.getLocalProperty(key) for key in _JOB_PROPERTIES}
     sc.setLocalProperty("spark.job.description", description[:500])
     if group is not None:

@@ -39,6 +39,7 @@ from deltaml.columns import (
 )
 from deltaml.config.search_space import build_space, params_from_sample
 from deltaml.errors import one_line
+from deltaml.io.session import session_for_threads
 from deltaml.io.tracking import log_finished_run
 from deltaml.tasks import loss_of
 
@@ -175,7 +176,9 @@ def search_family(
     stopped = "max_evals"
     running: dict[Future[TrialOutcome], int] = {}
     number = 1  # the next trial to start
-    with ThreadPoolExecutor(max_workers=budget.parallelism, thread_name_prefix=f"trial-{family}") as pool:
+    with ThreadPoolExecutor(
+        max_workers=budget.parallelism, thread_name_prefix=f"trial-{family}", initializer=session_for_threads()
+    ) as pool:
         while True:
             # Trial k is proposed from the results of trials 1..k-parallelism exactly, whatever
             # finished first, so the same seed gives the same sequence; a free thread starts the
@@ -280,6 +283,7 @@ def _run_trial(
     except Exception as exc:  # a failed trial is recorded, and the search goes on
         first = one_line(str(exc), 100_000)
         LOG.warning("trial %s-%03d failed: %s: %s", family, number, type(exc).__name__, first)
+        LOG.debug("trial %s-%03d failed", family, number, exc_info=True)
         return TrialOutcome(
             family, number, params, seconds=time.monotonic() - started, error=f"{type(exc).__name__}: {first}"
         )

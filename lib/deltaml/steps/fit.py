@@ -21,6 +21,7 @@ from deltaml.config.schema import PipelineConfig
 from deltaml.errors import StepInputError
 from deltaml.io.catalog import read_table
 from deltaml.io.models import log_spark_model, model_requirements, model_signature, package_folder
+from deltaml.io.session import default_parallelism
 from deltaml.io.tables import event_tables
 from deltaml.io.tracking import active_run_id, active_run_info, log_table
 from deltaml.ml.features import build_feature_stages
@@ -129,11 +130,9 @@ def run_fit(ctx: StepContext) -> StepResult:
         if weighted:
             train_vectors = train_vectors.transform(class_weights())
         validation_vectors = features.transform(validation).select(FEATURES_COL, LABEL_COL)
-        partitions = trial_partitions(rows, ctx.spark.sparkContext.defaultParallelism, cfg.tuning.parallelism)
-        if partitions < train_vectors.rdd.getNumPartitions():
-            train_vectors = train_vectors.coalesce(partitions)
-        if partitions < validation_vectors.rdd.getNumPartitions():
-            validation_vectors = validation_vectors.coalesce(partitions)
+        # Coalescing never adds partitions: vectors already in fewer stay as they are.
+        partitions = trial_partitions(rows, default_parallelism(ctx.spark), cfg.tuning.parallelism)
+        train_vectors, validation_vectors = train_vectors.coalesce(partitions), validation_vectors.coalesce(partitions)
         train_vectors, validation_vectors = cache(train_vectors), cache(validation_vectors)
         first = train_vectors.first()
         assert first is not None
