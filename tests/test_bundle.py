@@ -1,18 +1,27 @@
 """The Databricks Asset Bundle (databricks.yml, resources/): structure, referenced files, task parameters.
 
-No workspace is reachable from here, so these tests check what can be checked offline: the
-bundle's shape, that every file a job names exists where the bundle deploys it from, that the
-notebook widgets and spark_python_task arguments are the ones deltaml reads, and that the
-config they name loads with the databricks overlay and the cluster's environment variables.
+No workspace is reachable from here, so these tests check what can be checked offline: every job
+against the typed job models of Databricks' ``databricks-bundles`` package (strictly: an unknown
+field or a wrongly typed value fails), the bundle's shape, that every file a job names exists
+where the bundle deploys it from, that the notebook widgets and spark_python_task arguments are
+the ones deltaml reads, and that the config they name loads with the databricks overlay and the
+cluster's environment variables.
 """
 
 from __future__ import annotations
 
 import ast
+import copy
+import dataclasses
+import difflib
 import glob
+import importlib.metadata
 import re
+import sys
+import types
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import pytest
 import yaml
@@ -31,6 +40,10 @@ _REFERENCE = re.compile(r"\$\{([^}]+)\}")
 _WIDGET = re.compile(r"""dbutils\.widgets\.(?:text|dropdown|combobox|multiselect)\(\s*["']([^"']+)["']""")
 _JOB_COMMAND = re.compile(r"""deltaml_main\(\[\s*["']([\w-]+)["']""")
 _OVERLAY_VARIABLE = re.compile(r"\$\{(\w+)(?::-[^}]*)?\}")
+# A value that is one whole bundle reference, e.g. ``${resources.jobs.deltaml_retrain.id}``: the
+# models take it wherever a field is ``VariableOr[...]`` (every field is).
+_WHOLE_REFERENCE = re.compile(r"\$\{[A-Za-z_][\w\-]*(?:\.[A-Za-z_][\w\-]*(?:\[\d+\])*)*\}")
+MODELS_PACKAGE = "databricks-bundles"
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -77,35 +90,63 @@ def _target_variables(target: str) -> dict[str, Any]:
     return values
 
 
-def _substitute(value: Any, variables: dict[str, Any]) -> Any:
-    """Resolve ``${...}`` references the way ``databricks bundle deploy`` would, offline.
+def _resolve_variables(value: Any, variables: dict[str, Any]) -> Any:
+    """Replace ``${var.NAME}`` references with the variables' values, as ``databricks bundle`` does.
 
-    ``${var.NAME}`` takes the variable's value (a whole-string reference keeps a complex
-    value's type), ``${workspace.file_path}`` becomes the repository root (the bundle deploys
-    the repository's files there), and any other reference a placeholder string.
+    A whole-string reference keeps the value's type (a complex variable stays a mapping or a list,
+    a number a number); other references (``${workspace.file_path}``, ``${resources...}``) stay.
 
     Raises:
         KeyError: A ``${var.NAME}`` names no declared variable.
     """
     if isinstance(value, dict):
-        return {k: _substitute(v, variables) for k, v in value.items()}
+        return {k: _resolve_variables(v, variables) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute(v, variables) for v in value]
+        return [_resolve_variables(v, variables) for v in value]
     if not isinstance(value, str):
         return value
     whole = re.fullmatch(r"\$\{var\.([\w-]+)\}", value)
     if whole:
-        return _substitute(variables[whole.group(1)], variables)
+        return _resolve_variables(variables[whole.group(1)], variables)
 
     def replace(match: re.Match[str]) -> str:
         reference = match.group(1)
         if reference.startswith("var."):
-            return str(_substitute(variables[reference.removeprefix("var.")], variables))
-        if reference == "workspace.file_path":
-            return str(ROOT)
-        return "placeholder-" + reference.replace(".", "-")
+            return str(_resolve_variables(variables[reference.removeprefix("var.")], variables))
+        return match.group(0)
 
     return _REFERENCE.sub(replace, value)
+
+
+def _substitute(value: Any, variables: dict[str, Any]) -> Any:
+    """Resolve ``${...}`` references the way ``databricks bundle deploy`` would, offline.
+
+    ``${var.NAME}`` takes the variable's value (see :func:`_resolve_variables`),
+    ``${workspace.file_path}`` becomes the repository root (the bundle deploys the repository's
+    files there), and any other reference a placeholder string.
+
+    Raises:
+        KeyError: A ``${var.NAME}`` names no declared variable.
+    """
+    resolved = _resolve_variables(value, variables)
+
+    def placeholders(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {k: placeholders(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [placeholders(v) for v in item]
+        if not isinstance(item, str):
+            return item
+
+        def replace(match: re.Match[str]) -> str:
+            reference = match.group(1)
+            if reference == "workspace.file_path":
+                return str(ROOT)
+            return "placeholder-" + reference.replace(".", "-")
+
+        return _REFERENCE.sub(replace, item)
+
+    return placeholders(resolved)
 
 
 def _resolve_path(resource_file: Path, relative: str) -> Path:
@@ -165,6 +206,116 @@ def _assert_catalog_tables(loaded: LoadedConfig, env: dict[str, str]) -> None:
     names = [ref.name if ref else None for ref in (tables.raw, tables.clean, tables.split, tables.predictions)]
     assert all(name is not None and name.startswith(prefix) for name in names), names
     assert loaded.pipeline.mlflow.tracking_uri == "databricks"
+
+
+# -- Databricks' job model (databricks-bundles) ---------------------------------------------------
+
+
+def _job_model() -> type:
+    """``databricks.bundles.jobs.Job``; a missing package fails the test (never skips it)."""
+    try:
+        from databricks.bundles.jobs import Job
+    except ImportError:
+        pytest.fail(
+            f"the bundle's jobs are checked against Databricks' job models: pip install {MODELS_PACKAGE} "
+            "(it is in deltaml's dev extra; make setup installs it)",
+            pytrace=False,
+        )
+    return Job
+
+
+def _is_variable(hint: Any) -> bool:
+    from databricks.bundles.core import Variable
+
+    return get_origin(hint) is Variable
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"[:120]
+
+
+def _model_problems(hint: Any, value: Any, path: str) -> list[str]:
+    """Where ``value`` does not fit ``hint``, a databricks-bundles type hint: one line per problem.
+
+    Stricter than ``Job.from_dict``, which converts where it can: it takes any value for a string
+    field (a mapping becomes its ``str``), ``"5"``, ``2.7`` or ``True`` for an integer, ``"yes"``
+    for a boolean, and names only the class of an unknown field, not its path. Here a value must
+    already have the field's type; a whole-string ``${...}`` reference is taken wherever the model
+    says ``VariableOr[...]``; a required field must be present.
+    """
+    if hint is Any:
+        return []
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = get_args(hint)
+        if isinstance(value, str) and _WHOLE_REFERENCE.fullmatch(value) and any(map(_is_variable, options)):
+            return []
+        if value is None:
+            return [] if type(None) in options else [f"{path}: null, expected a value"]
+        concrete = [o for o in options if not _is_variable(o) and o is not type(None)]
+        if len(concrete) != 1:
+            return [f"{path}: the model allows {hint}; the check knows one concrete type per field"]
+        return _model_problems(concrete[0], value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            return [f"{path}: {_describe(value)}, expected a list"]
+        (item,) = get_args(hint)
+        return [p for i, v in enumerate(value) for p in _model_problems(item, v, f"{path}[{i}]")]
+    if origin is dict:
+        if not isinstance(value, dict):
+            return [f"{path}: {_describe(value)}, expected a mapping"]
+        _, item = get_args(hint)
+        return [p for k, v in value.items() for p in _model_problems(item, v, f"{path}.{k}")]
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            return [f"{path}: {_describe(value)}, expected a mapping ({hint.__name__})"]
+        fields = {f.name: f for f in dataclasses.fields(hint)}
+        hints = get_type_hints(hint)
+        problems = []
+        for key, item in value.items():
+            if key not in fields:
+                near = difflib.get_close_matches(str(key), list(fields), n=1)
+                hint_text = f" (did you mean {near[0]}?)" if near else ""
+                problems.append(f"{path}.{key}: unknown field of {hint.__name__}{hint_text}")
+            else:
+                problems.extend(_model_problems(hints[key], item, f"{path}.{key}"))
+        for name, field in fields.items():
+            required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+            if required and name not in value:
+                problems.append(f"{path}.{name}: missing, {hint.__name__} requires it")
+        return problems
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        allowed = [member.value for member in hint]
+        return [] if value in allowed else [f"{path}: {value!r} is not one of {allowed} ({hint.__name__})"]
+    if hint is bool:
+        return [] if isinstance(value, bool) else [f"{path}: {_describe(value)}, expected a boolean"]
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return [] if ok else [f"{path}: {_describe(value)}, expected an integer"]
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return [] if ok else [f"{path}: {_describe(value)}, expected a number"]
+    if hint is str:
+        return [] if isinstance(value, str) else [f"{path}: {_describe(value)}, expected a string"]
+    return [f"{path}: the check has no rule for the model's type {hint!r}"]
+
+
+def _check_job_model(name: str, job: dict[str, Any]) -> None:
+    """Check one job (its ``${var.*}`` resolved) against databricks-bundles' ``Job`` model.
+
+    Raises:
+        ValueError: An unknown field or a wrongly typed value, each named by its path from the job,
+            or ``Job.from_dict`` itself refused the job.
+    """
+    job_model = _job_model()
+    version = importlib.metadata.version(MODELS_PACKAGE)
+    problems = _model_problems(job_model, job, name)
+    if problems:
+        raise ValueError(f"job {name} does not fit {MODELS_PACKAGE} {version}'s Job model:\n  " + "\n  ".join(problems))
+    try:
+        job_model.from_dict(copy.deepcopy(job))  # type: ignore[attr-defined]
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"job {name}: {MODELS_PACKAGE} {version}'s Job.from_dict refused it: {exc}") from exc
 
 
 NOTEBOOK_TASKS = [t for t in _tasks() if "notebook_task" in t[2]]
@@ -232,6 +383,103 @@ def test_the_wheel_leaves_spark_and_delta_to_the_runtime() -> None:
     assert "mlflow-skinny" in {_requirement_name(r) for r in install_requires}
     makefile = (ROOT / "Makefile").read_text()
     assert "-e '.[spark,demo,dev]'" in makefile, "make must install the spark extra for local runs and tests"
+
+
+# -- the jobs against Databricks' own job model -------------------------------------------------
+
+
+def _job_ids() -> list[str]:
+    return [name for _, name, _ in _jobs()]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("job_name", _job_ids())
+def test_job_fits_the_databricks_bundles_job_model(job_name: str, target: str) -> None:
+    job = next(job for _, name, job in _jobs() if name == job_name)
+    _check_job_model(job_name, _resolve_variables(job, _target_variables(target)))
+
+
+def _score_job() -> dict[str, Any]:
+    """A real job of the bundle (dev's variables resolved), to break in the tests below."""
+    job = next(job for _, name, job in _jobs() if name == "deltaml_score")
+    resolved: dict[str, Any] = _resolve_variables(job, _target_variables("dev"))
+    return resolved
+
+
+def test_model_check_accepts_the_unbroken_job_and_references() -> None:
+    job = _score_job()
+    _check_job_model("deltaml_score", job)
+    job["max_concurrent_runs"] = "${var.anything}"  # a whole reference is a VariableOr[int]
+    _check_job_model("deltaml_score", job)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (
+            ("max_concurent_runs",),
+            1,
+            r"deltaml_score\.max_concurent_runs: unknown field of Job \(did you mean max_concurrent_runs\?\)",
+        ),
+        (
+            ("tasks", 0, "spark_python_task", "parameter"),
+            [],
+            r"deltaml_score\.tasks\[0\]\.spark_python_task\.parameter: unknown field of SparkPythonTask",
+        ),
+        (("tasks", 0, "task_key"), None, r"deltaml_score\.tasks\[0\]\.task_key: null"),
+    ],
+    ids=["misspelled-job-field", "misspelled-task-field", "null-task-key"],
+)
+def test_model_check_refuses_unknown_fields(path: tuple[str | int, ...], value: Any, message: str) -> None:
+    job = _score_job()
+    node: Any = job
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    with pytest.raises(ValueError, match=message):
+        _check_job_model("deltaml_score", job)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("max_concurrent_runs",), "1", r"deltaml_score\.max_concurrent_runs: str '1', expected an integer"),
+        (("timeout_seconds",), True, r"deltaml_score\.timeout_seconds: bool True, expected an integer"),
+        (("tasks", 0, "max_retries"), 1.5, r"deltaml_score\.tasks\[0\]\.max_retries: float 1\.5, expected an integer"),
+        (("description",), {"text": "x"}, r"deltaml_score\.description: dict .*expected a string"),
+        (
+            ("tasks", 0, "spark_python_task", "parameters"),
+            "conf.yml --env databricks",
+            r"deltaml_score\.tasks\[0\]\.spark_python_task\.parameters: str .*expected a list",
+        ),
+        (("schedule", "pause_status"), "STOPPED", r"deltaml_score\.schedule\.pause_status: 'STOPPED' is not one of"),
+    ],
+    ids=["str-for-int", "bool-for-int", "float-for-int", "mapping-for-str", "str-for-list", "bad-enum"],
+)
+def test_model_check_refuses_wrong_types(path: tuple[str | int, ...], value: Any, message: str) -> None:
+    job = _score_job()
+    node: Any = job
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    with pytest.raises(ValueError, match=message):
+        _check_job_model("deltaml_score", job)
+
+
+def test_model_check_is_stricter_than_from_dict() -> None:
+    """What ``Job.from_dict`` converts without a word, the check refuses (so the check is needed)."""
+    job_model = _job_model()
+    for field, value in [("max_concurrent_runs", "1"), ("timeout_seconds", True), ("description", {"a": 1})]:
+        job = {**_score_job(), field: value}
+        job_model.from_dict(copy.deepcopy(job))  # type: ignore[attr-defined]
+        with pytest.raises(ValueError, match=f"deltaml_score\\.{field}: "):
+            _check_job_model("deltaml_score", job)
+
+
+def test_model_check_fails_without_databricks_bundles(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "databricks.bundles.jobs", None)
+    with pytest.raises(pytest.fail.Exception, match="pip install databricks-bundles"):
+        _check_job_model("deltaml_score", _score_job())
 
 
 # -- jobs, tasks and schedules --------------------------------------------------------------------
