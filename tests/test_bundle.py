@@ -44,6 +44,8 @@ _OVERLAY_VARIABLE = re.compile(r"\$\{(\w+)(?::-[^}]*)?\}")
 # models take it wherever a field is ``VariableOr[...]`` (every field is).
 _WHOLE_REFERENCE = re.compile(r"\$\{[A-Za-z_][\w\-]*(?:\.[A-Za-z_][\w\-]*(?:\[\d+\])*)*\}")
 MODELS_PACKAGE = "databricks-bundles"
+# A dynamic value reference to a job parameter, resolved by the Jobs service when a run starts.
+_JOB_PARAMETER = re.compile(r"\{\{\s*job\.parameters\.([\w.-]+)\s*\}\}")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -76,6 +78,35 @@ def _jobs() -> list[tuple[Path, str, dict[str, Any]]]:
 def _tasks() -> list[tuple[Path, str, dict[str, Any]]]:
     """``(resource file, job name, task)`` for every task of every job."""
     return [(path, name, task) for path, name, job in _jobs() for task in job.get("tasks", [])]
+
+
+def _job(path: Path, job_name: str) -> dict[str, Any]:
+    return next(job for p, name, job in _jobs() if p == path and name == job_name)
+
+
+def _job_parameters(job: dict[str, Any]) -> dict[str, Any]:
+    """The job's parameters (``parameters:`` with ``name`` and ``default``) as name -> default."""
+    return {p["name"]: p["default"] for p in job.get("parameters", [])}
+
+
+def _resolve_job_parameters(value: Any, parameters: dict[str, Any]) -> Any:
+    """Replace ``{{job.parameters.NAME}}`` with the parameter's value, as a run does.
+
+    Raises:
+        KeyError: The reference names no parameter of the job.
+    """
+    if isinstance(value, dict):
+        return {k: _resolve_job_parameters(v, parameters) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_job_parameters(v, parameters) for v in value]
+    if isinstance(value, str):
+        return _JOB_PARAMETER.sub(lambda m: str(parameters[m.group(1)]), value)
+    return value
+
+
+def _notebook_parameters(job: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    """What a notebook task's widgets receive: its ``base_parameters``, then the job's parameters (they win)."""
+    return {**(task["notebook_task"].get("base_parameters") or {}), **_job_parameters(job)}
 
 
 def _task_id(item: tuple[Path, str, dict[str, Any]]) -> str:
@@ -559,10 +590,10 @@ def test_notebooks_are_databricks_source_without_path_hacks(notebook: Path) -> N
 
 @pytest.mark.parametrize("item", NOTEBOOK_TASKS, ids=_task_id)
 def test_notebook_parameters_are_exactly_its_widgets(item: tuple[Path, str, dict[str, Any]]) -> None:
-    path, _, task = item
+    path, job_name, task = item
     notebook = _resolve_path(path, task["notebook_task"]["notebook_path"])
     widgets = _notebook_widgets(notebook.read_text())
-    assert sorted(task["notebook_task"]["base_parameters"]) == sorted(widgets)
+    assert sorted(_notebook_parameters(_job(path, job_name), task)) == sorted(widgets)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -572,11 +603,11 @@ def test_notebook_parameters_load_the_deployed_config(
 ) -> None:
     path, job_name, task = item
     variables = _target_variables(target)
-    job = next(job for p, name, job in _jobs() if p == path and name == job_name)
+    job = _job(path, job_name)
     env = _cluster_env(job, task["job_cluster_key"], variables)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    parameters = {k: str(v) for k, v in _substitute(task["notebook_task"]["base_parameters"], variables).items()}
+    parameters = {k: str(v) for k, v in _substitute(_notebook_parameters(job, task), variables).items()}
     assert Path(parameters["conf"]).is_file(), f"{parameters['conf']} is not in the repository"
     # The notebook's own code path: its widgets, read through deltaml.widgets.
     loaded = config_from_widgets(_DictWidgets(parameters))
@@ -590,18 +621,36 @@ def test_python_task_arguments_parse_and_load_the_deployed_config(
 ) -> None:
     path, job_name, task = item
     variables = _target_variables(target)
-    job = next(job for p, name, job in _jobs() if p == path and name == job_name)
+    job = _job(path, job_name)
     env = _cluster_env(job, task["job_cluster_key"], variables)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     script = _resolve_path(path, task["spark_python_task"]["python_file"])
     command = _job_command(script.read_text())
-    arguments = [str(a) for a in _substitute(task["spark_python_task"].get("parameters", []), variables)]
+    arguments = _resolve_job_parameters(task["spark_python_task"].get("parameters", []), _job_parameters(job))
+    arguments = [str(a) for a in _substitute(arguments, variables)]
     args = build_parser().parse_args([command, *arguments])
     assert Path(args.config).is_file(), f"{args.config} is not in the repository"
     assert args.env == "databricks"
     loaded = load_config(args.config, env=args.env, overrides=args.overrides)
     _assert_catalog_tables(loaded, env)
+
+
+@pytest.mark.parametrize("item", _jobs(), ids=lambda item: item[1])
+def test_job_parameters_are_declared_once_and_each_is_read(item: tuple[Path, str, dict[str, Any]]) -> None:
+    path, name, job = item
+    declared = [p["name"] for p in job.get("parameters", [])]
+    assert declared, f"job {name} has no parameters: a run could not point it at another config"
+    assert len(declared) == len(set(declared)), f"job {name} repeats a parameter: {declared}"
+    referenced = {m for task in job["tasks"] for m in _JOB_PARAMETER.findall(str(task))}
+    assert referenced <= set(declared), (
+        f"job {name}: {{{{job.parameters.*}}}} names undeclared {referenced - set(declared)}"
+    )
+    read = set(referenced)
+    for task in job["tasks"]:
+        if "notebook_task" in task:
+            read.update(_notebook_widgets(_resolve_path(path, task["notebook_task"]["notebook_path"]).read_text()))
+    assert set(declared) <= read, f"job {name}: parameters {sorted(set(declared) - read)} reach no task"
 
 
 def test_cluster_sets_exactly_the_variables_the_databricks_overlay_reads() -> None:
@@ -641,6 +690,17 @@ def test_substitute_resolves_variables_and_rejects_undeclared_ones() -> None:
     assert _substitute("${workspace.current_user.userName}", variables) == "placeholder-workspace-current_user-userName"
     with pytest.raises(KeyError, match="missing"):
         _substitute("pre-${var.missing}", variables)
+
+
+def test_job_parameter_references_resolve_and_reject_undeclared_ones() -> None:
+    parameters = {"conf": "c.yml", "env": "databricks"}
+    assert _resolve_job_parameters(["{{job.parameters.conf}}", "--env", "{{ job.parameters.env }}"], parameters) == [
+        "c.yml",
+        "--env",
+        "databricks",
+    ]
+    with pytest.raises(KeyError, match="missing"):
+        _resolve_job_parameters("{{job.parameters.missing}}", parameters)
 
 
 def test_widget_and_job_command_parsers_read_the_source() -> None:
