@@ -533,6 +533,35 @@ def test_jobs_have_tasks_on_defined_clusters() -> None:
         assert job.get("max_concurrent_runs") == 1, f"job {name} could race itself"
 
 
+@pytest.mark.parametrize("item", _jobs(), ids=lambda item: item[1])
+def test_jobs_queue_time_out_and_warn_before_the_timeout(item: tuple[Path, str, dict[str, Any]]) -> None:
+    _, name, job = item
+    assert job.get("queue") == {"enabled": True}, f"job {name}: a run started during another would be skipped"
+    timeout = job.get("timeout_seconds")
+    assert isinstance(timeout, int) and timeout > 0, f"job {name} has no timeout_seconds"
+    for task in job["tasks"]:
+        if "timeout_seconds" in task:
+            assert task["timeout_seconds"] <= timeout, f"{name}.{task['task_key']}: task timeout above the job's"
+    rules = [r for r in (job.get("health") or {}).get("rules", []) if r["metric"] == "RUN_DURATION_SECONDS"]
+    assert len(rules) == 1 and rules[0]["op"] == "GREATER_THAN", f"job {name}: no run-duration health rule"
+    assert 0 < rules[0]["value"] < timeout, f"job {name}: the duration warning must come before the timeout"
+    notify = job.get("email_notifications") or {}
+    assert "on_duration_warning_threshold_exceeded" in notify, f"job {name}: the duration warning tells no one"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_job_grants_view_and_prod_grants_runs_to_distinct_groups(target: str) -> None:
+    variables = _target_variables(target)
+    for _, name, job in _jobs():
+        permissions = _resolve_variables(job.get("permissions"), variables)
+        assert permissions, f"job {name} has no permissions: only its owner and admins could see it"
+        levels = {p["level"] for p in permissions}
+        principals = [p.get("group_name") or p.get("user_name") or p.get("service_principal_name") for p in permissions]
+        assert len(principals) == len(set(principals)), f"job {name}: one principal twice in {permissions}"
+        assert "CAN_VIEW" in levels
+        assert ("CAN_MANAGE_RUN" in levels) == (target == "prod"), (name, target, levels)
+
+
 def test_both_task_forms_are_used() -> None:
     assert NOTEBOOK_TASKS, "no notebook_task: notebooks/*.py are not exercised by the bundle"
     assert PYTHON_TASKS, "no spark_python_task: jobs/*.py are not exercised by the bundle"
