@@ -35,6 +35,10 @@ BUNDLE_FILE = ROOT / "databricks.yml"
 TARGETS = ["dev", "prod"]
 NOTEBOOK_HEADER = "# Databricks notebook source"
 PAUSE_STATUSES = {"PAUSED", "UNPAUSED"}
+# What a task may run: deltaml code (a notebook or a jobs/*.py script) or another job of the bundle.
+TASK_KINDS = ("notebook_task", "spark_python_task", "run_job_task")
+# The daily workflow's steps, in the order its depends_on must run them.
+DAILY_STEPS = ["deltaml_score", "deltaml_monitor", "deltaml_retrain"]
 
 _REFERENCE = re.compile(r"\$\{([^}]+)\}")
 _WIDGET = re.compile(r"""dbutils\.widgets\.(?:text|dropdown|combobox|multiselect)\(\s*["']([^"']+)["']""")
@@ -45,6 +49,7 @@ _OVERLAY_VARIABLE = re.compile(r"\$\{(\w+)(?::-[^}]*)?\}")
 _WHOLE_REFERENCE = re.compile(r"\$\{[A-Za-z_][\w\-]*(?:\.[A-Za-z_][\w\-]*(?:\[\d+\])*)*\}")
 MODELS_PACKAGE = "databricks-bundles"
 # A dynamic value reference to a job parameter, resolved by the Jobs service when a run starts.
+_JOB_ID = re.compile(r"\$\{resources\.jobs\.([\w-]+)\.id\}")
 _JOB_PARAMETER = re.compile(r"\{\{\s*job\.parameters\.([\w.-]+)\s*\}\}")
 
 
@@ -107,6 +112,34 @@ def _resolve_job_parameters(value: Any, parameters: dict[str, Any]) -> Any:
 def _notebook_parameters(job: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
     """What a notebook task's widgets receive: its ``base_parameters``, then the job's parameters (they win)."""
     return {**(task["notebook_task"].get("base_parameters") or {}), **_job_parameters(job)}
+
+
+def _run_job_target(task: dict[str, Any]) -> str:
+    """The bundle job a ``run_job_task`` starts (its ``job_id`` is ``${resources.jobs.NAME.id}``)."""
+    match = _JOB_ID.fullmatch(str(task["run_job_task"]["job_id"]))
+    if match is None:
+        raise ValueError(f"task {task['task_key']}: job_id {task['run_job_task']['job_id']!r} names no bundle job")
+    return match.group(1)
+
+
+def _task_order(job: dict[str, Any]) -> list[str]:
+    """The job's task keys in an order depends_on allows (each after the tasks it depends on).
+
+    Raises:
+        ValueError: A depends_on names no task of the job, or the dependencies form a cycle.
+    """
+    needs = {t["task_key"]: [d["task_key"] for d in t.get("depends_on", [])] for t in job["tasks"]}
+    for key, deps in needs.items():
+        unknown = [d for d in deps if d not in needs or d == key]
+        if unknown:
+            raise ValueError(f"task {key} depends on {unknown}: not another task of the job {sorted(needs)}")
+    order: list[str] = []
+    while len(order) < len(needs):
+        ready = [k for k, deps in needs.items() if k not in order and all(d in order for d in deps)]
+        if not ready:
+            raise ValueError(f"the depends_on of tasks {sorted(set(needs) - set(order))} form a cycle")
+        order.extend(ready)
+    return order
 
 
 def _task_id(item: tuple[Path, str, dict[str, Any]]) -> str:
@@ -351,6 +384,8 @@ def _check_job_model(name: str, job: dict[str, Any]) -> None:
 
 NOTEBOOK_TASKS = [t for t in _tasks() if "notebook_task" in t[2]]
 PYTHON_TASKS = [t for t in _tasks() if "spark_python_task" in t[2]]
+CODE_TASKS = NOTEBOOK_TASKS + PYTHON_TASKS
+RUN_JOB_TASKS = [t for t in _tasks() if "run_job_task" in t[2]]
 
 
 # -- the bundle's shape ---------------------------------------------------------------------------
@@ -397,7 +432,7 @@ def test_wheel_artifact_builds_where_the_tasks_take_it_from() -> None:
     build = artifact["build"].split()
     assert "wheel" in build and "--no-deps" in build
     wheel_dir = (package_dir / build[build.index("-w") + 1]).resolve()
-    for path, job_name, task in _tasks():
+    for path, job_name, task in CODE_TASKS:
         wheels = [lib["whl"] for lib in task.get("libraries", []) if "whl" in lib]
         assert len(wheels) == 1, f"{job_name}.{task['task_key']} installs {wheels}, expected deltaml's wheel"
         wheel = _resolve_path(path, wheels[0])
@@ -483,7 +518,11 @@ def test_model_check_refuses_unknown_fields(path: tuple[str | int, ...], value: 
             "conf.yml --env databricks",
             r"deltaml_score\.tasks\[0\]\.spark_python_task\.parameters: str .*expected a list",
         ),
-        (("schedule", "pause_status"), "STOPPED", r"deltaml_score\.schedule\.pause_status: 'STOPPED' is not one of"),
+        (
+            ("health", "rules", 0, "op"),
+            "MORE_THAN",
+            r"deltaml_score\.health\.rules\[0\]\.op: 'MORE_THAN' is not one of",
+        ),
     ],
     ids=["str-for-int", "bool-for-int", "float-for-int", "mapping-for-str", "str-for-list", "bad-enum"],
 )
@@ -516,9 +555,9 @@ def test_model_check_fails_without_databricks_bundles(monkeypatch: pytest.Monkey
 # -- jobs, tasks and schedules --------------------------------------------------------------------
 
 
-def test_jobs_have_tasks_on_defined_clusters() -> None:
+def test_jobs_have_tasks_and_code_tasks_run_on_defined_clusters() -> None:
     jobs = _jobs()
-    assert {name for _, name, _ in jobs} >= {"deltaml_train", "deltaml_score"}
+    assert {name for _, name, _ in jobs} >= {"deltaml_train", "deltaml_daily", *DAILY_STEPS}
     for _, name, job in jobs:
         tasks = job.get("tasks", [])
         assert tasks, f"job {name} has no tasks"
@@ -526,6 +565,10 @@ def test_jobs_have_tasks_on_defined_clusters() -> None:
         assert len(keys) == len(set(keys)), f"job {name} repeats a task_key: {keys}"
         clusters = {c["job_cluster_key"] for c in job.get("job_clusters", [])}
         for task in tasks:
+            kinds = [kind for kind in TASK_KINDS if kind in task]
+            assert len(kinds) == 1, f"{name}.{task['task_key']} runs {kinds}, expected one of {TASK_KINDS}"
+            if kinds == ["run_job_task"]:
+                continue  # the job it starts brings its own compute
             assert task.get("job_cluster_key") in clusters or task.get("existing_cluster_id"), (
                 f"{name}.{task['task_key']}: job_cluster_key {task.get('job_cluster_key')!r} "
                 f"is not one of the job's clusters {sorted(clusters)} and no existing_cluster_id is set"
@@ -567,6 +610,65 @@ def test_both_task_forms_are_used() -> None:
     assert PYTHON_TASKS, "no spark_python_task: jobs/*.py are not exercised by the bundle"
 
 
+@pytest.mark.parametrize("item", _jobs(), ids=lambda item: item[1])
+def test_depends_on_names_other_tasks_of_the_same_job_without_cycles(item: tuple[Path, str, dict[str, Any]]) -> None:
+    _, name, job = item
+    assert sorted(_task_order(job)) == sorted(t["task_key"] for t in job["tasks"]), name
+
+
+@pytest.mark.parametrize(
+    ("tasks", "problem"),
+    [
+        ([{"task_key": "a", "depends_on": [{"task_key": "b"}]}], r"task a depends on \['b'\]"),
+        ([{"task_key": "a", "depends_on": [{"task_key": "a"}]}], r"task a depends on \['a'\]"),
+        (
+            [
+                {"task_key": "a", "depends_on": [{"task_key": "b"}]},
+                {"task_key": "b", "depends_on": [{"task_key": "a"}]},
+            ],
+            r"tasks \['a', 'b'\] form a cycle",
+        ),
+    ],
+    ids=["unknown-task", "itself", "cycle"],
+)
+def test_task_order_rejects_unknown_dependencies_and_cycles(tasks: list[dict[str, Any]], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        _task_order({"tasks": tasks})
+
+
+def test_daily_workflow_runs_score_then_monitor_then_retrain() -> None:
+    job = next(job for _, name, job in _jobs() if name == "deltaml_daily")
+    by_key = {t["task_key"]: t for t in job["tasks"]}
+    assert [_run_job_target(by_key[key]) for key in _task_order(job)] == DAILY_STEPS
+    # A strict chain: each step waits for the one before it, not only for the first.
+    for earlier, later in zip(job["tasks"], job["tasks"][1:], strict=False):
+        assert later.get("depends_on") == [{"task_key": earlier["task_key"]}], later["task_key"]
+
+
+@pytest.mark.parametrize("item", RUN_JOB_TASKS, ids=_task_id)
+def test_run_job_tasks_start_bundle_jobs_with_parameters_they_declare(item: tuple[Path, str, dict[str, Any]]) -> None:
+    _, job_name, task = item
+    started = _run_job_target(task)
+    jobs = {name: job for _, name, job in _jobs()}
+    assert started in jobs and started != job_name, f"{job_name}.{task['task_key']} starts {started}"
+    passed = set(task["run_job_task"].get("job_parameters") or {})
+    declared = set(_job_parameters(jobs[started]))
+    assert passed <= declared, (
+        f"{job_name}.{task['task_key']} passes {sorted(passed - declared)}, not parameters of {started}"
+    )
+
+
+def test_a_job_started_by_a_scheduled_workflow_has_no_schedule_of_its_own() -> None:
+    jobs = {name: job for _, name, job in _jobs()}
+    for name, job in jobs.items():
+        if "schedule" not in job:
+            continue
+        for task in job["tasks"]:
+            if "run_job_task" in task:
+                started = _run_job_target(task)
+                assert "schedule" not in jobs[started], f"{started} runs on its own schedule and again from {name}"
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_schedules_are_quartz_with_a_timezone(target: str) -> None:
     variables = _target_variables(target)
@@ -595,15 +697,13 @@ def test_quartz_check_rejects_unix_cron_and_bad_fields(expression: str, problem:
 # -- referenced files ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("item", _tasks(), ids=_task_id)
+@pytest.mark.parametrize("item", CODE_TASKS, ids=_task_id)
 def test_task_files_exist_in_the_repository(item: tuple[Path, str, dict[str, Any]]) -> None:
     path, _, task = item
     if "notebook_task" in task:
         relative = task["notebook_task"]["notebook_path"]
-    elif "spark_python_task" in task:
-        relative = task["spark_python_task"]["python_file"]
     else:
-        pytest.fail(f"task {task['task_key']} is neither a notebook_task nor a spark_python_task")
+        relative = task["spark_python_task"]["python_file"]
     resolved = _resolve_path(path, relative)
     assert resolved.is_file(), f"{relative} (relative to {path.name}) -> {resolved} does not exist"
     assert resolved.is_relative_to(ROOT), "a task file outside the bundle root is not deployed"
