@@ -39,6 +39,9 @@ PAUSE_STATUSES = {"PAUSED", "UNPAUSED"}
 TASK_KINDS = ("notebook_task", "spark_python_task", "run_job_task")
 # The daily workflow's steps, in the order its depends_on must run them.
 DAILY_STEPS = ["deltaml_score", "deltaml_monitor", "deltaml_retrain"]
+# The two forms of the daily workflow (job cluster, serverless): a target schedules at most one.
+DAILY_WORKFLOWS = {"deltaml_daily", "deltaml_daily_serverless"}
+SERVERLESS_FILE = ROOT / "resources" / "deltaml_daily_serverless.yml"
 
 _REFERENCE = re.compile(r"\$\{([^}]+)\}")
 _WIDGET = re.compile(r"""dbutils\.widgets\.(?:text|dropdown|combobox|multiselect)\(\s*["']([^"']+)["']""")
@@ -49,6 +52,8 @@ _OVERLAY_VARIABLE = re.compile(r"\$\{(\w+)(?::-[^}]*)?\}")
 _WHOLE_REFERENCE = re.compile(r"\$\{[A-Za-z_][\w\-]*(?:\.[A-Za-z_][\w\-]*(?:\[\d+\])*)*\}")
 MODELS_PACKAGE = "databricks-bundles"
 # A dynamic value reference to a job parameter, resolved by the Jobs service when a run starts.
+# What only a classic (non Spark Connect) session has.
+_CLASSIC_ONLY = re.compile(r"\bsparkContext\b|\._jvm\b|\._jsc\b|\bsc\.\w|\.rdd\b")
 _JOB_ID = re.compile(r"\$\{resources\.jobs\.([\w-]+)\.id\}")
 _JOB_PARAMETER = re.compile(r"\{\{\s*job\.parameters\.([\w.-]+)\s*\}\}")
 
@@ -258,10 +263,21 @@ def _requirement_name(requirement: str) -> str:
     return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower()
 
 
-def _cluster_env(job: dict[str, Any], cluster_key: str, variables: dict[str, Any]) -> dict[str, str]:
-    clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job.get("job_clusters", [])}
-    spec = _substitute(clusters[cluster_key], variables)
-    return {k: str(v) for k, v in (spec.get("spark_env_vars") or {}).items()}
+def _task_env(job: dict[str, Any], task: dict[str, Any], variables: dict[str, Any]) -> dict[str, str]:
+    """The environment variables a code task runs with.
+
+    On a job cluster its ``spark_env_vars``; on serverless compute the job's
+    ``environment_variables`` entry the task names (none if it names none).
+    """
+    if "job_cluster_key" in task:
+        clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job.get("job_clusters", [])}
+        spec = _substitute(clusters[task["job_cluster_key"]], variables)
+        return {k: str(v) for k, v in (spec.get("spark_env_vars") or {}).items()}
+    if "environment_variables_key" not in task:
+        return {}
+    entries = {e["environment_variables_key"]: e["spec"] for e in job.get("environment_variables", [])}
+    spec = _substitute(entries[task["environment_variables_key"]], variables)
+    return {k: str(v) for k, v in (spec.get("variables") or {}).items()}
 
 
 def _assert_catalog_tables(loaded: LoadedConfig, env: dict[str, str]) -> None:
@@ -433,7 +449,12 @@ def test_wheel_artifact_builds_where_the_tasks_take_it_from() -> None:
     assert "wheel" in build and "--no-deps" in build
     wheel_dir = (package_dir / build[build.index("-w") + 1]).resolve()
     for path, job_name, task in CODE_TASKS:
-        wheels = [lib["whl"] for lib in task.get("libraries", []) if "whl" in lib]
+        if "environment_key" in task:  # serverless: the wheel is a dependency of the task's environment
+            job = _job(path, job_name)
+            spec = next(e["spec"] for e in job["environments"] if e["environment_key"] == task["environment_key"])
+            wheels = [d for d in spec.get("dependencies", []) if d.endswith(".whl")]
+        else:
+            wheels = [lib["whl"] for lib in task.get("libraries", []) if "whl" in lib]
         assert len(wheels) == 1, f"{job_name}.{task['task_key']} installs {wheels}, expected deltaml's wheel"
         wheel = _resolve_path(path, wheels[0])
         assert wheel.parent == wheel_dir and wheel.name.endswith(".whl"), (wheel, wheel_dir)
@@ -564,15 +585,28 @@ def test_jobs_have_tasks_and_code_tasks_run_on_defined_clusters() -> None:
         keys = [t["task_key"] for t in tasks]
         assert len(keys) == len(set(keys)), f"job {name} repeats a task_key: {keys}"
         clusters = {c["job_cluster_key"] for c in job.get("job_clusters", [])}
+        environments = {e["environment_key"] for e in job.get("environments", [])}
         for task in tasks:
             kinds = [kind for kind in TASK_KINDS if kind in task]
             assert len(kinds) == 1, f"{name}.{task['task_key']} runs {kinds}, expected one of {TASK_KINDS}"
             if kinds == ["run_job_task"]:
                 continue  # the job it starts brings its own compute
-            assert task.get("job_cluster_key") in clusters or task.get("existing_cluster_id"), (
-                f"{name}.{task['task_key']}: job_cluster_key {task.get('job_cluster_key')!r} "
-                f"is not one of the job's clusters {sorted(clusters)} and no existing_cluster_id is set"
+            on_cluster = task.get("job_cluster_key") in clusters or bool(task.get("existing_cluster_id"))
+            on_serverless = task.get("environment_key") in environments
+            assert on_cluster != on_serverless, (
+                f"{name}.{task['task_key']}: job_cluster_key {task.get('job_cluster_key')!r} (clusters "
+                f"{sorted(clusters)}), environment_key {task.get('environment_key')!r} (environments "
+                f"{sorted(environments)}): expected exactly one of a cluster and a serverless environment"
             )
+            if on_serverless:
+                # A serverless task takes its libraries from the environment, and a notebook task
+                # cannot name an environment (its notebook's own environment applies).
+                assert not task.get("libraries"), f"{name}.{task['task_key']}: libraries on serverless"
+                assert "notebook_task" not in task, (
+                    f"{name}.{task['task_key']}: a notebook task cannot use environments"
+                )
+        used = {t.get("environment_key") for t in tasks}
+        assert environments <= used, f"job {name}: environments {sorted(environments - used)} serve no task"
         assert job.get("max_concurrent_runs") == 1, f"job {name} could race itself"
 
 
@@ -669,16 +703,54 @@ def test_a_job_started_by_a_scheduled_workflow_has_no_schedule_of_its_own() -> N
                 assert "schedule" not in jobs[started], f"{started} runs on its own schedule and again from {name}"
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_schedules_are_quartz_with_a_timezone(target: str) -> None:
-    variables = _target_variables(target)
-    scheduled = [(name, _substitute(job["schedule"], variables)) for _, name, job in _jobs() if "schedule" in job]
-    assert scheduled, "no job has a schedule"
-    for name, schedule in scheduled:
+def _documented_serverless_switch() -> dict[str, str]:
+    """The ``--var NAME=VALUE`` pairs the serverless workflow's file tells prod to deploy with."""
+    return dict(re.findall(r"--var (\w+)=(\w+)", SERVERLESS_FILE.read_text()))
+
+
+@pytest.mark.parametrize(
+    ("target", "switch"),
+    [("dev", False), ("prod", False), ("prod", True)],
+    ids=["dev", "prod", "prod-serverless-daily"],
+)
+def test_schedules_are_quartz_and_a_target_runs_training_and_one_daily_workflow(target: str, switch: bool) -> None:
+    variables = {**_target_variables(target), **(_documented_serverless_switch() if switch else {})}
+    scheduled = {name: _substitute(job["schedule"], variables) for _, name, job in _jobs() if "schedule" in job}
+    assert set(scheduled) == {"deltaml_train", *DAILY_WORKFLOWS}
+    for name, schedule in scheduled.items():
         assert _quartz_problems(schedule["quartz_cron_expression"]) == [], name
         assert schedule.get("timezone_id"), f"job {name} has no timezone_id"
         assert schedule["pause_status"] in PAUSE_STATUSES
-        assert schedule["pause_status"] == ("PAUSED" if target == "dev" else "UNPAUSED"), (name, target)
+    unpaused = {name for name, schedule in scheduled.items() if schedule["pause_status"] == "UNPAUSED"}
+    if target == "dev":
+        assert unpaused == set()
+    else:
+        expected_daily = "deltaml_daily_serverless" if switch else "deltaml_daily"
+        assert unpaused == {"deltaml_train", expected_daily}, "two daily workflows would score the same tables twice"
+
+
+def test_serverless_switch_is_documented_in_the_bundle() -> None:
+    switch = _documented_serverless_switch()
+    assert switch == {"daily_pause_status": "PAUSED", "serverless_daily_pause_status": "UNPAUSED"}
+
+
+def test_serverless_daily_workflow_runs_the_same_steps_with_the_same_arguments() -> None:
+    jobs = {name: job for _, name, job in _jobs()}
+    workflow = jobs["deltaml_daily_serverless"]
+    by_key = {t["task_key"]: t for t in workflow["tasks"]}
+    steps = []
+    for key in _task_order(workflow):
+        task = by_key[key]
+        if "run_job_task" in task:
+            steps.append(_run_job_target(task))
+            # Training needs a SparkContext, which serverless compute does not have.
+            assert jobs[steps[-1]].get("job_clusters"), f"{steps[-1]} must run on a job cluster"
+        else:
+            script = _resolve_path(SERVERLESS_FILE, task["spark_python_task"]["python_file"])
+            steps.append(f"deltaml_{_job_command(script.read_text())}")
+            classic = next(t for t in jobs["deltaml_score"]["tasks"] if "spark_python_task" in t)
+            assert task["spark_python_task"]["parameters"] == classic["spark_python_task"]["parameters"], key
+    assert steps == DAILY_STEPS
 
 
 @pytest.mark.parametrize(
@@ -717,6 +789,17 @@ def test_notebooks_are_databricks_source_without_path_hacks(notebook: Path) -> N
     assert _notebook_widgets(source), "a notebook without widgets cannot take the job's parameters"
 
 
+@pytest.mark.parametrize(
+    "source",
+    [*sorted((ROOT / "notebooks").glob("*.py")), ROOT / "lib" / "deltaml" / "widgets.py"],
+    ids=lambda p: p.name,
+)
+def test_notebooks_use_no_classic_only_spark_api(source: Path) -> None:
+    # Serverless compute and standard access mode run Spark Connect: no SparkContext, JVM or RDDs.
+    found = _CLASSIC_ONLY.findall(source.read_text())
+    assert not found, f"{source.name} uses {found}, which Spark Connect (serverless) does not have"
+
+
 @pytest.mark.parametrize("item", NOTEBOOK_TASKS, ids=_task_id)
 def test_notebook_parameters_are_exactly_its_widgets(item: tuple[Path, str, dict[str, Any]]) -> None:
     path, job_name, task = item
@@ -733,7 +816,7 @@ def test_notebook_parameters_load_the_deployed_config(
     path, job_name, task = item
     variables = _target_variables(target)
     job = _job(path, job_name)
-    env = _cluster_env(job, task["job_cluster_key"], variables)
+    env = _task_env(job, task, variables)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     parameters = {k: str(v) for k, v in _substitute(_notebook_parameters(job, task), variables).items()}
@@ -751,7 +834,7 @@ def test_python_task_arguments_parse_and_load_the_deployed_config(
     path, job_name, task = item
     variables = _target_variables(target)
     job = _job(path, job_name)
-    env = _cluster_env(job, task["job_cluster_key"], variables)
+    env = _task_env(job, task, variables)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     script = _resolve_path(path, task["spark_python_task"]["python_file"])
@@ -782,14 +865,19 @@ def test_job_parameters_are_declared_once_and_each_is_read(item: tuple[Path, str
     assert set(declared) <= read, f"job {name}: parameters {sorted(set(declared) - read)} reach no task"
 
 
-def test_cluster_sets_exactly_the_variables_the_databricks_overlay_reads() -> None:
+@pytest.mark.parametrize("item", CODE_TASKS, ids=_task_id)
+def test_code_task_gets_exactly_the_variables_the_databricks_overlay_reads(
+    item: tuple[Path, str, dict[str, Any]],
+) -> None:
+    # Without them the overlay falls back to main.deltaml: prod's tables, from any target.
+    path, job_name, task = item
     overlay = (ROOT / "conf" / "env" / "databricks.yml").read_text()
     wanted = set(_OVERLAY_VARIABLE.findall(overlay))
     assert wanted, "the databricks overlay reads no environment variable"
-    for _, name, job in _jobs():
-        for cluster in job.get("job_clusters", []):
-            env = _cluster_env(job, cluster["job_cluster_key"], _target_variables("dev"))
-            assert set(env) == wanted, f"job {name} cluster {cluster['job_cluster_key']}"
+    env = _task_env(_job(path, job_name), task, _target_variables("dev"))
+    assert set(env) == wanted, (
+        f"{job_name}.{task['task_key']} runs with {sorted(env)}, the overlay reads {sorted(wanted)}"
+    )
 
 
 def test_prod_tables_differ_from_dev_tables() -> None:
