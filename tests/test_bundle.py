@@ -729,9 +729,12 @@ def test_schedules_are_quartz_and_a_target_runs_training_and_one_daily_workflow(
         assert unpaused == {"deltaml_train", expected_daily}, "two daily workflows would score the same tables twice"
 
 
-def test_serverless_switch_is_documented_in_the_bundle() -> None:
+def test_serverless_switch_is_the_same_in_the_bundle_and_the_docs() -> None:
     switch = _documented_serverless_switch()
     assert switch == {"daily_pause_status": "PAUSED", "serverless_daily_pause_status": "UNPAUSED"}
+    written = " ".join(f"--var {name}={value}" for name, value in switch.items())
+    assert written in BUNDLE_FILE.read_text()
+    assert written in (ROOT / "docs" / "deployment" / "databricks.md").read_text()
 
 
 def test_serverless_daily_workflow_runs_the_same_steps_with_the_same_arguments() -> None:
