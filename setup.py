@@ -75,7 +75,15 @@ setup(
         # without pyspark itself, so it adds to a Databricks runtime's or Databricks Connect's pyspark.
         "connect": ["grpcio>=1.67", "grpcio-status>=1.67", "googleapis-common-protos>=1.65", "zstandard>=0.23"],
         # Linters pinned so a new release cannot turn a green main red overnight.
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6", "mypy==2.4.1", "types-PyYAML"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff==0.17.6",
+            "mypy==2.4.1",
+            "types-PyYAML",
+            # Databricks' typed models of bundle jobs: tests/test_bundle.py checks resources/*.yml against them.
+            "databricks-bundles==1.22.1",
+        ],
     },
     entry_points={"console_scripts": ["deltaml=deltaml.cli:console_main"]},
 )

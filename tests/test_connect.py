@@ -1,4 +1,4 @@
-"""The Telco pipeline through a real Spark Connect server: same test metrics as a classic session, incremental scoring.
+"""The Telco pipeline through a real Spark Connect server: same test metrics as a classic session, scoring, monitoring.
 
 Databricks serverless and standard-access clusters run Python over Spark Connect: no SparkContext,
 no RDDs, no broadcasts, no JVM gateway. The server here is pyspark's own (tests/connect.py); the
@@ -131,3 +131,7 @@ def test_pipeline_over_spark_connect_matches_classic_and_scores_incrementally(
     second = _deltaml("score", str(connect_conf))
     assert second.returncode == 0, second.stderr[-3000:]
     assert _predictions(spark, state) == (7068, 7068)
+
+    monitor = _deltaml("monitor", str(connect_conf))
+    assert monitor.returncode == 0, monitor.stderr[-3000:]
+    assert "[monitor] done" in monitor.stderr and "25 predictions" in monitor.stderr, monitor.stderr[-2000:]
