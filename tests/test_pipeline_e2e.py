@@ -200,6 +200,9 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     assert "using spark-submit's session (master local[1]); kept spark-submit's spark.sql.shuffle.partitions=3" in (
         done.stdout
     )
+    # Spark's console INFO flood is off (spark.log.level=WARN): only the lines before it applies remain.
+    spark_info = [line for line in done.stdout.splitlines() if " INFO " in line and "deltaml" not in line]
+    assert len(spark_info) <= 5, spark_info[:20]
     assert _rows(spark, state / PREDICTIONS, "customer_id") == (7043, 7043)
     assert _model_versions(spark, state / PREDICTIONS) == {2}
 

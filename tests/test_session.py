@@ -63,3 +63,19 @@ def test_get_spark_on_a_databricks_runtime_takes_its_session(
         get_spark(config, maven_repo=tmp_path)
     monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "17.3")
     assert get_spark(config, maven_repo=tmp_path) is spark
+
+
+def test_spark_submit_logs_warnings_unless_logging_was_chosen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyspark import SparkConf
+
+    from deltaml.io.session import _spark_logs_by_default
+
+    monkeypatch.delenv("SPARK_CONF_DIR", raising=False)
+    monkeypatch.delenv("SPARK_HOME", raising=False)
+    assert _spark_logs_by_default(SparkConf(loadDefaults=False))
+    assert not _spark_logs_by_default(SparkConf(loadDefaults=False).set("spark.log.level", "INFO"))
+    chosen = SparkConf(loadDefaults=False).set("spark.driver.extraJavaOptions", "-Dlog4j.configurationFile=x.xml")
+    assert not _spark_logs_by_default(chosen)
+    (tmp_path / "log4j2.properties").write_text("rootLogger.level = info\n")
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    assert not _spark_logs_by_default(SparkConf(loadDefaults=False))

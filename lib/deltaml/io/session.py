@@ -8,8 +8,12 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyspark.sql import SparkSession
+
+if TYPE_CHECKING:
+    from pyspark import SparkConf
 
 from deltaml.config.schema import PipelineConfig
 from deltaml.errors import SetupError
@@ -237,6 +241,22 @@ def _under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def _spark_logs_by_default(submitted: SparkConf) -> bool:
+    """Whether Spark logs with its built-in log4j config (INFO to the console): no level and no config file given.
+
+    A ``spark.log.level``, a ``log4j2.properties`` in ``SPARK_CONF_DIR`` (or ``$SPARK_HOME/conf``), or a
+    ``-Dlog4j.configurationFile`` in the driver's Java options means someone chose the logging: keep it.
+    """
+    if submitted.contains("spark.log.level"):
+        return False
+    if "log4j.configurationFile" in (submitted.get("spark.driver.extraJavaOptions", "") or ""):
+        return False
+    folders = [os.environ.get("SPARK_CONF_DIR", "")]
+    if os.environ.get("SPARK_HOME"):
+        folders.append(str(Path(os.environ["SPARK_HOME"]) / "conf"))
+    return not any(folder and (Path(folder) / "log4j2.properties").is_file() for folder in folders)
+
+
 def get_spark(config: PipelineConfig, maven_repo: Path | None = None) -> SparkSession:
     """Return the session for a pipeline: the active one, a Spark Connect one, spark-submit's, or a new local one.
 
@@ -282,6 +302,10 @@ def get_spark(config: PipelineConfig, maven_repo: Path | None = None) -> SparkSe
             "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
             **{k: str(v) for k, v in config.spark.conf.items()},
         }
+        if _spark_logs_by_default(submitted):
+            # Spark's default log4j config logs INFO to the console (tens of thousands of lines for one
+            # pipeline run), burying deltaml's own lines; local sessions and the pyspark shell log WARN.
+            wanted["spark.log.level"] = "WARN"
         for key, value in wanted.items():
             if not submitted.contains(key):
                 builder = builder.config(key, value)
