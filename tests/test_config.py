@@ -148,7 +148,8 @@ def test_missing_file_invalid_yaml_and_unknown_overlay(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"top level must be a mapping of keys, got list"):
         load_config(listy)
     with pytest.raises(
-        ConfigError, match=r"overlay 'moon' not found .* available: \['cluster', 'databricks', 'local', 'local-connect'\]"
+        ConfigError,
+        match=r"overlay 'moon' not found .* available: \['cluster', 'databricks', 'local', 'local-connect'\]",
     ):
         load_config(TELCO_CONF, env="moon")
 
