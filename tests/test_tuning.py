@@ -6,6 +6,7 @@ import math
 import random
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,26 @@ def test_early_stopping_and_deadline_end_the_search() -> None:
         "lr", SPACE, {}, sleepy, metric="auc_roc", budget=_budget(deadline=time.monotonic() + 0.5, parallelism=1)
     )
     assert late.stopped == "timeout" and 1 <= len(late.trials) < 12
+
+
+def test_a_huge_trial_budget_builds_nothing_per_possible_trial() -> None:
+    # Seeds for every possible trial were built up front: 3 million took 15 s and 117 MB, and with
+    # max_evals 1e9 the timeout never applied (~38 GB). Now memory follows the trials run, not the budget.
+    tracemalloc.start()
+    try:
+        cut = search_family(
+            "lr",
+            SPACE,
+            {},
+            _bowl,
+            metric="auc_roc",
+            budget=_budget(max_evals=10_000_000, deadline=time.monotonic() + 1.0, parallelism=1),
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert cut.stopped == "timeout" and len(cut.trials) >= 1
+    assert peak < 50 * 1024**2, f"peak {peak / 1024**2:.0f} MB"
 
 
 def test_log_loss_is_minimised_and_an_empty_space_is_one_trial() -> None:

@@ -165,7 +165,15 @@ def search_family(
     space = build_space(search, family)
     domain = Domain(lambda _: 0.0, space)
     rng = np.random.default_rng(budget.seed)
-    seeds = [int(rng.integers(2**31 - 1)) for _ in range(max_evals)]
+    # One seed per trial, drawn in trial order as trials start (the same values as drawing all
+    # first): a budget of a billion trials with a one-minute timeout must not build a billion seeds.
+    seeds: list[int] = []
+
+    def seed_of(number: int) -> int:
+        while len(seeds) < number:
+            seeds.append(int(rng.integers(2**31 - 1)))
+        return seeds[number - 1]
+
     # TPE starts modelling after a third of the budget (between 2 and 20 random trials first).
     suggest = partial(tpe.suggest, n_startup_jobs=max(2, min(20, max_evals // 3)))
     lag = budget.parallelism
@@ -198,7 +206,7 @@ def search_family(
                 if known:
                     history.insert_trial_docs(known)
                     history.refresh()
-                (doc,) = suggest([number], domain, history, seeds[number - 1])
+                (doc,) = suggest([number], domain, history, seed_of(number))
                 docs[number] = doc
                 point = {**fixed, **params_from_sample(space_eval(space, spec_from_misc(doc["misc"])), search)}
                 running[pool.submit(_run_trial, family, number, point, train_trial)] = number
