@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from deltaml._version import __version__
 from deltaml.columns import MODEL_NAME_COL, MODEL_VERSION_COL
-from deltaml.errors import DeltamlError, SetupError, one_line
+from deltaml.errors import DeltamlError, SetupError, one_line, without_credentials
 
 LOG = logging.getLogger("deltaml")
 
@@ -287,7 +287,8 @@ def _move_champion(args: argparse.Namespace) -> int:
             print(f"{args.name} rolled back: version {current} is now @{CHAMPION}")
     except MlflowException as exc:
         first = one_line(exc.message or exc, 300)
-        raise StepFailedError(f"{args.command} {args.name}: MLflow failed at {_safe_uri(uri)}: {first}") from exc
+        where = without_credentials(uri)
+        raise StepFailedError(f"{args.command} {args.name}: MLflow failed at {where}: {first}") from exc
     return 0
 
 
@@ -360,13 +361,6 @@ def _registry_uri(args: argparse.Namespace) -> str:
             f"{args.command}: no MLflow store at {uri}; run the pipeline first or pass the right --tracking-uri/--conf"
         )
     return uri
-
-
-def _safe_uri(uri: str) -> str:
-    """``scheme://user:secret@host`` -> ``scheme://***@host``, for error lines."""
-    import re
-
-    return re.sub(r"//[^/@]+@", "//***@", uri)
 
 
 def _configure_logging(quiet: bool, verbose: bool = False) -> None:

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+# ``scheme://user:secret@host``: the user-info part of a URL; ``;token=...`` or ``?token=...``: a token parameter.
+_USER_INFO = re.compile(r"(?<=//)[^/@\s]+@")
+_TOKEN = re.compile(r"(?i)(\btoken=)[^;&\s]+")
+
 
 class DeltamlError(Exception):
     """Base class: the CLI prints its message as one line and exits non-zero."""
@@ -49,4 +56,24 @@ def one_line(error: BaseException | str, limit: int = 500) -> str:
     line = next((part.strip() for part in text.splitlines() if part.strip()), "")
     if not line:
         line = "(no message)" if isinstance(error, str) else type(error).__name__
-    return line[:limit]
+    return without_credentials(line)[:limit]
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with the secrets of URLs masked: ``scheme://user:secret@host`` -> ``scheme://***@host``, ``token=***``.
+
+    Every error line deltaml prints goes through it (:func:`one_line`), so a password in a tracking
+    URI never reaches a console even when MLflow's own message quotes the URI.
+    """
+    return _TOKEN.sub(r"\1***", _USER_INFO.sub("***@", text))
+
+
+def redacted(value: Any) -> Any:
+    """A config value (mappings and lists included) with every string's URL secrets masked, for logging it."""
+    if isinstance(value, str):
+        return without_credentials(value)
+    if isinstance(value, dict):
+        return {key: redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redacted(item) for item in value]
+    return value

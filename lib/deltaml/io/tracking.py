@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib.metadata
 import json
 import logging
 import logging.config
 import os
-import re
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from pyspark.sql import SparkSession
 
 from deltaml.columns import TAG_CACHED_FROM, TAG_PIPELINE, TAG_STEP
 from deltaml.config.schema import PipelineConfig
-from deltaml.errors import StepFailedError, StepInputError, one_line
+from deltaml.errors import StepFailedError, StepInputError, one_line, without_credentials
 from deltaml.io.catalog import full_table_name, recorded_table, table_schema
 from deltaml.io.recording import TableAccess, step_lineage
 
@@ -124,6 +125,9 @@ def configure_tracking(config: PipelineConfig) -> str:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     from_environment = not config.mlflow.tracking_uri and os.environ.get("MLFLOW_TRACKING_URI") == uri
+    if without_credentials(uri) != uri:
+        # MLflow prints "View run ... at: <tracking URI>/..." for every run it ends, credentials included.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     mlflow.set_tracking_uri(uri)
     if not uri.startswith("databricks"):
         # On Databricks the registry defaults to Unity Catalog; setting it would pick the legacy one.
@@ -143,7 +147,7 @@ def configure_tracking(config: PipelineConfig) -> str:
     else:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
-    LOG.info("MLflow tracking at %s, experiment %s", _without_credentials(uri), config.mlflow.experiment)
+    LOG.info("MLflow tracking at %s, experiment %s", without_credentials(uri), config.mlflow.experiment)
     return str(experiment_id)
 
 
@@ -159,25 +163,29 @@ def check_tracking_server(config: PipelineConfig, timeout: float = 5.0) -> None:
     uri = resolve_tracking_uri(config)
     if not uri.startswith(("http://", "https://")):
         return
-    shown = _without_credentials(uri)
+    shown = without_credentials(uri)
+    # urllib does not read user:password@ in a URL (it takes it for the host name): send it as basic auth.
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{parts.port}" if parts.port else ""
+    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=netloc)).rstrip("/") + "/health")
+    if parts.username is not None:
+        user_password = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(user_password.encode()).decode())
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             status = response.status
     except (OSError, ValueError) as exc:  # refused, unresolvable, timed out, an HTTP error status
         reason = getattr(exc, "reason", None) or exc
         raise StepFailedError(
-            f"MLflow tracking server {shown} did not answer ({_without_credentials(one_line(str(reason), 200))}); "
+            f"MLflow tracking server {shown} did not answer ({without_credentials(one_line(str(reason), 200))}); "
             "start it, or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI"
         ) from None
     if status != 200:
         raise StepFailedError(
             f"MLflow tracking server {shown} answered /health with HTTP {status}; is it an MLflow server?"
         )
-
-
-def _without_credentials(uri: str) -> str:
-    """``scheme://user:secret@host`` -> ``scheme://***@host``, for logs."""
-    return re.sub(r"//[^/@]+@", "//***@", uri)
 
 
 def git_sha() -> str:

@@ -27,7 +27,7 @@ from deltaml.columns import (
     SOURCE_TABLE_COL,
     SOURCE_VERSION_COL,
 )
-from deltaml.errors import one_line
+from deltaml.errors import one_line, redacted
 from deltaml.io.recording import TableAccess, step_lineage
 from deltaml.io.registry import version_run_id
 
@@ -57,7 +57,7 @@ def build_manifest(
         "git_sha": git_sha,
         "packages": packages,
         "steps": {name: step_lineage(accesses) for name, accesses in steps.items()},
-        "config": effective_config,
+        "config": redacted(effective_config),
     }
 
 

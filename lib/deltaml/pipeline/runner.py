@@ -34,7 +34,7 @@ from deltaml.columns import (
     TAG_VERSION,
 )
 from deltaml.config.loader import LoadedConfig
-from deltaml.errors import DeltamlError, StepFailedError, one_line
+from deltaml.errors import DeltamlError, StepFailedError, one_line, redacted
 from deltaml.io.recording import TableAccess, recording, step_lineage
 from deltaml.io.session import get_spark
 from deltaml.io.tracking import (
@@ -308,9 +308,9 @@ def _run_step(
 def _log_config(loaded: LoadedConfig) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yml"
-        path.write_text(yaml.safe_dump(loaded.effective, sort_keys=False))
+        path.write_text(yaml.safe_dump(redacted(loaded.effective), sort_keys=False))
         log_file(str(path))
-    flat = _flatten(loaded.effective)
+    flat = _flatten(redacted(loaded.effective))
     log_params({k: str(v)[:500] for k, v in flat.items()})
     set_tags({TAG_CONFIG_FILES: ", ".join(loaded.source_files)})
 
