@@ -517,14 +517,19 @@ def test_model_check_accepts_the_unbroken_job_and_references() -> None:
     ],
     ids=["misspelled-job-field", "misspelled-task-field", "null-task-key"],
 )
-def test_model_check_refuses_unknown_fields(path: tuple[str | int, ...], value: Any, message: str) -> None:
+def _score_job_with(path: tuple[str | int, ...], value: Any) -> dict[str, Any]:
+    """The score job with the field at ``path`` set to ``value``."""
     job = _score_job()
     node: Any = job
     for part in path[:-1]:
         node = node[part]
     node[path[-1]] = value
+    return job
+
+
+def test_model_check_refuses_unknown_fields(path: tuple[str | int, ...], value: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        _check_job_model("deltaml_score", job)
+        _check_job_model("deltaml_score", _score_job_with(path, value))
 
 
 @pytest.mark.parametrize(
@@ -548,13 +553,8 @@ def test_model_check_refuses_unknown_fields(path: tuple[str | int, ...], value: 
     ids=["str-for-int", "bool-for-int", "float-for-int", "mapping-for-str", "str-for-list", "bad-enum"],
 )
 def test_model_check_refuses_wrong_types(path: tuple[str | int, ...], value: Any, message: str) -> None:
-    job = _score_job()
-    node: Any = job
-    for part in path[:-1]:
-        node = node[part]
-    node[path[-1]] = value
     with pytest.raises(ValueError, match=message):
-        _check_job_model("deltaml_score", job)
+        _check_job_model("deltaml_score", _score_job_with(path, value))
 
 
 def test_model_check_is_stricter_than_from_dict() -> None:
