@@ -500,6 +500,16 @@ def test_model_check_accepts_the_unbroken_job_and_references() -> None:
     _check_job_model("deltaml_score", job)
 
 
+def _score_job_with(path: tuple[str | int, ...], value: Any) -> dict[str, Any]:
+    """The score job with the field at ``path`` set to ``value``."""
+    job = _score_job()
+    node: Any = job
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    return job
+
+
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
@@ -517,16 +527,6 @@ def test_model_check_accepts_the_unbroken_job_and_references() -> None:
     ],
     ids=["misspelled-job-field", "misspelled-task-field", "null-task-key"],
 )
-def _score_job_with(path: tuple[str | int, ...], value: Any) -> dict[str, Any]:
-    """The score job with the field at ``path`` set to ``value``."""
-    job = _score_job()
-    node: Any = job
-    for part in path[:-1]:
-        node = node[part]
-    node[path[-1]] = value
-    return job
-
-
 def test_model_check_refuses_unknown_fields(path: tuple[str | int, ...], value: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         _check_job_model("deltaml_score", _score_job_with(path, value))
