@@ -54,6 +54,7 @@ setup(
         "pandas>=2.2,<3",
         "pydantic>=2.7,<3",  # 2.7: attribute docstrings, the config reference's field descriptions
         "pyyaml>=6",
+        "sqlglot>=30.31",  # config-time parsing of Spark SQL expressions (no JVM needed for check-config)
         # The single-node model families (HistGradientBoosting, LightGBM), trained on executors.
         "scikit-learn>=1.5,<2",
         "lightgbm>=4.3,<5",

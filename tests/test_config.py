@@ -116,6 +116,64 @@ def test_bad_config_gives_one_line_naming_the_key(
     assert str(caught.value).startswith("invalid config (")
 
 
+def _sql_feature(expression: str, columns: list[str] | None = None) -> dict[str, object]:
+    return {"name": "f", "kind": "sql", "columns": columns or ["tenure"], "expression": expression}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        # A typo fails at load (check-config), not at fit minutes later.
+        ({"features.derived": [_sql_feature("tenure +* 2")]}, r"'tenure \+\* 2' is not a valid Spark SQL expression"),
+        # The label in any letter case, back-quoted, or as the copy fit makes (_label): a leak.
+        ({"features.derived": [_sql_feature("_label * 2")]}, r"reads '_label', the label column 'churn'.*leaks"),
+        ({"features.derived": [_sql_feature("CHURN = 'Yes'", ["CHURN"])]}, r"key or label column is also listed"),
+        ({"features.derived": [_sql_feature("if(`Churn` = 'Yes', 1, 0)")]}, r"reads 'Churn', the label column"),
+        ({"features.derived": [_sql_feature("exists(array(tenure), x -> x > length(CHURN))")]}, r"reads 'CHURN'"),
+        ({"features.categorical": ["Churn"]}, r"key or label column is also listed as a feature: \['Churn'\]"),
+        ({"features.numeric": ["tenure", "Customer_ID"]}, r"key or label column is also listed"),
+        # Reading outside the row: files, subqueries, aggregates; running JVM code.
+        ({"features.derived": [_sql_feature("java_method('java.lang.System', 'exit', 0)")]}, r"calls java_method\(\)"),
+        ({"features.derived": [_sql_feature("reflect('java.lang.Runtime', 'getRuntime')")]}, r"calls reflect\(\)"),
+        (
+            {"features.derived": [_sql_feature("(SELECT max(value) FROM text.`/etc/passwd`)")]},
+            r"reads a table or a subquery",
+        ),
+        ({"features.derived": [_sql_feature("tenure / avg(tenure) OVER ()")]}, r"aggregates over rows"),
+        ({"features.derived": [_sql_feature("tenure AS t")]}, r"names its result with AS"),
+        ({"features.derived": [_sql_feature("tenure; DROP TABLE x")]}, r"is a statement, not an expression"),
+        # What the expression reads is what scoring fingerprints: it must be listed.
+        ({"features.derived": [_sql_feature("tenure * monthly_charges")]}, r"reads \['monthly_charges'\] which"),
+        ({"source.derive": {"x": "java_method('java.lang.System', 'exit', 0)"}}, r"'source': derive 'x'.*java_method"),
+        ({"source.filter": "tenure >"}, r"'source': filter: 'tenure >' is not a valid Spark SQL"),
+        # Names that reach SQL statements are identifiers; relative paths stay in the warehouse.
+        ({"tables.raw": {"name": "a.b.c; DROP TABLE x"}}, r"'tables.raw': name: 'a.b.c; DROP TABLE x' is not a table"),
+        ({"tables.raw": {"name": "a.b.c.d"}}, r"give 1 to 3 dot-separated parts"),
+        ({"tables.raw": {"path": "../../.."}}, r"'tables.raw': the relative path '../../..' leaves the state dir"),
+        ({"tables.clean": {"path": "silver/../../escape"}}, r"leaves the state dir's warehouse"),
+    ],
+)
+def test_unsafe_or_leaking_sql_and_names_fail_at_load(tmp_path: Path, edit: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(_bad(tmp_path, edit))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"features.derived": [_sql_feature("CASE WHEN tenure > 12 THEN 'long' ELSE 'short' END")]},
+        {"features.derived": [_sql_feature("transform(array(tenure), x -> x + 1)[0]")]},
+        {"features.derived": [_sql_feature("`Tenure` * 2")]},  # listed as tenure: the same column to Spark
+        {"tables.raw": {"name": "main.`deltaml dev`.telco_raw"}},
+        {"tables.raw": {"path": "/data/tables/telco_raw"}},
+        {"tables.raw": {"path": "s3://bucket/tables/../telco_raw"}},
+    ],
+)
+def test_safe_sql_and_names_load(tmp_path: Path, edit: dict[str, object]) -> None:
+    load_config(_bad(tmp_path, edit))
+
+
 def test_missing_env_variable_names_key_and_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
     path = _bad(tmp_path, {"mlflow.tracking_uri": "${NOT_SET_ANYWHERE}"})

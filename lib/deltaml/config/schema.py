@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, cast
 
 from pydantic import (
@@ -17,6 +17,8 @@ from pydantic import (
     model_validator,
 )
 
+from deltaml.columns import LABEL_COL
+from deltaml.config.expressions import check_row_expression, check_table_name, parse_row_expression
 from deltaml.tasks import gate_metrics, tuning_metrics
 
 
@@ -126,6 +128,10 @@ class SourceConfig(_Model):
                 f"remove '{pinned[0]}', or read a Delta table with kind: delta"
             )
         _check_pin(self.version, self.timestamp)
+        for column, expression in self.derive.items():
+            parse_row_expression(expression, f"derive '{column}'")
+        if self.filter is not None:
+            parse_row_expression(self.filter, "filter")
         return self
 
     @field_validator("timestamp", mode="before")
@@ -138,6 +144,13 @@ class SourceConfig(_Model):
         return _without_unset_pins(handler(self))
 
 
+def _leaves_warehouse(path: str) -> bool:
+    """Whether a relative table path climbs out of the warehouse with ``..`` (absolute paths and URIs go anywhere)."""
+    if "://" in path or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", path) or Path(path).expanduser().is_absolute():
+        return False
+    return ".." in PurePosixPath(path.replace("\\", "/")).parts
+
+
 class TableRef(_Model):
     """A Delta table: a ``path`` (relative paths live under the state dir's warehouse) or a catalog ``name``.
 
@@ -146,10 +159,11 @@ class TableRef(_Model):
     """
 
     path: str | None = None
-    """The table's location; a relative path lives under ``<state_dir>/warehouse``. Give exactly one of ``path`` and
-    ``name``."""
+    """The table's location; a relative path lives under ``<state_dir>/warehouse`` and may not leave it with ``..``
+    (give an absolute path or a URI for a table elsewhere). Give exactly one of ``path`` and ``name``."""
     name: str | None = None
-    """A catalog table name, e.g. ``main.deltaml.telco_churn``. Give exactly one of ``path`` and ``name``."""
+    """A catalog table name, e.g. ``main.deltaml.telco_churn``: 1 to 3 dot-separated identifiers, each plain or
+    back-quoted. Give exactly one of ``path`` and ``name``."""
 
     @model_validator(mode="before")
     @classmethod
@@ -167,6 +181,13 @@ class TableRef(_Model):
     def _exactly_one(self) -> TableRef:
         if (self.path is None) == (self.name is None):
             raise ValueError("give exactly one of 'path' or 'name'")
+        if self.name is not None:
+            check_table_name(self.name, "name")
+        if self.path is not None and _leaves_warehouse(self.path):
+            raise ValueError(
+                f"the relative path {self.path!r} leaves the state dir's warehouse with '..'; give an absolute path "
+                "(or a URI) for a table outside it"
+            )
         return self
 
 
@@ -544,7 +565,8 @@ class DerivedFeature(_Model):
     quantiles: int | None = Field(default=None, ge=2)
     """``kind: bucket``: this many buckets, cut at quantiles learned on the train split."""
     expression: str | None = None
-    """The Spark SQL expression of ``kind: sql``; it may not use the label column."""
+    """The Spark SQL expression of ``kind: sql``: one row-level expression reading only ``columns``; not the label
+    (in any letter case, or ``_label``), subqueries, aggregates, windows or ``java_method``/``reflect``."""
     as_: Literal["numeric", "categorical"] = Field(default="numeric", alias="as")
     """Whether the model sees the result as a ``numeric`` feature or as a ``categorical`` one (one-hot encoded)."""
 
@@ -556,6 +578,8 @@ class DerivedFeature(_Model):
         needs = {"power": "exponent", "date_part": "part", "cyclical": "period", "sql": "expression"}
         if self.kind in needs and getattr(self, needs[self.kind]) is None:
             raise ValueError(f"kind '{self.kind}' needs '{needs[self.kind]}'")
+        if self.kind == "sql" and self.expression is not None:
+            parse_row_expression(self.expression, f"derived feature '{self.name}'")
         if self.kind == "clip" and self.min is None and self.max is None:
             raise ValueError("kind 'clip' needs 'min', 'max' or both")
         if self.kind == "clip" and self.min is not None and self.max is not None and self.min > self.max:
@@ -1136,21 +1160,30 @@ class PipelineConfig(_Model):
 
     @model_validator(mode="after")
     def _check_columns(self) -> PipelineConfig:
-        used = {self.key, self.label.column}
-        window_keys = {w.entity_column for w in self.features.windows}
-        clash = sorted(used & (set(self.features.columns) - window_keys))
+        # Spark resolves column names case-insensitively: ``Churn`` and ``churn`` are one column.
+        label, key = self.label.column.lower(), self.key.lower()
+        window_keys = {w.entity_column.lower() for w in self.features.windows}
+        clash = sorted(c for c in self.features.columns if c.lower() in {key, label} - window_keys)
         if clash:
-            raise ValueError(f"the key or label column is also listed as a feature: {clash}")
-        if self.key == self.label.column:
-            raise ValueError("'key' and 'label.column' must be different columns")
-        label_word = re.compile(rf"(?<![\w`]){re.escape(self.label.column)}(?![\w`])|`{re.escape(self.label.column)}`")
-        if self.label.column in window_keys:
+            raise ValueError(
+                f"the key or label column is also listed as a feature: {clash} (column names match "
+                "case-insensitively); a feature that is the label leaks the answer into the model"
+            )
+        if key == label:
+            raise ValueError("'key' and 'label.column' must be different columns (names match case-insensitively)")
+        if label in window_keys:
             raise ValueError("a window group's entity key is the label column; key the events by an id column")
         for feature in self.features.derived:
-            if feature.expression and label_word.search(feature.expression):
-                raise ValueError(
-                    f"derived feature '{feature.name}' uses the label column '{self.label.column}' in its "
-                    "expression; a feature computed from the label leaks the answer into the model"
+            if feature.expression is not None:
+                check_row_expression(
+                    feature.expression,
+                    f"derived feature '{feature.name}'",
+                    forbidden=(self.label.column, LABEL_COL),
+                    allowed=feature.columns,
+                    why_forbidden=(
+                        f", the label column '{self.label.column}' (or deltaml's copy {LABEL_COL}; names match "
+                        "case-insensitively): a feature computed from the label leaks the answer into the model"
+                    ),
                 )
         self._check_task()
         return self
