@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "lib" / "deltaml"
@@ -96,13 +99,27 @@ UNREACHABLE = """
 import sys
 from pyspark.sql import SparkSession
 from deltaml.cli import main
-code = main(["run", {conf!r}])
+code = main({argv!r})
 print("spark session started:", SparkSession.getActiveSession() is not None)
 sys.exit(code)
 """
 
 
-def test_an_unreachable_tracking_server_fails_before_spark_starts_and_hides_the_password(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "{conf}"],
+        ["retrain", "{conf}", "--dry-run"],
+        ["promote", "telco_churn", "--version", "1", "--conf", "{conf}"],
+        ["rollback", "telco_churn", "--tracking-uri", "{uri}"],
+        ["reproduce", "0123456789abcdef", "--tracking-uri", "{uri}"],
+        ["lineage", "telco_churn", "--version", "1", "--conf", "{conf}"],
+    ],
+)
+def test_an_unreachable_tracking_server_fails_before_spark_starts_and_hides_the_password(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Every command that talks to MLflow asks /health first: one line in seconds, not minutes of retries."""
     import socket
 
     import yaml
@@ -112,15 +129,18 @@ def test_an_unreachable_tracking_server_fails_before_spark_starts_and_hides_the_
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    uri = f"http://deltaml:s3cret@127.0.0.1:{port}"
     data = telco_config_dict()
     data["state_dir"] = str(tmp_path / "state")
-    data["mlflow"]["tracking_uri"] = f"http://deltaml:s3cret@127.0.0.1:{port}"
+    data["mlflow"]["tracking_uri"] = uri
     conf = tmp_path / "p.yml"
     conf.write_text(yaml.safe_dump(data))
+    argv = [part.format(conf=conf, uri=uri) for part in command]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     done = subprocess.run(
-        [sys.executable, "-c", UNREACHABLE.format(conf=str(conf))], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", UNREACHABLE.format(argv=argv)], capture_output=True, text=True, timeout=300, env=env
     )
-    assert done.returncode == 1
+    assert done.returncode == 1, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "spark session started: False"
     error = done.stderr.strip().splitlines()[-1]
     assert error.startswith(f"deltaml: error: MLflow tracking server http://***@127.0.0.1:{port} did not answer (")

@@ -250,7 +250,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.command == "retrain":
+        from deltaml.io.tracking import check_tracking_server
         from deltaml.pipeline.retraining import retrain
+
+        check_tracking_server(loaded.pipeline)  # before the Spark session the policy reads its tables with
 
         decision = retrain(loaded, dry_run=args.dry_run)
         print(decision.summary)
@@ -360,6 +363,9 @@ def _registry_uri(args: argparse.Namespace) -> str:
         raise StepInputError(
             f"{args.command}: no MLflow store at {uri}; run the pipeline first or pass the right --tracking-uri/--conf"
         )
+    from deltaml.io.tracking import check_tracking_uri
+
+    check_tracking_uri(uri)  # seconds, not MLflow's minutes of retries against a server that is not there
     return uri
 
 

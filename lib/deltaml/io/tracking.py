@@ -160,7 +160,11 @@ def check_tracking_server(config: PipelineConfig, timeout: float = 5.0) -> None:
     Raises:
         StepFailedError: The server did not answer ``/health`` with 200 within ``timeout`` seconds.
     """
-    uri = resolve_tracking_uri(config)
+    check_tracking_uri(resolve_tracking_uri(config), timeout)
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """:func:`check_tracking_server` for a tracking URI given directly (``--tracking-uri``, ``MLFLOW_TRACKING_URI``)."""
     if not uri.startswith(("http://", "https://")):
         return
     shown = without_credentials(uri)
