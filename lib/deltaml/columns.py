@@ -58,6 +58,9 @@ TAG_KEY = "deltaml.step_key"
 TAG_FINGERPRINT = "deltaml.fingerprint"
 TAG_RECORD = "deltaml.cache"
 TAG_CACHED_FROM = "deltaml.cached_from"
+# host:pid:start of the process that opened a run: a later run on that host closes it as KILLED once that
+# process is gone (kill -9, a lost driver), instead of leaving it RUNNING for ever.
+TAG_PROCESS = "deltaml.process"
 TAG_REUSED_STEPS = "deltaml.reused_steps"
 TAG_REPRODUCES = "deltaml.reproduces"
 # A step result's own tags are logged as ``deltaml.<name>`` (StepResult.tags).

@@ -9,6 +9,7 @@ import json
 import logging
 import logging.config
 import os
+import socket
 import subprocess
 import tempfile
 import time
@@ -30,7 +31,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking.fluent import ActiveRun
 from pyspark.sql import SparkSession
 
-from deltaml.columns import TAG_CACHED_FROM, TAG_PIPELINE, TAG_STEP
+from deltaml.columns import TAG_CACHED_FROM, TAG_PIPELINE, TAG_PROCESS, TAG_STEP
 from deltaml.config.schema import PipelineConfig
 from deltaml.errors import StepFailedError, StepInputError, one_line, without_credentials
 from deltaml.io.catalog import full_table_name, recorded_table, table_schema
@@ -284,6 +285,8 @@ def tracked_run(**kwargs: Any) -> Iterator[ActiveRun]:
     With the tracking server gone, ending the run fails as well; that second error would replace
     the first (and its one-line message) as the one the command reports.
     """
+    if not kwargs.get("run_id"):
+        kwargs["tags"] = {**(kwargs.get("tags") or {}), TAG_PROCESS: this_process()}
     run = mlflow.start_run(**kwargs)
 
     def still_active() -> bool:
@@ -301,6 +304,67 @@ def tracked_run(**kwargs: Any) -> Iterator[ActiveRun]:
         raise
     if still_active():
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _process_start(pid: int) -> str:
+    """When process ``pid`` started, in clock ticks since boot (Linux); '' where /proc does not say."""
+    try:
+        # Field 22 of /proc/PID/stat, counted after the command name (which may hold spaces) in parentheses.
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def this_process() -> str:
+    """``host:pid:start``: which process opened a run, so a later one can tell whether it still lives."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid())}"
+
+
+def _process_gone(process: str) -> bool:
+    """Whether the ``host:pid:start`` process of this host has ended (a reused pid has another start)."""
+    _, pid_text, start = process.rsplit(":", 2)
+    pid = int(pid_text)
+    if start:
+        return _process_start(pid) != start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def close_runs_of_dead_processes(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs opened on this host by a process that is gone, and their RUNNING children.
+
+    A run killed with ``kill -9`` (or whose driver was lost) never ends its MLflow runs: they stay
+    RUNNING for ever, in the UI and to anything that waits for them. Runs of other hosts are left
+    alone (their processes cannot be seen from here). Returns the ids marked.
+    """
+    host = socket.gethostname()
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    dead = {
+        run.info.run_id
+        for run in running
+        if (process := run.data.tags.get(TAG_PROCESS, "")).startswith(f"{host}:")
+        and process.count(":") >= 2
+        and _process_gone(process)
+    }
+    grew = True
+    while grew:  # children (a step's run under the pipeline's) of a dead run died with it
+        children = {
+            run.info.run_id
+            for run in running
+            if run.info.run_id not in dead and run.data.tags.get("mlflow.parentRunId") in dead
+        }
+        grew = bool(children)
+        dead |= children
+    for run_id in sorted(dead):
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+    if dead:
+        LOG.info("marked %d MLflow run(s) KILLED: the process that opened them on %s is gone", len(dead), host)
+    return sorted(dead)
 
 
 # -- the active run: what steps log (the runner opens a run per step) ------------------------------------------

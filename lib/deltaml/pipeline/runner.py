@@ -39,6 +39,7 @@ from deltaml.io.recording import TableAccess, recording, step_lineage
 from deltaml.io.session import get_spark
 from deltaml.io.tracking import (
     check_tracking_server,
+    close_runs_of_dead_processes,
     configure_tracking,
     git_sha,
     latest_step_run,
@@ -128,6 +129,7 @@ def _run_steps(
 ) -> PipelineOutcome:
     cfg = loaded.pipeline
     experiment_id = configure_tracking(cfg)
+    close_runs_of_dead_processes(mlflow_client(), experiment_id)
     sha = git_sha()
     ctx = StepContext(spark=spark, loaded=loaded, git_sha=sha)
     run_name = f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
