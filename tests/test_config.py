@@ -145,6 +145,7 @@ def _sql_feature(expression: str, columns: list[str] | None = None) -> dict[str,
         # What the expression reads is what scoring fingerprints: it must be listed.
         ({"features.derived": [_sql_feature("tenure * monthly_charges")]}, r"reads \['monthly_charges'\] which"),
         ({"source.derive": {"x": "java_method('java.lang.System', 'exit', 0)"}}, r"'source': derive 'x'.*java_method"),
+        ({"source.derive": {"y": "tenure +* 1"}}, r"'source': derive 'y': 'tenure \+\* 1' is not a valid Spark SQL"),
         ({"source.filter": "tenure >"}, r"'source': filter: 'tenure >' is not a valid Spark SQL"),
         # Names that reach SQL statements are identifiers; relative paths stay in the warehouse.
         ({"tables.raw": {"name": "a.b.c; DROP TABLE x"}}, r"'tables.raw': name: 'a.b.c; DROP TABLE x' is not a table"),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyspark.errors import AnalysisException, ParseException
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
@@ -254,11 +254,34 @@ def _first_readable(spark: SparkSession, table: Table, unreadable: int, latest: 
     return high
 
 
-def _writer_target(df_writer: object, table: Table) -> None:
+# Characters Delta refuses in a column name unless the table maps names to ids (column mapping).
+_DELTA_UNSAFE_NAME = re.compile(r"[ ,;{}()\n\t=]")
+COLUMN_MAPPING = "delta.columnMapping.mode"
+
+
+def _writer_target(spark: SparkSession, df: DataFrame, df_writer: DataFrameWriter, table: Table) -> None:
+    """Write to ``table``; a column name Delta stores only under column mapping (a space, a comma) turns it on.
+
+    Real tables have ``monthly charges`` and ``total (EUR)``: without column mapping Delta refuses them
+    (DELTA_INVALID_CHARACTERS_IN_COLUMN_NAMES). A new table is created with ``columnMapping.mode=name``;
+    an existing one is switched to it first (a metadata-only change), so no column is renamed.
+    """
+    if any(_DELTA_UNSAFE_NAME.search(name) for name in df.columns):
+        if not table_exists(spark, table):
+            df_writer = df_writer.option(COLUMN_MAPPING, "name")
+        elif _table_property(spark, table, COLUMN_MAPPING) in (None, "none"):
+            spark.sql(f"ALTER TABLE {sql_identifier(table)} SET TBLPROPERTIES ('{COLUMN_MAPPING}' = 'name')")
     if table.is_path:
-        df_writer.save(table.ref)  # type: ignore[attr-defined]
+        df_writer.save(table.ref)
     else:
-        df_writer.saveAsTable(table.ref)  # type: ignore[attr-defined]
+        df_writer.saveAsTable(table.ref)
+
+
+def _table_property(spark: SparkSession, table: Table, name: str) -> str | None:
+    row = table_detail(spark, table).select("properties").first()
+    properties = (row["properties"] if row is not None else None) or {}
+    value = properties.get(name)
+    return None if value is None else str(value)
 
 
 def replace_where(
@@ -305,7 +328,7 @@ def replace_rows(
         writer = df.write.format("delta").mode("append")
     if merge_schema:
         writer = writer.option("mergeSchema", "true")
-    _writer_target(writer, table)
+    _writer_target(spark, df, writer, table)
     return _last_write(spark, table)
 
 
@@ -344,7 +367,7 @@ def upsert_latest(spark: SparkSession, df: DataFrame, table: Table, key: str, or
     """
     if not table_exists(spark, table):
         writer = df.write.format("delta").mode("append")
-        _writer_target(writer, table)
+        _writer_target(spark, df, writer, table)
         return _last_write(spark, table)
     spark.sql(
         f"MERGE INTO {sql_identifier(table)} AS t USING {{source}} AS s ON t.`{key}` = s.`{key}` "
@@ -366,7 +389,7 @@ def overwrite_table(spark: SparkSession, df: DataFrame, table: Table) -> WriteRe
         The version this write committed and the rows it wrote.
     """
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-    _writer_target(writer, table)
+    _writer_target(spark, df, writer, table)
     return _last_write(spark, table)
 
 
@@ -376,7 +399,7 @@ def append_rows(spark: SparkSession, df: DataFrame, table: Table) -> WriteResult
     Returns:
         The version this write committed and the rows it wrote.
     """
-    _writer_target(df.write.format("delta").mode("append"), table)
+    _writer_target(spark, df, df.write.format("delta").mode("append"), table)
     return _last_write(spark, table)
 
 

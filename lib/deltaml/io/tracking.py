@@ -9,6 +9,8 @@ import json
 import logging
 import logging.config
 import os
+import posixpath
+import re
 import socket
 import subprocess
 import tempfile
@@ -392,19 +394,39 @@ def active_run_id() -> str | None:
     return run.info.run_id if run is not None else None
 
 
+# What MLflow accepts in a metric, param or tag key (mlflow.utils.validation): word characters, / . - space :
+_MLFLOW_KEY_CHAR = re.compile(r"[/\w.\- :]")
+
+
+def mlflow_key(name: str) -> str:
+    """``name`` as an MLflow metric, param or tag key: each character MLflow refuses becomes ``_x<hex>_``.
+
+    Column names reach keys (``contract.columns.prix_€.type``, ``drift.<feature>.psi``); MLflow
+    refuses ``€``, ``(``, ``,`` and more, which stopped every run at its first param. The code point
+    keeps two names that differ only there apart. A key that is not its own normalised path (``a//b``,
+    ``x/../y``) has its slashes encoded too.
+    """
+    key = "".join(c if _MLFLOW_KEY_CHAR.fullmatch(c) else f"_x{ord(c):x}_" for c in name)
+    normal = posixpath.normpath(key) if key else key
+    if normal != key or normal == "." or normal.startswith(("..", "/")):
+        key = key.replace("/", "_x2f_")
+        key = f"_{key}" if key.startswith(".") else key  # '..', '.': not a path either
+    return key
+
+
 def log_metrics(metrics: dict[str, float]) -> None:
-    """Log metrics to the active run."""
-    mlflow.log_metrics(metrics)
+    """Log metrics to the active run (keys through :func:`mlflow_key`)."""
+    mlflow.log_metrics({mlflow_key(k): v for k, v in metrics.items()})
 
 
 def log_params(params: dict[str, Any]) -> None:
-    """Log params to the active run."""
-    mlflow.log_params(params)
+    """Log params to the active run (keys through :func:`mlflow_key`)."""
+    mlflow.log_params({mlflow_key(k): v for k, v in params.items()})
 
 
 def set_tags(tags: dict[str, Any]) -> None:
-    """Set tags of the active run."""
-    mlflow.set_tags(tags)
+    """Set tags of the active run (keys through :func:`mlflow_key`)."""
+    mlflow.set_tags({mlflow_key(k): v for k, v in tags.items()})
 
 
 def log_dict(data: Any, artifact_file: str) -> None:

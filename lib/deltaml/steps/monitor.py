@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -380,7 +379,7 @@ def _log_to_mlflow(
     if active_run_id() is None:
         return
     values = {
-        f"drift.{_metric_key(r['feature'])}.{r['metric']}": r["value"]
+        f"drift.{r['feature']}.{r['metric']}": r["value"]  # log_metrics makes each a valid MLflow key
         for r in rows
         if r["kind"] in ("numeric", "categorical") and r["value"] == r["value"]
     }
@@ -399,10 +398,6 @@ def _log_to_mlflow(
     with tempfile.TemporaryDirectory() as tmp:
         write_drift_report(Path(tmp), title=title, rows=rows, share=share, overlays=overlays)
         log_folder(tmp, artifact_path="drift")
-
-
-def _metric_key(feature: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_./ -]", "_", feature)
 
 
 STEP = Step(
