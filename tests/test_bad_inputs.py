@@ -1,0 +1,211 @@
+"""The bad-input corpus: configs, data and faults an adversarial new user brings, against a trained pipeline.
+
+Each case runs the real CLI (``deltaml.cli.main``) against one trained penguins pipeline and
+expects the exit code, the words of the one error line, no trace on stderr, and no Delta table
+or registry version changed (versions before and after). Cases that break the state itself
+(a deleted data file, a corrupted log) work on a copy of it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from deltaml.cli import main
+from tests.conftest import ROOT, write_config
+
+pytestmark = pytest.mark.slow
+
+NAME = "penguin_species"
+
+
+@dataclass(frozen=True)
+class Trained:
+    conf: Path
+    state: Path
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: a command (``{conf}`` is the case's config), what it must exit with and say."""
+
+    id: str
+    argv: list[str]
+    code: int
+    words: str
+    edit: dict[str, Any] = field(default_factory=dict)
+    prepare: Callable[[Trained, Path], dict[str, Any]] | None = None
+    copy_state: bool = False
+
+
+def _sql(expression: str, columns: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "features.derived": [
+            {"name": "f", "kind": "sql", "columns": columns or ["bill_depth_mm"], "expression": expression}
+        ]
+    }
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _csv_with_semicolons(trained: Trained, tmp: Path) -> dict[str, Any]:
+    path = tmp / "penguins.csv"
+    path.write_text("penguin_id;species;bill_depth_mm\n1;Adelie;18.7\n2;Gentoo;13.2\n")
+    return {"source": {"kind": "csv", "path": str(path)}}
+
+
+def _missing_csv(trained: Trained, tmp: Path) -> dict[str, Any]:
+    return {"source": {"kind": "csv", "path": str(tmp / "nowhere" / "penguins.csv")}}
+
+
+def _unreachable_mlflow(trained: Trained, tmp: Path) -> dict[str, Any]:
+    return {"mlflow.tracking_uri": f"http://user:pa55word@127.0.0.1:{_closed_port()}"}
+
+
+RUN = ["run", "{conf}"]
+CASES = [
+    # -- the config (exit 2, before any Spark work) ------------------------------------------------------------
+    Case("unknown-key", RUN, 2, r"unknown key 'modle'", {"modle": {"family": "gbt"}}),
+    Case("seed-not-a-number", RUN, 2, r"'seed': Input should be a valid integer", {"seed": "abc"}),
+    Case("split-sum", RUN, 2, r"train \+ validation \+ test must be 1.0", {"split.train": 0.9}),
+    Case("sql-typo", RUN, 2, r"is not a valid Spark SQL expression", _sql("bill_depth_mm +* 2")),
+    Case("sql-reads-_label", RUN, 2, r"reads '_label', the label column 'species'", _sql("_label = 'Adelie'")),
+    Case("sql-reads-label-other-case", RUN, 2, r"reads 'SPECIES', the label column", _sql("SPECIES = 'Adelie'")),
+    Case("sql-reads-quoted-label", RUN, 2, r"reads 'Species', the label column", _sql("`Species` = 'Gentoo'")),
+    Case("categorical-is-label", RUN, 2, r"key or label column is also listed", {"features.categorical": ["Species"]}),
+    Case("numeric-is-key", RUN, 2, r"key or label column is also listed", {"features.numeric": ["PENGUIN_ID"]}),
+    Case("sql-java-method", RUN, 2, r"calls java_method\(\)", _sql("java_method('java.lang.System', 'exit', 0)")),
+    Case("sql-reflect", RUN, 2, r"calls reflect\(\)", _sql("reflect('java.lang.Runtime', 'getRuntime')")),
+    Case("sql-reads-a-file", RUN, 2, r"reads a table or a subquery", _sql("(SELECT 1 FROM text.`/etc/passwd`)")),
+    Case("sql-aggregate", RUN, 2, r"aggregates over rows", _sql("bill_depth_mm / avg(bill_depth_mm) OVER ()")),
+    Case("sql-unlisted-column", RUN, 2, r"reads \['body_mass_g'\] which its 'columns'", _sql("body_mass_g * 2")),
+    Case("derive-java-method", RUN, 2, r"derive 'x'.*java_method", {"source.derive": {"x": "java_method('a', 'b')"}}),
+    Case("filter-typo", RUN, 2, r"filter: 'year >' is not a valid", {"source.filter": "year >"}),
+    Case("table-name-injection", RUN, 2, r"is not a table name", {"tables.raw": {"name": "a.b.c; DROP TABLE x"}}),
+    Case("table-name-4-parts", RUN, 2, r"give 1 to 3 dot-separated parts", {"tables.raw": {"name": "a.b.c.d"}}),
+    Case("path-escapes-warehouse", RUN, 2, r"leaves the state dir's warehouse", {"tables.raw": {"path": "../../.."}}),
+    Case("missing-env-var", RUN, 2, r"environment variable DELTAML_NOPE is not set", {"name": "${DELTAML_NOPE}"}),
+    Case("unknown-overlay", [*RUN, "--env", "nope"], 2, r"overlay 'nope'", {}),
+    Case("bad-set", [*RUN, "--set", "noequals"], 2, r"--set", {}),
+    Case("family-for-other-task", RUN, 2, r"cannot learn a multiclass label", {"model": {"family": "gbt"}}),
+    Case("metric-of-other-task", RUN, 2, r"is not a multiclass metric", {"tuning.metric": "rmse"}),
+    Case("threshold-out-of-range", RUN, 2, r"'evaluate.threshold'", {"evaluate.threshold": 1.5}),
+    Case("threshold-rule-multiclass", RUN, 2, r"is for binary labels only", {"evaluate.threshold_rule": "max_f1"}),
+    Case("key-is-label", RUN, 2, r"must be different columns", {"key": "Species"}),
+    Case("pin-on-csv", RUN, 2, r"pins a Delta table version", {"source": {"kind": "csv", "path": "x", "version": 3}}),
+    Case("csv-without-path", RUN, 2, r"kind 'csv' needs 'path'", {"source": {"kind": "csv"}}),
+    Case("zero-evals", RUN, 2, r"max_evals", {"tuning.max_evals": 0}),
+    Case("missing-config", ["run", "{tmp}/missing.yml"], 2, r"config file not found", {}),
+    # -- data and inputs (a step refuses; nothing is written) --------------------------------------------------
+    Case("csv-not-found", [*RUN, "--step", "ingest"], 4, r"source", prepare=_missing_csv),
+    Case("csv-wrong-delimiter", [*RUN, "--step", "ingest"], 4, r"penguin_id;species", prepare=_csv_with_semicolons),
+    Case("score-unknown-version", ["score", "{conf}"], 4, r"version 999", {"score.model_version": 999}),
+    Case(
+        "promote-unknown-version",
+        ["promote", NAME, "--version", "999", "--conf", "{conf}"],
+        4,
+        r"has no version 999",
+        {},
+    ),
+    Case("rollback-without-history", ["rollback", NAME, "--conf", "{conf}"], 4, r"nothing to roll back to", {}),
+    Case(
+        "step-without-its-input",
+        [*RUN, "--step", "fit"],
+        4,
+        r"run the step that writes it first",
+        {"state_dir": "{tmp}/fresh"},
+    ),
+    Case(
+        "contract-broken",
+        [*RUN, "--step", "validate"],
+        5,
+        r"contract",
+        {"contract.columns.bill_depth_mm.min": 30, "contract.columns.bill_depth_mm.max": 40},
+    ),
+    # -- faults -------------------------------------------------------------------------------------------------
+    Case("mlflow-unreachable", RUN, 1, r"did not answer.*fix mlflow.tracking_uri", prepare=_unreachable_mlflow),
+    Case("mlflow-unreachable-score", ["score", "{conf}"], 1, r"did not answer", prepare=_unreachable_mlflow),
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """Penguins through every step once, with one family and two trials: the state the cases must not change."""
+    root = tmp_path_factory.mktemp("corpus")
+    data = yaml.safe_load((ROOT / "conf" / f"{NAME}.yml").read_text())
+    data["state_dir"] = str(root / "state")
+    data["model"]["candidates"] = data["model"]["candidates"][:1]
+    data["tuning"]["max_evals"] = 2
+    conf = write_config(root / f"{NAME}.yml", data)
+    assert main(["run", str(conf)]) == 0
+    return Trained(conf, root / "state")
+
+
+def _versions(state: Path) -> dict[str, Any]:
+    """Every Delta table's newest commit under the state folder, and every registered version with its aliases."""
+    tables = {
+        str(log.parent.relative_to(state)): max(int(commit.stem) for commit in log.glob("*.json"))
+        for log in state.rglob("_delta_log")
+    }
+    store = f"sqlite:///{state / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    found = client.search_model_versions(f"name = '{NAME}'")
+    registry = sorted(
+        (int(v.version), tuple(sorted(client.get_model_version(NAME, v.version).aliases)), v.status) for v in found
+    )
+    assert registry, "the trained state has no registered version"
+    return {"tables": tables, "registry": registry}
+
+
+def _edited(base: Path, edit: dict[str, Any], target: Path) -> Path:
+    data = yaml.safe_load(base.read_text())
+    for dotted, value in edit.items():
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return write_config(target, data)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(
+    case: Case, trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    state = trained.state
+    base = trained.conf
+    if case.copy_state:
+        state = tmp_path / "state"
+        shutil.copytree(trained.state, state)
+        base = _edited(trained.conf, {"state_dir": str(state)}, tmp_path / "base.yml")
+    edit = {**case.edit, **(case.prepare(Trained(base, state), tmp_path) if case.prepare else {})}
+    edit = {k: v.format(tmp=tmp_path) if isinstance(v, str) and "{tmp}" in v else v for k, v in edit.items()}
+    conf = _edited(base, edit, tmp_path / f"{NAME}.yml")
+    before = _versions(state)
+    capsys.readouterr()
+
+    code = main([part.format(conf=conf, tmp=tmp_path) for part in case.argv])
+
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == case.code, err[-3:]
+    assert err, "no error line"
+    line = err[-1]
+    assert line.startswith("deltaml: error: "), line
+    assert re.search(case.words, line), line
+    assert not any(part.startswith(("Traceback", "\tat ", "py4j")) for part in err), err[:5]
+    assert "pa55word" not in "\n".join(err)
+    assert _versions(state) == before
