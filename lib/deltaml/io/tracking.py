@@ -412,15 +412,12 @@ def log_datasets(spark: SparkSession, accesses: list[TableAccess], context: str 
         try:
             mlflow.log_input(_delta_dataset(spark, access["table"], access["version"]), context=context)
         except Exception as exc:  # MLflow, Spark or the network: the step's result stands without it
-            # Py4J's first line only names the JVM call; the Java exception is on the next.
-            lines = [x.strip(" :") for x in str(exc).splitlines() if x.strip(" :")]
-            first = next((x for x in lines if not x.startswith("An error occurred while calling")), type(exc).__name__)
             LOG.warning(
                 "lineage: %s v%d not logged as an MLflow dataset: %s: %s",
                 access["table"],
                 access["version"],
                 type(exc).__name__,
-                first[:300],
+                one_line(exc, 300),  # for a Py4J error, the root of the Java cause chain
             )
 
 
