@@ -160,7 +160,17 @@ def check_tracking_server(config: PipelineConfig, timeout: float = 5.0) -> None:
     Raises:
         StepFailedError: The server did not answer ``/health`` with 200 within ``timeout`` seconds.
     """
-    uri = resolve_tracking_uri(config)
+    check_tracking_uri(resolve_tracking_uri(config), timeout)
+
+
+def check_tracking_uri(
+    uri: str, timeout: float = 5.0, fix: str = "start it, or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI"
+) -> None:
+    """:func:`check_tracking_server` for a URI given some other way (``--tracking-uri``); ``fix`` ends the message.
+
+    Raises:
+        StepFailedError: The server did not answer ``/health`` with 200 within ``timeout`` seconds.
+    """
     if not uri.startswith(("http://", "https://")):
         return
     shown = without_credentials(uri)
@@ -179,8 +189,7 @@ def check_tracking_server(config: PipelineConfig, timeout: float = 5.0) -> None:
     except (OSError, ValueError) as exc:  # refused, unresolvable, timed out, an HTTP error status
         reason = getattr(exc, "reason", None) or exc
         raise StepFailedError(
-            f"MLflow tracking server {shown} did not answer ({without_credentials(one_line(str(reason), 200))}); "
-            "start it, or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI"
+            f"MLflow tracking server {shown} did not answer ({without_credentials(one_line(str(reason), 200))}); {fix}"
         ) from None
     if status != 200:
         raise StepFailedError(
