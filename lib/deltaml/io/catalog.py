@@ -512,6 +512,11 @@ def _read_delta_source(spark: SparkSession, source: SourceConfig) -> SourceData:
     # A relative local path is made absolute, so lineage (and step caching) names one table wherever it runs from.
     path = source.path if recorded_table(source.path).is_path else str(Path(source.path).resolve())
     table = Table(path, is_path=True)
+    if not table_exists(spark, table):  # a source is the user's table: no step of the pipeline writes it
+        raise StepInputError(
+            f"step 'ingest': source.path {source.path} has no Delta table (no such path, or a folder without "
+            "_delta_log); fix source.path, or set source.kind to parquet or csv to read plain files"
+        )
     df, version = read_table_as_of(spark, table, "ingest", source.version, source.timestamp)
     pin = source.version if source.version is not None else source.timestamp
     LOG.info("source %s read at version %d%s", source.path, version, f" (pinned to {pin})" if pin is not None else "")
@@ -529,6 +534,7 @@ def _read_files(spark: SparkSession, source: SourceConfig, types: dict[str, str]
         reader = reader.option("header", source.options.get("header", "true"))
         if types:
             header = reader.option("inferSchema", "false").load(source.path).columns
+            _check_csv_header(header, source)
             ddl = ", ".join(f"`{c}` {types.get(c, 'string')}" for c in header)
             reader = (
                 reader.schema(f"{ddl}, `{CORRUPT_RECORD}` string")
@@ -538,7 +544,28 @@ def _read_files(spark: SparkSession, source: SourceConfig, types: dict[str, str]
         else:
             reader = reader.option("inferSchema", source.options.get("inferSchema", "true"))
     df = reader.load(source.path)
+    if source.kind == "csv" and not types:
+        _check_csv_header(df.columns, source)
     return SourceData(df, "", f"{source.kind} {source.path}")
+
+
+# Field separators seen in CSV files, and how a YAML value spells them.
+_CSV_SEPARATORS = {",": ",", ";": ";", "\t": "\\t", "|": "|"}
+
+
+def _check_csv_header(header: list[str], source: SourceConfig) -> None:
+    """A header read as one column that holds another separator: the file is not separated by ``source.options.sep``."""
+    if len(header) != 1:
+        return
+    sep = source.options.get("sep", source.options.get("delimiter", ","))
+    sep = "\t" if sep == "\\t" else sep  # Spark reads the two characters \t as a tab
+    counts = {shown: header[0].count(char) for char, shown in _CSV_SEPARATORS.items() if char != sep}
+    found = max(counts, key=lambda shown: counts[shown])
+    if counts[found]:
+        raise StepInputError(
+            f"step 'ingest': the header of CSV {source.path} was read as one column ({header[0][:80]!r}): it is "
+            f"separated by '{found}', not '{_CSV_SEPARATORS.get(sep, sep)}'; set source.options.sep: '{found}'"
+        )
 
 
 def distinct_values(df: DataFrame, column: str, limit: int = 10_000) -> list[str]:

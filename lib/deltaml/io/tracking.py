@@ -166,8 +166,14 @@ def check_tracking_server(config: PipelineConfig, timeout: float = 5.0) -> None:
     check_tracking_uri(resolve_tracking_uri(config), timeout)
 
 
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """:func:`check_tracking_server` for a tracking URI given directly (``--tracking-uri``, ``MLFLOW_TRACKING_URI``)."""
+def check_tracking_uri(
+    uri: str, timeout: float = 5.0, fix: str = "start it, or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI"
+) -> None:
+    """:func:`check_tracking_server` for a URI given some other way (``--tracking-uri``); ``fix`` ends the message.
+
+    Raises:
+        StepFailedError: The server did not answer ``/health`` with 200 within ``timeout`` seconds.
+    """
     if not uri.startswith(("http://", "https://")):
         return
     shown = without_credentials(uri)
@@ -186,8 +192,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     except (OSError, ValueError) as exc:  # refused, unresolvable, timed out, an HTTP error status
         reason = getattr(exc, "reason", None) or exc
         raise StepFailedError(
-            f"MLflow tracking server {shown} did not answer ({without_credentials(one_line(str(reason), 200))}); "
-            "start it, or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI"
+            f"MLflow tracking server {shown} did not answer ({without_credentials(one_line(str(reason), 200))}); {fix}"
         ) from None
     if status != 200:
         raise StepFailedError(
@@ -502,15 +507,12 @@ def log_datasets(spark: SparkSession, accesses: list[TableAccess], context: str 
         try:
             mlflow.log_input(_delta_dataset(spark, access["table"], access["version"]), context=context)
         except Exception as exc:  # MLflow, Spark or the network: the step's result stands without it
-            # Py4J's first line only names the JVM call; the Java exception is on the next.
-            lines = [x.strip(" :") for x in str(exc).splitlines() if x.strip(" :")]
-            first = next((x for x in lines if not x.startswith("An error occurred while calling")), type(exc).__name__)
             LOG.warning(
                 "lineage: %s v%d not logged as an MLflow dataset: %s: %s",
                 access["table"],
                 access["version"],
                 type(exc).__name__,
-                first[:300],
+                one_line(exc, 300),  # for a Py4J error, the root of the Java cause chain
             )
 
 

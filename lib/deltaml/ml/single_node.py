@@ -813,24 +813,8 @@ def _spark_job(spark: SparkSession, description: str, group: str | None = None) 
 
 
 def _spark_error(exc: Exception) -> str:
-    """One line saying why a Spark job failed: the Python error of a task, or the JVM's exception."""
-    from pyspark.errors import PythonException
-
-    if isinstance(exc, PythonException):  # a traceback; its last line is the error
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        return lines[-1] if lines else type(exc).__name__
-    java = getattr(exc, "java_exception", None)  # py4j's Py4JJavaError: "An error occurred while calling ..."
-    if java is not None:
-        try:
-            for _ in range(20):  # the root cause says most ("Task not serializable" wraps the reason)
-                cause = java.getCause()
-                if cause is None:
-                    break
-                java = cause
-            return one_line(str(java.toString()), 100_000)
-        except Exception:  # the gateway may be gone; fall back to the Python message
-            pass
-    return one_line(str(exc), 100_000)
+    """One line saying why a Spark job failed: the Python error of a task, or the root of the JVM's cause chain."""
+    return one_line(exc, 100_000)
 
 
 def _encode(blob: bytes) -> str:

@@ -70,17 +70,30 @@ def model_lineage(client: Any, name: str, version: int) -> dict[str, Any]:
         version: Its version.
 
     Raises:
-        StepInputError: The version does not exist, or its run carries no manifest (trained before deltaml wrote one).
+        StepInputError: The registry has no such model, the model no such version (the message lists those there
+            are), the version was not logged by an MLflow run, or its run carries no manifest (trained before
+            deltaml wrote one).
+        StepFailedError: The registry failed otherwise.
     """
     from mlflow.exceptions import MlflowException
 
-    from deltaml.errors import StepInputError
+    from deltaml.errors import StepFailedError, StepInputError
     from deltaml.io.tracking import load_run_json
 
     try:
+        if version < 1:
+            raise StepInputError(_missing_version(client, name, f"{version} is not a model version: they count from 1"))
         run_id = version_run_id(client, name, version)
-        if run_id is None:
-            raise OSError("the version has no MLflow run")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise StepFailedError(f"lineage: the MLflow registry failed: {one_line(exc.message or exc, 300)}") from exc
+        raise StepInputError(_missing_version(client, name, f"{name} has no version {version}")) from None
+    if run_id is None:
+        raise StepInputError(
+            f"lineage: {name} version {version} has no manifest: it was registered without an MLflow run, "
+            "so nothing recorded what trained it"
+        )
+    try:
         fit_run = client.get_run(run_id)
         pipeline_run = fit_run.data.tags.get("mlflow.parentRunId", run_id)
         manifest: dict[str, Any] = load_run_json(client, pipeline_run, MANIFEST_ARTIFACT)
@@ -91,6 +104,31 @@ def model_lineage(client: Any, name: str, version: int) -> dict[str, Any]:
             "recorded manifests have only their lineage tags (`mlflow` UI, model version tags)"
         ) from None
     return {"model": name, "version": version, "pipeline_run": pipeline_run, **manifest}
+
+
+# How many versions, or registered models, an error about a missing one lists.
+LISTED = 10
+
+
+def _missing_version(client: Any, name: str, problem: str) -> str:
+    """``problem`` and the versions the model has (the newest, if many), or that the registry has no such model."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        if not versions:
+            client.get_registered_model(name)  # a model without versions, or none at all
+    except MlflowException:
+        models = [m.name for m in client.search_registered_models(max_results=LISTED + 1)]
+        listed = ", ".join(models[:LISTED]) + (", ..." if len(models) > LISTED else "")
+        held = f"its models are {listed}" if models else "it has no registered models"
+        return f"lineage: the MLflow registry has no model '{name}' ({held}); check NAME, or --tracking-uri / --conf"
+    if not versions:
+        return f"lineage: {problem}; {name} has no versions yet"
+    if len(versions) <= LISTED:
+        return f"lineage: {problem}; {name}'s versions are {', '.join(map(str, versions))}"
+    newest = ", ".join(map(str, versions[-LISTED:]))
+    return f"lineage: {problem}; {name}'s newest versions are {newest} ({len(versions)} in all)"
 
 
 def render_lineage(lineage: dict[str, Any]) -> str:

@@ -32,6 +32,7 @@ from deltaml.config.loader import LoadedConfig
 from deltaml.config.schema import PipelineConfig
 from deltaml.errors import DeltamlError, StepFailedError, one_line
 from deltaml.io.catalog import Table, append_rows, read_table, recorded_table, table_exists
+from deltaml.io.failures import failure_clause
 from deltaml.io.registry import alias_version, aliased_version, newest_version
 from deltaml.io.session import get_spark
 from deltaml.io.tables import resolve_tables
@@ -184,9 +185,7 @@ def retrain(loaded: LoadedConfig, dry_run: bool = False, spark: SparkSession | N
     except DeltamlError:
         raise
     except Exception as exc:
-        raise StepFailedError(
-            f"retrain: reading the triggers failed: {type(exc).__name__}: {one_line(exc, 300)}"
-        ) from exc
+        raise StepFailedError(f"retrain: reading the triggers failed{failure_clause(exc)}") from exc
     for check, seen in checks.items():
         LOG.info("retrain check %s: %s", check, seen)
     if dry_run:

@@ -35,6 +35,7 @@ from deltaml.columns import (
 )
 from deltaml.config.loader import LoadedConfig
 from deltaml.errors import DeltamlError, StepFailedError, one_line, redacted
+from deltaml.io.failures import failure_clause
 from deltaml.io.recording import TableAccess, recording, step_lineage
 from deltaml.io.session import get_spark
 from deltaml.io.tracking import (
@@ -285,7 +286,7 @@ def _run_step(
         except Exception as exc:
             # Spark, Delta and MLflow errors run to pages of JVM trace; keep one line, chain the rest.
             LOG.debug("step %s failed", name, exc_info=True)
-            raise StepFailedError(f"step '{name}' failed: {type(exc).__name__}: {one_line(exc, 500)}") from exc
+            raise StepFailedError(f"step '{name}' failed{failure_clause(exc, [a.table for a in accesses])}") from exc
         if step.produces is not None and not isinstance(result.output, step.produces):
             raise StepFailedError(
                 f"step '{name}' returned {type(result.output).__name__}, not the {step.produces.__name__} it declares"

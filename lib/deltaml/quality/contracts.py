@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -65,6 +68,7 @@ def check_schema(df: DataFrame, contract: ContractConfig, step: str, ignore: tup
     policy = contract.schema_policy
     report = SchemaReport(df)
     present = dict(df.dtypes)
+    uncastable: set[str] = set()  # their type failure says it all: no rule of theirs is checked
     for column, spec in contract.columns.items():
         if column not in present:
             message = (
@@ -79,6 +83,12 @@ def check_schema(df: DataFrame, contract: ContractConfig, step: str, ignore: tup
             report.failures.append(message + " (fix the source or set schema_policy.type_mismatch: coerce)")
         elif policy.type_mismatch == "warn":
             report.warnings.append(message)
+        elif not _castable(df, column, spec.type):
+            uncastable.add(column)
+            report.failures.append(
+                f"step '{step}': column '{column}' has type {present[column]}, which cannot be cast to the "
+                f"contract's {spec.type}; fix the source, or change contract.columns.{column}.type"
+            )
         else:
             report.coerced[column] = (present[column], spec.type)
             report.warnings.append(message + "; coerced, values that do not convert break rule " + f"{column}.type")
@@ -86,7 +96,7 @@ def check_schema(df: DataFrame, contract: ContractConfig, step: str, ignore: tup
     if extra and contract.columns and policy.extra_column != "ignore":
         message = f"step '{step}': column(s) {extra} are not in the contract (add them to contract.columns)"
         (report.failures if policy.extra_column == "fail" else report.warnings).append(message)
-    report.failures += _rule_type_problems(df, contract, step, report.coerced)
+    report.failures += _rule_type_problems(df, contract, step, report.coerced, uncastable)
     for column, (_, target) in report.coerced.items():
         report.df = report.df.withColumn(f"_original_{column}", F.col(column)).withColumn(
             column, F.expr(f"try_cast(`{column}` AS {target})")
@@ -94,8 +104,34 @@ def check_schema(df: DataFrame, contract: ContractConfig, step: str, ignore: tup
     return report
 
 
+def _castable(df: DataFrame, column: str, target: str) -> bool:
+    """Whether Spark can cast the column to ``target`` at all (a struct cannot become a double); no data is read."""
+    with _expected_analysis_error():
+        try:
+            df.select(F.expr(f"try_cast(`{column}` AS {target})")).schema  # noqa: B018 - analyse the plan now
+        except AnalysisException:
+            return False
+    return True
+
+
+@contextmanager
+def _expected_analysis_error() -> Iterator[None]:
+    """pyspark logs each analysis error with its query context at ERROR; one that is handled here is no news."""
+    from pyspark.logger import PySparkLogger
+
+    loggers = [PySparkLogger.getLogger(name) for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger")]
+    saved = [logger.disabled for logger in loggers]
+    for logger in loggers:
+        logger.disabled = True
+    try:
+        yield
+    finally:
+        for logger, disabled in zip(loggers, saved, strict=True):
+            logger.disabled = disabled
+
+
 def _rule_type_problems(
-    df: DataFrame, contract: ContractConfig, step: str, coerced: dict[str, tuple[str, str]]
+    df: DataFrame, contract: ContractConfig, step: str, coerced: dict[str, tuple[str, str]], skip: set[str]
 ) -> list[str]:
     """Rules that cannot apply to the columns as they are: a typo in a rule's column, a range on text."""
     types = {f.name: f.dataType for f in df.schema.fields}
@@ -116,7 +152,7 @@ def _rule_type_problems(
     for column, spec in contract.columns.items():
         ranged = spec.min is not None or spec.max is not None
         numeric = column in coerced or (column in types and isinstance(types[column], _NUMERIC))
-        if ranged and column in types and not numeric:
+        if ranged and column in types and not numeric and column not in skip:
             problems.append(
                 f"step '{step}': contract.columns.{column} has min/max but the column is "
                 f"{types[column].simpleString()}; give it a numeric type"

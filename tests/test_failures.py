@@ -1,0 +1,187 @@
+"""Spark and Delta failures reach the user as one line with the root cause, the table, the file and the fix.
+
+Real failures, no mocks: garbage in a Delta commit file, a deleted data file, a full file system (a
+tmpfs of 256 KiB, where the test may mount one), and a Java exception with a cause raised through py4j.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyspark.errors.exceptions.connect import SparkConnectGrpcException
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from deltaml.cli import main
+from deltaml.errors import one_line, spark_cause
+from deltaml.io.catalog import Table, append_rows, read_table, table_version
+from deltaml.io.failures import explain_table_failure
+from tests.conftest import write_config
+
+pytestmark = pytest.mark.usefixtures("restore_cli_logging")
+
+SCHEMA = "id long, x double, cat string, y string"
+ROWS = [(1, 1.0, "a", "Yes"), (2, 2.0, "b", "No"), (3, 3.0, "a", "No"), (4, 4.0, "b", "Yes")]
+
+
+def _config(tmp_path: Path, split: str = "split") -> Path:
+    """A pipeline without a contract: split reads the raw table, which the tests write themselves."""
+    data: dict[str, Any] = {
+        "name": "tiny",
+        "state_dir": str(tmp_path / "state"),
+        "key": "id",
+        "source": {"kind": "parquet", "path": str(tmp_path / "unused")},
+        "tables": {"raw": {"path": str(tmp_path / "raw")}, "split": {"path": split}, "predictions": {"path": "p"}},
+        "label": {"column": "y", "positive": "Yes"},
+        "features": {"numeric": ["x"], "categorical": ["cat"]},
+        "mlflow": {"experiment": "tiny", "registered_model": "tiny"},
+    }
+    return write_config(tmp_path / "tiny.yml", data)
+
+
+def _raw(spark: SparkSession, tmp_path: Path, commits: int = 1) -> Table:
+    table = Table(str(tmp_path / "raw"), is_path=True)
+    for n in range(commits):
+        rows = [(key + 10 * n, x, cat, y) for key, x, cat, y in ROWS]
+        append_rows(spark, spark.createDataFrame(rows, SCHEMA).coalesce(1), table)
+    return table
+
+
+def _split_fails(conf: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the split step, which must fail with exit code 1; its one error line."""
+    assert main(["run", str(conf), "--step", "split"]) == 1
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("hadoop_checksum", [True, False], ids=["checksum-kept", "checksum-gone"])
+def test_a_corrupt_commit_file_names_the_table_the_entry_and_the_cause(
+    spark: SparkSession, tmp_path: Path, capsys: pytest.CaptureFixture[str], hadoop_checksum: bool
+) -> None:
+    raw = _raw(spark, tmp_path, commits=2)
+    newest = Path(raw.ref) / "_delta_log" / "00000000000000000001.json"
+    newest.write_text("garbage{not json\n")
+    if not hadoop_checksum:  # as on object storage: no .crc beside the file, so the JSON parser meets the garbage
+        (newest.parent / f".{newest.name}.crc").unlink()
+    cause = (
+        rf"Checksum error: file:{newest} at 0 exp: -?\d+ got: -?\d+"  # CRC32 as a signed int
+        if hadoop_checksum
+        else r"Unrecognized token 'garbage': was expecting .*"
+    )
+    line = _split_fails(_config(tmp_path), capsys)
+    assert re.fullmatch(
+        rf"deltaml: error: step 'split' failed reading Delta table {raw}: its log entry "
+        rf"_delta_log/00000000000000000001.json is corrupt \({cause}\); restore that file from a backup "
+        r"\(the table cannot be read until then\)",
+        line,
+    ), line
+
+
+def test_a_deleted_data_file_names_the_table_the_file_and_a_fix_that_works(
+    spark: SparkSession, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = _raw(spark, tmp_path, commits=2)
+    first_commit = spark.read.format("delta").option("versionAsOf", 0).load(raw.ref).inputFiles()
+    assert len(first_commit) == 1
+    gone = Path(first_commit[0].removeprefix("file:"))
+    gone.unlink()
+    ident = f"delta.`{raw}`"
+    assert _split_fails(_config(tmp_path), capsys) == (
+        f"deltaml: error: step 'split' failed reading Delta table {raw}: its data file {gone.name} is missing, but "
+        "the table's log still lists it; restore the file, or drop it from the log and lose its rows: "
+        f"`FSCK REPAIR TABLE {ident}` on Databricks, or with open-source Delta (no FSCK) "
+        f"`INSERT OVERWRITE {ident} SELECT * FROM {ident}` with spark.sql.files.ignoreMissingFiles=true"
+    )
+    # The open-source fix, as the line gives it, makes the table readable: the other commit's rows are left.
+    spark.conf.set("spark.sql.files.ignoreMissingFiles", "true")
+    try:
+        spark.sql(f"INSERT OVERWRITE {ident} SELECT * FROM {ident}")
+    finally:
+        spark.conf.unset("spark.sql.files.ignoreMissingFiles")
+    expected = [(key + 10, x, cat, y) for key, x, cat, y in ROWS]
+    assertDataFrameEqual(read_table(spark, raw, "test")[0], spark.createDataFrame(expected, SCHEMA))
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB file system (tmpfs): room for a small table, not for a large one. Mounting needs root."""
+    folder = tmp_path / "tiny-disk"
+    folder.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True, text=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); the chain test below still runs")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _wide_rows(spark: SparkSession, count: int) -> DataFrame:
+    """``count`` rows of hashes, which do not compress: about 70 bytes each on disk."""
+    return spark.range(100, 100 + count).select(
+        "id",
+        F.rand(1).alias("x"),
+        F.sha2(F.col("id").cast("string"), 256).alias("cat"),
+        F.when(F.col("id") % 2 == 0, "Yes").otherwise("No").alias("y"),
+    )
+
+
+def test_a_full_disk_names_the_table_and_the_cause_and_keeps_the_last_version(
+    spark: SparkSession, tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_disk: Path
+) -> None:
+    raw = _raw(spark, tmp_path)
+    conf = _config(tmp_path, split=str(tiny_disk / "split"))
+    assert main(["run", str(conf), "--step", "split"]) == 0
+    split = Table(str(tiny_disk / "split"), is_path=True)
+    before = read_table(spark, split, "test")[0].collect()
+    append_rows(spark, _wide_rows(spark, 20_000).coalesce(1), raw)  # about 1.4 MB: the split table cannot hold it
+    assert _split_fails(conf, capsys) == (
+        f"deltaml: error: step 'split' failed writing {split}: No space left on device; "
+        f"nothing was committed to {split}, its last version stands"
+    )
+    assert table_version(spark, split) == 0
+    assertDataFrameEqual(read_table(spark, split, "test")[0], before)
+
+
+def test_the_line_of_a_java_exception_is_its_root_cause(spark: SparkSession) -> None:
+    # A real JVM exception with a cause, through py4j: ExecutionException <- IOException.
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    failed = jvm.java.util.concurrent.CompletableFuture.failedFuture(jvm.java.io.IOException("No space left on device"))
+    with pytest.raises(Exception, match="An error occurred while calling") as raised:
+        failed.get()
+    assert one_line(raised.value) == "No space left on device"
+    cause = spark_cause(raised.value)
+    assert cause is not None
+    assert [(e.kind, e.message) for e in cause.chain] == [
+        ("java.util.concurrent.ExecutionException", "java.io.IOException: No space left on device"),
+        ("java.io.IOException", "No space left on device"),
+    ]
+
+
+def test_the_line_of_a_spark_connect_error_is_the_last_cause_of_its_server_trace() -> None:
+    # What the Connect client builds from the server's error details: no JVM on this side, only text.
+    error = SparkConnectGrpcException(
+        "[TASK_WRITE_FAILED] Task failed while writing rows to file:/data/split. SQLSTATE: 58030",
+        errorClass="TASK_WRITE_FAILED",
+        messageParameters={"path": "file:/data/split"},
+        server_stacktrace=(
+            "org.apache.spark.SparkException\n\tat org.apache.spark.X.y(X.scala:1)\n"
+            "Caused by: org.apache.hadoop.fs.FSError: java.io.IOException: No space left on device\n\tat a.b(C:2)\n"
+            "Caused by: java.io.IOException: No space left on device\n\tat d.e(F:3)"
+        ),
+    )
+    assert one_line(error) == "No space left on device (writing file:/data/split)"
+    assert explain_table_failure(error, ["/data/split"]) == (
+        "writing /data/split: No space left on device; nothing was committed to /data/split, its last version stands"
+    )
