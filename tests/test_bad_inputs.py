@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from pyspark.sql import SparkSession
 
 from deltaml.cli import main
 from tests.conftest import ROOT, write_config
@@ -75,6 +76,35 @@ def _unreachable_mlflow(trained: Trained, tmp: Path) -> dict[str, Any]:
     return {"mlflow.tracking_uri": f"http://user:pa55word@127.0.0.1:{_closed_port()}"}
 
 
+def _struct_where_the_contract_says_double(trained: Trained, tmp: Path) -> dict[str, Any]:
+    from pyspark.sql import functions as F
+
+    from deltaml.columns import INGEST_COLUMNS
+
+    spark = SparkSession.getActiveSession()
+    assert spark is not None
+    raw = spark.read.format("delta").load(str(trained.state / "warehouse" / "bronze" / "penguins"))
+    bad = raw.drop(*INGEST_COLUMNS).withColumn("bill_depth_mm", F.struct("bill_depth_mm", "body_mass_g"))
+    bad.write.parquet(str(tmp / "penguins.parquet"))
+    return {"source": {"kind": "parquet", "path": str(tmp / "penguins.parquet")}}
+
+
+def _clean_table(trained: Trained) -> Path:
+    return trained.state / "warehouse" / "silver" / "penguins_clean"
+
+
+def _delete_a_data_file(trained: Trained, tmp: Path) -> dict[str, Any]:
+    next(_clean_table(trained).glob("*.parquet")).unlink()
+    return {}
+
+
+def _corrupt_the_newest_commit(trained: Trained, tmp: Path) -> dict[str, Any]:
+    newest = max((_clean_table(trained) / "_delta_log").glob("*.json"))
+    newest.write_text("garbage\n")
+    (newest.parent / f".{newest.name}.crc").unlink(missing_ok=True)
+    return {}
+
+
 RUN = ["run", "{conf}"]
 CASES = [
     # -- the config (exit 2, before any Spark work) ------------------------------------------------------------
@@ -111,7 +141,27 @@ CASES = [
     Case("missing-config", ["run", "{tmp}/missing.yml"], 2, r"config file not found", {}),
     # -- data and inputs (a step refuses; nothing is written) --------------------------------------------------
     Case("csv-not-found", [*RUN, "--step", "ingest"], 4, r"source", prepare=_missing_csv),
-    Case("csv-wrong-delimiter", [*RUN, "--step", "ingest"], 4, r"penguin_id;species", prepare=_csv_with_semicolons),
+    Case(
+        "csv-wrong-delimiter",
+        [*RUN, "--step", "ingest"],
+        4,
+        r"read as one column .*separated by ';'.*set source.options.sep",
+        prepare=_csv_with_semicolons,
+    ),
+    Case(
+        "struct-for-double",
+        [*RUN, "--step", "ingest"],
+        5,
+        r"column 'bill_depth_mm' has type struct<.*cannot be cast to the contract's double",
+        prepare=_struct_where_the_contract_says_double,
+    ),
+    Case(
+        "delta-source-missing",
+        [*RUN, "--step", "ingest"],
+        4,
+        r"source.path",
+        {"source": {"kind": "delta", "path": "{tmp}/no"}},
+    ),
     Case("score-unknown-version", ["score", "{conf}"], 4, r"version 999", {"score.model_version": 999}),
     Case(
         "promote-unknown-version",
@@ -135,8 +185,29 @@ CASES = [
         r"contract",
         {"contract.columns.bill_depth_mm.min": 30, "contract.columns.bill_depth_mm.max": 40},
     ),
+    Case(
+        "lineage-unknown-version", ["lineage", NAME, "--version", "7", "--conf", "{conf}"], 4, r"has no version 7", {}
+    ),
+    Case("lineage-version-0", ["lineage", NAME, "--version", "0", "--conf", "{conf}"], 4, r"count from 1", {}),
+    Case("lineage-unknown-model", ["lineage", "nope", "--version", "1", "--conf", "{conf}"], 4, r"no model 'nope'", {}),
     # -- faults -------------------------------------------------------------------------------------------------
     Case("mlflow-unreachable", RUN, 1, r"did not answer.*fix mlflow.tracking_uri", prepare=_unreachable_mlflow),
+    Case(
+        "data-file-deleted",
+        ["score", "{conf}", "--full"],
+        1,
+        r"data file .*\.parquet is missing.*FSCK REPAIR TABLE",
+        prepare=_delete_a_data_file,
+        copy_state=True,
+    ),
+    Case(
+        "commit-file-corrupt",
+        ["score", "{conf}", "--full"],
+        1,
+        r"its log entry _delta_log/\d+\.json is corrupt",
+        prepare=_corrupt_the_newest_commit,
+        copy_state=True,
+    ),
     Case("mlflow-unreachable-score", ["score", "{conf}"], 1, r"did not answer", prepare=_unreachable_mlflow),
 ]
 
@@ -183,7 +254,12 @@ def _edited(base: Path, edit: dict[str, Any], target: Path) -> Path:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_one_line_and_changes_nothing(
-    case: Case, trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    spark: SparkSession,
+    case: Case,
+    trained: Trained,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     state = trained.state
