@@ -73,6 +73,14 @@ def table_detail(spark: SparkSession, table: Table) -> DataFrame:
     return spark.sql(f"DESCRIBE DETAIL {sql_identifier(table)}")
 
 
+def table_id(spark: SparkSession, table: Table) -> str:
+    """The Delta table's id (``DESCRIBE DETAIL``): set when the table is created, kept by every commit and by a
+    copy or a move of its folder, so it names the table wherever its files are."""
+    row = table_detail(spark, table).select("id").first()
+    assert row is not None  # DESCRIBE DETAIL returns one row, or fails when there is no table
+    return str(row["id"])
+
+
 def table_exists(spark: SparkSession, table: Table) -> bool:
     """True when the table exists and is a Delta table."""
     if not table.is_path:

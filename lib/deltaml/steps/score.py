@@ -19,7 +19,7 @@ from deltaml.columns import (
     INPUT_HASH_COL,
     MODEL_VERSION_COL,
     SCORED_AT_COL,
-    SOURCE_TABLE_COL,
+    SOURCE_TABLE_ID_COL,
     SOURCE_VERSION_COL,
 )
 from deltaml.config.schema import PipelineConfig
@@ -32,18 +32,16 @@ from deltaml.io.catalog import (
     read_table,
     read_table_as_of,
     replace_rows,
-    resolve_table,
     sql_in,
-    sql_literal,
     table_exists,
     upsert_latest,
 )
 from deltaml.io.models import load_spark_model, registered_model_uri
 from deltaml.io.registry import alias_version, find_scoring_version
-from deltaml.io.tables import event_tables
+from deltaml.io.tables import event_tables, scoring_input
 from deltaml.io.tracking import mlflow_client
 from deltaml.ml.features import bind_window_stages
-from deltaml.ml.predictions import ScoringModel, batch_values, input_hash, score_frame
+from deltaml.ml.predictions import ScoredSource, ScoringModel, batch_values, input_hash, score_frame, scored_source
 from deltaml.quality.contracts import check_columns
 from deltaml.steps.base import Step, StepContext, StepResult
 
@@ -72,7 +70,7 @@ class ScoringPlan:
 def plan_scoring(
     spark: SparkSession,
     data: DataFrame,
-    source: Table,
+    source: ScoredSource,
     source_version: int,
     predictions: Table,
     key: str,
@@ -81,6 +79,10 @@ def plan_scoring(
     full: bool,
 ) -> ScoringPlan:
     """Decide which rows of ``data`` (``source`` at ``source_version``) this run scores.
+
+    The predictions made from ``source`` are those its :meth:`ScoredSource.predicate` selects: by Delta table
+    id, so a copied or moved state folder finds its own predictions (and rows written before the id was
+    recorded, by path).
 
     ``full`` scores every row and replaces every prediction made from ``source``. Otherwise
     (incremental), with a batch column, a batch is scored when its row count or summed
@@ -91,12 +93,13 @@ def plan_scoring(
     compared. Either way, a source version that was already scored means nothing to do, with no
     scan of the input.
     """
-    where_source = f"source_table = {sql_literal(str(source))}"
-    stored = (
-        read_table(spark, predictions, "score")[0].where(F.col(SOURCE_TABLE_COL) == str(source))
-        if table_exists(spark, predictions)
-        else None
-    )
+    stored = None
+    if table_exists(spark, predictions):
+        written, _ = read_table(spark, predictions, "score")
+        where_source = source.predicate(written.columns)
+        stored = written.where(F.expr(where_source))
+    else:
+        where_source = source.predicate([SOURCE_TABLE_ID_COL])
     # A full run needs neither: it replaces whatever is stored.
     last, models = _last_scored(stored) if not full else (None, [])
     if full or last is None:
@@ -142,7 +145,7 @@ def _batch_fingerprints(df: DataFrame, batch: Column, hashed: Column) -> dict[st
 def _plan_batches(
     data: DataFrame,
     stored: DataFrame,
-    source: Table,
+    source: ScoredSource,
     source_version: int,
     key: str,
     hashed: Sequence[str],
@@ -175,7 +178,7 @@ def _plan_rows(
     spark: SparkSession,
     data: DataFrame,
     stored: DataFrame,
-    source: Table,
+    source: ScoredSource,
     source_version: int,
     last: int,
     key: str,
@@ -186,8 +189,8 @@ def _plan_rows(
     candidates = data
     how = f"rows of {source} v{source_version} without a prediction"
     # A pin to a version older than the last one scored has no change range to read.
-    if last < source_version and change_data_enabled(spark, source):
-        changed = changed_rows(spark, source, last + 1, source_version).select(key).distinct()
+    if last < source_version and change_data_enabled(spark, source.table):
+        changed = changed_rows(spark, source.table, last + 1, source_version).select(key).distinct()
         try:
             changed.take(1)
             candidates = data.join(changed, key, "left_semi")
@@ -248,10 +251,11 @@ def run_score(ctx: StepContext) -> StepResult:
             f"step 'score': score.batch_column '{batch_column}' is not a column of {table}; columns are {data.columns}"
         )
     full = cfg.score.mode == "full"
+    source = scored_source(ctx.spark, table, cfg.state_path)
     plan = plan_scoring(
         ctx.spark,
         data,
-        table,
+        source,
         source_version,
         ctx.tables.predictions,
         cfg.key,
@@ -280,7 +284,7 @@ def run_score(ctx: StepContext) -> StepResult:
             score_frame(
                 scoring,
                 cfg.key,
-                str(table),
+                source,
                 source_version,
                 scored_at,
                 cfg.label.task,
@@ -305,12 +309,7 @@ def run_score(ctx: StepContext) -> StepResult:
 
 def input_table(ctx: StepContext) -> Table:
     """The table the score step reads: ``score.table``, else ``score.input`` (clean with a contract, else raw)."""
-    cfg = ctx.config
-    if cfg.score.table is not None:
-        return resolve_table(cfg.score.table, cfg.state_path)
-    choice = cfg.score.input or ("clean" if cfg.contract is not None else "raw")
-    table: Table = {"raw": ctx.tables.raw, "clean": ctx.tables.clean, "split": ctx.tables.split}[choice]
-    return table
+    return scoring_input(ctx.config)
 
 
 def sync_serving(spark: SparkSession, predictions: Table, serving: Table, key: str) -> WriteResult | None:
