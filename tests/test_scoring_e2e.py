@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -25,12 +26,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+import deltaml.steps.score
 from deltaml.cli import main
 from deltaml.columns import LABEL_COL
 from deltaml.config.loader import load_config
 from deltaml.io.tracking import configure_tracking
 from deltaml.ml.labels import with_binary_label
+from deltaml.steps.base import StepContext, StepResult
 from deltaml.steps.monitor import scored_inputs, select_window
+from deltaml.steps.score import ScoringPlan, run_score
 from tests.conftest import telco_config_dict, write_config
 
 pytestmark = pytest.mark.slow
@@ -267,3 +271,65 @@ def test_the_monitor_finds_the_scored_rows_in_a_moved_state_folder(
     window = select_window(_load(spark, tmp_path / "after/state/warehouse/predictions"), "all", datetime.now(UTC))
     inputs = scored_inputs(spark, window, cfg)
     assertDataFrameEqual(inputs, spark.createDataFrame([(0.0,), (1.0,), (2.0,)], "x double"))
+
+
+def _score_at_once(spark: SparkSession, conf: Path, monkeypatch: pytest.MonkeyPatch) -> list[StepResult]:
+    """Two score runs of ``conf`` in two threads of the one session, each writing only once both have planned.
+
+    Both plan from the same predictions table version and then write together, so their Delta
+    transactions overlap: the second to commit meets a real Delta conflict.
+    """
+    both_planned = threading.Barrier(2, timeout=300)
+    waited = threading.local()
+
+    def wait_for_the_other(plan: ScoringPlan) -> None:
+        if not getattr(waited, "once", False):  # a retry does not wait again
+            waited.once = True
+            both_planned.wait()
+
+    monkeypatch.setattr(deltaml.steps.score, "before_write", wait_for_the_other)
+    results: dict[int, StepResult] = {}
+    errors: list[BaseException] = []
+
+    def score(run: int) -> None:
+        try:
+            results[run] = run_score(StepContext(spark=spark, loaded=load_config(conf)))
+        except BaseException as exc:  # the test fails on it below, with its message
+            errors.append(exc)
+
+    threads = [threading.Thread(target=score, args=(run,)) for run in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, [f"{type(e).__name__}: {e}"[:600] for e in errors]
+    return [results[0], results[1]]
+
+
+def _assert_one_prediction_per_key(spark: SparkSession, state: Path, batches: dict[str, range]) -> None:
+    expected = sorted((i, batch) for batch, keys in batches.items() for i in keys)
+    predictions = _load(spark, state / "warehouse/predictions")
+    assert sorted((r["id"], r["batch_id"]) for r in predictions.collect()) == expected
+    serving = _load(spark, state / "warehouse/serving")
+    assert sorted((r["id"], r["batch_id"]) for r in serving.collect()) == expected
+
+
+def test_two_score_runs_at_once_write_each_prediction_once(
+    spark: SparkSession, tiny_state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches = {"b1": range(0, 20), "b2": range(20, 40)}
+    conf = _tiny_pipeline(spark, tiny_state, tmp_path, batches)
+    state = tmp_path / "state"
+    configure_tracking(load_config(conf).pipeline)
+
+    # The first scoring: both runs create the predictions table; then both replace the same new batch.
+    for new, rows in (({}, 40), ({"b3": range(40, 50)}, 10)):
+        if new:
+            _add_batches(spark, state, new)
+            batches.update(new)
+        runs = _score_at_once(spark, conf, monkeypatch)
+        _assert_one_prediction_per_key(spark, state, batches)
+        # One run wrote at once; the other met a Delta conflict, planned again, and found nothing left to score.
+        attempts_and_rows = sorted((r.metrics["write_attempts"], r.metrics["rows_scored"]) for r in runs)
+        assert attempts_and_rows == [(1.0, float(rows)), (2.0, 0.0)]
+        assert "planned again after another run's commit" in min(runs, key=lambda r: r.metrics["rows_scored"]).summary

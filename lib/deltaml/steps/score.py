@@ -4,7 +4,7 @@ land idempotently, one Delta commit per run."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -32,6 +32,7 @@ from deltaml.io.catalog import (
     read_table,
     read_table_as_of,
     replace_rows,
+    retry_on_conflict,
     sql_in,
     table_exists,
     upsert_latest,
@@ -228,12 +229,36 @@ def _plan_rows(
     )
 
 
+# Called with each plan that has rows to score, after they are scored and just before they are written, on
+# every attempt. None in normal runs: a seam for tests and debugging (tests/test_scoring_e2e.py holds two runs
+# here so that their writes overlap, as two `deltaml score` processes started together do).
+before_write: Callable[[ScoringPlan], None] | None = None
+
+# What to do when another run keeps committing to the predictions or the serving table.
+RERUN_ADVICE = (
+    "run `deltaml score` again once the other run has finished: scoring is idempotent, so it scores only "
+    "what is still missing"
+)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One plan-and-write of the score step: the plan, what it wrote (None: nothing to score), and its number."""
+
+    plan: ScoringPlan
+    written: WriteResult | None
+    number: int
+
+
 def run_score(ctx: StepContext) -> StepResult:
     """Score what is new in the input table (everything with ``score.mode: full``) into the predictions table.
 
     The predictions of a run land in one Delta commit that replaces the batches it scored, so a
     rerun never duplicates and a killed run leaves the previous version; the next run scores the
     same rows again. With ``tables.serving`` set, the latest prediction per key is then merged there.
+    When another run commits to the predictions (or serving) table while this one writes, Delta
+    rejects this run's commit; it plans again from the table's new state (which may leave nothing to
+    score) and retries, a few times (:func:`~deltaml.io.catalog.retry_on_conflict`).
     """
     cfg = ctx.config
     name = cfg.mlflow.registered_model
@@ -250,36 +275,30 @@ def run_score(ctx: StepContext) -> StepResult:
         raise StepInputError(
             f"step 'score': score.batch_column '{batch_column}' is not a column of {table}; columns are {data.columns}"
         )
-    full = cfg.score.mode == "full"
     source = scored_source(ctx.spark, table, cfg.state_path)
-    plan = plan_scoring(
-        ctx.spark,
-        data,
-        source,
-        source_version,
-        ctx.tables.predictions,
-        cfg.key,
-        cfg.features.columns,
-        batch_column,
-        full,
-    )
-    metrics = {"source_table_version": float(source_version), "model_version": float(version)}
-    tags = {"model": f"{name}/{version}", "source_table": str(table), "score_mode": cfg.score.mode}
-    stale = [v for v in plan.previous_models if v != version]
-    if plan.rows is None:
-        hint = (
-            f"; rows scored by version(s) {stale} keep their predictions (`deltaml score CONF --full` rescores them)"
-            if stale
-            else ""
+    loaded: list[tuple[ScoringModel, datetime]] = []
+
+    def score_and_write(number: int) -> _Attempt:
+        plan = plan_scoring(
+            ctx.spark,
+            data,
+            source,
+            source_version,
+            ctx.tables.predictions,
+            cfg.key,
+            cfg.features.columns,
+            batch_column,
+            cfg.score.mode == "full",
         )
-        summary = f"nothing to score: {plan.reason}; {ctx.tables.predictions} unchanged{hint}"
-        metrics["rows_scored"] = 0.0
-    else:
-        # Loaded only now: a run with nothing to score does not pay for it.
-        scoring = ScoringModel(name, version, load_spark_model(registered_model_uri(name, version)))
-        scored_at = datetime.now().astimezone()
-        as_of = scored_at if cfg.score.windows_as_of == "now" else None
-        bind_window_stages(scoring.model, cfg.features.windows, event_tables(cfg), as_of)
+        if plan.rows is None:
+            return _Attempt(plan, None, number)
+        if not loaded:  # loaded only now: a run with nothing to score does not pay for it
+            model = ScoringModel(name, version, load_spark_model(registered_model_uri(name, version)))
+            scored_at = datetime.now().astimezone()
+            as_of = scored_at if cfg.score.windows_as_of == "now" else None
+            bind_window_stages(model.model, cfg.features.windows, event_tables(cfg), as_of)
+            loaded.append((model, scored_at))
+        scoring, scored_at = loaded[0]
         predictions = plan.rows.transform(
             score_frame(
                 scoring,
@@ -292,18 +311,45 @@ def run_score(ctx: StepContext) -> StepResult:
                 hashed=cfg.features.columns,
             )
         )
+        if before_write is not None:
+            before_write(plan)
         written = replace_rows(ctx.spark, predictions, ctx.tables.predictions, plan.replace, merge_schema=True)
+        return _Attempt(plan, written, number)
+
+    done = retry_on_conflict(score_and_write, ctx.tables.predictions, "score", RERUN_ADVICE)
+    plan, written = done.plan, done.written
+    metrics = {
+        "source_table_version": float(source_version),
+        "model_version": float(version),
+        "write_attempts": float(done.number),
+    }
+    tags = {"model": f"{name}/{version}", "source_table": str(table), "score_mode": cfg.score.mode}
+    stale = [v for v in plan.previous_models if v != version]
+    # After a conflict, the plan that counts is the last one: it saw what the other run committed.
+    retried = f" (planned again after another run's commit to {ctx.tables.predictions})" if done.number > 1 else ""
+    if written is None:
+        hint = (
+            f"; rows scored by version(s) {stale} keep their predictions (`deltaml score CONF --full` rescores them)"
+            if stale
+            else ""
+        )
+        summary = f"nothing to score: {plan.reason}{retried}; {ctx.tables.predictions} unchanged{hint}"
+        metrics["rows_scored"] = 0.0
+    else:
         metrics.update(rows_scored=float(written.rows_written), predictions_table_version=float(written.version))
         tags["batches"] = ",".join(plan.batches)[:5000] if plan.batches else "all"
         summary = (
-            f"{written.rows_written} rows of {table} v{source_version} scored by {scoring.name} v{scoring.version} "
-            f"({plan.reason}) -> {ctx.tables.predictions} v{written.version}"
+            f"{written.rows_written} rows of {table} v{source_version} scored by {name} v{version} "
+            f"({plan.reason}){retried} -> {ctx.tables.predictions} v{written.version}"
         )
-    if ctx.tables.serving is not None:
-        synced = sync_serving(ctx.spark, ctx.tables.predictions, ctx.tables.serving, cfg.key)
+    serving = ctx.tables.serving
+    if serving is not None:
+        synced = retry_on_conflict(
+            lambda _: sync_serving(ctx.spark, ctx.tables.predictions, serving, cfg.key), serving, "score", RERUN_ADVICE
+        )
         if synced is not None:
             metrics["serving_rows_changed"] = float(synced.rows_written)
-            summary += f"; {synced.rows_written} keys updated in {ctx.tables.serving} v{synced.version}"
+            summary += f"; {synced.rows_written} keys updated in {serving} v{synced.version}"
     return StepResult(metrics=metrics, tags=tags, summary=summary)
 
 
