@@ -5,12 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from delta.exceptions.base import ConcurrentAppendException
+from pyspark.errors import AnalysisException
+from pyspark.errors.exceptions.connect import SparkConnectGrpcException, UnknownException
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
 from deltaml.config.schema import SourceConfig, TableRef
-from deltaml.errors import StepInputError
-from deltaml.io.catalog import Table, read_source, read_table, replace_where, resolve_table
+from deltaml.errors import ConcurrentWriteError, StepInputError
+from deltaml.io.catalog import (
+    WRITE_ATTEMPTS,
+    Table,
+    read_source,
+    read_table,
+    replace_where,
+    resolve_table,
+    retry_on_conflict,
+    write_conflict,
+)
 
 SCHEMA = "id long, batch string, value double"
 
@@ -46,6 +58,103 @@ def test_replace_where_refuses_rows_outside_the_batch(spark: SparkSession, tmp_p
     current, version = read_table(spark, table, "test")
     assert version == 0
     assertDataFrameEqual(current, spark.createDataFrame([(1, "a", 1.0)], SCHEMA))
+
+
+# Delta write conflicts as each kind of session reports them (messages as Delta 4.4 words them).
+APPEND = (
+    "[DELTA_CONCURRENT_APPEND.WITHOUT_HINT] Transaction conflict detected. a concurrent WRITE added data to table "
+    "delta.`file:/tmp/p` committed at version 1. The concurrent operation modified data that should have been read "
+    "by this operation. Please retry the operation."
+)
+PROTOCOL = (
+    "[DELTA_PROTOCOL_CHANGED] ProtocolChangedException: The protocol version of the Delta table has been changed by "
+    "a concurrent update. This happens when multiple writers are writing to an empty directory."
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "conflict"),
+    [
+        # A classic session with delta-spark's Python package imported: its exception classes.
+        (ConcurrentAppendException(APPEND), "ConcurrentAppendException"),
+        # A classic session without it: the Py4J error quotes the Java class.
+        (
+            RuntimeError(
+                f"An error occurred while calling o237.save.\n: io.delta.exceptions.ConcurrentAppendException: {APPEND}"
+            ),
+            "ConcurrentAppendException",
+        ),
+        # Spark Connect (as a pyspark 4.2 client receives one): the Java class and the error class.
+        (
+            UnknownException(
+                f"(io.delta.exceptions.ConcurrentAppendException) {APPEND}",
+                errorClass="DELTA_CONCURRENT_APPEND.WITHOUT_HINT",
+            ),
+            "ConcurrentAppendException",
+        ),
+        # An error class alone is enough.
+        (
+            SparkConnectGrpcException(APPEND, errorClass="DELTA_CONCURRENT_APPEND.WITHOUT_HINT"),
+            "DELTA_CONCURRENT_APPEND.WITHOUT_HINT",
+        ),
+        (SparkConnectGrpcException(PROTOCOL, errorClass="DELTA_PROTOCOL_CHANGED"), "ProtocolChangedException"),
+        (SparkConnectGrpcException("[DELTA_METADATA_CHANGED] The metadata changed"), "DELTA_METADATA_CHANGED"),
+        (
+            RuntimeError("io.delta.exceptions.ConcurrentDeleteReadException: [DELTA_CONCURRENT_DELETE_READ] ..."),
+            "ConcurrentDeleteReadException",
+        ),
+        (RuntimeError("[DELTA_CONCURRENT_TRANSACTION] This error occurs when ..."), "DELTA_CONCURRENT_TRANSACTION"),
+        # Not conflicts: another Delta error, a JVM class with a similar name, a message that only says "concurrent".
+        (AnalysisException("[DELTA_MISSING_DELTA_TABLE] `/tmp/x` is not a Delta table."), None),
+        (RuntimeError("java.util.ConcurrentModificationException at java.util.HashMap"), None),
+        (RuntimeError("too many concurrent appends to the metadata"), None),
+    ],
+)
+def test_a_delta_write_conflict_is_recognized_by_its_name_on_classic_and_connect_sessions(
+    error: BaseException, conflict: str | None
+) -> None:
+    assert write_conflict(error) == conflict
+
+
+def test_a_conflicting_write_is_planned_again_a_bounded_number_of_times_with_randomized_pauses() -> None:
+    table = Table("/data/predictions", is_path=True)
+    pauses: list[float] = []
+    calls: list[int] = []
+
+    def conflicts_twice(attempt: int) -> str:
+        calls.append(attempt)
+        if attempt < 3:
+            raise ConcurrentAppendException(APPEND)
+        return "written"
+
+    assert retry_on_conflict(conflicts_twice, table, "score", "rerun", sleep=pauses.append) == "written"
+    assert calls == [1, 2, 3]
+    # About 0.5 s, then about 1 s: each pause is randomized within half to one and a half times its base.
+    assert len(pauses) == 2 and 0.25 <= pauses[0] <= 0.75 and 0.5 <= pauses[1] <= 1.5
+
+    def always_conflicts(attempt: int) -> str:
+        calls.append(attempt)
+        raise SparkConnectGrpcException(PROTOCOL, errorClass="DELTA_PROTOCOL_CHANGED")
+
+    calls.clear()
+    with pytest.raises(ConcurrentWriteError) as raised:
+        retry_on_conflict(always_conflicts, table, "score", "run it again later", sleep=pauses.append)
+    assert calls == list(range(1, WRITE_ATTEMPTS + 1))
+    assert str(raised.value) == (
+        f"step 'score': another run is writing /data/predictions at the same time (ProtocolChangedException on each "
+        f"of {WRITE_ATTEMPTS} attempts); run it again later"
+    )
+    assert raised.value.exit_code == 6 and isinstance(raised.value.__cause__, SparkConnectGrpcException)
+
+    # Any other error is not retried.
+    def fails(attempt: int) -> str:
+        calls.append(attempt)
+        raise AnalysisException("[DELTA_MISSING_DELTA_TABLE] not a Delta table")
+
+    calls.clear()
+    with pytest.raises(AnalysisException):
+        retry_on_conflict(fails, table, "score", "rerun", sleep=pauses.append)
+    assert calls == [1]
 
 
 def test_read_missing_table_names_step_and_fix(spark: SparkSession, tmp_path: Path) -> None:

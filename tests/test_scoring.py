@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -12,8 +13,8 @@ from pyspark.sql import functions as F
 
 from deltaml.columns import BATCH_COL, INPUT_HASH_COL
 from deltaml.errors import StepInputError
-from deltaml.io.catalog import Table, read_table, replace_rows, sql_in, sql_literal
-from deltaml.ml.predictions import batch_values, input_hash
+from deltaml.io.catalog import Table, read_table, replace_rows, sql_in, table_id
+from deltaml.ml.predictions import ScoredSource, batch_values, input_hash, scored_source
 from deltaml.steps.score import ScoringPlan, plan_scoring, sync_serving
 
 SCHEMA = "id long, batch string, x double, note string"
@@ -34,24 +35,39 @@ def _append(spark: SparkSession, table: Table, rows: list[tuple]) -> None:
     spark.createDataFrame(rows, SCHEMA).write.format("delta").mode("append").save(table.ref)
 
 
+def _source(spark: SparkSession, table: Table) -> ScoredSource:
+    """The table as the score step identifies it, its folder standing for the state folder."""
+    return scored_source(spark, table, Path(table.ref).parent)
+
+
 def _plan(
     spark: SparkSession, source: Table, predictions: Table, batch_column: str | None, full: bool = False
 ) -> tuple[ScoringPlan, int]:
     data, version = read_table(spark, source, "score")
-    return plan_scoring(spark, data, source, version, predictions, "id", FEATURES, batch_column, full), version
+    identity = _source(spark, source)
+    return plan_scoring(spark, data, identity, version, predictions, "id", FEATURES, batch_column, full), version
 
 
 def _record(
-    spark: SparkSession, plan: ScoringPlan, source: Table, version: int, predictions: Table, scored_at: datetime = T0
+    spark: SparkSession,
+    plan: ScoringPlan,
+    source: Table,
+    version: int,
+    predictions: Table,
+    scored_at: datetime = T0,
+    with_id: bool = True,
 ) -> None:
-    """Write what a score run would for the plan: one prediction per row with its lineage columns."""
+    """Write what a score run would for the plan: one prediction per row with its lineage columns (``with_id``
+    False: as deltaml wrote them before it recorded the source's table id)."""
     assert plan.rows is not None
     batch = plan.batch if plan.batch is not None else F.lit(f"v{version}")
+    table_id_column = [F.lit(table_id(spark, source)).alias("source_table_id")] if with_id else []
     rows = plan.rows.select(
         "id",
         (F.col("x") * 2).alias("prediction"),
         F.lit(1).alias("model_version"),
         F.lit(str(source)).alias("source_table"),
+        *table_id_column,
         F.lit(version).cast("long").alias("source_version"),
         batch.alias(BATCH_COL),
         F.lit(scored_at).cast("timestamp").alias("scored_at"),
@@ -80,7 +96,8 @@ def test_batched_input_scores_new_and_changed_batches_only(spark: SparkSession, 
     _append(spark, source, [(4, "c", 4.0, "n"), (5, "c", 5.0, "n")])
     new, v1 = _plan(spark, source, predictions, "batch")
     assert (_ids(new.rows), new.batches, new.reason) == ([4, 5], ["c"], "1 new and 0 changed of 3 batches")
-    assert new.replace == f"source_table = {sql_literal(str(source))} AND {sql_in(BATCH_COL, ['c'])}"
+    where_source = _source(spark, source).predicate(["source_table", "source_table_id"])
+    assert new.replace == f"{where_source} AND {sql_in(BATCH_COL, ['c'])}"
     _record(spark, new, source, v1, predictions)
 
     # A rewrite of batch a with the same content (as the validate step does on every run) is not a change;
@@ -111,7 +128,7 @@ def test_full_mode_scores_every_row_and_replaces_the_source(spark: SparkSession,
     _record(spark, first, source, v0, predictions)
     full, _ = _plan(spark, source, predictions, "batch", full=True)
     assert full.reason == "full rescoring (--full)"
-    assert full.replace == f"source_table = {sql_literal(str(source))}"
+    assert full.replace == _source(spark, source).predicate(["source_table", "source_table_id"])
     assert _ids(full.rows) == [1, 2]
     # A null batch is stored as "null", so it can be replaced like any other.
     assert sorted(r[BATCH_COL] for r in spark.read.format("delta").load(predictions.ref).collect()) == ["a", "null"]
@@ -143,6 +160,69 @@ def test_rows_without_a_batch_column_are_compared_by_key_and_hash(spark: SparkSe
     DeltaTable.forPath(spark, source.ref).update("id = 2", {"note": F.lit("edited")})
     nothing, _ = _plan(spark, source, predictions, None)
     assert nothing.rows is None and nothing.reason == f"no rows of {source} v4 without a prediction"
+
+
+def test_predictions_follow_their_input_by_table_id_when_the_folder_moves(spark: SparkSession, tmp_path: Path) -> None:
+    source = _table(spark, tmp_path / "old", "in", [(1, "a", 1.0, "n"), (2, "b", 2.0, "n")])
+    predictions = Table(str(tmp_path / "predictions"), is_path=True)
+    first, v0 = _plan(spark, source, predictions, "batch")
+    _record(spark, first, source, v0, predictions)
+
+    # A copy keeps the Delta table id: its predictions are found, and a new batch replaces only its own rows.
+    copy = Table(str(tmp_path / "new" / "in"), is_path=True)
+    shutil.copytree(source.ref, copy.ref)
+    again, _ = _plan(spark, copy, predictions, "batch")
+    assert again.rows is None and again.reason == f"{copy} v0 was already scored"
+    _append(spark, copy, [(3, "c", 3.0, "n")])
+    new, v1 = _plan(spark, copy, predictions, "batch")
+    assert (_ids(new.rows), new.batches) == ([3], ["c"])
+    _record(spark, new, copy, v1, predictions)
+    # A full rescoring of the copy replaces the predictions made before the copy too.
+    full, v1 = _plan(spark, copy, predictions, "batch", full=True)
+    _record(spark, full, copy, v1, predictions)
+    stored = spark.read.format("delta").load(predictions.ref)
+    assert sorted((r["id"], r["source_table"]) for r in stored.collect()) == [(i, copy.ref) for i in (1, 2, 3)]
+
+    # Another table at the same path (a new table id) is another input: its predictions are its own.
+    shutil.rmtree(source.ref)
+    _table(spark, tmp_path / "old", "in", [(1, "a", 1.0, "n")])
+    fresh, _ = _plan(spark, source, predictions, "batch")
+    assert fresh.reason == f"first scoring of {source}"
+
+
+def test_predictions_written_before_the_table_id_match_by_path_and_by_the_path_in_the_state_folder(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    source = _table(spark, tmp_path / "state-a", "in", [(1, "a", 1.0, "n"), (2, "b", 2.0, "n")])
+    predictions = Table(str(tmp_path / "predictions"), is_path=True)
+    first, v0 = _plan(spark, source, predictions, "batch")
+    _record(spark, first, source, v0, predictions, with_id=False)
+    again, _ = _plan(spark, source, predictions, "batch")
+    assert again.rows is None and again.reason == f"{source} v0 was already scored"
+
+    # The state folder moved: rows without an id match the table's path below it.
+    moved = Table(str(tmp_path / "state-b" / "in"), is_path=True)
+    shutil.copytree(source.ref, moved.ref)
+    _append(spark, moved, [(3, "c", 3.0, "n")])
+    new, v1 = _plan(spark, moved, predictions, "batch")
+    assert (_ids(new.rows), new.batches, new.reason) == ([3], ["c"], "1 new and 0 changed of 3 batches")
+    _record(spark, new, moved, v1, predictions)  # the write adds the id column; older rows have it null
+    DeltaTable.forPath(spark, moved.ref).update("id = 1", {"x": F.lit(10.0)})
+    changed, v2 = _plan(spark, moved, predictions, "batch")
+    assert (_ids(changed.rows), changed.batches) == ([1], ["a"])
+    _record(spark, changed, moved, v2, predictions)
+    stored = spark.read.format("delta").load(predictions.ref)
+    moved_id = table_id(spark, moved)
+    assert sorted((r["id"], r["source_table_id"]) for r in stored.collect()) == [
+        (1, moved_id),
+        (2, None),
+        (3, moved_id),
+    ]
+    assert _plan(spark, moved, predictions, "batch")[0].reason == f"{moved} v2 was already scored"
+
+    # A table elsewhere, outside the state folder's layout, is not mistaken for it.
+    other = _table(spark, tmp_path / "elsewhere", "other", [(1, "a", 1.0, "n")])
+    assert _plan(spark, other, predictions, "batch")[0].reason == f"first scoring of {other}"
 
 
 def test_input_hash_tells_nulls_apart(spark: SparkSession) -> None:
@@ -181,7 +261,7 @@ def test_too_many_batches_and_an_empty_input_are_one_line_errors(spark: SparkSes
     try:
         deltaml.steps.score.MAX_BATCHES = 5
         with pytest.raises(StepInputError, match=r"more than 5 batches; set score.batch_column"):
-            plan_scoring(spark, data, source, version, predictions, "id", FEATURES, "batch", False)
+            plan_scoring(spark, data, _source(spark, source), version, predictions, "id", FEATURES, "batch", False)
     finally:
         deltaml.steps.score.MAX_BATCHES = limit
 

@@ -1,21 +1,40 @@
-"""``deltaml score`` on a trained Telco champion: incremental runs, --full, the serving table, and kill -9 mid-write."""
+"""``deltaml score`` on a trained Telco champion: incremental runs, --full, the serving table, and kill -9 mid-write;
+on a one-feature model: a copied state folder, and two score runs at once."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import mlflow
+import mlflow.spark
 import pytest
 from delta.tables import DeltaTable
+from pyspark.ml import Estimator, Pipeline, Transformer
+from pyspark.ml.classification import LogisticRegression
+from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
 
+import deltaml.steps.score
 from deltaml.cli import main
+from deltaml.columns import LABEL_COL
+from deltaml.config.loader import load_config
+from deltaml.io.tracking import configure_tracking
+from deltaml.ml.labels import with_binary_label
+from deltaml.steps.base import StepContext, StepResult
+from deltaml.steps.monitor import scored_inputs, select_window
+from deltaml.steps.score import ScoringPlan, run_score
 from tests.conftest import telco_config_dict, write_config
 
 pytestmark = pytest.mark.slow
@@ -150,3 +169,167 @@ def test_score_killed_mid_write_leaves_the_table_and_the_rerun_scores_once(
     assert done.count() == done.select("customer_id").distinct().count() == rows + added
     assert done.where("batch_id = 'big-1'").count() == added
     assert _latest_version(spark, table) == version + 1
+
+
+# -- a one-feature model: what a score run does with its state folder and with another run -----------------------
+
+TINY_SCHEMA = "id long, x double, outcome string, _ingest_batch_id string"
+
+
+def _tiny_config(state: Path) -> Path:
+    """A pipeline that scores its raw table (``state/warehouse/raw``) with registered model ``tiny`` version 1."""
+    data = {
+        "name": "tiny",
+        "state_dir": str(state),
+        "key": "id",
+        "source": {"kind": "parquet", "path": str(state.parent / "unused")},
+        "tables": {
+            "raw": {"path": "raw"},
+            "split": {"path": "split"},
+            "predictions": {"path": "predictions"},
+            "serving": {"path": "serving"},
+        },
+        "label": {"column": "outcome", "positive": "yes"},
+        "features": {"numeric": ["x"]},
+        "score": {"model_version": 1},
+        "mlflow": {"experiment": "tiny", "registered_model": "tiny"},
+    }
+    return write_config(state.parent / "tiny.yml", data)
+
+
+@pytest.fixture(scope="module")
+def tiny_state(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state folder whose MLflow store holds ``tiny`` version 1; each test scores in a copy of it."""
+    state = tmp_path_factory.mktemp("tiny") / "state"
+    configure_tracking(load_config(_tiny_config(state)).pipeline)
+    train = spark.createDataFrame(
+        [(i, float(i), "yes" if i > 4 else "no") for i in range(10)], "id long, x double, outcome string"
+    ).transform(with_binary_label("outcome", "yes"))
+    stages: list[Estimator[Any] | Transformer] = [
+        VectorAssembler(inputCols=["x"], outputCol="f"),
+        LogisticRegression(featuresCol="f", labelCol=LABEL_COL),
+    ]
+    with mlflow.start_run():
+        mlflow.spark.log_model(
+            Pipeline(stages=stages).fit(train), artifact_path="model", registered_model_name="tiny", pip_requirements=[]
+        )
+    return state
+
+
+def _add_batches(spark: SparkSession, state: Path, batches: dict[str, range]) -> None:
+    """Append rows to the raw table, one ingest batch per entry (keys from its range)."""
+    rows = [(i, float(i % 10), None, batch) for batch, keys in batches.items() for i in keys]
+    spark.createDataFrame(rows, TINY_SCHEMA).write.format("delta").mode("append").save(str(state / "warehouse/raw"))
+
+
+def _tiny_pipeline(spark: SparkSession, template: Path, folder: Path, batches: dict[str, range]) -> Path:
+    """A copy of the template state folder under ``folder``, its raw table holding ``batches``; returns its config."""
+    state = folder / "state"
+    shutil.copytree(template, state)
+    _add_batches(spark, state, batches)
+    return _tiny_config(state)
+
+
+def test_a_copied_state_folder_scores_nothing_again_and_keeps_one_prediction_per_key(
+    spark: SparkSession, tiny_state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = _tiny_pipeline(spark, tiny_state, tmp_path / "before", {"b1": range(0, 4), "b2": range(4, 8)})
+    assert main(["score", str(conf)]) == 0
+    before = tmp_path / "before" / "state"
+
+    # Restored from a backup, or a renamed checkout: every table now has another absolute path.
+    after = tmp_path / "after" / "state"
+    shutil.copytree(before, after)
+    moved = _tiny_config(after)
+    capsys.readouterr()
+    assert main(["score", str(moved)]) == 0
+    assert f"nothing to score: {after / 'warehouse/raw'} v0 was already scored" in capsys.readouterr().err
+    assertDataFrameEqual(_load(spark, after / "warehouse/predictions"), _load(spark, before / "warehouse/predictions"))
+    assert _latest_version(spark, after / "warehouse/predictions") == 0
+
+    # A new batch after the move: only it is scored, and each key still has one prediction.
+    _add_batches(spark, after, {"b3": range(8, 10)})
+    assert main(["score", str(moved)]) == 0
+    assert "2 rows of " in capsys.readouterr().err
+    predictions = _load(spark, after / "warehouse/predictions")
+    assert sorted((r["id"], r["batch_id"]) for r in predictions.collect()) == [
+        (i, "b1" if i < 4 else "b2" if i < 8 else "b3") for i in range(10)
+    ]
+    serving = _load(spark, after / "warehouse/serving")
+    assert serving.count() == serving.select("id").distinct().count() == 10
+
+
+def test_the_monitor_finds_the_scored_rows_in_a_moved_state_folder(
+    spark: SparkSession, tiny_state: Path, tmp_path: Path
+) -> None:
+    conf = _tiny_pipeline(spark, tiny_state, tmp_path / "before", {"b1": range(0, 3)})
+    assert main(["score", str(conf)]) == 0
+    shutil.move(tmp_path / "before", tmp_path / "after")
+    cfg = load_config(_tiny_config(tmp_path / "after" / "state")).pipeline
+
+    # The predictions name the table by its old path, which is gone: it is found by its Delta table id.
+    window = select_window(_load(spark, tmp_path / "after/state/warehouse/predictions"), "all", datetime.now(UTC))
+    inputs = scored_inputs(spark, window, cfg)
+    assertDataFrameEqual(inputs, spark.createDataFrame([(0.0,), (1.0,), (2.0,)], "x double"))
+
+
+def _score_at_once(spark: SparkSession, conf: Path, monkeypatch: pytest.MonkeyPatch) -> list[StepResult]:
+    """Two score runs of ``conf`` in two threads of the one session, each writing only once both have planned.
+
+    Both plan from the same predictions table version and then write together, so their Delta
+    transactions overlap: the second to commit meets a real Delta conflict.
+    """
+    both_planned = threading.Barrier(2, timeout=300)
+    waited = threading.local()
+
+    def wait_for_the_other(plan: ScoringPlan) -> None:
+        if not getattr(waited, "once", False):  # a retry does not wait again
+            waited.once = True
+            both_planned.wait()
+
+    monkeypatch.setattr(deltaml.steps.score, "before_write", wait_for_the_other)
+    results: dict[int, StepResult] = {}
+    errors: list[BaseException] = []
+
+    def score(run: int) -> None:
+        try:
+            results[run] = run_score(StepContext(spark=spark, loaded=load_config(conf)))
+        except BaseException as exc:  # the test fails on it below, with its message
+            errors.append(exc)
+
+    threads = [threading.Thread(target=score, args=(run,)) for run in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, [f"{type(e).__name__}: {e}"[:600] for e in errors]
+    return [results[0], results[1]]
+
+
+def _assert_one_prediction_per_key(spark: SparkSession, state: Path, batches: dict[str, range]) -> None:
+    expected = sorted((i, batch) for batch, keys in batches.items() for i in keys)
+    predictions = _load(spark, state / "warehouse/predictions")
+    assert sorted((r["id"], r["batch_id"]) for r in predictions.collect()) == expected
+    serving = _load(spark, state / "warehouse/serving")
+    assert sorted((r["id"], r["batch_id"]) for r in serving.collect()) == expected
+
+
+def test_two_score_runs_at_once_write_each_prediction_once(
+    spark: SparkSession, tiny_state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches = {"b1": range(0, 20), "b2": range(20, 40)}
+    conf = _tiny_pipeline(spark, tiny_state, tmp_path, batches)
+    state = tmp_path / "state"
+    configure_tracking(load_config(conf).pipeline)
+
+    # The first scoring: both runs create the predictions table; then both replace the same new batch.
+    for new, rows in (({}, 40), ({"b3": range(40, 50)}, 10)):
+        if new:
+            _add_batches(spark, state, new)
+            batches.update(new)
+        runs = _score_at_once(spark, conf, monkeypatch)
+        _assert_one_prediction_per_key(spark, state, batches)
+        # One run wrote at once; the other met a Delta conflict, planned again, and found nothing left to score.
+        attempts_and_rows = sorted((r.metrics["write_attempts"], r.metrics["rows_scored"]) for r in runs)
+        assert attempts_and_rows == [(1.0, float(rows)), (2.0, 0.0)]
+        assert "planned again after another run's commit" in min(runs, key=lambda r: r.metrics["rows_scored"]).summary

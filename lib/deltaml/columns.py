@@ -32,11 +32,15 @@ BATCH_COL = "batch_id"
 MODEL_NAME_COL = "model_name"
 MODEL_VERSION_COL = "model_version"
 SOURCE_TABLE_COL = "source_table"
+# The input's Delta table id: it stays with the table when its folder is copied or moved, so predictions are matched
+# to their input by it (``source_table``, the path or name read, is for people). Null in rows written before.
+SOURCE_TABLE_ID_COL = "source_table_id"
 SOURCE_VERSION_COL = "source_version"
 SCORED_AT_COL = "scored_at"
 # A 64-bit hash of the key and every column the model reads: how a later run knows a row is already scored.
 INPUT_HASH_COL = "input_hash"
-# The columns the score step writes with every prediction that say where it came from (score_frame).
+# The columns the score step writes with every prediction that say where it came from (score_frame); also
+# SOURCE_TABLE_ID_COL, which predictions tables written before it was added do not have.
 PREDICTION_LINEAGE_COLUMNS = (
     BATCH_COL,
     MODEL_NAME_COL,

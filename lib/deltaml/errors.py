@@ -48,6 +48,15 @@ class ContractError(DeltamlError):
     exit_code = 5
 
 
+class ConcurrentWriteError(DeltamlError):
+    """Another run kept committing to a Delta table this run writes; every attempt met its commits.
+
+    Nothing of this run was committed to that table; running it again once the other run is done is safe.
+    """
+
+    exit_code = 6
+
+
 def one_line(error: BaseException | str, limit: int = 500) -> str:
     """The first non-blank line of an error's message, at most ``limit`` characters.
 

@@ -7,9 +7,13 @@ import hashlib
 import importlib.metadata
 import io
 import logging
+import random
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from pyspark.errors import AnalysisException, ParseException
 from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
@@ -18,10 +22,12 @@ from pyspark.sql.types import StructType
 
 from deltaml.columns import CORRUPT_RECORD
 from deltaml.config.schema import SourceConfig, TableRef
-from deltaml.errors import SetupError, StepInputError, one_line
+from deltaml.errors import ConcurrentWriteError, SetupError, StepInputError, one_line
 from deltaml.io.recording import pinned, record
 
 LOG = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,14 @@ def table_history(spark: SparkSession, table: Table, limit: int | None = None) -
 def table_detail(spark: SparkSession, table: Table) -> DataFrame:
     """One row about the table (``DESCRIBE DETAIL``): format, location, properties, numFiles, ..."""
     return spark.sql(f"DESCRIBE DETAIL {sql_identifier(table)}")
+
+
+def table_id(spark: SparkSession, table: Table) -> str:
+    """The Delta table's id (``DESCRIBE DETAIL``): set when the table is created, kept by every commit and by a
+    copy or a move of its folder, so it names the table wherever its files are."""
+    row = table_detail(spark, table).select("id").first()
+    assert row is not None  # DESCRIBE DETAIL returns one row, or fails when there is no table
+    return str(row["id"])
 
 
 def table_exists(spark: SparkSession, table: Table) -> bool:
@@ -317,19 +331,100 @@ def replace_rows(
     """Atomically replace the rows matching a SQL ``predicate`` by ``df`` (all of whose rows must match it).
 
     One Delta commit (``replaceWhere``), so a failed or killed write leaves the last version
-    intact, and a rerun replaces rather than duplicates. Creates the table on first use.
+    intact, and a rerun replaces rather than duplicates. Creates the table on first use, with the
+    same ``replaceWhere`` write: two runs creating it at once conflict (``ProtocolChangedException``)
+    rather than one appending blindly to what the other created.
 
     Returns:
         The version this write committed and the rows it wrote.
     """
-    if table_exists(spark, table):
-        writer = df.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
-    else:
-        writer = df.write.format("delta").mode("append")
+    writer = df.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
     if merge_schema:
         writer = writer.option("mergeSchema", "true")
     _writer_target(spark, df, writer, table)
     return _last_write(spark, table)
+
+
+# Delta's optimistic concurrency: a transaction that another writer's commit invalidated between its
+# read and its own commit fails with one of these. A classic session raises delta-spark's Python class
+# of that name (or a Py4J error quoting io.delta.exceptions.<name>); Spark Connect an error carrying the
+# Delta error class (DELTA_CONCURRENT_APPEND.WITHOUT_HINT, ...). The names are matched, not the classes,
+# so neither delta-spark's Python package nor a Connect client is needed to recognize one.
+_CONFLICT_CLASS = re.compile(
+    r"\b((?:Concurrent(?:Append|DeleteRead|DeleteDelete|Transaction|Write)|MetadataChanged|ProtocolChanged"
+    r"|DeltaConcurrentModification)Exception)\b"
+)
+_CONFLICT_CONDITION = re.compile(
+    r"\b(DELTA_CONCURRENT_[A-Z_]+(?:\.[A-Z_]+)?|DELTA_METADATA_CHANGED|DELTA_PROTOCOL_CHANGED)\b"
+)
+
+# A write that meets another writer's commits is planned and tried again this many times in all, after a
+# randomized pause of about WRITE_BACKOFF_SECONDS, doubled each time (~0.5, 1, 2 s).
+WRITE_ATTEMPTS = 4
+WRITE_BACKOFF_SECONDS = 0.5
+
+
+def write_conflict(error: BaseException) -> str | None:
+    """The name of the Delta write conflict ``error`` reports (``ConcurrentAppendException``,
+    ``DELTA_PROTOCOL_CHANGED``, ...), or None when it is another error."""
+    texts = [type(error).__name__]
+    condition = getattr(error, "getCondition", None)
+    if callable(condition):
+        # A captured error whose JVM side is gone cannot say; its message still names the conflict.
+        with contextlib.suppress(Exception):
+            texts.append(str(condition() or ""))
+    texts.append(str(error))
+    for pattern in (_CONFLICT_CLASS, _CONFLICT_CONDITION):
+        for text in texts:
+            found = pattern.search(text)
+            if found:
+                return found.group(1)
+    return None
+
+
+def retry_on_conflict(
+    write: Callable[[int], T],
+    table: Table,
+    step: str,
+    advice: str,
+    attempts: int = WRITE_ATTEMPTS,
+    backoff: float = WRITE_BACKOFF_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run ``write(attempt)`` (attempt 1, 2, ...) until it does not meet a Delta write conflict on ``table``.
+
+    ``write`` must plan from the table's state when it is called (so a retry sees what the other writer
+    committed, which may leave nothing to do) and commit at most once. Errors other than a conflict
+    propagate at once.
+
+    Raises:
+        ConcurrentWriteError: Every one of ``attempts`` attempts met a conflict; the message names the step,
+            the table and ``advice``, and the last conflict is chained.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return write(attempt)
+        except Exception as exc:
+            conflict = write_conflict(exc)
+            if conflict is None:
+                raise
+            if attempt == attempts:
+                raise ConcurrentWriteError(
+                    f"step '{step}': another run is writing {table} at the same time ({conflict} on each of "
+                    f"{attempts} attempts); {advice}"
+                ) from exc
+            pause = backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+            LOG.info(
+                "step %s: another run committed to %s meanwhile (%s); planning again in %.1fs (attempt %d of %d)",
+                step,
+                table,
+                conflict,
+                pause,
+                attempt + 1,
+                attempts,
+            )
+            sleep(pause)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def change_data_enabled(spark: SparkSession, table: Table) -> bool:
@@ -360,15 +455,16 @@ def changed_rows(spark: SparkSession, table: Table, start: int, end: int) -> Dat
 def upsert_latest(spark: SparkSession, df: DataFrame, table: Table, key: str, order: str) -> WriteResult:
     """Keep one row per ``key`` in ``table``: the row of ``df`` wins where its ``order`` column is not older.
 
-    One Delta MERGE (creating the table on first use), so rerunning it with the same rows changes nothing.
+    One Delta MERGE, so rerunning it with the same rows changes nothing. A missing table is first
+    created empty (a commit of its schema): an empty append that races another run's creation adds
+    no rows, and the MERGE then keeps one row per key whichever run creates the table.
 
     Returns:
         The version this write committed and the rows it inserted or updated.
     """
     if not table_exists(spark, table):
-        writer = df.write.format("delta").mode("append")
-        _writer_target(spark, df, writer, table)
-        return _last_write(spark, table)
+        empty = df.limit(0)
+        _writer_target(spark, empty, empty.write.format("delta").mode("append"), table)
     spark.sql(
         f"MERGE INTO {sql_identifier(table)} AS t USING {{source}} AS s ON t.`{key}` = s.`{key}` "
         f"WHEN MATCHED AND s.`{order}` >= t.`{order}` THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *",

@@ -48,3 +48,13 @@ def event_tables(cfg: PipelineConfig) -> list[Table]:
         getattr(tables, w.events) if isinstance(w.events, str) else resolve_table(w.events, cfg.state_path)
         for w in cfg.features.windows
     ]
+
+
+def scoring_input(cfg: PipelineConfig) -> Table:
+    """The table the score step reads: ``score.table``, else ``score.input`` (clean with a contract, else raw)."""
+    if cfg.score.table is not None:
+        return resolve_table(cfg.score.table, cfg.state_path)
+    choice = cfg.score.input or ("clean" if cfg.contract is not None else "raw")
+    tables = resolve_tables(cfg)
+    table: Table = {"raw": tables.raw, "clean": tables.clean, "split": tables.split}[choice]
+    return table

@@ -3,7 +3,8 @@
 At evaluation, :func:`log_reference_profile` stores with the model's MLflow run a profile of its
 train rows (the features it reads) and of its test predictions. ``deltaml monitor CONF`` reads a
 window of the predictions table, takes the exact input rows that were scored (the source table at
-the version each prediction records, matched on key and input hash), compares them and the
+the version each prediction records, matched on key and input hash; the score step's input table
+when the prediction names it by its Delta table id, wherever its folder now is), compares them and the
 predictions with that profile (:mod:`deltaml.quality.drift`, Spark aggregations only), and writes one row
 per feature and metric to the monitoring Delta table, with the window's drifted share and, when a
 labels table is configured, the live metric against the model's test metric.
@@ -39,11 +40,12 @@ from deltaml.columns import (
 )
 from deltaml.config.schema import PipelineConfig
 from deltaml.errors import StepInputError, one_line
-from deltaml.io.catalog import read_table, recorded_table, replace_rows, resolve_table, sql_literal
+from deltaml.io.catalog import read_table, recorded_table, replace_rows, resolve_table, sql_literal, table_exists
 from deltaml.io.registry import version_tags
+from deltaml.io.tables import scoring_input
 from deltaml.io.tracking import active_run_id, log_folder, log_metrics, mlflow_client
 from deltaml.ml.models import encode_label
-from deltaml.ml.predictions import input_hash
+from deltaml.ml.predictions import ScoredSource, input_hash, scored_source
 from deltaml.quality.drift import DriftMetric, Profile, compare
 from deltaml.quality.profile import (
     PREDICTIONS_FEATURE,
@@ -72,7 +74,6 @@ class Window:
     description: str
     model_version: int
     batches: list[str]
-    sources: list[tuple[str, int]]
     count: int
     first_scored_at: datetime
     last_scored_at: datetime
@@ -104,14 +105,12 @@ def select_window(predictions: DataFrame, spec: str, now: datetime) -> Window:
         F.count(F.lit(1)).alias("n"),
         F.max(MODEL_VERSION_COL).alias("model"),
         F.sort_array(F.collect_set(BATCH_COL)).alias("batches"),
-        F.sort_array(F.collect_set(F.struct(SOURCE_TABLE_COL, SOURCE_VERSION_COL))).alias("sources"),
         F.min(SCORED_AT_COL).alias("first"),
         F.max(SCORED_AT_COL).alias("last"),
     ).first()
     if info is None or not info["n"]:
         raise StepInputError(f"step 'monitor': no predictions in the window ({description}); run `deltaml score` first")
     batches = [str(b) for b in info["batches"]]
-    sources = [(str(s[SOURCE_TABLE_COL]), int(s[SOURCE_VERSION_COL])) for s in info["sources"]]
     key = "|".join([spec, str(info["first"]), str(info["last"]), *batches])
     return Window(
         rows=rows,
@@ -119,7 +118,6 @@ def select_window(predictions: DataFrame, spec: str, now: datetime) -> Window:
         description=f"{description}, model v{int(info['model'])}",
         model_version=int(info["model"]),
         batches=batches,
-        sources=sources,
         count=int(info["n"]),
         first_scored_at=info["first"],
         last_scored_at=info["last"],
@@ -128,27 +126,43 @@ def select_window(predictions: DataFrame, spec: str, now: datetime) -> Window:
 
 def scored_inputs(spark: SparkSession, window: Window, cfg: PipelineConfig) -> DataFrame:
     """The input rows the window's predictions were made from: each source at its recorded version,
-    matched on key and input hash, so a row changed since is not mistaken for the one scored."""
+    matched on key and input hash, so a row changed since is not mistaken for the one scored.
+
+    Predictions made from the score step's input table (by its Delta table id, see
+    :class:`~deltaml.ml.predictions.ScoredSource`) are read from where that table is now, so a moved or
+    copied state folder is monitored from its own tables; others from the path or name they record.
+    """
     if INPUT_HASH_COL not in window.rows.columns:
         raise StepInputError(
             "step 'monitor': the predictions were written before deltaml recorded each row's input hash, so the "
             "rows they were made from cannot be found; rescore them with `deltaml score CONF --full`"
         )
+    current = _current_input(spark, cfg)
+    from_current = F.expr(current.predicate(window.rows.columns)) if current is not None else F.lit(False)
+    rows = window.rows.withColumn("_current", from_current).withColumn(
+        "_recorded", F.when(~F.col("_current"), F.col(SOURCE_TABLE_COL))
+    )
+    sources = rows.select("_current", "_recorded", SOURCE_VERSION_COL).distinct().collect()
     frames = []
-    for source, version in window.sources:
+    for is_current, recorded, version in sorted(sources, key=lambda s: (s[0], s[1] or "", s[2])):
         # Each source version is matched only with the predictions read at that version, so a row
         # unchanged across several scored versions counts once per prediction, not once per version.
         wanted = (
-            window.rows.where((F.col(SOURCE_TABLE_COL) == source) & (F.col(SOURCE_VERSION_COL) == version))
+            rows.where(
+                (F.col("_current") == F.lit(is_current))
+                & F.col("_recorded").eqNullSafe(F.lit(recorded))
+                & (F.col(SOURCE_VERSION_COL) == version)
+            )
             .select(cfg.key, F.col(INPUT_HASH_COL).alias("_input_hash"))
             .distinct()
         )
+        table = current.table if is_current and current is not None else recorded_table(str(recorded))
         try:
-            data, _ = read_table(spark, recorded_table(source), "monitor", version=version)
+            data, _ = read_table(spark, table, "monitor", version=int(version))
             data.schema  # noqa: B018 - resolve the time travel now, so a vacuumed version fails here
         except AnalysisException as exc:
             raise StepInputError(
-                f"step 'monitor': {source} v{version}, which the window's predictions were made from, cannot be "
+                f"step 'monitor': {table} v{version}, which the window's predictions were made from, cannot be "
                 f"read ({one_line(exc.getMessage(), 200)}); monitor a shorter window (monitor.window) or "
                 "keep more table history (delta.logRetentionDuration, and VACUUM's retention)"
             ) from None
@@ -158,6 +172,12 @@ def scored_inputs(spark: SparkSession, window: Window, cfg: PipelineConfig) -> D
     for frame in frames[1:]:
         inputs = inputs.unionByName(frame)
     return inputs
+
+
+def _current_input(spark: SparkSession, cfg: PipelineConfig) -> ScoredSource | None:
+    """The score step's input table as it is now, or None when it does not exist (any more)."""
+    table = scoring_input(cfg)
+    return scored_source(spark, table, cfg.state_path) if table_exists(spark, table) else None
 
 
 def drift_rows(metrics: list[DriftMetric], cfg: PipelineConfig) -> tuple[list[dict[str, Any]], dict[str, bool], float]:
@@ -406,6 +426,10 @@ STEP = Step(
     phase="monitor",
     sections=(
         "monitor",
+        # Which table the score step reads: the predictions made from it are matched to it by its table id.
+        "score.table",
+        "score.input",
+        "contract",
         "retrain.performance_drop",
         "register.gate.metric",
         "mlflow.registered_model",

@@ -4,7 +4,7 @@ land idempotently, one Delta commit per run."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,7 +19,7 @@ from deltaml.columns import (
     INPUT_HASH_COL,
     MODEL_VERSION_COL,
     SCORED_AT_COL,
-    SOURCE_TABLE_COL,
+    SOURCE_TABLE_ID_COL,
     SOURCE_VERSION_COL,
 )
 from deltaml.config.schema import PipelineConfig
@@ -32,18 +32,17 @@ from deltaml.io.catalog import (
     read_table,
     read_table_as_of,
     replace_rows,
-    resolve_table,
+    retry_on_conflict,
     sql_in,
-    sql_literal,
     table_exists,
     upsert_latest,
 )
 from deltaml.io.models import load_spark_model, registered_model_uri
 from deltaml.io.registry import alias_version, find_scoring_version
-from deltaml.io.tables import event_tables
+from deltaml.io.tables import event_tables, scoring_input
 from deltaml.io.tracking import mlflow_client
 from deltaml.ml.features import bind_window_stages
-from deltaml.ml.predictions import ScoringModel, batch_values, input_hash, score_frame
+from deltaml.ml.predictions import ScoredSource, ScoringModel, batch_values, input_hash, score_frame, scored_source
 from deltaml.quality.contracts import check_columns
 from deltaml.steps.base import Step, StepContext, StepResult
 
@@ -72,7 +71,7 @@ class ScoringPlan:
 def plan_scoring(
     spark: SparkSession,
     data: DataFrame,
-    source: Table,
+    source: ScoredSource,
     source_version: int,
     predictions: Table,
     key: str,
@@ -81,6 +80,10 @@ def plan_scoring(
     full: bool,
 ) -> ScoringPlan:
     """Decide which rows of ``data`` (``source`` at ``source_version``) this run scores.
+
+    The predictions made from ``source`` are those its :meth:`ScoredSource.predicate` selects: by Delta table
+    id, so a copied or moved state folder finds its own predictions (and rows written before the id was
+    recorded, by path).
 
     ``full`` scores every row and replaces every prediction made from ``source``. Otherwise
     (incremental), with a batch column, a batch is scored when its row count or summed
@@ -91,12 +94,13 @@ def plan_scoring(
     compared. Either way, a source version that was already scored means nothing to do, with no
     scan of the input.
     """
-    where_source = f"source_table = {sql_literal(str(source))}"
-    stored = (
-        read_table(spark, predictions, "score")[0].where(F.col(SOURCE_TABLE_COL) == str(source))
-        if table_exists(spark, predictions)
-        else None
-    )
+    stored = None
+    if table_exists(spark, predictions):
+        written, _ = read_table(spark, predictions, "score")
+        where_source = source.predicate(written.columns)
+        stored = written.where(F.expr(where_source))
+    else:
+        where_source = source.predicate([SOURCE_TABLE_ID_COL])
     # A full run needs neither: it replaces whatever is stored.
     last, models = _last_scored(stored) if not full else (None, [])
     if full or last is None:
@@ -142,7 +146,7 @@ def _batch_fingerprints(df: DataFrame, batch: Column, hashed: Column) -> dict[st
 def _plan_batches(
     data: DataFrame,
     stored: DataFrame,
-    source: Table,
+    source: ScoredSource,
     source_version: int,
     key: str,
     hashed: Sequence[str],
@@ -175,7 +179,7 @@ def _plan_rows(
     spark: SparkSession,
     data: DataFrame,
     stored: DataFrame,
-    source: Table,
+    source: ScoredSource,
     source_version: int,
     last: int,
     key: str,
@@ -186,8 +190,8 @@ def _plan_rows(
     candidates = data
     how = f"rows of {source} v{source_version} without a prediction"
     # A pin to a version older than the last one scored has no change range to read.
-    if last < source_version and change_data_enabled(spark, source):
-        changed = changed_rows(spark, source, last + 1, source_version).select(key).distinct()
+    if last < source_version and change_data_enabled(spark, source.table):
+        changed = changed_rows(spark, source.table, last + 1, source_version).select(key).distinct()
         try:
             changed.take(1)
             candidates = data.join(changed, key, "left_semi")
@@ -225,12 +229,36 @@ def _plan_rows(
     )
 
 
+# Called with each plan that has rows to score, after they are scored and just before they are written, on
+# every attempt. None in normal runs: a seam for tests and debugging (tests/test_scoring_e2e.py holds two runs
+# here so that their writes overlap, as two `deltaml score` processes started together do).
+before_write: Callable[[ScoringPlan], None] | None = None
+
+# What to do when another run keeps committing to the predictions or the serving table.
+RERUN_ADVICE = (
+    "run `deltaml score` again once the other run has finished: scoring is idempotent, so it scores only "
+    "what is still missing"
+)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One plan-and-write of the score step: the plan, what it wrote (None: nothing to score), and its number."""
+
+    plan: ScoringPlan
+    written: WriteResult | None
+    number: int
+
+
 def run_score(ctx: StepContext) -> StepResult:
     """Score what is new in the input table (everything with ``score.mode: full``) into the predictions table.
 
     The predictions of a run land in one Delta commit that replaces the batches it scored, so a
     rerun never duplicates and a killed run leaves the previous version; the next run scores the
     same rows again. With ``tables.serving`` set, the latest prediction per key is then merged there.
+    When another run commits to the predictions (or serving) table while this one writes, Delta
+    rejects this run's commit; it plans again from the table's new state (which may leave nothing to
+    score) and retries, a few times (:func:`~deltaml.io.catalog.retry_on_conflict`).
     """
     cfg = ctx.config
     name = cfg.mlflow.registered_model
@@ -247,40 +275,35 @@ def run_score(ctx: StepContext) -> StepResult:
         raise StepInputError(
             f"step 'score': score.batch_column '{batch_column}' is not a column of {table}; columns are {data.columns}"
         )
-    full = cfg.score.mode == "full"
-    plan = plan_scoring(
-        ctx.spark,
-        data,
-        table,
-        source_version,
-        ctx.tables.predictions,
-        cfg.key,
-        cfg.features.columns,
-        batch_column,
-        full,
-    )
-    metrics = {"source_table_version": float(source_version), "model_version": float(version)}
-    tags = {"model": f"{name}/{version}", "source_table": str(table), "score_mode": cfg.score.mode}
-    stale = [v for v in plan.previous_models if v != version]
-    if plan.rows is None:
-        hint = (
-            f"; rows scored by version(s) {stale} keep their predictions (`deltaml score CONF --full` rescores them)"
-            if stale
-            else ""
+    source = scored_source(ctx.spark, table, cfg.state_path)
+    loaded: list[tuple[ScoringModel, datetime]] = []
+
+    def score_and_write(number: int) -> _Attempt:
+        plan = plan_scoring(
+            ctx.spark,
+            data,
+            source,
+            source_version,
+            ctx.tables.predictions,
+            cfg.key,
+            cfg.features.columns,
+            batch_column,
+            cfg.score.mode == "full",
         )
-        summary = f"nothing to score: {plan.reason}; {ctx.tables.predictions} unchanged{hint}"
-        metrics["rows_scored"] = 0.0
-    else:
-        # Loaded only now: a run with nothing to score does not pay for it.
-        scoring = ScoringModel(name, version, load_spark_model(registered_model_uri(name, version)))
-        scored_at = datetime.now().astimezone()
-        as_of = scored_at if cfg.score.windows_as_of == "now" else None
-        bind_window_stages(scoring.model, cfg.features.windows, event_tables(cfg), as_of)
+        if plan.rows is None:
+            return _Attempt(plan, None, number)
+        if not loaded:  # loaded only now: a run with nothing to score does not pay for it
+            model = ScoringModel(name, version, load_spark_model(registered_model_uri(name, version)))
+            scored_at = datetime.now().astimezone()
+            as_of = scored_at if cfg.score.windows_as_of == "now" else None
+            bind_window_stages(model.model, cfg.features.windows, event_tables(cfg), as_of)
+            loaded.append((model, scored_at))
+        scoring, scored_at = loaded[0]
         predictions = plan.rows.transform(
             score_frame(
                 scoring,
                 cfg.key,
-                str(table),
+                source,
                 source_version,
                 scored_at,
                 cfg.label.task,
@@ -288,29 +311,51 @@ def run_score(ctx: StepContext) -> StepResult:
                 hashed=cfg.features.columns,
             )
         )
+        if before_write is not None:
+            before_write(plan)
         written = replace_rows(ctx.spark, predictions, ctx.tables.predictions, plan.replace, merge_schema=True)
+        return _Attempt(plan, written, number)
+
+    done = retry_on_conflict(score_and_write, ctx.tables.predictions, "score", RERUN_ADVICE)
+    plan, written = done.plan, done.written
+    metrics = {
+        "source_table_version": float(source_version),
+        "model_version": float(version),
+        "write_attempts": float(done.number),
+    }
+    tags = {"model": f"{name}/{version}", "source_table": str(table), "score_mode": cfg.score.mode}
+    stale = [v for v in plan.previous_models if v != version]
+    # After a conflict, the plan that counts is the last one: it saw what the other run committed.
+    retried = f" (planned again after another run's commit to {ctx.tables.predictions})" if done.number > 1 else ""
+    if written is None:
+        hint = (
+            f"; rows scored by version(s) {stale} keep their predictions (`deltaml score CONF --full` rescores them)"
+            if stale
+            else ""
+        )
+        summary = f"nothing to score: {plan.reason}{retried}; {ctx.tables.predictions} unchanged{hint}"
+        metrics["rows_scored"] = 0.0
+    else:
         metrics.update(rows_scored=float(written.rows_written), predictions_table_version=float(written.version))
         tags["batches"] = ",".join(plan.batches)[:5000] if plan.batches else "all"
         summary = (
-            f"{written.rows_written} rows of {table} v{source_version} scored by {scoring.name} v{scoring.version} "
-            f"({plan.reason}) -> {ctx.tables.predictions} v{written.version}"
+            f"{written.rows_written} rows of {table} v{source_version} scored by {name} v{version} "
+            f"({plan.reason}){retried} -> {ctx.tables.predictions} v{written.version}"
         )
-    if ctx.tables.serving is not None:
-        synced = sync_serving(ctx.spark, ctx.tables.predictions, ctx.tables.serving, cfg.key)
+    serving = ctx.tables.serving
+    if serving is not None:
+        synced = retry_on_conflict(
+            lambda _: sync_serving(ctx.spark, ctx.tables.predictions, serving, cfg.key), serving, "score", RERUN_ADVICE
+        )
         if synced is not None:
             metrics["serving_rows_changed"] = float(synced.rows_written)
-            summary += f"; {synced.rows_written} keys updated in {ctx.tables.serving} v{synced.version}"
+            summary += f"; {synced.rows_written} keys updated in {serving} v{synced.version}"
     return StepResult(metrics=metrics, tags=tags, summary=summary)
 
 
 def input_table(ctx: StepContext) -> Table:
     """The table the score step reads: ``score.table``, else ``score.input`` (clean with a contract, else raw)."""
-    cfg = ctx.config
-    if cfg.score.table is not None:
-        return resolve_table(cfg.score.table, cfg.state_path)
-    choice = cfg.score.input or ("clean" if cfg.contract is not None else "raw")
-    table: Table = {"raw": ctx.tables.raw, "clean": ctx.tables.clean, "split": ctx.tables.split}[choice]
-    return table
+    return scoring_input(ctx.config)
 
 
 def sync_serving(spark: SparkSession, predictions: Table, serving: Table, key: str) -> WriteResult | None:
