@@ -285,3 +285,39 @@ def test_bad_input_is_one_line_and_changes_nothing(
     assert not any(part.startswith(("Traceback", "\tat ", "py4j")) for part in err), err[:5]
     assert "pa55word" not in "\n".join(err)
     assert _versions(state) == before
+
+
+SCORE = "import sys\nfrom deltaml.cli import main\nsys.exit(main(sys.argv[1:]))"
+KILL_TRIES = 3  # ten by hand for the closing note: DELTAML_KILL_TRIES=10
+
+
+def test_kill_9_during_score_then_a_rerun_keeps_one_prediction_per_key(
+    spark: SparkSession, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scoring process killed at any moment leaves the last version; the rerun gives one row per key and batch."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    state = tmp_path / "state"
+    shutil.copytree(trained.state, state)
+    conf = _edited(trained.conf, {"state_dir": str(state)}, tmp_path / f"{NAME}.yml")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    command = [sys.executable, "-c", SCORE, "-q", "score", str(conf), "--full"]
+    started = time.monotonic()
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
+    whole = time.monotonic() - started
+    predictions = str(state / "warehouse" / "gold" / "penguin_species_predictions")
+    tries = int(os.environ.get("DELTAML_KILL_TRIES", KILL_TRIES))
+    for attempt in range(tries):
+        # Spread the kills over the whole run: start-up, the plan, the write, the commit.
+        delay = whole * (0.35 + 0.6 * attempt / max(tries - 1, 1))
+        victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        victim.kill()
+        victim.wait(timeout=60)
+        assert main(["-q", "score", str(conf), "--full"]) == 0
+        rows = spark.read.format("delta").load(predictions)
+        assert rows.count() == rows.select("penguin_id", "batch_id").distinct().count() > 0, f"try {attempt + 1}"
