@@ -30,7 +30,7 @@ MATRIX_TESTS ?= $(addprefix tests/test_,$(addsuffix .py,packaging session config
 
 .venvs/%/.installed: setup.py constraints/%.txt
 	test -x .venvs/$*/bin/python || $(PYTHON312) -m venv .venvs/$*
-	.venvs/$*/bin/python -m pip install --quiet --disable-pip-version-check -c constraints/$*.txt -e '.[spark,demo,dev]'
+	.venvs/$*/bin/python -m pip install --quiet --disable-pip-version-check -c constraints/$*.txt -e '.[spark,connect,demo,dev]'
 	touch $@
 
 # The wheel a runtime installs (no extras); each matrix run first checks it changes no package there.

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
-from delta.exceptions.base import ConcurrentAppendException
 from pyspark.errors import AnalysisException
 from pyspark.errors.exceptions.connect import SparkConnectGrpcException, UnknownException
 from pyspark.sql import SparkSession
@@ -75,8 +75,18 @@ PROTOCOL = (
 @pytest.mark.parametrize(
     ("error", "conflict"),
     [
-        # A classic session with delta-spark's Python package imported: its exception classes.
-        (ConcurrentAppendException(APPEND), "ConcurrentAppendException"),
+        # A classic session with delta-spark's Python package imported: its exception classes (delta-spark 4.1+;
+        # 4.0, on Databricks 17.3, has none and gives the Py4J shape below).
+        *(
+            [
+                (
+                    pytest.importorskip("delta.exceptions.base").ConcurrentAppendException(APPEND),
+                    "ConcurrentAppendException",
+                )
+            ]
+            if importlib.util.find_spec("delta.exceptions") is not None
+            else []
+        ),
         # A classic session without it: the Py4J error quotes the Java class.
         (
             RuntimeError(
@@ -124,7 +134,7 @@ def test_a_conflicting_write_is_planned_again_a_bounded_number_of_times_with_ran
     def conflicts_twice(attempt: int) -> str:
         calls.append(attempt)
         if attempt < 3:
-            raise ConcurrentAppendException(APPEND)
+            raise RuntimeError(f"io.delta.exceptions.ConcurrentAppendException: {APPEND}")
         return "written"
 
     assert retry_on_conflict(conflicts_twice, table, "score", "rerun", sleep=pauses.append) == "written"
