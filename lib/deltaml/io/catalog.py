@@ -429,9 +429,7 @@ def retry_on_conflict(
 
 def change_data_enabled(spark: SparkSession, table: Table) -> bool:
     """True when the table records its changes (``delta.enableChangeDataFeed``)."""
-    detail = table_detail(spark, table).select("properties").first()
-    properties = (detail["properties"] if detail else None) or {}
-    return str(properties.get("delta.enableChangeDataFeed", "false")).lower() == "true"
+    return str(_table_property(spark, table, "delta.enableChangeDataFeed")).lower() == "true"
 
 
 def changed_rows(spark: SparkSession, table: Table, start: int, end: int) -> DataFrame:

@@ -263,7 +263,7 @@ def run_score(ctx: StepContext) -> StepResult:
     cfg = ctx.config
     name = cfg.mlflow.registered_model
     version = find_scoring_version(name, cfg.score.model_alias, cfg.score.model_version)
-    table = input_table(ctx)
+    table = scoring_input(cfg)
     # A pinned score.table is read at its pin: that version is the source_version recorded with each prediction.
     pin = cfg.score.table
     data, source_version = read_table_as_of(
@@ -353,11 +353,6 @@ def run_score(ctx: StepContext) -> StepResult:
     return StepResult(metrics=metrics, tags=tags, summary=summary)
 
 
-def input_table(ctx: StepContext) -> Table:
-    """The table the score step reads: ``score.table``, else ``score.input`` (clean with a contract, else raw)."""
-    return scoring_input(ctx.config)
-
-
 def sync_serving(spark: SparkSession, predictions: Table, serving: Table, key: str) -> WriteResult | None:
     """Merge the predictions made since the serving table's newest into it, one row per key.
 
@@ -400,7 +395,7 @@ STEP = Step(
     phase="predict",
     sections=("score", "key", "features", "label", "contract", "mlflow.registered_model"),
     tables=lambda ctx: [
-        input_table(ctx),
+        scoring_input(ctx.config),
         *event_tables(ctx.loaded.pipeline),
         ctx.tables.predictions,
         ctx.tables.serving,
