@@ -82,3 +82,31 @@ def telco_conf(tmp_path: Path) -> Path:
     for candidate in data["model"]["candidates"]:
         candidate.pop("max_evals", None)
     return write_config(tmp_path / "telco_churn.yml", data)
+
+
+def register_tiny_model(spark: SparkSession, name: str) -> None:
+    """Fit a one-feature logistic regression (``x`` -> ``outcome == 'yes'``) and register it as ``name`` version 1.
+
+    Logs to the MLflow store configured in this process (``configure_tracking`` first).
+    """
+    import mlflow
+    from pyspark.ml import Pipeline
+    from pyspark.ml.classification import LogisticRegression
+    from pyspark.ml.feature import VectorAssembler
+
+    from deltaml.columns import LABEL_COL
+    from deltaml.ml.labels import with_binary_label
+
+    train = spark.createDataFrame(
+        [(i, float(i), "yes" if i > 4 else "no") for i in range(10)], "id long, x double, outcome string"
+    ).transform(with_binary_label("outcome", "yes"))
+    stages = Pipeline(
+        stages=[
+            VectorAssembler(inputCols=["x"], outputCol="f"),
+            LogisticRegression(featuresCol="f", labelCol=LABEL_COL),
+        ]
+    )
+    with mlflow.start_run():
+        mlflow.spark.log_model(
+            stages.fit(train), artifact_path="model", registered_model_name=name, pip_requirements=[]
+        )

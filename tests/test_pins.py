@@ -6,28 +6,21 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import mlflow
-import mlflow.spark
 import pytest
 from delta.tables import DeltaTable
-from pyspark.ml import Estimator, Pipeline, Transformer
-from pyspark.ml.classification import LogisticRegression
-from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from deltaml.columns import LABEL_COL
 from deltaml.config.loader import load_config
 from deltaml.config.schema import SourceConfig
 from deltaml.errors import ConfigError, StepInputError
 from deltaml.io.catalog import Table, read_source, read_table, read_table_as_of, table_version
 from deltaml.io.recording import TableAccess, recording
 from deltaml.io.tracking import configure_tracking
-from deltaml.ml.labels import with_binary_label
 from deltaml.steps.base import StepContext
 from deltaml.steps.score import run_score
-from tests.conftest import telco_config_dict, write_config
+from tests.conftest import register_tiny_model, telco_config_dict, write_config
 
 SCHEMA = "id long, x double"
 
@@ -196,17 +189,7 @@ def test_a_pinned_score_table_scores_that_version_and_records_it(spark: SparkSes
     }
     path = write_config(tmp_path / "pins.yml", conf)
     configure_tracking(load_config(path).pipeline)
-    train = spark.createDataFrame(
-        [(i, float(i), "yes" if i > 4 else "no") for i in range(10)], "id long, x double, outcome string"
-    ).transform(with_binary_label("outcome", "yes"))
-    stages: list[Estimator[Any] | Transformer] = [
-        VectorAssembler(inputCols=["x"], outputCol="f"),
-        LogisticRegression(featuresCol="f", labelCol=LABEL_COL),
-    ]
-    with mlflow.start_run():
-        mlflow.spark.log_model(
-            Pipeline(stages=stages).fit(train), artifact_path="model", registered_model_name="pins", pip_requirements=[]
-        )
+    register_tiny_model(spark, "pins")
     predictions = Table(str(tmp_path / "state" / "warehouse" / "predictions"), is_path=True)
 
     def score(*overrides: str) -> tuple[str, list[TableAccess]]:

@@ -13,29 +13,21 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import mlflow
-import mlflow.spark
 import pytest
 from delta.tables import DeltaTable
-from pyspark.ml import Estimator, Pipeline, Transformer
-from pyspark.ml.classification import LogisticRegression
-from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 import deltaml.steps.score
 from deltaml.cli import main
-from deltaml.columns import LABEL_COL
 from deltaml.config.loader import load_config
 from deltaml.io.tracking import configure_tracking
-from deltaml.ml.labels import with_binary_label
 from deltaml.steps.base import StepContext, StepResult
 from deltaml.steps.monitor import scored_inputs, select_window
 from deltaml.steps.score import ScoringPlan, run_score
-from tests.conftest import telco_config_dict, write_config
+from tests.conftest import register_tiny_model, telco_config_dict, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -202,17 +194,7 @@ def tiny_state(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) ->
     """A state folder whose MLflow store holds ``tiny`` version 1; each test scores in a copy of it."""
     state = tmp_path_factory.mktemp("tiny") / "state"
     configure_tracking(load_config(_tiny_config(state)).pipeline)
-    train = spark.createDataFrame(
-        [(i, float(i), "yes" if i > 4 else "no") for i in range(10)], "id long, x double, outcome string"
-    ).transform(with_binary_label("outcome", "yes"))
-    stages: list[Estimator[Any] | Transformer] = [
-        VectorAssembler(inputCols=["x"], outputCol="f"),
-        LogisticRegression(featuresCol="f", labelCol=LABEL_COL),
-    ]
-    with mlflow.start_run():
-        mlflow.spark.log_model(
-            Pipeline(stages=stages).fit(train), artifact_path="model", registered_model_name="tiny", pip_requirements=[]
-        )
+    register_tiny_model(spark, "tiny")
     return state
 
 
