@@ -242,6 +242,13 @@ def _versions(state: Path) -> dict[str, Any]:
     return {"tables": tables, "registry": registry}
 
 
+def _with_tmp(value: Any, tmp: Path) -> Any:
+    """``{tmp}`` in every string of an edit, nested ones too, replaced by the case's folder."""
+    if isinstance(value, dict):
+        return {k: _with_tmp(v, tmp) for k, v in value.items()}
+    return value.replace("{tmp}", str(tmp)) if isinstance(value, str) else value
+
+
 def _edited(base: Path, edit: dict[str, Any], target: Path) -> Path:
     data = yaml.safe_load(base.read_text())
     for dotted, value in edit.items():
@@ -270,7 +277,7 @@ def test_bad_input_is_one_line_and_changes_nothing(
         shutil.copytree(trained.state, state)
         base = _edited(trained.conf, {"state_dir": str(state)}, tmp_path / "base.yml")
     edit = {**case.edit, **(case.prepare(Trained(base, state), tmp_path) if case.prepare else {})}
-    edit = {k: v.format(tmp=tmp_path) if isinstance(v, str) and "{tmp}" in v else v for k, v in edit.items()}
+    edit = _with_tmp(edit, tmp_path)
     conf = _edited(base, edit, tmp_path / f"{NAME}.yml")
     before = _versions(state)
     capsys.readouterr()
@@ -291,8 +298,8 @@ def test_bad_input_is_one_line_and_changes_nothing(
             table.write(f"| {case.id} | {code} | `{line.removeprefix('deltaml: error: ')[:160]}` |\n")
 
 
-SCORE = "import sys\nfrom deltaml.cli import main\nsys.exit(main(sys.argv[1:]))"
-KILL_TRIES = 3  # ten by hand for the closing note: DELTAML_KILL_TRIES=10
+CLI = "import sys\nfrom deltaml.cli import main\nsys.exit(main(sys.argv[1:]))"
+KILL_TRIES = 2  # ten by hand for the closing note: DELTAML_KILL_TRIES=10
 
 
 def test_kill_9_during_score_then_a_rerun_keeps_one_prediction_per_key(
@@ -308,7 +315,7 @@ def test_kill_9_during_score_then_a_rerun_keeps_one_prediction_per_key(
     shutil.copytree(trained.state, state)
     conf = _edited(trained.conf, {"state_dir": str(state)}, tmp_path / f"{NAME}.yml")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    command = [sys.executable, "-c", SCORE, "-q", "score", str(conf), "--full"]
+    command = [sys.executable, "-c", CLI, "-q", "score", str(conf), "--full"]
     started = time.monotonic()
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
     whole = time.monotonic() - started
@@ -324,3 +331,59 @@ def test_kill_9_during_score_then_a_rerun_keeps_one_prediction_per_key(
         assert main(["-q", "score", str(conf), "--full"]) == 0
         rows = spark.read.format("delta").load(predictions)
         assert rows.count() == rows.select("penguin_id", "batch_id").distinct().count() > 0, f"try {attempt + 1}"
+
+
+def test_kill_9_during_fit_then_a_rerun_registers_one_version_and_closes_the_killed_runs(
+    spark: SparkSession, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed while its trials run registers nothing; the rerun trains, registers exactly one version,
+    and marks the killed process's runs KILLED."""
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    state = tmp_path / "state"
+    shutil.copytree(trained.state, state)
+    # Three trials instead of two: fit and what follows it run again, the steps before it are reused.
+    conf = _edited(trained.conf, {"state_dir": str(state), "tuning.max_evals": 3}, tmp_path / f"{NAME}.yml")
+    before = _versions(state)
+    store = f"sqlite:///{state / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    log = tmp_path / "victim.log"
+    with log.open("w") as out:
+        victim = subprocess.Popen([sys.executable, "-c", CLI, "run", str(conf)], env=env, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 300
+        fitting: list[Any] = []
+        while not fitting and victim.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.3)
+            fitting = client.search_runs(
+                [r.experiment_id for r in client.search_experiments()],
+                filter_string=f"tags.`deltaml.process` LIKE '%:{victim.pid}:%' AND tags.`deltaml.step` = 'fit'",
+            )
+        assert fitting, f"fit did not start before the run ended or 300 s passed:\n{log.read_text()[-3000:]}"
+        time.sleep(3)  # into the trials: the step takes about 15 s here
+        assert victim.poll() is None, f"the run ended before it was killed:\n{log.read_text()[-3000:]}"
+        victim.kill()
+        victim.wait(timeout=60)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    killed = _versions(state)
+    assert killed["registry"] == before["registry"], "the killed run registered or moved an alias"
+
+    assert main(["-q", "run", str(conf)]) == 0
+
+    after = _versions(state)
+    versions = [v[0] for v in before["registry"]]
+    assert [v[0] for v in after["registry"]] == [*versions, max(versions) + 1], after["registry"]
+    victims = client.search_runs(
+        [r.experiment_id for r in client.search_experiments()],
+        filter_string=f"tags.`deltaml.process` LIKE '%:{victim.pid}:%'",
+    )
+    status = {r.data.tags["deltaml.step"]: r.info.status for r in victims if r.data.tags["deltaml.step"] != "trial"}
+    # The steps it finished stay FINISHED; the pipeline and the fit it was in are KILLED; nothing stays RUNNING.
+    assert status["pipeline"] == status["fit"] == "KILLED", status
+    assert "RUNNING" not in {r.info.status for r in victims}, status
