@@ -387,3 +387,33 @@ def test_kill_9_during_fit_then_a_rerun_registers_one_version_and_closes_the_kil
     # The steps it finished stay FINISHED; the pipeline and the fit it was in are KILLED; nothing stays RUNNING.
     assert status["pipeline"] == status["fit"] == "KILLED", status
     assert "RUNNING" not in {r.info.status for r in victims}, status
+
+
+def test_a_moved_state_folder_reproduces_and_counts_new_rows_where_it_is_now(
+    spark: SparkSession,
+    trained: Trained,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """After a move, reproduce and retraining read the recorded tables (absolute paths) where the folder is now."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = f"sqlite:///{trained.state / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    first = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string="tags.`deltaml.step` = 'pipeline'",
+        order_by=["start_time ASC"],
+    )[0]
+    moved = tmp_path / "moved"
+    shutil.move(trained.state, moved)
+    try:  # the module's other tests use the trained state where it was: it moves back (a second move) after
+        conf = _edited(trained.conf, {"state_dir": str(moved), "retrain": {"new_rows": 1}}, tmp_path / "moved.yml")
+        capsys.readouterr()
+        assert main(["reproduce", first.info.run_id, "--conf", str(conf)]) == 0
+        err = capsys.readouterr().err
+        assert f"fit and evaluate on {moved}/warehouse/silver/penguins_split v" in err, err[-3000:]
+        assert main(["retrain", str(conf), "--dry-run"]) == 0
+        assert "retrain check new_rows: 0 (limit 1)" in capsys.readouterr().err
+    finally:
+        shutil.move(moved, trained.state)

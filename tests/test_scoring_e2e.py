@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from delta.tables import DeltaTable
+from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
@@ -253,6 +254,31 @@ def test_the_monitor_finds_the_scored_rows_in_a_moved_state_folder(
     window = select_window(_load(spark, tmp_path / "after/state/warehouse/predictions"), "all", datetime.now(UTC))
     inputs = scored_inputs(spark, window, cfg)
     assertDataFrameEqual(inputs, spark.createDataFrame([(0.0,), (1.0,), (2.0,)], "x double"))
+
+
+def test_a_moved_state_folder_loads_its_model_from_where_the_artifacts_are_now(
+    spark: SparkSession, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its own model this time, not a copy of the template's, whose artifacts would still be where recorded.
+    before = tmp_path / "before" / "state"
+    before.mkdir(parents=True)
+    configure_tracking(load_config(_tiny_config(before)).pipeline)
+    register_tiny_model(spark, "tiny")
+    _add_batches(spark, before, {"b1": range(0, 3)})
+    assert main(["score", str(_tiny_config(before))]) == 0
+    # Moved, not copied: the absolute artifact paths MLflow's store recorded no longer exist.
+    shutil.move(tmp_path / "before", tmp_path / "after")
+    after = tmp_path / "after" / "state"
+    capsys.readouterr()
+
+    assert main(["score", str(_tiny_config(after)), "--full"]) == 0
+
+    err = capsys.readouterr().err
+    assert f"moved or copied from {before} to {after}" in err, err[-2000:]
+    assert "3 rows of " in err
+    store = f"sqlite:///{after / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    assert client.get_model_version("tiny", "1").source.startswith((after / "mlartifacts").as_uri() + "/")
 
 
 def _score_at_once(spark: SparkSession, conf: Path, monkeypatch: pytest.MonkeyPatch) -> list[StepResult]:

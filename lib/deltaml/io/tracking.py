@@ -37,6 +37,7 @@ from deltaml.columns import TAG_CACHED_FROM, TAG_PIPELINE, TAG_PROCESS, TAG_STEP
 from deltaml.config.schema import PipelineConfig
 from deltaml.errors import StepFailedError, StepInputError, one_line, without_credentials
 from deltaml.io.catalog import full_table_name, recorded_table, table_schema
+from deltaml.io.moved_state import follow_moved_store
 from deltaml.io.recording import TableAccess, step_lineage
 
 LOG = logging.getLogger(__name__)
@@ -96,10 +97,14 @@ def _is_database(uri: str) -> bool:
     return uri.startswith(("sqlite:", "postgresql", "mysql", "mssql"))
 
 
-def _open_database_stores(client: MlflowClient) -> None:
-    """Create or upgrade a database store now: the tracking tables, then (a separate store) the registry's."""
+def _open_database_stores(client: MlflowClient, uri: str) -> None:
+    """Create or upgrade a database store now: the tracking tables, then (a separate store) the registry's.
+
+    A moved or copied embedded store then has its artifact locations pointed at its new folder.
+    """
     client.search_experiments(max_results=1)
     client.search_registered_models(max_results=1)
+    follow_moved_store(uri)
 
 
 def client_for(uri: str) -> MlflowClient:
@@ -111,7 +116,7 @@ def client_for(uri: str) -> MlflowClient:
     with _store_setup_keeps_logging():  # MLflow 3.0 opens the store in the constructor, later ones on first use
         client = MlflowClient(tracking_uri=uri, registry_uri=None if uri.startswith("databricks") else uri)
         if _is_database(uri):
-            _open_database_stores(client)
+            _open_database_stores(client, uri)
     return client
 
 
@@ -140,7 +145,7 @@ def configure_tracking(config: PipelineConfig) -> str:
     with _store_setup_keeps_logging():  # the store is created or upgraded by the client or its first call
         client = MlflowClient()
         if _is_database(uri):
-            _open_database_stores(client)
+            _open_database_stores(client, uri)
         experiment = client.get_experiment_by_name(config.mlflow.experiment)
     if experiment is None:
         artifact_location = None

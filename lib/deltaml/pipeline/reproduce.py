@@ -24,6 +24,7 @@ from deltaml.config.loader import REDACTED_NOTE, LoadedConfig
 from deltaml.config.schema import PipelineConfig
 from deltaml.errors import StepInputError, one_line
 from deltaml.io.catalog import read_table_as_of, recorded_table
+from deltaml.io.moved_state import relocated, state_moves
 from deltaml.io.recording import pinned_versions
 from deltaml.io.session import get_spark
 from deltaml.io.tables import resolve_tables
@@ -174,7 +175,8 @@ def reproduce(
 
     client = client_for(tracking_uri)
     parent = pipeline_run(client, run_id)
-    manifest = load_manifest(client, parent.info.run_id)
+    # Paths under a state folder that has moved since are read where the folder is now.
+    manifest = relocated(load_manifest(client, parent.info.run_id), state_moves(client, parent.info.experiment_id))
     missing = [s for s in REPRODUCED_STEPS if s not in manifest.get("steps", {})]
     if missing:
         raise StepInputError(

@@ -33,6 +33,7 @@ from deltaml.config.schema import PipelineConfig
 from deltaml.errors import DeltamlError, StepFailedError, one_line
 from deltaml.io.catalog import Table, append_rows, read_table, recorded_table, table_exists
 from deltaml.io.failures import failure_clause
+from deltaml.io.moved_state import relocated, state_moves
 from deltaml.io.registry import alias_version, aliased_version, newest_version
 from deltaml.io.session import get_spark
 from deltaml.io.tables import resolve_tables
@@ -107,7 +108,7 @@ def evaluate_triggers(
     if policy.new_rows is not None:
         # Since the last training (the newest version, promoted or not), so a rejected challenger does not
         # leave the trigger firing on the same rows after every cooldown.
-        added = _new_rows(spark, cfg, newest.tags if newest is not None else champion.tags)
+        added = _new_rows(spark, cfg, client, newest.tags if newest is not None else champion.tags)
         checks["new_rows"] = "unknown" if added is None else f"{added} (limit {policy.new_rows})"
         if added is not None and added >= policy.new_rows:
             fired.append(f"{added} new rows >= {policy.new_rows}")
@@ -143,11 +144,13 @@ def _latest_window(spark: SparkSession, table: Table, name: str, version: int) -
     return {r["metric"]: float(r["value"]) for r in latest.collect()}
 
 
-def _new_rows(spark: SparkSession, cfg: PipelineConfig, tags: dict[str, str]) -> int | None:
+def _new_rows(spark: SparkSession, cfg: PipelineConfig, client: MlflowClient, tags: dict[str, str]) -> int | None:
     """Rows in the training source now minus the rows the champion's split table held when it trained."""
     table, version = tags.get(TAG_TRAINING_TABLE), tags.get(TAG_TRAINING_TABLE_VERSION)
     if not table or version is None:
         return None
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    table = relocated(table, state_moves(client, experiment.experiment_id) if experiment else [])
     tables = resolve_tables(cfg)
     source = tables.clean if cfg.contract is not None else tables.raw
     if not table_exists(spark, source):
