@@ -303,5 +303,11 @@ def test_window_stage_without_its_event_table_names_the_table(spark: SparkSessio
         eventTimeCol="event_time",
         aggregates=["count::7"],
     )
-    with pytest.raises(StepInputError, match="nowhere does not exist"):
+    # Not "run the step that writes it": an events table of its own is no step's output.
+    with pytest.raises(
+        StepInputError,
+        match=r"nowhere does not exist; it is the events table of window features .*"
+        r"fix features\.windows\[\]\.events",
+    ) as raised:
         stage.transform(_entities(spark, [(1, "a", REF)]))
+    assert "run the step that writes it" not in str(raised.value)

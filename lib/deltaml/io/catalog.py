@@ -121,13 +121,19 @@ def _last_write(spark: SparkSession, table: Table) -> WriteResult:
     return WriteResult(int(row["version"]), int(metrics.get("numOutputRows", 0)))
 
 
-def read_table(spark: SparkSession, table: Table, step: str, version: int | None = None) -> tuple[DataFrame, int]:
+def read_table(
+    spark: SparkSession, table: Table, step: str, version: int | None = None, missing: str | None = None
+) -> tuple[DataFrame, int]:
     """Read a Delta table at ``version`` (latest if None) and return it with the version read.
 
+    Args:
+        missing: What to do when the table does not exist, for a table no step of the pipeline writes
+            (by default: run the step that writes it).
+
     Raises:
-        StepInputError: The table does not exist; the message names the step that produces it.
+        StepInputError: The table does not exist; the message says what to do.
     """
-    _require_table(spark, table, step)
+    _require_table(spark, table, step, missing)
     if version is None:
         version = pinned(str(table))  # deltaml reproduce reads each table at its recorded version
     if version is None:
@@ -148,12 +154,10 @@ def read_table(spark: SparkSession, table: Table, step: str, version: int | None
     return df, read_version
 
 
-def _require_table(spark: SparkSession, table: Table, step: str) -> None:
+def _require_table(spark: SparkSession, table: Table, step: str, missing: str | None = None) -> None:
     if not table_exists(spark, table):
-        raise StepInputError(
-            f"step '{step}': input Delta table {table} does not exist; run the step that writes it first "
-            "(e.g. `deltaml run CONF` for the whole pipeline)"
-        )
+        advice = missing or "run the step that writes it first (e.g. `deltaml run CONF` for the whole pipeline)"
+        raise StepInputError(f"step '{step}': input Delta table {table} does not exist; {advice}")
 
 
 def _load_version(spark: SparkSession, table: Table, version: int) -> DataFrame:

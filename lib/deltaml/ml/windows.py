@@ -504,7 +504,15 @@ class WindowFeatures(Transformer, DefaultParamsReadable["WindowFeatures"], Defau
             if not self.isDefined(param):
                 raise StepInputError(f"WindowFeatures: param {param.name} is not set")
         table = Table(self.getOrDefault(self.eventsTable), is_path=self.getOrDefault(self.eventsIsPath))
-        events, version = read_table(dataset.sparkSession, table, "features")
+        events, version = read_table(
+            dataset.sparkSession,
+            table,
+            "features",
+            missing=(
+                f"it is the events table of window features '{self.getPrefix()}': create it, or fix "
+                "features.windows[].events (raw and clean are this pipeline's own: run ingest and validate first)"
+            ),
+        )
         LOG.info("window features %s: events from %s v%d", self.getPrefix(), table, version)
         common: dict[str, Any] = {
             "entity_key": self.getOrDefault(self.entityKey),
