@@ -223,6 +223,11 @@ def test_unknown_or_fractional_param_is_a_step_input_error(
         single_node_estimator("hist_gradient_boosting", "regression", {"max_leafs": 8}, seed=1)
     with pytest.raises(StepInputError, match=r"max_iter must be a whole number, got 10\.5"):
         single_node_estimator("hist_gradient_boosting", "binary", {"max_iter": 10.5}, seed=1)
+    # LightGBM's own parameters and their aliases are keywords of its scikit-learn estimators.
+    lgbm = single_node_estimator("lightgbm", "binary", {"verbose": -1, "min_data_in_leaf": 5, "num_leaves": 7}, seed=1)
+    assert lgbm.get_params()["min_data_in_leaf"] == 5 and lgbm.get_params()["verbose"] == -1
+    with pytest.raises(StepInputError, match=r"\['num_leafs'\] are not params of LGBMClassifier.*LightGBM's own"):
+        single_node_estimator("lightgbm", "binary", {"num_leafs": 7}, seed=1)
     with pytest.raises(StepInputError, match="unknown single-node family 'xgboost'"):
         single_node_estimator("xgboost", "binary", {}, seed=1)
     with pytest.raises(StepInputError, match=r"labels must be class indices 0\.\.1.*found label 2"):

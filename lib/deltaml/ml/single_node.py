@@ -144,14 +144,34 @@ def single_node_estimator(family: str, task: str, params: dict[str, Any], *, see
         defaults.update(n_jobs=1, verbose=-1)
     valid = sorted(estimator.get_params())
     unknown = sorted(set(params) - set(valid))
+    if family == "lightgbm" and unknown:
+        keywords = _lightgbm_parameters()
+        unknown = [] if keywords is None else [name for name in unknown if name not in keywords]
     if unknown:
+        also = " and LightGBM's own parameters (or their aliases), which it takes as keywords" * (family == "lightgbm")
         raise StepInputError(
-            f"step 'fit': {unknown} are not params of {type(estimator).__name__} ({family}); valid: {valid}"
+            f"step 'fit': {unknown} are not params of {type(estimator).__name__} ({family}); valid: {valid}{also}"
         )
     values = {**defaults, **params}
     for name in _INTEGER_PARAMS[family] & set(values):
         values[name] = _as_int(family, name, values[name])
     return estimator.set_params(**values)
+
+
+def _lightgbm_parameters() -> set[str] | None:
+    """LightGBM's parameter names and aliases (``verbose``, ``min_data_in_leaf``, ...); None if it has no table.
+
+    Its scikit-learn estimators take them as keyword arguments and pass them to the booster, but
+    ``get_params`` lists only the constructor's. The names come from LightGBM's own table (4.x);
+    without it every keyword is accepted, and LightGBM warns about one it does not know.
+    """
+    import lightgbm.basic
+
+    try:
+        aliases = lightgbm.basic._ConfigAliases._get_all_param_aliases()
+    except AttributeError:  # pragma: no cover - a LightGBM without the table
+        return None
+    return {name for canonical, names in aliases.items() for name in (canonical, *names)}
 
 
 def _as_int(family: str, name: str, value: Any) -> Any:
