@@ -367,3 +367,34 @@ def test_regression_defaults_to_a_random_split(tmp_path: Path) -> None:
     data.pop("split")
     config = load_config(write_config(tmp_path / "regression.yml", data)).pipeline
     assert config.split.strategy == "random"
+
+
+@pytest.mark.parametrize(
+    ("split", "message"),
+    [
+        ({"strategy": "time"}, r"split.strategy time needs split.column"),
+        ({"strategy": "column"}, r"split.strategy column needs split.column"),
+        ({"strategy": "random", "column": "tenure"}, r"split.column is for the column and time strategies"),
+        ({"strategy": "column", "column": "churn"}, r"split.column is the label column"),
+        ({"strategy": "column", "column": "Contract"}, r"split.column Contract is also a feature"),
+        ({"strategy": "column", "column": "part", "values": {"train": ["a"]}}, r"must name the train and the test"),
+        (
+            {"strategy": "column", "column": "part", "values": {"train": ["a"], "test": ["a"]}},
+            r"names a value for two splits",
+        ),
+        ({"strategy": "random", "test_from": "2024-01-01"}, r"split.test_from is for split.strategy time"),
+        (
+            {"strategy": "time", "column": "t", "validation_from": "2024-01-01"},
+            r"validation_from needs split.test_from",
+        ),
+        (
+            {"strategy": "time", "column": "t", "validation_from": "2024-02-01", "test_from": "2024-01-01"},
+            r"validation_from must not be after split.test_from",
+        ),
+    ],
+)
+def test_column_and_time_splits_are_checked_at_load(tmp_path: Path, split: dict[str, object], message: str) -> None:
+    data = telco_config_dict()
+    data["split"] = {**data.get("split", {}), **split}
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(tmp_path / "split.yml", data))

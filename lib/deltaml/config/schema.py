@@ -789,27 +789,80 @@ class FeaturesConfig(_Model):
         return [*self.categorical, *(o for d in self.derived if d.as_ == "categorical" for o in d.outputs)]
 
 
-class SplitConfig(_Model):
-    """Seeded train/validation/test split, recorded as a column of the split table."""
+SplitName = Literal["train", "validation", "test"]
 
-    strategy: Literal["random", "stratified"] = "stratified"
-    """Both hash (seed, key), so a split never depends on partitioning. ``random`` keeps every key in its split
-    however much data arrives; ``stratified`` splits each label value in the configured proportions, but as rows
-    are added its cut points move and keys near a cut can change split. A regression label uses ``random``
-    (writing ``stratified`` for one is an error)."""
+
+class SplitConfig(_Model):
+    """The train/validation/test assignment, recorded as a column of the split table."""
+
+    strategy: Literal["random", "stratified", "column", "time"] = "stratified"
+    """``random`` and ``stratified`` hash (seed, key), so a split never depends on partitioning. ``random`` keeps
+    every key in its split however much data arrives; ``stratified`` splits each label value in the configured
+    proportions, but as rows are added its cut points move and keys near a cut can change split. A regression
+    label uses ``random`` (writing ``stratified`` for one is an error). ``column`` takes each row's split from
+    ``column`` (a published test set, a split made elsewhere); ``time`` trains on the past and tests on the future:
+    rows are cut by ``column``, a timestamp or date, at ``validation_from`` and ``test_from`` (else at the time
+    quantiles of the train and validation shares)."""
     train: float = Field(default=0.7, gt=0, lt=1)
     """The train share; ``train + validation + test`` must be 1."""
     validation: float = Field(default=0.15, ge=0, lt=1)
-    """The validation share (tuning, the winner and the decision threshold are measured on it)."""
+    """The validation share (tuning, the winner and the decision threshold are measured on it). With ``column``
+    and no validation rows named in ``values``, this share of the train rows (by key hash) becomes validation."""
     test: float = Field(default=0.15, gt=0, lt=1)
     """The test share (the report and the gate are measured on it)."""
+    column: str | None = None
+    """``column``: the column naming each row's split (see ``values``); ``time``: the timestamp or date column
+    that orders the rows. Required by those two strategies, not allowed with the others."""
+    values: dict[SplitName, list[str]] | None = None
+    """``column`` only: which values of ``column`` (compared as text) mean each split, e.g. ``{train: [train],
+    test: [test]}``. Default: the values ``train``, ``validation`` and ``test``. A row whose value is in no list
+    fails the step, naming the values found."""
+    validation_from: datetime | date | None = None
+    """``time`` only: rows at or after this time (and before ``test_from``) are validation."""
+    test_from: datetime | date | None = None
+    """``time`` only: rows at or after this time are test. Without it the cuts are the time quantiles at the
+    ``train`` and ``train + validation`` shares."""
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> SplitConfig:
         total = self.train + self.validation + self.test
         if abs(total - 1.0) > 1e-9:
             raise ValueError(f"train + validation + test must be 1.0, got {total:g}")
+        if self.strategy in ("column", "time") and not self.column:
+            raise ValueError(f"split.strategy {self.strategy} needs split.column")
+        if self.strategy not in ("column", "time") and self.column:
+            raise ValueError(f"split.column is for the column and time strategies, not {self.strategy}")
+        if self.values is not None:
+            if self.strategy != "column":
+                raise ValueError("split.values is for split.strategy column")
+            if "train" not in self.values or "test" not in self.values:
+                raise ValueError("split.values must name the train and the test values")
+            named = [v for values in self.values.values() for v in values]
+            if len(named) != len(set(named)):
+                raise ValueError(f"split.values names a value for two splits: {sorted(named)}")
+        timed = {k for k in ("validation_from", "test_from") if getattr(self, k) is not None}
+        if timed and self.strategy != "time":
+            raise ValueError(f"split.{sorted(timed)[0]} is for split.strategy time")
+        if self.validation_from is not None and self.test_from is None:
+            raise ValueError("split.validation_from needs split.test_from")
+        if (
+            self.validation_from is not None
+            and self.test_from is not None
+            and _as_datetime(self.validation_from) > _as_datetime(self.test_from)
+        ):
+            raise ValueError("split.validation_from must not be after split.test_from")
         return self
+
+    def names(self) -> dict[SplitName, list[str]]:
+        """``values``, or each split named by itself."""
+        return self.values or {"train": ["train"], "validation": ["validation"], "test": ["test"]}
+
+
+def _as_datetime(value: datetime | date) -> datetime:
+    """A date as its midnight, so dates and datetimes compare (zone dropped: both cuts are written alike)."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=None)
+    return datetime(value.year, value.month, value.day)
 
 
 ModelFamily = Literal[
@@ -1173,6 +1226,16 @@ class PipelineConfig(_Model):
             raise ValueError("'key' and 'label.column' must be different columns (names match case-insensitively)")
         if label in window_keys:
             raise ValueError("a window group's entity key is the label column; key the events by an id column")
+        if self.split.column is not None:
+            if self.split.column.lower() == label:
+                raise ValueError("split.column is the label column; name the column that says each row's split")
+            if self.split.strategy == "column" and self.split.column.lower() in {
+                c.lower() for c in self.features.columns
+            }:
+                raise ValueError(
+                    f"split.column {self.split.column} is also a feature: it is constant within each split, so "
+                    "the model would learn the split, not the label; remove it from the features"
+                )
         for feature in self.features.derived:
             if feature.expression is not None:
                 check_row_expression(
