@@ -13,6 +13,7 @@ from typing import Any
 
 import mlflow
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.slow
 RAW = "warehouse/bronze/telco_churn"
 PREDICTIONS = "warehouse/gold/telco_churn_predictions"
 SPLIT = "warehouse/silver/telco_churn_split"
+CLEAN = "warehouse/silver/telco_churn_clean"
 
 
 def _rows(spark: SparkSession, path: Path, column: str) -> tuple[int, int]:
@@ -112,6 +114,16 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     assert float(tags["metric.test_auc_roc"]) > 0.82
     assert _rows(spark, state / RAW, "customer_id") == (7043, 7043)
     assert _rows(spark, state / PREDICTIONS, "customer_id") == (7043, 7043)
+
+    # MLflow's own loader takes the registered model; its signature requires every column the model reads,
+    # so a frame without one fails in MLflow's schema check, naming it, not deep inside Spark.
+    loaded = mlflow.pyfunc.load_model("models:/telco_churn@champion")
+    schema = loaded.metadata.get_input_schema()
+    assert schema is not None and all(spec.required for spec in schema.inputs)
+    sample = spark.read.format("delta").load(str(state / CLEAN)).limit(5).toPandas()[schema.input_names()]
+    assert len(loaded.predict(sample)) == 5
+    with pytest.raises(MlflowException, match="tenure"):
+        loaded.predict(sample.drop(columns=["tenure"]))
 
     experiment = mlflow.get_experiment_by_name("deltaml-telco-churn")
     assert experiment is not None

@@ -41,14 +41,14 @@ _MLFLOW_TYPES = {
 
 
 def model_signature(df: DataFrame, columns: list[str]) -> ModelSignature:
-    """The model's input schema from the Spark schema; every column optional, since the pipeline imputes."""
+    """The model's input schema from the Spark schema: every column the model reads is required."""
     fields = {f.name: f for f in df.schema.fields}
     specs: list[ColSpec | TensorSpec] = []
     for column in columns:
         mlflow_type = _MLFLOW_TYPES.get(type(fields[column].dataType))
         if mlflow_type is None:
             raise StepInputError(f"step 'fit': column '{column}' has unsupported type {fields[column].dataType}")
-        specs.append(ColSpec(mlflow_type, column, required=False))
+        specs.append(ColSpec(mlflow_type, column))
     outputs = Schema([ColSpec("double", PREDICTION_COL)])
     return ModelSignature(inputs=Schema(specs), outputs=outputs)
 
