@@ -324,3 +324,22 @@ def test_lightgbm_family_when_installed(spark: SparkSession, binary: tuple[DataF
     assert metrics["auc_roc"] == pytest.approx(skm.roc_auc_score(y, probability[:, 1]), abs=1e-9)
     assert metrics["accuracy"] == pytest.approx(skm.accuracy_score(y, predicted), abs=1e-9)
     assert model.estimator().get_params()["n_jobs"] == 1
+
+
+def test_the_single_node_copy_is_sampled_down_to_its_memory_budget(caplog: pytest.LogCaptureFixture) -> None:
+    from deltaml.steps.fit import single_node_rows
+
+    # The census case that failed: 209,498 train and 44,893 validation rows x 463 features (about 944 MB).
+    with caplog.at_level("INFO", logger="deltaml"):
+        cap = single_node_rows(200_000, 512, 463, [209_498, 44_893])
+    budget = 512 * 1024**2 // (8 * 463)
+    # Validation fits whole; train takes what is left of the budget.
+    assert cap == budget - 44_893
+    assert min(cap, 209_498) + min(cap, 44_893) <= budget
+    assert "above tuning.single_node_max_mb 512; sampling each split to at most" in caplog.text
+    # Both larger than half the budget: sampled alike.
+    assert single_node_rows(10**9, 512, 463, [10**6, 10**6]) == budget // 2
+    # Within the budget: only single_node_max_rows applies.
+    assert single_node_rows(200_000, 512, 40, [4931, 1056]) == 200_000
+    with pytest.raises(StepInputError, match=r"tuning.single_node_max_mb 16 holds only \d+ rows of 1000000 features"):
+        single_node_rows(200_000, 16, 1_000_000, [5000, 5000])

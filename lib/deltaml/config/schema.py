@@ -959,7 +959,8 @@ class TuningConfig(_Model):
     run at once as separate Spark jobs; ``early_stop_rounds`` stops a family after that many
     trials without improvement (0: never); ``timeout_seconds`` bounds the whole search.
     ``refit_on: train_validation`` refits the winner on train + validation before the test.
-    ``single_node_max_rows`` caps the rows a single-node family (scikit-learn) trains on.
+    ``single_node_max_rows`` and ``single_node_max_mb`` cap the rows a single-node family (scikit-learn,
+    LightGBM) trains on and the memory their copy takes.
     """
 
     metric: TuningMetric | None = None
@@ -980,6 +981,10 @@ class TuningConfig(_Model):
     single_node_max_rows: int = Field(default=200_000, ge=100)
     """Single-node families (``hist_gradient_boosting``, ``lightgbm``) train on the train and validation vectors
     collected and shipped once; larger splits are sampled down to this many rows."""
+    single_node_max_mb: int = Field(default=512, ge=16)
+    """The most the driver collects and broadcasts for single-node families (train and validation vectors, dense,
+    8 bytes a value). Where ``single_node_max_rows`` rows of every feature would be more, the splits are sampled
+    down further to fit, with a log line saying so."""
 
 
 class CostConfig(_Model):

@@ -247,10 +247,13 @@ def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: Mode
             train_trial: Callable[[dict[str, Any]], tuple[Any, dict[str, float]]]
             if family in SINGLE_NODE_FAMILIES:
                 if shipped is None:  # the vectors go to the executors once, for every single-node family
-                    _check_dense_size(shape, tuning.single_node_max_rows)
-                    shipped = ship_data(
-                        ctx.spark, train, validation, max_rows=tuning.single_node_max_rows, seed=cfg.seed
+                    rows = single_node_rows(
+                        tuning.single_node_max_rows,
+                        tuning.single_node_max_mb,
+                        shape.num_features,
+                        [shape.train_rows, shape.validation_rows],
                     )
+                    shipped = ship_data(ctx.spark, train, validation, max_rows=rows, seed=cfg.seed)
 
                 def train_trial(
                     params: dict[str, Any], family: str = family, data: ShippedData = shipped
@@ -334,20 +337,40 @@ def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: Mode
     return results
 
 
-# The most the driver collects and broadcasts for single-node trials (train + validation, dense float64).
-SINGLE_NODE_BYTES = 4 * 1024**3
+def single_node_rows(max_rows: int, max_mb: int, num_features: int, splits: list[int]) -> int:
+    """The most rows of each split single-node families get: ``max_rows``, lowered so the splits' dense float64
+    copy fits ``max_mb`` (the smaller splits kept whole where they fit, the larger ones sampled alike).
 
-
-def _check_dense_size(shape: ModelShape, max_rows: int) -> None:
-    """Fail before collecting when the dense copy of the vectors shipped to single-node trials is too large."""
-    rows = min(max_rows, shape.train_rows) + min(max_rows, shape.validation_rows)
-    size = rows * shape.num_features * 8
-    if size > SINGLE_NODE_BYTES:
+    Raises:
+        StepInputError: Not even 100 rows of each split fit: the features are too many for the budget.
+    """
+    budget = max_mb * 1024**2 // (8 * max(num_features, 1))
+    remaining = budget
+    ordered = sorted(splits)
+    for index, rows in enumerate(ordered):
+        left = len(ordered) - index
+        if min(rows, max_rows) * left > remaining:
+            cap = min(max_rows, remaining // left)
+            break
+        remaining -= min(rows, max_rows)
+    else:
+        return max_rows
+    if cap < 100:
         raise StepInputError(
-            f"step 'fit': single-node families need a dense copy of up to {rows} rows x {shape.num_features} "
-            f"features ({size / 1024**3:.1f} GiB, above {SINGLE_NODE_BYTES / 1024**3:.0f} GiB); lower "
-            "tuning.single_node_max_rows or the feature count (features.hashing.num_features, one-hot levels)"
+            f"step 'fit': tuning.single_node_max_mb {max_mb} holds only {cap} rows of {num_features} features "
+            "for single-node families; raise it, or lower the feature count (features.hashing.num_features, "
+            "one-hot levels)"
         )
+    LOG.info(
+        "single-node families: %s rows x %d features would be %.0f MB, above tuning.single_node_max_mb %d; "
+        "sampling each split to at most %d rows",
+        " + ".join(str(min(r, max_rows)) for r in splits),
+        num_features,
+        sum(min(r, max_rows) for r in splits) * num_features * 8 / 1024**2,
+        max_mb,
+        cap,
+    )
+    return cap
 
 
 def _threshold(cfg: PipelineConfig, winner: TrialOutcome, validation: DataFrame) -> float:
@@ -392,7 +415,15 @@ def _refit(
         fitted = fit_pipeline(Pipeline(stages=features), both)
         vectors = fitted.transform(both).cache()
         try:
+            first = vectors.first()
+            assert first is not None
             if winner.family in SINGLE_NODE_FAMILIES:
+                rows = single_node_rows(
+                    cfg.tuning.single_node_max_rows,
+                    cfg.tuning.single_node_max_mb,
+                    int(first[FEATURES_COL].size),
+                    [shape.train_rows + shape.validation_rows],
+                )
                 model: Any = fit_single_node(
                     ctx.spark,
                     vectors,
@@ -401,11 +432,9 @@ def _refit(
                     winner.params,
                     seed=cfg.seed,
                     num_classes=shape.num_classes,
-                    max_rows=cfg.tuning.single_node_max_rows,
+                    max_rows=rows,
                 )
                 return PipelineModel(stages=[*fitted.stages, model, *finish])
-            first = vectors.first()
-            assert first is not None
             estimator = model_stages(
                 winner.family,
                 winner.params,
