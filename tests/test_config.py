@@ -96,7 +96,11 @@ def _bad(tmp_path: Path, edit: dict[str, object] | None = None, drop: str | None
         ({"features.impute": {"strategy": "median", "fill": 0}}, None, r"unknown key 'features.impute.fill'"),
         ({"seed": "abc"}, None, r"'seed': Input should be a valid integer.*got 'abc'"),
         ({"split.train": 0.8}, None, r"train \+ validation \+ test must be 1.0, got 1.1"),
-        ({"split.strategy": "by_magic"}, None, r"'split.strategy': Input should be 'random', 'stratified', 'column' or 'time'"),
+        (
+            {"split.strategy": "by_magic"},
+            None,
+            r"'split.strategy': Input should be 'random', 'stratified', 'column' or 'time'",
+        ),
         ({"features.categorical": ["tenure"]}, None, r"both numeric and categorical: \['tenure'\]"),
         ({"features.numeric": ["tenure", "customer_id"]}, None, r"key or label column is also listed as a feature"),
         ({"tables.raw": {"path": "a", "name": "b"}}, None, r"'tables.raw': give exactly one of 'path' or 'name'"),

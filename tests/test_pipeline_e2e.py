@@ -120,7 +120,7 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     loaded = mlflow.pyfunc.load_model("models:/telco_churn@champion")
     schema = loaded.metadata.get_input_schema()
     assert schema is not None and all(spec.required for spec in schema.inputs)
-    sample = spark.read.format("delta").load(str(state / CLEAN)).limit(5).toPandas()[schema.input_names()]
+    sample: Any = spark.read.format("delta").load(str(state / CLEAN)).select(*schema.input_names()).limit(5).toPandas()
     assert len(loaded.predict(sample)) == 5
     with pytest.raises(MlflowException, match="tenure"):
         loaded.predict(sample.drop(columns=["tenure"]))

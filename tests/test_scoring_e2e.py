@@ -278,7 +278,7 @@ def test_a_moved_state_folder_loads_its_model_from_where_the_artifacts_are_now(
     assert "3 rows of " in err
     store = f"sqlite:///{after / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=store, registry_uri=store)
-    assert client.get_model_version("tiny", "1").source.startswith((after / "mlartifacts").as_uri() + "/")
+    assert str(client.get_model_version("tiny", "1").source).startswith((after / "mlartifacts").as_uri() + "/")
 
 
 def _score_at_once(spark: SparkSession, conf: Path, monkeypatch: pytest.MonkeyPatch) -> list[StepResult]:
