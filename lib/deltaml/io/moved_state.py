@@ -46,6 +46,13 @@ def _state_of(artifact_root: str) -> str:
     return str(Path(urllib.parse.unquote(urllib.parse.urlparse(artifact_root).path)).parent)
 
 
+def _was_a_state_folder(folder: Path) -> bool:
+    """Whether artifacts recorded under ``folder/mlartifacts`` came with this store: the folder is gone (moved)
+    or holds a store of its own (copied). A folder that is there without one keeps artifacts for another
+    store (a ``sqlite:`` tracking URI outside the state folder), which are left where they are."""
+    return not folder.exists() or (folder / "mlflow.db").is_file()
+
+
 def follow_moved_store(uri: str) -> int:
     """Point a moved or copied embedded store's artifact locations at the ``mlartifacts`` beside it.
 
@@ -75,6 +82,7 @@ def follow_moved_store(uri: str) -> int:
             and location.startswith("file://")
             and location.rstrip("/").endswith("/" + ARTIFACTS)
             and location.rstrip("/") != new
+            and _was_a_state_folder(Path(_state_of(location.rstrip("/"))))
         }
         for old in sorted(olds):
             moved = (_state_of(old), _state_of(new))
