@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -406,6 +407,7 @@ def test_a_moved_state_folder_reproduces_and_counts_new_rows_where_it_is_now(
         order_by=["start_time ASC"],
     )[0]
     moved = tmp_path / "moved"
+    uris = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     shutil.move(trained.state, moved)
     try:  # the module's other tests use the trained state where it was: it moves back (a second move) after
         conf = _edited(trained.conf, {"state_dir": str(moved), "retrain": {"new_rows": 1}}, tmp_path / "moved.yml")
@@ -417,3 +419,6 @@ def test_a_moved_state_folder_reproduces_and_counts_new_rows_where_it_is_now(
         assert "retrain check new_rows: 0 (limit 1)" in capsys.readouterr().err
     finally:
         shutil.move(moved, trained.state)
+        # The commands pointed this process's MLflow at the moved store, which is gone again.
+        mlflow.set_tracking_uri(uris[0])
+        mlflow.set_registry_uri(uris[1])

@@ -73,7 +73,9 @@ def test_a_record_is_stale_once_an_input_moves_or_someone_else_writes_an_output(
     rows = spark.createDataFrame([(1,)], "id long")
     append_rows(spark, rows, source)
     append_rows(spark, rows, target)
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # The registry too: left to the process's default, it is whichever store an earlier test configured.
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     record = CacheRecord(inputs=[TableAccess(str(source), 0, "read")], outputs=[TableAccess(str(target), 0, "write")])
     assert _changed(spark, client, record, "m") == ""
     append_rows(spark, rows, target)
