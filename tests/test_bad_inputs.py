@@ -20,6 +20,7 @@ from typing import Any
 import mlflow
 import pytest
 import yaml
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
@@ -227,14 +228,34 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     return Trained(conf, root / "state")
 
 
+def _client(state: Path) -> MlflowClient:
+    """A client of the state folder's embedded store, tracking and registry."""
+    store = f"sqlite:///{state / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=store, registry_uri=store)
+
+
+def _runs(client: MlflowClient, where: str, **kwargs: Any) -> list[Run]:
+    """The runs of every experiment of the store that match ``where``."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return list(client.search_runs(experiments, filter_string=where, **kwargs))
+
+
+def _state_copy(
+    trained: Trained, folder: Path, edit: dict[str, Any] | None = None, name: str = f"{NAME}.yml"
+) -> Trained:
+    """A copy of the trained state under ``folder`` and a config (with ``edit``) that points at it."""
+    state = folder / "state"
+    shutil.copytree(trained.state, state)
+    return Trained(_edited(trained.conf, {"state_dir": str(state), **(edit or {})}, folder / name), state)
+
+
 def _versions(state: Path) -> dict[str, Any]:
     """Every Delta table's newest commit under the state folder, and every registered version with its aliases."""
     tables = {
         str(log.parent.relative_to(state)): max(int(commit.stem) for commit in log.glob("*.json"))
         for log in state.rglob("_delta_log")
     }
-    store = f"sqlite:///{state / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    client = _client(state)
     found = client.search_model_versions(f"name = '{NAME}'")
     registry = sorted(
         (int(v.version), tuple(sorted(client.get_model_version(NAME, v.version).aliases)), v.status) for v in found
@@ -271,13 +292,9 @@ def test_bad_input_is_one_line_and_changes_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    state = trained.state
-    base = trained.conf
-    if case.copy_state:
-        state = tmp_path / "state"
-        shutil.copytree(trained.state, state)
-        base = _edited(trained.conf, {"state_dir": str(state)}, tmp_path / "base.yml")
-    edit = {**case.edit, **(case.prepare(Trained(base, state), tmp_path) if case.prepare else {})}
+    start = _state_copy(trained, tmp_path, name="base.yml") if case.copy_state else trained
+    base, state = start.conf, start.state
+    edit = {**case.edit, **(case.prepare(start, tmp_path) if case.prepare else {})}
     edit = _with_tmp(edit, tmp_path)
     conf = _edited(base, edit, tmp_path / f"{NAME}.yml")
     before = _versions(state)
@@ -312,9 +329,8 @@ def test_kill_9_during_score_then_a_rerun_keeps_one_prediction_per_key(
     import time
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    state = tmp_path / "state"
-    shutil.copytree(trained.state, state)
-    conf = _edited(trained.conf, {"state_dir": str(state)}, tmp_path / f"{NAME}.yml")
+    copy = _state_copy(trained, tmp_path)
+    conf, state = copy.conf, copy.state
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     command = [sys.executable, "-c", CLI, "-q", "score", str(conf), "--full"]
     started = time.monotonic()
@@ -344,13 +360,11 @@ def test_kill_9_during_fit_then_a_rerun_registers_one_version_and_closes_the_kil
     import time
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    state = tmp_path / "state"
-    shutil.copytree(trained.state, state)
     # Three trials instead of two: fit and what follows it run again, the steps before it are reused.
-    conf = _edited(trained.conf, {"state_dir": str(state), "tuning.max_evals": 3}, tmp_path / f"{NAME}.yml")
+    copy = _state_copy(trained, tmp_path, {"tuning.max_evals": 3})
+    conf, state = copy.conf, copy.state
     before = _versions(state)
-    store = f"sqlite:///{state / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    client = _client(state)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     log = tmp_path / "victim.log"
     with log.open("w") as out:
@@ -360,10 +374,7 @@ def test_kill_9_during_fit_then_a_rerun_registers_one_version_and_closes_the_kil
         fitting: list[Any] = []
         while not fitting and victim.poll() is None and time.monotonic() < deadline:
             time.sleep(0.3)
-            fitting = client.search_runs(
-                [r.experiment_id for r in client.search_experiments()],
-                filter_string=f"tags.`deltaml.process` LIKE '%:{victim.pid}:%' AND tags.`deltaml.step` = 'fit'",
-            )
+            fitting = _runs(client, f"tags.`deltaml.process` LIKE '%:{victim.pid}:%' AND tags.`deltaml.step` = 'fit'")
         assert fitting, f"fit did not start before the run ended or 300 s passed:\n{log.read_text()[-3000:]}"
         time.sleep(3)  # into the trials: the step takes about 15 s here
         assert victim.poll() is None, f"the run ended before it was killed:\n{log.read_text()[-3000:]}"
@@ -380,10 +391,7 @@ def test_kill_9_during_fit_then_a_rerun_registers_one_version_and_closes_the_kil
     after = _versions(state)
     versions = [v[0] for v in before["registry"]]
     assert [v[0] for v in after["registry"]] == [*versions, max(versions) + 1], after["registry"]
-    victims = client.search_runs(
-        [r.experiment_id for r in client.search_experiments()],
-        filter_string=f"tags.`deltaml.process` LIKE '%:{victim.pid}:%'",
-    )
+    victims = _runs(client, f"tags.`deltaml.process` LIKE '%:{victim.pid}:%'")
     status = {r.data.tags["deltaml.step"]: r.info.status for r in victims if r.data.tags["deltaml.step"] != "trial"}
     # The steps it finished stay FINISHED; the pipeline and the fit it was in are KILLED; nothing stays RUNNING.
     assert status["pipeline"] == status["fit"] == "KILLED", status
@@ -399,13 +407,7 @@ def test_a_moved_state_folder_reproduces_and_counts_new_rows_where_it_is_now(
 ) -> None:
     """After a move, reproduce and retraining read the recorded tables (absolute paths) where the folder is now."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    store = f"sqlite:///{trained.state / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=store, registry_uri=store)
-    first = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        filter_string="tags.`deltaml.step` = 'pipeline'",
-        order_by=["start_time ASC"],
-    )[0]
+    first = _runs(_client(trained.state), "tags.`deltaml.step` = 'pipeline'", order_by=["start_time ASC"])[0]
     moved = tmp_path / "moved"
     uris = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     shutil.move(trained.state, moved)
