@@ -12,10 +12,11 @@ from pyspark.ml.feature import Bucketizer
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
+from deltaml.columns import FEATURES_COL, TREE_FEATURES_COL
 from deltaml.config.loader import load_config
 from deltaml.config.schema import FeaturesConfig
 from deltaml.errors import ConfigError
-from deltaml.ml.features import build_feature_stages, feature_names
+from deltaml.ml.features import build_feature_stages, feature_names, tree_layout
 from deltaml.ml.labels import with_binary_label
 from deltaml.ml.training import build_training_pipeline
 from tests.conftest import TELCO_CONF
@@ -114,6 +115,37 @@ def test_feature_names_follow_the_vector_slots(spark: SparkSession) -> None:
     assert len(names) == vectors[0].size
     # Row 1: tenure 5 (standardised), not missing, contract=Month, tenure_q=0.0 (5 < 10).
     assert [names[i] for i in vectors[0].indices if i > 0] == ["contract=Month", "tenure_q=0.0"]
+
+
+def test_the_tree_vector_holds_numbers_unscaled_and_each_category_as_its_frequency_rank(spark: SparkSession) -> None:
+    cfg = load_config(
+        TELCO_CONF,
+        overrides=[
+            "key=id",
+            "features.numeric=[tenure]",
+            "features.categorical=[contract]",
+            "features.derived=[]",
+            "features.impute={strategy: median, indicator: true}",
+            "features.scale=true",
+        ],
+    ).pipeline
+    rows = [(1, 5.0, "Month"), (2, 20.0, "Year"), (3, None, "Month"), (4, 7.0, None)]
+    data = spark.createDataFrame(rows, "id long, tenure double, contract string")
+    stages = build_feature_stages(cfg.features, tree_features=True)
+
+    model = Pipeline(stages=stages).fit(data)
+
+    names, categorical = tree_layout(cfg.features)
+    assert (names, categorical) == (["tenure", "missing(tenure)", "contract"], [2])
+    vectors = [r[0].toArray().tolist() for r in model.transform(data).orderBy("id").select(TREE_FEATURES_COL).collect()]
+    # Tenure unscaled (the median 7 imputed for row 3); Month is the most frequent level (rank 0),
+    # Year rank 1, and a null gets the rank after the last level.
+    assert vectors == [[5.0, 0.0, 0.0], [20.0, 0.0, 1.0], [7.0, 1.0, 0.0], [7.0, 0.0, 2.0]]
+    # The one-hot vector for the other families is unchanged, and without the flag there is no tree vector.
+    first = model.transform(data).select(FEATURES_COL).first()
+    assert first is not None and first[0].size == 5
+    plain = Pipeline(stages=build_feature_stages(cfg.features)).fit(data)
+    assert TREE_FEATURES_COL not in plain.transform(data).columns
 
 
 @pytest.mark.parametrize(

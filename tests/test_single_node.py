@@ -343,3 +343,51 @@ def test_the_single_node_copy_is_sampled_down_to_its_memory_budget(caplog: pytes
     assert single_node_rows(200_000, 512, 40, [4931, 1056]) == 200_000
     with pytest.raises(StepInputError, match=r"tuning.single_node_max_mb 16 holds only \d+ rows of 1000000 features"):
         single_node_rows(200_000, 16, 1_000_000, [5000, 5000])
+
+
+def _categories(spark: SparkSession) -> tuple[DataFrame, DataFrame]:
+    """Slot 1 holds the rank of one of 300 levels, and the label depends on the level, not on the rank's order."""
+    rng = np.random.default_rng(5)
+    rows = 4000
+    x = np.column_stack([rng.normal(size=rows), rng.integers(0, 300, size=rows).astype(float)])
+    y = ((x[:, 1] % 3 == 0) ^ (rng.random(rows) < 0.05)).astype(float)
+    x[3000:3010, 1] = 1000.0  # levels the train rows never had (unseen at scoring)
+    return _frame(spark, x[:3000], y[:3000]), _frame(spark, x[3000:], y[3000:])
+
+
+@pytest.mark.parametrize(
+    ("family", "params", "least_auc"),
+    [
+        ("hist_gradient_boosting", {"max_iter": 60}, 0.85),
+        # Fewer bins than levels: the 63rd to 300th levels are one category, a fifth of the rows keep theirs.
+        ("hist_gradient_boosting", {"max_iter": 60, "max_bins": 63}, 0.58),
+        ("lightgbm", {"n_estimators": 60, "min_child_samples": 5, "cat_smooth": 1.0}, 0.85),
+    ],
+)
+def test_category_rank_slots_are_split_as_categories_beyond_max_bins_levels(
+    spark: SparkSession, family: str, params: dict[str, Any], least_auc: float
+) -> None:
+    if family == "lightgbm":
+        pytest.importorskip("lightgbm")
+    train, validation = _categories(spark)
+    as_numbers = ship_data(spark, train, validation, max_rows=10_000, seed=1)
+    as_categories = ship_data(spark, train, validation, max_rows=10_000, seed=1, categorical=[1])
+    try:
+        _, numeric_metrics = executor_trial(spark, as_numbers, family, "binary", params, seed=1)
+        model, metrics = executor_trial(spark, as_categories, family, "binary", params, seed=1)
+    finally:
+        as_numbers.destroy()
+        as_categories.destroy()
+
+    # Every third level is positive: a split on the rank's order cannot find that, a categorical split can.
+    assert metrics["auc_roc"] > max(least_auc, numeric_metrics["auc_roc"])
+    # The Spark stage scores the validation rows (unseen levels included) exactly as the trial did.
+    y, _, rows = _scored(model, validation)
+    probability = np.array([r["probability"].toArray()[1] for r in rows])
+    assert metrics["auc_roc"] == pytest.approx(skm.roc_auc_score(y, probability), abs=1e-9)
+    # The final fit on the driver takes the same slots.
+    final = fit_single_node(spark, train, family, "binary", params, seed=1, max_rows=10_000, categorical=[1])
+    y, _, rows = _scored(final, validation)
+    assert skm.roc_auc_score(y, [r["probability"].toArray()[1] for r in rows]) == pytest.approx(
+        metrics["auc_roc"], abs=1e-9
+    )

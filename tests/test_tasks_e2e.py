@@ -10,10 +10,13 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import SparkSession
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score
 
 from deltaml.cli import main
+from deltaml.columns import TREE_FEATURES_COL
+from deltaml.ml.single_node import SingleNodeModel
 from tests.conftest import ROOT, write_config
 
 pytestmark = pytest.mark.slow
@@ -38,6 +41,23 @@ def _test_rows_with_predictions(
 
 def _report_files(client: MlflowClient, run_id: str) -> set[str]:
     return {Path(f.path).name for f in client.list_artifacts(run_id, "report")}
+
+
+def _assert_the_winner_reads_its_own_vector(model_uri: str, features: int, categorical: int) -> str:
+    """A single-node winner reads the tree vector (one slot per categorical column, split as categories);
+    a Spark ML winner's pipeline does not build that vector. Returns the winner's stage type."""
+    stages = mlflow.spark.load_model(model_uri).stages
+    single = [s for s in stages if isinstance(s, SingleNodeModel)]
+    tree_vector = [s for s in stages if isinstance(s, VectorAssembler) and s.getOutputCol() == TREE_FEATURES_COL]
+    if not single:
+        assert tree_vector == []
+        return type(stages[-1]).__name__
+    assert single[0].getFeaturesCol() == TREE_FEATURES_COL and len(tree_vector) == 1
+    estimator = single[0].estimator()
+    assert estimator.n_features_in_ == features
+    if single[0].getFamily() == "hist_gradient_boosting":
+        assert int(estimator.is_categorical_.sum()) == categorical
+    return single[0].getFamily()
 
 
 def _evaluate_run(client: MlflowClient, name: str) -> mlflow.entities.Run:
@@ -95,6 +115,8 @@ def test_multiclass_penguins_train_register_and_score(spark: SparkSession, tmp_p
     )
     report = _report_files(client, evaluate.info.run_id)
     assert {"confusion_matrix.png", "report.html", "metrics.json"} <= report
+    winner = _assert_the_winner_reads_its_own_vector(f"models:/penguin_species/{champion.version}", 4, 2)
+    print(f"penguins winner: {winner}")
     pipeline = client.get_run(str(evaluate.data.tags["mlflow.parentRunId"]))
     assert pipeline.data.params["contract.columns.île _x20ac_.type"] == "string"
 
@@ -124,3 +146,6 @@ def test_regression_diamonds_train_register_and_score(spark: SparkSession, tmp_p
     assert float(champion.tags["metric.test_r2"]) > 0.9
     report = _report_files(client, _evaluate_run(client, "deltaml-diamond-prices").info.run_id)
     assert {"residuals.png", "predicted_vs_actual.png", "report.html"} <= report
+    # Seven numeric features (log_carat derived) and cut, color and clarity as one slot each.
+    winner = _assert_the_winner_reads_its_own_vector(f"models:/diamond_prices/{champion.version}", 10, 3)
+    print(f"diamonds winner: {winner}")

@@ -22,6 +22,9 @@ TRAIN, VALIDATION, TEST = "train", "validation", "test"
 LABEL_COL = "_label"
 WEIGHT_COL = "_weight"
 FEATURES_COL = "features"
+# What tree families that split categories natively read: numeric columns unscaled, each categorical column as its
+# frequency rank (0 the most frequent level) instead of one-hot slots.
+TREE_FEATURES_COL = "tree_features"
 RAW_PREDICTION_COL = "rawPrediction"
 PROBABILITY_COL = "probability"
 PREDICTION_COL = "prediction"

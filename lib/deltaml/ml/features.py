@@ -21,7 +21,7 @@ from pyspark.ml.feature import (
     VectorSlicer,
 )
 
-from deltaml.columns import FEATURES_COL
+from deltaml.columns import FEATURES_COL, TREE_FEATURES_COL
 from deltaml.config.schema import DerivedFeature, FeaturesConfig, WindowFeaturesConfig
 from deltaml.io.catalog import Table
 from deltaml.ml.cleaning import ConstantImputer, MissingIndicator, OutlierCapper, RareCategoryGrouper, TypeCoercer
@@ -122,6 +122,8 @@ def build_feature_stages(
     features: FeaturesConfig,
     output_col: str = FEATURES_COL,
     events: list[Table] | None = None,
+    *,
+    tree_features: bool = False,
 ) -> list[Estimator[Any] | Transformer]:
     """The stages that clean and encode the configured columns into one vector column.
 
@@ -137,16 +139,24 @@ def build_feature_stages(
     High-cardinality columns under ``hashing`` are hashed into a fixed number of slots. With
     ``selection``, slots constant or nearly duplicated on the train split are dropped last.
 
+    With ``tree_features``, a second vector, :data:`~deltaml.columns.TREE_FEATURES_COL`, is assembled
+    for tree families that split categories themselves (see :func:`tree_layout`): the imputed numeric
+    columns unscaled, their missing indicators, each categorical column as its string index (one
+    slot, the frequency rank of its level) and the hashed slots. One-hot slots cost those families
+    accuracy (a split sees one level against all others) and memory (hundreds of dense columns).
+
     Args:
         features: The ``features`` section of the config.
         output_col: Name of the assembled vector column.
         events: The resolved event table of each window group, in order.
+        tree_features: Also assemble the tree families' vector.
 
     Returns:
         Unfitted stages, in order.
     """
     stages: list[Estimator[Any] | Transformer] = []
     parts: list[str] = []
+    tree_parts: list[str] = []
     if len(events or []) != len(features.windows):
         raise ValueError(f"{len(features.windows)} window group(s) need as many event tables, got {events}")
     stages.extend(window_stage(w, t) for w, t in zip(features.windows, events or [], strict=True))
@@ -195,6 +205,7 @@ def build_feature_stages(
                 )
             )
         stages.append(VectorAssembler(inputCols=cleaned, outputCol="_numeric_vector", handleInvalid="error"))
+        tree_parts.extend(["_numeric_vector", *indicators])
         if features.scale:
             stages.append(StandardScaler(inputCol="_numeric_vector", outputCol="_numeric_scaled", withMean=True))
             parts.append("_numeric_scaled")
@@ -232,6 +243,7 @@ def build_feature_stages(
         )
         stages.append(OneHotEncoder(inputCols=indexed, outputCols=encoded, handleInvalid="keep", dropLast=True))
         parts.extend(encoded)
+        tree_parts.extend(indexed)
     if features.hashing is not None:
         hashed = features.hashing.columns
         stages.append(
@@ -243,6 +255,9 @@ def build_feature_stages(
             )
         )
         parts.append("_hashed")
+        tree_parts.append("_hashed")
+    if tree_features:
+        stages.append(VectorAssembler(inputCols=tree_parts, outputCol=TREE_FEATURES_COL))
     if features.selection is None:
         stages.append(VectorAssembler(inputCols=parts, outputCol=output_col))
         return stages
@@ -289,6 +304,24 @@ def feature_names(model: PipelineModel, features: FeaturesConfig) -> list[str]:
     if slicers:
         names = [names[i] for i in slicers[0].getIndices()]
     return names
+
+
+def tree_layout(features: FeaturesConfig) -> tuple[list[str], list[int]]:
+    """The names of the slots of :data:`~deltaml.columns.TREE_FEATURES_COL` and which slots are categorical.
+
+    Numeric features keep their names, missing indicators read ``missing(x)``, a categorical
+    column is one slot under its own name (its value is the level's frequency rank, the last rank
+    for unseen and null values), hashed slots read ``hash(a,b)[i]``.
+    """
+    names = list(features.model_numeric)
+    if features.impute.indicator:
+        names += [f"missing({c})" for c in features.model_numeric]
+    categorical = list(range(len(names), len(names) + len(features.model_categorical)))
+    names += list(features.model_categorical)
+    if features.hashing is not None:
+        hashed = f"hash({','.join(features.hashing.columns)})"
+        names += [f"{hashed}[{i}]" for i in range(features.hashing.num_features)]
+    return names, categorical
 
 
 def bind_window_stages(

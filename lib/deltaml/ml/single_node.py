@@ -36,7 +36,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -183,12 +183,50 @@ def _as_int(family: str, name: str, value: Any) -> Any:
     return round(float(value))
 
 
-def _fit_estimator(estimator: Any, task: str, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None) -> Any:
-    """Fit on numpy arrays; class labels become ints so ``classes_`` are the class indices."""
+def _fit_estimator(
+    estimator: Any,
+    task: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    weights: np.ndarray | None,
+    categorical: Sequence[int] = (),
+) -> Any:
+    """Fit on numpy arrays; class labels become ints so ``classes_`` are the class indices.
+
+    The ``categorical`` columns hold category ranks (0 the most frequent level): the estimator
+    splits them as categories. HistGradientBoosting takes at most ``max_bins`` levels, so ranks
+    beyond that join the last one (the rarest levels, grouped); LightGBM takes them all.
+    """
     target = y if task == "regression" else y.astype(np.int64)
-    if weights is None:
-        return estimator.fit(x, target)
-    return estimator.fit(x, target, sample_weight=weights)
+    kwargs: dict[str, Any] = {} if weights is None else {"sample_weight": weights}
+    if categorical:
+        if _is_hist_gradient_boosting(estimator):
+            estimator.set_params(categorical_features=list(categorical))
+            x = _capped_categories(x, list(categorical), int(estimator.max_bins) - 1)
+        else:
+            kwargs["categorical_feature"] = list(categorical)
+    return estimator.fit(x, target, **kwargs)
+
+
+def _is_hist_gradient_boosting(estimator: Any) -> bool:
+    return type(estimator).__name__.startswith("HistGradientBoosting")
+
+
+def _capped_categories(x: np.ndarray, columns: list[int], cap: int) -> np.ndarray:
+    """``x`` with the ranks in ``columns`` above ``cap`` set to ``cap`` (a copy, only when one is above)."""
+    if not columns or not len(x) or not np.any(x[:, columns] > cap):
+        return x
+    capped = x.copy()
+    capped[:, columns] = np.minimum(capped[:, columns], cap)
+    return capped
+
+
+def _model_input(estimator: Any, x: np.ndarray) -> np.ndarray:
+    """``x`` as the estimator was fitted on it: category ranks capped as in :func:`_fit_estimator`."""
+    mask = getattr(estimator, "is_categorical_", None) if _is_hist_gradient_boosting(estimator) else None
+    if mask is None:
+        return x
+    return _capped_categories(x, [int(i) for i in np.flatnonzero(mask)], int(estimator.max_bins) - 1)
 
 
 def _model_output(estimator: Any, task: str, x: np.ndarray, num_classes: int) -> np.ndarray:
@@ -196,6 +234,7 @@ def _model_output(estimator: Any, task: str, x: np.ndarray, num_classes: int) ->
 
     A class the estimator never saw (absent from its train sample) gets probability 0.
     """
+    x = _model_input(estimator, x)
     if task == "regression":
         return np.asarray(estimator.predict(x), dtype=np.float64) if len(x) else np.zeros(0)
     probabilities = np.zeros((len(x), num_classes), dtype=np.float64)
@@ -308,6 +347,7 @@ class TrainingArrays:
     w_train: np.ndarray | None
     x_validation: np.ndarray
     y_validation: np.ndarray
+    categorical: tuple[int, ...] = ()
 
 
 @dataclass
@@ -327,6 +367,8 @@ class ShippedData:
         nbytes: Size of the arrays in bytes.
         frame: Over Spark Connect, the same arrays as a cached DataFrame (:func:`_arrays_frame`).
         destroyed: Whether :meth:`destroy` released the data.
+        features_col: The vector column the rows came from; the trials' models read it.
+        categorical: The feature slots that hold category ranks.
     """
 
     broadcast: Broadcast[TrainingArrays] | None
@@ -341,6 +383,8 @@ class ShippedData:
     nbytes: int
     frame: DataFrame | None = None
     destroyed: bool = False
+    features_col: str = FEATURES_COL
+    categorical: tuple[int, ...] = ()
 
     def unpersist(self, blocking: bool = False) -> None:
         """Drop the executors' copies; a later trial ships the data to them again."""
@@ -358,7 +402,14 @@ class ShippedData:
 
 
 def ship_data(
-    spark: SparkSession, train_df: DataFrame, validation_df: DataFrame, *, max_rows: int, seed: int
+    spark: SparkSession,
+    train_df: DataFrame,
+    validation_df: DataFrame,
+    *,
+    max_rows: int,
+    seed: int,
+    features_col: str = FEATURES_COL,
+    categorical: Sequence[int] = (),
 ) -> ShippedData:
     """Collect train and validation vectors to the driver, at most ``max_rows`` each, and broadcast them once.
 
@@ -373,6 +424,8 @@ def ship_data(
         validation_df: The rows the trial metrics are computed on.
         max_rows: Most rows shipped of each DataFrame.
         seed: Seed of the sampling.
+        features_col: The vector column to ship instead of ``features``.
+        categorical: Slots of that vector that hold category ranks, split as categories.
 
     Returns:
         The broadcast data and its sizes.
@@ -383,18 +436,23 @@ def ship_data(
     if max_rows < 1:
         raise StepInputError(f"step 'tune': max_rows must be >= 1, got {max_rows}")
     with _spark_job(spark, "deltaml: collect train and validation rows for single-node trials"):
-        x_train, y_train, w_train, train_total = _collect_arrays(train_df, "train", max_rows=max_rows, seed=seed)
+        x_train, y_train, w_train, train_total = _collect_arrays(
+            train_df, "train", max_rows=max_rows, seed=seed, features_col=features_col
+        )
         if not len(y_train):
             raise StepInputError("step 'tune': the train rows for a single-node family are empty")
         x_val, y_val, _, validation_total = _collect_arrays(
-            validation_df, "validation", max_rows=max_rows, seed=seed + 1, with_weights=False
+            validation_df, "validation", max_rows=max_rows, seed=seed + 1, with_weights=False, features_col=features_col
         )
     if len(y_val) and x_val.shape[1] != x_train.shape[1]:
         raise StepInputError(
             f"step 'tune': validation vectors have {x_val.shape[1]} features, train vectors {x_train.shape[1]}"
         )
     labels = np.concatenate([y_train, y_val])
-    arrays = TrainingArrays(uuid.uuid4().hex, x_train, y_train, w_train, x_val, y_val)
+    categorical = tuple(int(i) for i in categorical)
+    if any(not 0 <= i < x_train.shape[1] for i in categorical):
+        raise StepInputError(f"step 'tune': categorical slots {list(categorical)} outside {x_train.shape[1]} features")
+    arrays = TrainingArrays(uuid.uuid4().hex, x_train, y_train, w_train, x_val, y_val, categorical)
     nbytes = sum(a.nbytes for a in (x_train, y_train, x_val, y_val) if a is not None)
     nbytes += 0 if w_train is None else w_train.nbytes
     started = time.perf_counter()
@@ -423,18 +481,26 @@ def ship_data(
         integral_labels=bool(np.all(labels == np.round(labels))),
         nbytes=nbytes,
         frame=frame,
+        features_col=features_col,
+        categorical=categorical,
     )
 
 
 def _collect_arrays(
-    df: DataFrame, what: str, *, max_rows: int, seed: int, with_weights: bool = True
+    df: DataFrame,
+    what: str,
+    *,
+    max_rows: int,
+    seed: int,
+    with_weights: bool = True,
+    features_col: str = FEATURES_COL,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
     """Features, labels and (optional) weights of at most ``max_rows`` rows, and the DataFrame's row count."""
-    missing = [c for c in (FEATURES_COL, LABEL_COL) if c not in df.columns]
+    missing = [c for c in (features_col, LABEL_COL) if c not in df.columns]
     if missing:
         raise StepInputError(f"step 'tune': {what} rows lack column(s) {missing}; present: {df.columns}")
     weighted = with_weights and WEIGHT_COL in df.columns
-    columns = [vector_to_array(F.col(FEATURES_COL)).alias("x"), F.col(LABEL_COL).cast("double").alias("y")]
+    columns = [vector_to_array(F.col(features_col)).alias("x"), F.col(LABEL_COL).cast("double").alias("y")]
     if weighted:
         columns.append(F.col(WEIGHT_COL).cast("double").alias("w"))
     total = df.count()
@@ -599,7 +665,13 @@ def executor_trial(
         "reused" if info.data_reused else "loaded",
         info.data_seconds,
     )
-    model = SingleNodeModel(family=family, task=task, numClasses=classes, modelBytes=_encode(result.model))
+    model = SingleNodeModel(
+        family=family,
+        task=task,
+        numClasses=classes,
+        modelBytes=_encode(result.model),
+        featuresCol=shipped.features_col,
+    )
     model.trial_info = info
     return model, result.metrics
 
@@ -642,7 +714,7 @@ def _run_trial_task(
         estimator = single_node_estimator(family, task, params, seed=seed)
         with _thread_limit(cpus):
             fit_started = time.perf_counter()
-            _fit_estimator(estimator, task, arrays.x_train, arrays.y_train, arrays.w_train)
+            _fit_estimator(estimator, task, arrays.x_train, arrays.y_train, arrays.w_train, arrays.categorical)
             fit_seconds = time.perf_counter() - fit_started
             output = _model_output(estimator, task, arrays.x_validation, num_classes)
         metrics = validation_metrics(task, arrays.y_validation, output, num_classes=num_classes)
@@ -721,7 +793,7 @@ def _connect_trial(
     shipped: ShippedData, family: str, task: str, params: dict[str, Any], seed: int, num_classes: int
 ) -> _TaskSuccess | _TaskFailure:
     """One trial as a one-task ``mapInArrow`` over the cached arrays (no RDD, no broadcast): its pickled result."""
-    token, weighted = shipped.token, shipped.weighted
+    token, weighted, categorical = shipped.token, shipped.weighted, shipped.categorical
     assert shipped.frame is not None
 
     def trial(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -741,6 +813,7 @@ def _connect_trial(
             w[is_train] if weighted else None,
             x[~is_train],
             y[~is_train],
+            categorical,
         )
         result = _run_trial_task(_Held(arrays), token, family, task, params, seed, num_classes)
         yield pa.RecordBatch.from_pydict({"result": [pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)]})
@@ -761,6 +834,8 @@ def fit_single_node(
     seed: int,
     num_classes: int = 2,
     max_rows: int,
+    features_col: str = FEATURES_COL,
+    categorical: Sequence[int] = (),
 ) -> SingleNodeModel:
     """Fit a single-node family on the driver (the final refit): collect at most ``max_rows`` rows and fit.
 
@@ -775,6 +850,8 @@ def fit_single_node(
         seed: ``random_state`` unless ``params`` sets it, and the sampling seed.
         num_classes: Classes of a multiclass label, 2 for binary.
         max_rows: Most train rows used (a seeded sample without replacement beyond that).
+        features_col: The vector column to fit on (and the stage reads) instead of ``features``.
+        categorical: Slots of that vector that hold category ranks.
 
     Returns:
         The fitted stage.
@@ -785,21 +862,23 @@ def fit_single_node(
     """
     estimator = single_node_estimator(family, task, params, seed=seed)
     with _spark_job(spark, f"deltaml {family} final fit: collect the train rows"):
-        x, y, w, _ = _collect_arrays(train_df, "train", max_rows=max_rows, seed=seed)
+        x, y, w, _ = _collect_arrays(train_df, "train", max_rows=max_rows, seed=seed, features_col=features_col)
     if not len(y):
         raise StepInputError("step 'fit': the train rows for a single-node family are empty")
     integral = bool(np.all(y == np.round(y)))
     classes = _check_labels(task, num_classes, float(y.max()), integral, "train")
     started = time.perf_counter()
     try:
-        _fit_estimator(estimator, task, x, y, w)
+        _fit_estimator(estimator, task, x, y, w, categorical)
     except Exception as exc:
         raise StepFailedError(
             f"{type(exc).__name__}: {one_line(str(exc), 100_000)} ({family} fit on the driver)"
         ) from exc
     LOG.info("fitted %s on %d rows x %d features in %.1f s", family, len(y), x.shape[1], time.perf_counter() - started)
     blob = pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL)
-    return SingleNodeModel(family=family, task=task, numClasses=classes, modelBytes=_encode(blob))
+    return SingleNodeModel(
+        family=family, task=task, numClasses=classes, modelBytes=_encode(blob), featuresCol=features_col
+    )
 
 
 @contextmanager
@@ -1038,13 +1117,22 @@ def permutation_importances(
     """
     from sklearn.inspection import permutation_importance
 
-    x, y, _, _ = _collect_arrays(scored, "evaluation", max_rows=max_rows, seed=seed, with_weights=False)
+    x, y, _, _ = _collect_arrays(
+        scored, "evaluation", max_rows=max_rows, seed=seed, with_weights=False, features_col=model.getFeaturesCol()
+    )
     if not len(y):
         return []
     task = model.getTask()
     if task != "regression" and len(np.unique(y)) < 2:
         return []
+    estimator = model.estimator()
     result = permutation_importance(
-        model.estimator(), x, y, scoring=_PERMUTATION_SCORING[task], n_repeats=repeats, random_state=seed, n_jobs=1
+        estimator,
+        _model_input(estimator, x),
+        y,
+        scoring=_PERMUTATION_SCORING[task],
+        n_repeats=repeats,
+        random_state=seed,
+        n_jobs=1,
     )
     return [float(v) for v in result.importances_mean]

@@ -14,11 +14,11 @@ from pyspark.ml.base import PredictionModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from deltaml.columns import LABEL_COL, PREDICTION_COL, SPLIT_COL, TEST, TRAIN, VALIDATION
+from deltaml.columns import LABEL_COL, PREDICTION_COL, SPLIT_COL, TEST, TRAIN, TREE_FEATURES_COL, VALIDATION
 from deltaml.errors import StepInputError
 from deltaml.io.catalog import read_table
 from deltaml.io.tracking import active_run_id, log_folder
-from deltaml.ml.features import feature_names
+from deltaml.ml.features import feature_names, tree_layout
 from deltaml.ml.labels import labelled_rows
 from deltaml.ml.metrics import task_metrics
 from deltaml.ml.models import DecisionThreshold, encode_label, model_classes, positive_probability
@@ -160,7 +160,10 @@ def _log_report(
             single = [s for s in model.stages if isinstance(s, SingleNodeModel)]
             if single:
                 values = permutation_importances(single[-1], scored_test, seed=cfg.seed)
-                names = feature_names(model, cfg.features)
+                if single[-1].getFeaturesCol() == TREE_FEATURES_COL:
+                    names = tree_layout(cfg.features)[0]
+                else:
+                    names = feature_names(model, cfg.features)
                 if values and len(values) != len(names):
                     raise ValueError(f"{len(values)} importances for {len(names)} feature names")
                 return sorted(zip(names, values, strict=False), key=lambda pair: -abs(pair[1]))

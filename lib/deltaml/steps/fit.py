@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from deltaml.columns import FEATURES_COL, LABEL_COL, SPLIT_COL, TRAIN, VALIDATION
+from deltaml.columns import FEATURES_COL, LABEL_COL, SPLIT_COL, TRAIN, TREE_FEATURES_COL, VALIDATION
 from deltaml.config.schema import PipelineConfig
 from deltaml.errors import StepInputError
 from deltaml.io.catalog import read_table
@@ -24,7 +25,7 @@ from deltaml.io.models import log_spark_model, model_requirements, model_signatu
 from deltaml.io.session import default_parallelism
 from deltaml.io.tables import event_tables
 from deltaml.io.tracking import active_run_id, active_run_info, log_table
-from deltaml.ml.features import build_feature_stages
+from deltaml.ml.features import build_feature_stages, tree_layout
 from deltaml.ml.labels import _labelled_split, label_classes
 from deltaml.ml.models import (
     class_weights,
@@ -121,15 +122,19 @@ def run_fit(ctx: StepContext) -> StepResult:
         validation = _labelled_split(data, cfg, VALIDATION, classes=classes)
         # The window joins (nothing to fit) run once on train: their result feeds both the feature
         # fit and the train vectors.
-        windows, rest = leading_windows(build_feature_stages(cfg.features, events=event_tables(cfg)))
+        # Tree families that split categories themselves read their own vector (ranks, not one-hot slots).
+        tree = any(c.family in SINGLE_NODE_FAMILIES for c in cfg.model.all_candidates)
+        vector_cols = [FEATURES_COL, TREE_FEATURES_COL] if tree else [FEATURES_COL]
+        stages = build_feature_stages(cfg.features, events=event_tables(cfg), tree_features=tree)
+        windows, rest = leading_windows(stages)
         enriched = cache(windows.transform(train)) if windows.stages else train
         fitted_rest = Pipeline(stages=rest).fit(enriched)
         features = PipelineModel(stages=[*windows.stages, *fitted_rest.stages])
         weighted = cfg.model.class_weight == "balanced"
-        train_vectors = fitted_rest.transform(enriched).select(FEATURES_COL, LABEL_COL)
+        train_vectors = fitted_rest.transform(enriched).select(*vector_cols, LABEL_COL)
         if weighted:
             train_vectors = train_vectors.transform(class_weights())
-        validation_vectors = features.transform(validation).select(FEATURES_COL, LABEL_COL)
+        validation_vectors = features.transform(validation).select(*vector_cols, LABEL_COL)
         # Coalescing never adds partitions: vectors already in fewer stay as they are.
         partitions = trial_partitions(rows, default_parallelism(ctx.spark), cfg.tuning.parallelism)
         train_vectors, validation_vectors = train_vectors.coalesce(partitions), validation_vectors.coalesce(partitions)
@@ -137,6 +142,7 @@ def run_fit(ctx: StepContext) -> StepResult:
         first = train_vectors.first()
         assert first is not None
         num_features = int(first[FEATURES_COL].size)
+        tree_features = int(first[TREE_FEATURES_COL].size) if tree else 0
         if enriched is not train:
             enriched.unpersist()  # the train vectors are cached and computed now
         validation_rows = validation_vectors.count()
@@ -145,12 +151,15 @@ def run_fit(ctx: StepContext) -> StepResult:
                 "step 'fit': the validation split has no labelled rows; set split.validation above 0 "
                 "(tuning, the choice of the winner and the decision threshold are measured on it)"
             )
-        shape = ModelShape(num_features, len(classes) if classes else 2, weighted, validation_rows, rows)
+        shape = ModelShape(num_features, len(classes) if classes else 2, weighted, validation_rows, rows, tree_features)
         results = _tune(ctx, train_vectors, validation_vectors, shape)
         winner = _winner(results, cfg.tuning_metric)
         threshold = _threshold(cfg, winner, validation_vectors)
         finish = finishing_stages(cfg, threshold, classes)
-        final = PipelineModel(stages=[*features.stages, *winner.model.stages, *finish])
+        feature_stages = features.stages
+        if winner.family not in SINGLE_NODE_FAMILIES:
+            feature_stages = [s for s in feature_stages if not _writes(s, TREE_FEATURES_COL)]
+        final = PipelineModel(stages=[*feature_stages, *winner.model.stages, *finish])
         if cfg.tuning.refit_on == "train_validation":
             final = _refit(ctx, winner, data, shape, finish, classes)
         example = train.select(*cfg.features.columns).limit(5).toPandas()
@@ -216,15 +225,21 @@ def trial_partitions(rows: int, cores: int, parallelism: int, rows_per_partition
     return max(1, min(cores // max(1, parallelism), math.ceil(rows / rows_per_partition)))
 
 
+def _writes(stage: Any, column: str) -> bool:
+    """Whether ``stage`` is a vector assembler writing ``column``."""
+    return isinstance(stage, VectorAssembler) and stage.getOutputCol() == column
+
+
 @dataclass(frozen=True)
 class ModelShape:
-    """What every candidate model is built for: the feature vector size, the classes, the weights."""
+    """What every candidate model is built for: the feature vector sizes, the classes, the weights."""
 
     num_features: int
     num_classes: int
     weighted: bool
     validation_rows: int
     train_rows: int
+    tree_features: int = 0
 
 
 def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: ModelShape) -> list[FamilyResult]:
@@ -250,10 +265,18 @@ def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: Mode
                     rows = single_node_rows(
                         tuning.single_node_max_rows,
                         tuning.single_node_max_mb,
-                        shape.num_features,
+                        shape.tree_features,
                         [shape.train_rows, shape.validation_rows],
                     )
-                    shipped = ship_data(ctx.spark, train, validation, max_rows=rows, seed=cfg.seed)
+                    shipped = ship_data(
+                        ctx.spark,
+                        train,
+                        validation,
+                        max_rows=rows,
+                        seed=cfg.seed,
+                        features_col=TREE_FEATURES_COL,
+                        categorical=tree_layout(cfg.features)[1],
+                    )
 
                 def train_trial(
                     params: dict[str, Any], family: str = family, data: ShippedData = shipped
@@ -409,7 +432,8 @@ def _refit(
     if shape.weighted:
         both = both.transform(class_weights())
     both = both.cache()
-    features = build_feature_stages(cfg.features, events=event_tables(cfg))
+    single_node = winner.family in SINGLE_NODE_FAMILIES
+    features = build_feature_stages(cfg.features, events=event_tables(cfg), tree_features=single_node)
     try:
         # The features first: refitted on more rows, the vector can change size (mlp needs it).
         fitted = fit_pipeline(Pipeline(stages=features), both)
@@ -417,11 +441,11 @@ def _refit(
         try:
             first = vectors.first()
             assert first is not None
-            if winner.family in SINGLE_NODE_FAMILIES:
+            if single_node:
                 rows = single_node_rows(
                     cfg.tuning.single_node_max_rows,
                     cfg.tuning.single_node_max_mb,
-                    int(first[FEATURES_COL].size),
+                    int(first[TREE_FEATURES_COL].size),
                     [shape.train_rows + shape.validation_rows],
                 )
                 model: Any = fit_single_node(
@@ -433,6 +457,8 @@ def _refit(
                     seed=cfg.seed,
                     num_classes=shape.num_classes,
                     max_rows=rows,
+                    features_col=TREE_FEATURES_COL,
+                    categorical=tree_layout(cfg.features)[1],
                 )
                 return PipelineModel(stages=[*fitted.stages, model, *finish])
             estimator = model_stages(
