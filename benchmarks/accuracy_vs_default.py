@@ -51,7 +51,7 @@ CANDIDATES: list[dict[str, Any]] = [
     },
     {
         "family": "hist_gradient_boosting",
-        "params": {"max_iter": 300, "early_stopping": True},
+        "params": {"max_iter": 500, "early_stopping": True},  # stops on the validation rows
         "search": {
             "learning_rate": {"loguniform": [0.02, 0.3]},
             "max_leaf_nodes": {"quniform": [8, 63, 1]},
@@ -61,7 +61,7 @@ CANDIDATES: list[dict[str, Any]] = [
     },
     {
         "family": "lightgbm",
-        "params": {"n_estimators": 200},
+        "params": {"n_estimators": 1000, "early_stopping_round": 30},  # stops on the validation rows
         "search": {
             "learning_rate": {"loguniform": [0.02, 0.2]},
             "num_leaves": {"quniform": [8, 63, 1]},

@@ -26,6 +26,7 @@ from deltaml.ml.single_node import (
     SingleNodeModel,
     executor_trial,
     fit_single_node,
+    fixed_rounds,
     permutation_importances,
     ship_data,
     single_node_estimator,
@@ -390,4 +391,40 @@ def test_category_rank_slots_are_split_as_categories_beyond_max_bins_levels(
     y, _, rows = _scored(final, validation)
     assert skm.roc_auc_score(y, [r["probability"].toArray()[1] for r in rows]) == pytest.approx(
         metrics["auc_roc"], abs=1e-9
+    )
+
+
+@pytest.mark.parametrize(
+    ("family", "params", "rounds"),
+    [
+        ("hist_gradient_boosting", {"max_iter": 500, "early_stopping": True, "n_iter_no_change": 5}, "n_iter_"),
+        ("lightgbm", {"n_estimators": 500, "early_stopping_round": 5, "learning_rate": 0.3}, "best_iteration_"),
+    ],
+)
+def test_early_stopping_watches_the_validation_rows_and_a_refit_keeps_the_rounds(
+    spark: SparkSession,
+    binary: tuple[DataFrame, DataFrame, ShippedData],
+    family: str,
+    params: dict[str, Any],
+    rounds: str,
+) -> None:
+    if family == "lightgbm":
+        pytest.importorskip("lightgbm")
+    train, validation, shipped = binary
+
+    model, metrics = executor_trial(spark, shipped, family, "binary", params, seed=3)
+
+    stopped = int(getattr(model.estimator(), rounds))
+    assert 0 < stopped < 100 and metrics["auc_roc"] > 0.9
+    if family == "hist_gradient_boosting":
+        # It stopped on the shipped validation rows, not on a slice of train: its last validation
+        # score is minus the log-loss of the final model on exactly those rows.
+        y, _, rows = _scored(model, validation)
+        probability = np.array([r["probability"].toArray()[1] for r in rows])
+        assert -model.estimator().validation_score_[-1] == pytest.approx(skm.log_loss(y, probability), rel=1e-6)
+    # A refit has no validation rows to stop on: it fits as many rounds as the trial kept.
+    fixed = fixed_rounds(model, params)
+    refit = fit_single_node(spark, train, family, "binary", fixed, seed=3, max_rows=10_000)
+    assert (
+        int(getattr(refit.estimator(), "n_iter_" if family == "hist_gradient_boosting" else "n_estimators")) == stopped
     )

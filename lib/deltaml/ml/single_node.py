@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import inspect
 import logging
 import math
 import os
@@ -190,22 +191,72 @@ def _fit_estimator(
     y: np.ndarray,
     weights: np.ndarray | None,
     categorical: Sequence[int] = (),
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Any:
     """Fit on numpy arrays; class labels become ints so ``classes_`` are the class indices.
 
     The ``categorical`` columns hold category ranks (0 the most frequent level): the estimator
     splits them as categories. HistGradientBoosting takes at most ``max_bins`` levels, so ranks
     beyond that join the last one (the rarest levels, grouped); LightGBM takes them all.
+
+    With ``validation`` rows, early stopping that the params turn on watches them instead of a
+    slice carved from the train rows: HistGradientBoosting's ``early_stopping`` (``X_val``),
+    LightGBM's ``early_stopping_round`` or an alias (``eval_set``).
     """
     target = y if task == "regression" else y.astype(np.int64)
     kwargs: dict[str, Any] = {} if weights is None else {"sample_weight": weights}
+    hist = _is_hist_gradient_boosting(estimator)
     if categorical:
-        if _is_hist_gradient_boosting(estimator):
+        if hist:
             estimator.set_params(categorical_features=list(categorical))
             x = _capped_categories(x, list(categorical), int(estimator.max_bins) - 1)
         else:
             kwargs["categorical_feature"] = list(categorical)
+    if validation is not None and len(validation[1]) and _stops_early(estimator, len(x)):
+        x_val, y_val = validation
+        y_val = y_val if task == "regression" else y_val.astype(np.int64)
+        if hist:
+            kwargs.update(X_val=_capped_categories(x_val, list(categorical), int(estimator.max_bins) - 1), y_val=y_val)
+        elif "eval_X" in inspect.signature(estimator.fit).parameters:  # LightGBM 4.7 deprecates eval_set
+            kwargs.update(eval_X=(x_val,), eval_y=(y_val,))
+        else:
+            kwargs["eval_set"] = [(x_val, y_val)]
     return estimator.fit(x, target, **kwargs)
+
+
+# LightGBM's early-stopping parameter and its aliases.
+_LIGHTGBM_EARLY_STOPPING = ("early_stopping_round", "early_stopping_rounds", "early_stopping", "n_iter_no_change")
+
+
+def fixed_rounds(model: SingleNodeModel, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with early stopping replaced by the rounds ``model`` stopped at, for a refit without validation rows.
+
+    A refit on train + validation has no held-out rows to stop on; it fits as many boosting
+    rounds as the tuned model kept (HistGradientBoosting's ``n_iter_``, LightGBM's ``best_iteration_``).
+    """
+    estimator = model.estimator()
+    fixed = dict(params)
+    if _is_hist_gradient_boosting(estimator):
+        if getattr(estimator, "do_early_stopping_", False):
+            fixed.update(max_iter=int(estimator.n_iter_), early_stopping=False)
+        return fixed
+    best = int(getattr(estimator, "best_iteration_", 0) or 0)
+    if any(name in fixed for name in _LIGHTGBM_EARLY_STOPPING):
+        for name in _LIGHTGBM_EARLY_STOPPING:
+            fixed.pop(name, None)
+        if best > 0:
+            fixed["n_estimators"] = best
+    return fixed
+
+
+def _stops_early(estimator: Any, rows: int) -> bool:
+    """Whether the estimator's params turn early stopping on (HistGradientBoosting's ``auto``: above 10,000 rows)."""
+    params = estimator.get_params()
+    if _is_hist_gradient_boosting(estimator):
+        setting = params.get("early_stopping", "auto")
+        return bool(setting is True or (setting == "auto" and rows > 10_000))
+    rounds = [params.get(name) for name in _LIGHTGBM_EARLY_STOPPING]
+    return any(isinstance(r, int | float) and not isinstance(r, bool) and r > 0 for r in rounds)
 
 
 def _is_hist_gradient_boosting(estimator: Any) -> bool:
@@ -714,7 +765,15 @@ def _run_trial_task(
         estimator = single_node_estimator(family, task, params, seed=seed)
         with _thread_limit(cpus):
             fit_started = time.perf_counter()
-            _fit_estimator(estimator, task, arrays.x_train, arrays.y_train, arrays.w_train, arrays.categorical)
+            _fit_estimator(
+                estimator,
+                task,
+                arrays.x_train,
+                arrays.y_train,
+                arrays.w_train,
+                arrays.categorical,
+                validation=(arrays.x_validation, arrays.y_validation),
+            )
             fit_seconds = time.perf_counter() - fit_started
             output = _model_output(estimator, task, arrays.x_validation, num_classes)
         metrics = validation_metrics(task, arrays.y_validation, output, num_classes=num_classes)

@@ -38,6 +38,7 @@ from deltaml.ml.single_node import (
     ShippedData,
     executor_trial,
     fit_single_node,
+    fixed_rounds,
     ship_data,
     single_node_estimator,
 )
@@ -453,7 +454,7 @@ def _refit(
                     vectors,
                     winner.family,
                     task,
-                    winner.params,
+                    fixed_rounds(winner.model.stages[0], winner.params),
                     seed=cfg.seed,
                     num_classes=shape.num_classes,
                     max_rows=rows,
