@@ -1120,6 +1120,7 @@ class SingleNodeModel(Transformer, HasFeaturesCol, DefaultParamsReadable["Single
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         encoded = self._checked_model_bytes()
+        ship_package_to_executors(dataset.sparkSession)
         features_col = self.getFeaturesCol()
         if features_col not in dataset.columns:
             raise StepInputError(f"SingleNodeModel: column {features_col!r} not found; present: {dataset.columns}")
@@ -1156,6 +1157,44 @@ class SingleNodeModel(Transformer, HasFeaturesCol, DefaultParamsReadable["Single
             )
             .drop(_OUTPUT_COL)
         )
+
+
+# Sessions whose executors were sent this package's code (ship_package_to_executors), by id.
+_SHIPPED_TO: set[int] = set()
+_SHIP_LOCK = threading.Lock()
+
+
+def ship_package_to_executors(spark: SparkSession) -> bool:
+    """Make deltaml importable in the executors' Python workers when only the driver has it; True if sent.
+
+    The scoring UDF runs this module in the workers. A model loaded through MLflow carries
+    deltaml's code (``code_paths``), but MLflow puts it on the driver's ``sys.path`` only: where
+    the workers' Python lacks deltaml (a fresh environment with the model's requirements, another
+    team's cluster), scoring would fail with ``No module named 'deltaml'``. So when this package
+    was imported from a model's code folder, a zip of it goes to the executors once per session
+    (``addPyFile``, or ``addArtifacts(pyfile=True)`` over Spark Connect). An installed package, or
+    one from a ``--py-files`` archive, is left alone: where it came from, the executors have it too.
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1]  # this file is deltaml/ml/single_node.py
+    # MLflow puts a model's code_paths in <model>/code, beside its MLmodel file, and that folder on sys.path.
+    if not (package.is_dir() and (package.parent.parent / "MLmodel").is_file()):
+        return False
+    with _SHIP_LOCK:
+        if id(spark) in _SHIPPED_TO:
+            return False
+        scratch = Path(tempfile.mkdtemp(prefix="deltaml-code-"))
+        archive = shutil.make_archive(str(scratch / "deltaml"), "zip", root_dir=package.parent, base_dir=package.name)
+        if _is_connect(spark):
+            spark.addArtifacts(archive, pyfile=True)
+        else:
+            spark.sparkContext.addPyFile(archive)
+        _SHIPPED_TO.add(id(spark))
+    LOG.info("deltaml is not installed here (loaded from %s): sent its code to the executors", package)
+    return True
 
 
 _PERMUTATION_SCORING = {"binary": "roc_auc", "multiclass": "accuracy", "regression": "r2"}
