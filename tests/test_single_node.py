@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -416,7 +417,7 @@ def test_early_stopping_watches_the_validation_rows_and_a_refit_keeps_the_rounds
 
     stopped = int(getattr(model.estimator(), rounds))
     assert 0 < stopped < 100 and metrics["auc_roc"] > 0.9
-    if family == "hist_gradient_boosting":
+    if family == "hist_gradient_boosting" and "X_val" in inspect.signature(model.estimator().fit).parameters:
         # It stopped on the shipped validation rows, not on a slice of train: its last validation
         # score is minus the log-loss of the final model on exactly those rows.
         y, _, rows = _scored(model, validation)
@@ -428,3 +429,37 @@ def test_early_stopping_watches_the_validation_rows_and_a_refit_keeps_the_rounds
     assert (
         int(getattr(refit.estimator(), "n_iter_" if family == "hist_gradient_boosting" else "n_estimators")) == stopped
     )
+
+
+@pytest.mark.parametrize(
+    ("family", "params"),
+    [
+        ("hist_gradient_boosting", {"max_iter": 200, "early_stopping": True, "n_iter_no_change": 5}),
+        ("lightgbm", {"n_estimators": 200, "early_stopping_round": 5, "min_child_samples": 5}),
+    ],
+)
+def test_early_stopping_leaves_out_validation_rows_of_a_class_train_lacks(
+    spark: SparkSession, family: str, params: dict[str, Any]
+) -> None:
+    if family == "lightgbm":
+        pytest.importorskip("lightgbm")
+    rng = np.random.default_rng(4)
+    y = np.repeat([0.0, 1.0, 2.0], 100)
+    x = rng.normal(size=(300, 3)) + 3.0 * np.eye(3)[y.astype(int)]
+    train = np.flatnonzero((y != 1) & (np.arange(300) % 100 < 75))  # class 1, the middle one, absent from train
+    validation = np.flatnonzero(np.arange(300) % 100 >= 75)
+    shipped = ship_data(
+        spark, _frame(spark, x[train], y[train]), _frame(spark, x[validation], y[validation]), max_rows=10_000, seed=1
+    )
+    try:
+        model, metrics = executor_trial(spark, shipped, family, "multiclass", params, seed=1, num_classes=3)
+    finally:
+        shipped.destroy()
+
+    # Classes 0 and 2 are told apart (the stopping rows were encoded as the estimator's own classes);
+    # class 1, a third of the validation rows, is never predicted.
+    assert metrics["accuracy"] == pytest.approx(2 / 3, abs=0.05)
+    probability = np.array(
+        [r["probability"].toArray() for r in _scored(model, _frame(spark, x[validation], y[validation]))[2]]
+    )
+    assert np.all(probability[:, 1] == 0.0)

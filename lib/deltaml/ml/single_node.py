@@ -200,8 +200,8 @@ def _fit_estimator(
     beyond that join the last one (the rarest levels, grouped); LightGBM takes them all.
 
     With ``validation`` rows, early stopping that the params turn on watches them instead of a
-    slice carved from the train rows: HistGradientBoosting's ``early_stopping`` (``X_val``),
-    LightGBM's ``early_stopping_round`` or an alias (``eval_set``).
+    slice carved from the train rows: HistGradientBoosting's ``early_stopping`` (``X_val``, from
+    scikit-learn 1.7), LightGBM's ``early_stopping_round`` or an alias (``eval_set``).
     """
     target = y if task == "regression" else y.astype(np.int64)
     kwargs: dict[str, Any] = {} if weights is None else {"sample_weight": weights}
@@ -214,13 +214,21 @@ def _fit_estimator(
             kwargs["categorical_feature"] = list(categorical)
     if validation is not None and len(validation[1]) and _stops_early(estimator, len(x)):
         x_val, y_val = validation
-        y_val = y_val if task == "regression" else y_val.astype(np.int64)
-        if hist:
+        seen = np.unique(target)
+        if task != "regression":  # a class the train rows lack cannot be scored while fitting: leave its rows out
+            y_val = y_val.astype(np.int64)
+            kept = np.isin(y_val, seen)
+            x_val, y_val = x_val[kept], y_val[kept]
+        accepts = inspect.signature(estimator.fit).parameters
+        if not hist:
+            # LightGBM 4.7 deprecates eval_set for eval_X and eval_y, which its classifier does not encode.
+            if "eval_X" in accepts:
+                encoded = y_val if task == "regression" else np.searchsorted(seen, y_val)
+                kwargs.update(eval_X=(x_val,), eval_y=(encoded,))
+            else:
+                kwargs["eval_set"] = [(x_val, y_val)]
+        elif "X_val" in accepts:  # scikit-learn 1.7 and later; before, it carves its own from train
             kwargs.update(X_val=_capped_categories(x_val, list(categorical), int(estimator.max_bins) - 1), y_val=y_val)
-        elif "eval_X" in inspect.signature(estimator.fit).parameters:  # LightGBM 4.7 deprecates eval_set
-            kwargs.update(eval_X=(x_val,), eval_y=(y_val,))
-        else:
-            kwargs["eval_set"] = [(x_val, y_val)]
     return estimator.fit(x, target, **kwargs)
 
 
@@ -237,16 +245,28 @@ def fixed_rounds(model: SingleNodeModel, params: dict[str, Any]) -> dict[str, An
     estimator = model.estimator()
     fixed = dict(params)
     if _is_hist_gradient_boosting(estimator):
-        if getattr(estimator, "do_early_stopping_", False):
-            fixed.update(max_iter=int(estimator.n_iter_), early_stopping=False)
+        # Also without early stopping in the trial: a refit on more rows would turn `auto` on.
+        fixed.update(max_iter=int(estimator.n_iter_), early_stopping=False)
         return fixed
     best = int(getattr(estimator, "best_iteration_", 0) or 0)
     if any(name in fixed for name in _LIGHTGBM_EARLY_STOPPING):
         for name in _LIGHTGBM_EARLY_STOPPING:
             fixed.pop(name, None)
         if best > 0:
+            for name in _lightgbm_aliases("num_iterations"):  # LightGBM prefers an alias over n_estimators
+                fixed.pop(name, None)
             fixed["n_estimators"] = best
     return fixed
+
+
+def _lightgbm_aliases(name: str) -> set[str]:
+    """LightGBM's aliases of one of its parameters (the name itself included)."""
+    import lightgbm.basic
+
+    try:
+        return {name, *lightgbm.basic._ConfigAliases.get(name)}
+    except AttributeError:  # pragma: no cover - a LightGBM without the table
+        return {name, "n_estimators"}
 
 
 def _stops_early(estimator: Any, rows: int) -> bool:
@@ -1159,9 +1179,11 @@ class SingleNodeModel(Transformer, HasFeaturesCol, DefaultParamsReadable["Single
         )
 
 
-# Sessions whose executors were sent this package's code (ship_package_to_executors), by id.
-_SHIPPED_TO: set[int] = set()
+# Spark applications (classic) or Connect sessions whose executors were sent this package's code, and the one
+# archive of it this process built (ship_package_to_executors).
+_SHIPPED_TO: set[str] = set()
 _SHIP_LOCK = threading.Lock()
+_ARCHIVE: list[str] = []
 
 
 def ship_package_to_executors(spark: SparkSession) -> bool:
@@ -1183,16 +1205,21 @@ def ship_package_to_executors(spark: SparkSession) -> bool:
     # MLflow puts a model's code_paths in <model>/code, beside its MLmodel file, and that folder on sys.path.
     if not (package.is_dir() and (package.parent.parent / "MLmodel").is_file()):
         return False
+    connect = _is_connect(spark)
+    # Every session of one Spark application shares its executors (and its file server, which refuses a
+    # second deltaml.zip from another path); a Connect session has its own artifacts.
+    target = f"connect:{getattr(spark, 'session_id', '')}" if connect else f"app:{spark.sparkContext.applicationId}"
     with _SHIP_LOCK:
-        if id(spark) in _SHIPPED_TO:
+        if target in _SHIPPED_TO:
             return False
-        scratch = Path(tempfile.mkdtemp(prefix="deltaml-code-"))
-        archive = shutil.make_archive(str(scratch / "deltaml"), "zip", root_dir=package.parent, base_dir=package.name)
-        if _is_connect(spark):
-            spark.addArtifacts(archive, pyfile=True)
+        if not _ARCHIVE:
+            scratch = Path(tempfile.mkdtemp(prefix="deltaml-code-"))
+            _ARCHIVE.append(shutil.make_archive(str(scratch / "deltaml"), "zip", package.parent, package.name))
+        if connect:
+            spark.addArtifacts(_ARCHIVE[0], pyfile=True)
         else:
-            spark.sparkContext.addPyFile(archive)
-        _SHIPPED_TO.add(id(spark))
+            spark.sparkContext.addPyFile(_ARCHIVE[0])
+        _SHIPPED_TO.add(target)
     LOG.info("deltaml is not installed here (loaded from %s): sent its code to the executors", package)
     return True
 

@@ -383,7 +383,7 @@ def single_node_rows(max_rows: int, max_mb: int, num_features: int, splits: list
         raise StepInputError(
             f"step 'fit': tuning.single_node_max_mb {max_mb} holds only {cap} rows of {num_features} features "
             "for single-node families; raise it, or lower the feature count (features.hashing.num_features, "
-            "one-hot levels)"
+            "categorical columns)"
         )
     LOG.info(
         "single-node families: %s rows x %d features would be %.0f MB, above tuning.single_node_max_mb %d; "
