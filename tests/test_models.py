@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
@@ -12,10 +15,13 @@ from pyspark.ml.regression import LinearRegressionModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
+from sklearn.metrics import roc_auc_score
 
-from deltaml.columns import WEIGHT_COL
+from deltaml.columns import FEATURES_COL, LABEL_COL, TREE_FEATURES_COL, WEIGHT_COL
+from deltaml.config.schema import FeaturesConfig
 from deltaml.errors import StepInputError
-from deltaml.ml.models import DecisionThreshold, class_weights, model_stages
+from deltaml.ml.features import build_feature_stages, category_values
+from deltaml.ml.models import SPARK_TREE_FAMILIES, DecisionThreshold, class_weights, model_stages
 
 FAMILIES = ["logistic_regression", "random_forest", "gbt", "linear_svc", "mlp"]
 
@@ -150,3 +156,39 @@ def test_a_class_absent_from_train_keeps_its_probability_slot(spark: SparkSessio
         label_classes(many, inferred)
     with pytest.raises(InputError, match=r"has 1 distinct value\(s\) of species"):
         label_classes(data.where("species = 'Adelie'"), inferred)
+
+
+@pytest.mark.parametrize("family", sorted(SPARK_TREE_FAMILIES))
+def test_spark_trees_split_a_categorical_column_on_its_levels_from_the_tree_vector(
+    spark: SparkSession, family: str
+) -> None:
+    """60 levels, every third one positive: one slot of the tree vector, split on levels, not on the rank's order.
+
+    Spark needs a bin per level (default maxBins 32 is too few: it is raised to the levels plus one); the
+    same trees on the one-hot vector see one level against all others per split.
+    """
+    rng = np.random.default_rng(3)
+    rows = 3000
+    level = rng.integers(0, 60, size=rows)
+    frame = pd.DataFrame({"x": rng.normal(size=rows), "c": [f"level{i}" for i in level]})
+    frame[LABEL_COL] = ((level % 3 == 0) ^ (rng.random(rows) < 0.05)).astype(float)
+    data = spark.createDataFrame(frame)
+    train, test = data.limit(2000), data.subtract(data.limit(2000))
+    features_config = FeaturesConfig.model_validate({"numeric": ["x"], "categorical": ["c"]})
+    features = Pipeline(stages=build_feature_stages(features_config, tree_features=True)).fit(train)
+    assert category_values(features) == 61
+    params = {"maxIter": 10, "maxDepth": 3} if family == "gbt" else {"numTrees": 10, "maxDepth": 3}
+    auc, splits = {}, {}
+    for categories in (61, None):
+        stages = model_stages(family, params, seed=1, categories=categories)
+        model = Pipeline(stages=stages).fit(features.transform(train))
+        estimator: Any = model.stages[-1]
+        assert estimator.getFeaturesCol() == (TREE_FEATURES_COL if categories else FEATURES_COL)
+        assert estimator.getOrDefault("maxBins") == (61 if categories else 32)
+        scored = model.transform(features.transform(test)).select(LABEL_COL, vector_to_array(F.col("probability"))[1])
+        labels, scores = zip(*[(r[0], r[1]) for r in scored.collect()], strict=True)
+        auc[categories] = roc_auc_score(labels, scores)
+        splits[categories] = estimator.toDebugString.count("feature 1 in {")  # a split on a set of levels
+    # Seen: random forest 0.935 against 0.852 one-hot; GBT (10 rounds of depth 3) 0.934 against 0.932.
+    assert auc[61] > 0.9 and auc[61] > auc[None] - 0.01
+    assert splits[61] > 0 and splits[None] == 0

@@ -121,7 +121,9 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     schema = loaded.metadata.get_input_schema()
     assert schema is not None and all(spec.required for spec in schema.inputs)
     sample: Any = spark.read.format("delta").load(str(state / CLEAN)).select(*schema.input_names()).limit(5).toPandas()
-    assert len(loaded.predict(sample)) == 5
+    predicted = loaded.predict(sample)
+    assert list(predicted.columns) == ["probability", "prediction"] and len(predicted) == 5
+    assert predicted["probability"].between(0, 1).all() and set(predicted["prediction"]) <= {0.0, 1.0}
     with pytest.raises(MlflowException, match="tenure"):
         loaded.predict(sample.drop(columns=["tenure"]))
 

@@ -9,7 +9,6 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import mlflow.spark
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,9 +18,10 @@ from pyspark.sql import functions as F
 
 from deltaml.columns import LABEL_COL, TREE_FEATURES_COL
 from deltaml.config.schema import FeaturesConfig
+from deltaml.io import flavor
 from deltaml.io.models import model_requirements, model_signature, package_folder
 from deltaml.ml.features import build_feature_stages, tree_layout
-from deltaml.ml.single_node import fit_single_node
+from deltaml.ml.single_node import FAMILY_PACKAGES, fit_single_node
 
 pytestmark = pytest.mark.slow
 
@@ -36,11 +36,12 @@ logging.basicConfig(level=logging.WARNING)
 logging.getLogger("deltaml").setLevel(logging.INFO)
 spark = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
 path, rows = sys.argv[1], pd.read_parquet(sys.argv[2])
-predicted = [float(v) for v in mlflow.pyfunc.load_model(path).predict(rows)]
+pyfunc = mlflow.pyfunc.load_model(path).predict(rows)
 scored = mlflow.spark.load_model(path).transform(spark.createDataFrame(rows)).orderBy("id").collect()
 import deltaml  # by now: the copy MLflow put on the driver's path from the model's code folder
 print(json.dumps({
-    "predicted": predicted,
+    "pyfunc_columns": list(pyfunc.columns),
+    "pyfunc": pyfunc.to_dict(orient="list"),
     "probability": [float(r["probability"][1]) for r in scored],
     "deltaml": deltaml.__file__,
 }))
@@ -96,11 +97,11 @@ def test_a_single_node_model_scores_in_an_environment_whose_workers_lack_deltaml
     model = PipelineModel(stages=[*fitted.stages, stage])
     inputs = data.select("id", "x1", "x2", "c")
     path = tmp_path / "model"
-    mlflow.spark.save_model(
+    flavor.save_model(
         model,
         str(path),
-        signature=model_signature(inputs, ["id", "x1", "x2", "c"]),
-        pip_requirements=model_requirements(single_node=True),
+        signature=model_signature(inputs, ["id", "x1", "x2", "c"], "binary"),
+        pip_requirements=model_requirements(FAMILY_PACKAGES["hist_gradient_boosting"]),
         code_paths=[str(package_folder(tmp_path))],
     )
     expected = model.transform(inputs).orderBy("id").select("prediction", F.col("probability")).collect()
@@ -124,6 +125,18 @@ def test_a_single_node_model_scores_in_an_environment_whose_workers_lack_deltaml
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["deltaml"].startswith(str(path / "code"))
-    assert result["predicted"] == [r["prediction"] for r in expected]
+    # MLflow's pyfunc gives the scores deltaml's predictions table has (the rows keep their order).
+    assert result["pyfunc_columns"] == ["probability", "prediction"]
+    assert result["pyfunc"]["prediction"] == [r["prediction"] for r in expected]
+    assert result["pyfunc"]["probability"] == pytest.approx([r["probability"][1] for r in expected], abs=1e-12)
     assert result["probability"] == pytest.approx([r["probability"][1] for r in expected], abs=1e-12)
     assert "sent its code to the executors" in done.stderr
+
+
+def test_a_single_node_model_pins_the_learner_it_needs_where_it_is_loaded() -> None:
+    from importlib.metadata import version
+
+    pins = {name: f"{name}=={version(name)}" for name in ("pyspark", "mlflow", "scikit-learn", "lightgbm")}
+    assert model_requirements() == [pins["pyspark"], pins["mlflow"]]
+    assert model_requirements(FAMILY_PACKAGES["hist_gradient_boosting"])[2:] == [pins["scikit-learn"]]
+    assert model_requirements(FAMILY_PACKAGES["lightgbm"])[2:] == [pins["scikit-learn"], pins["lightgbm"]]

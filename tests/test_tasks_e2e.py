@@ -5,17 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from pyspark.ml import PredictionModel
+from pyspark.ml.classification import GBTClassificationModel, RandomForestClassificationModel
 from pyspark.ml.feature import VectorAssembler
+from pyspark.ml.regression import GBTRegressionModel, RandomForestRegressionModel
 from pyspark.sql import SparkSession
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score
 
 from deltaml.cli import main
-from deltaml.columns import TREE_FEATURES_COL
+from deltaml.columns import FEATURES_COL, TREE_FEATURES_COL
 from deltaml.ml.single_node import SingleNodeModel
 from tests.conftest import ROOT, write_config
 
@@ -44,20 +48,46 @@ def _report_files(client: MlflowClient, run_id: str) -> set[str]:
 
 
 def _assert_the_winner_reads_its_own_vector(model_uri: str, features: int, categorical: int) -> str:
-    """A single-node winner reads the tree vector (one slot per categorical column, split as categories);
-    a Spark ML winner's pipeline does not build that vector. Returns the winner's stage type."""
+    """A tree winner (single-node, or Spark's random forest and GBT) reads the tree vector (one slot per
+    categorical column, split as categories); any other winner's pipeline does not build that vector.
+    Returns the winner's family or model class."""
     stages = mlflow.spark.load_model(model_uri).stages
     single = [s for s in stages if isinstance(s, SingleNodeModel)]
     tree_vector = [s for s in stages if isinstance(s, VectorAssembler) and s.getOutputCol() == TREE_FEATURES_COL]
     if not single:
-        assert tree_vector == []
-        return type(stages[-1]).__name__
+        (model,) = [s for s in stages if isinstance(s, PredictionModel)]
+        trees = isinstance(
+            model,
+            RandomForestClassificationModel | GBTClassificationModel | RandomForestRegressionModel | GBTRegressionModel,
+        )
+        assert model.getFeaturesCol() == (TREE_FEATURES_COL if trees else FEATURES_COL)
+        assert len(tree_vector) == (1 if trees else 0)
+        if trees:
+            assert model.numFeatures == features
+        return type(model).__name__
     assert single[0].getFeaturesCol() == TREE_FEATURES_COL and len(tree_vector) == 1
     estimator = single[0].estimator()
     assert estimator.n_features_in_ == features
     if single[0].getFamily() == "hist_gradient_boosting":
         assert int(estimator.is_categorical_.sum()) == categorical
     return single[0].getFamily()
+
+
+def _assert_pyfunc_gives_the_stored_scores(model_uri: str, joined: pd.DataFrame, scores: list[str]) -> None:
+    """MLflow's pyfunc of the registered model returns the score columns of the predictions table, equal to them,
+    and its output signature names them (so ``spark_udf`` returns them as a struct)."""
+    loaded = mlflow.pyfunc.load_model(model_uri)
+    inputs = loaded.metadata.get_input_schema()
+    outputs = loaded.metadata.get_output_schema()
+    assert inputs is not None and outputs is not None and outputs.input_names() == scores
+    sample = joined.head(25).reset_index(drop=True)
+    predicted = loaded.predict(sample[inputs.input_names()])
+    assert list(predicted.columns) == scores
+    for column in scores:
+        if sample[column].dtype == object:
+            assert list(predicted[column]) == list(sample[column])
+        else:
+            assert list(predicted[column]) == pytest.approx(list(sample[column]), abs=1e-9)
 
 
 def _evaluate_run(client: MlflowClient, name: str) -> mlflow.entities.Run:
@@ -116,6 +146,9 @@ def test_multiclass_penguins_train_register_and_score(spark: SparkSession, tmp_p
     report = _report_files(client, evaluate.info.run_id)
     assert {"confusion_matrix.png", "report.html", "metrics.json"} <= report
     winner = _assert_the_winner_reads_its_own_vector(f"models:/penguin_species/{champion.version}", 4, 2)
+    _assert_pyfunc_gives_the_stored_scores(
+        f"models:/penguin_species/{champion.version}", joined, ["probability", "prediction", "predicted_label"]
+    )
     print(f"penguins winner: {winner}")
     pipeline = client.get_run(str(evaluate.data.tags["mlflow.parentRunId"]))
     assert pipeline.data.params["contract.columns.île _x20ac_.type"] == "string"
@@ -148,4 +181,5 @@ def test_regression_diamonds_train_register_and_score(spark: SparkSession, tmp_p
     assert {"residuals.png", "predicted_vs_actual.png", "report.html"} <= report
     # Seven numeric features (log_carat derived) and cut, color and clarity as one slot each.
     winner = _assert_the_winner_reads_its_own_vector(f"models:/diamond_prices/{champion.version}", 10, 3)
+    _assert_pyfunc_gives_the_stored_scores(f"models:/diamond_prices/{champion.version}", joined, ["prediction"])
     print(f"diamonds winner: {winner}")

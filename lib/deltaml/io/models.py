@@ -7,21 +7,24 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import mlflow.artifacts
 import mlflow.spark
+from mlflow.models import Model
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from deltaml.columns import MODEL_ARTIFACT, PREDICTION_COL
+from deltaml.columns import MODEL_ARTIFACT
 from deltaml.errors import SetupError, StepInputError
+from deltaml.io import flavor
 from deltaml.io.session import is_connect
 
 _MLFLOW_TYPES = {
@@ -40,8 +43,9 @@ _MLFLOW_TYPES = {
 }
 
 
-def model_signature(df: DataFrame, columns: list[str]) -> ModelSignature:
-    """The model's input schema from the Spark schema: every column the model reads is required."""
+def model_signature(df: DataFrame, columns: list[str], task: str) -> ModelSignature:
+    """The model's signature: every column the model reads, required, with its type from the Spark schema;
+    out, the score columns of ``task`` (:func:`deltaml.io.flavor.score_schema`)."""
     fields = {f.name: f for f in df.schema.fields}
     specs: list[ColSpec | TensorSpec] = []
     for column in columns:
@@ -49,8 +53,7 @@ def model_signature(df: DataFrame, columns: list[str]) -> ModelSignature:
         if mlflow_type is None:
             raise StepInputError(f"step 'fit': column '{column}' has unsupported type {fields[column].dataType}")
         specs.append(ColSpec(mlflow_type, column))
-    outputs = Schema([ColSpec("double", PREDICTION_COL)])
-    return ModelSignature(inputs=Schema(specs), outputs=outputs)
+    return ModelSignature(inputs=Schema(specs), outputs=flavor.score_schema(task))
 
 
 def package_folder(scratch: Path) -> Path:
@@ -71,17 +74,16 @@ def package_folder(scratch: Path) -> Path:
     return scratch / inner
 
 
-def model_requirements(single_node: bool = False) -> list[str]:
+def model_requirements(packages: Sequence[str] = ()) -> list[str]:
     """The pip requirements of a logged Spark model, pinned to what trained it.
 
-    Giving them explicitly spares MLflow its requirement inference, which re-imports the
-    model in a subprocess and costs ~15 s per logged model. A model with a single-node
-    (scikit-learn) stage also needs scikit-learn where it is loaded.
+    pyspark and mlflow, and ``packages`` (a single-node stage's learner: scikit-learn, LightGBM).
+    Giving them explicitly spares MLflow its requirement inference, which re-imports the model in
+    a subprocess and costs ~15 s per logged model.
     """
     import importlib.metadata
 
-    names = ("pyspark", "mlflow", *(("scikit-learn",) if single_node else ()))
-    return [f"{name}=={importlib.metadata.version(name)}" for name in names]
+    return [f"{name}=={importlib.metadata.version(name)}" for name in ("pyspark", "mlflow", *packages)]
 
 
 # Where MLflow's Spark flavor puts the Spark ML model inside an MLflow model folder.
@@ -172,16 +174,33 @@ def log_spark_model(
     pip_requirements: list[str],
     code_paths: list[str],
 ) -> str:
-    """Log a fitted PipelineModel to the active run under :data:`MODEL_ARTIFACT`; returns its model URI."""
+    """Log a fitted PipelineModel from the active run as an MLflow LoggedModel named :data:`MODEL_ARTIFACT`.
+
+    Returns its model URI (``models:/m-...``). The model is listed in the experiment's Models tab,
+    with the run as its source; its flavors are MLflow's Spark flavor and deltaml's pyfunc
+    (:mod:`deltaml.io.flavor`), whose ``predict`` returns the probability beside the prediction.
+    """
     from pyspark.sql import SparkSession
 
     with _connect_model_files(SparkSession.getActiveSession()):
-        info = mlflow.spark.log_model(
-            model,
-            artifact_path=MODEL_ARTIFACT,
+        info = Model.log(
+            artifact_path=None,
+            name=MODEL_ARTIFACT,
+            flavor=flavor,
+            spark_model=model,
             signature=signature,
             input_example=input_example,
             pip_requirements=pip_requirements,
             code_paths=code_paths,
         )
     return str(info.model_uri)
+
+
+def model_run_id(uri: str) -> str | None:
+    """The run that logged the model at ``uri`` (``runs:/RUN/...``, ``models:/m-...``), or None."""
+    if uri.startswith("runs:/"):
+        return uri.removeprefix("runs:/").split("/", 1)[0]
+    if uri.startswith("models:/m-"):
+        model_id = uri.removeprefix("models:/").split("/", 1)[0]
+        return mlflow.MlflowClient().get_logged_model(model_id).source_run_id
+    return None

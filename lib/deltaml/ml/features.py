@@ -324,6 +324,16 @@ def tree_layout(features: FeaturesConfig) -> tuple[list[str], list[int]]:
     return names, categorical
 
 
+def category_values(model: PipelineModel) -> int:
+    """The most values a categorical slot of the tree vector takes in a fitted feature pipeline.
+
+    A column's levels learned by its StringIndexer, plus one for unseen and null values; 0 without
+    categorical columns. Spark's tree families need ``maxBins`` at least this large.
+    """
+    indexers = [s for s in model.stages if isinstance(s, StringIndexerModel)]
+    return max((len(labels) + 1 for s in indexers for labels in s.labelsArray), default=0)
+
+
 def bind_window_stages(
     model: PipelineModel,
     windows: list[WindowFeaturesConfig],

@@ -9,7 +9,6 @@ from datetime import datetime
 from pathlib import Path
 
 from pyspark.ml import PipelineModel
-from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -19,16 +18,13 @@ from deltaml.columns import (
     INPUT_HASH_COL,
     MODEL_NAME_COL,
     MODEL_VERSION_COL,
-    PREDICTED_LABEL_COL,
-    PREDICTION_COL,
-    PROBABILITY_COL,
     SCORED_AT_COL,
     SOURCE_TABLE_COL,
     SOURCE_TABLE_ID_COL,
     SOURCE_VERSION_COL,
 )
 from deltaml.io.catalog import Table, sql_literal, table_id
-from deltaml.ml.models import positive_probability
+from deltaml.io.flavor import score_columns
 
 
 @dataclass(frozen=True)
@@ -101,16 +97,7 @@ def score_frame(
     multiclass: ``prediction`` (class index), ``predicted_label`` and ``probability`` (of the predicted class);
     regression: ``prediction``.
     """
-    if task == "multiclass":
-        scores = [
-            F.array_max(vector_to_array(F.col(PROBABILITY_COL))).alias(PROBABILITY_COL),
-            F.col(PREDICTION_COL),
-            F.col(PREDICTED_LABEL_COL),
-        ]
-    elif task == "regression":
-        scores = [F.col(PREDICTION_COL)]
-    else:
-        scores = [positive_probability().alias(PROBABILITY_COL), F.col(PREDICTION_COL)]
+    scores = score_columns(task)
 
     def transform(df: DataFrame) -> DataFrame:
         if batch is not None:

@@ -69,6 +69,13 @@ LOG = logging.getLogger(__name__)
 
 SINGLE_NODE_FAMILIES = frozenset({"hist_gradient_boosting", "lightgbm"})
 
+# The packages a logged model of each family needs where it is loaded (LightGBM's estimators are
+# scikit-learn estimators).
+FAMILY_PACKAGES: dict[str, tuple[str, ...]] = {
+    "hist_gradient_boosting": ("scikit-learn",),
+    "lightgbm": ("scikit-learn", "lightgbm"),
+}
+
 
 # Spark UI: every trial job is in this group (``sc.cancelJobGroup`` stops running trials).
 TRIAL_JOB_GROUP = "deltaml-single-node-trials"

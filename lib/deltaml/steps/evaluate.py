@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from pyspark.sql import functions as F
 from deltaml.columns import LABEL_COL, PREDICTION_COL, SPLIT_COL, TEST, TRAIN, TREE_FEATURES_COL, VALIDATION
 from deltaml.errors import StepInputError
 from deltaml.io.catalog import read_table
+from deltaml.io.models import model_run_id
 from deltaml.io.tracking import active_run_id, log_folder
 from deltaml.ml.features import feature_names, tree_layout
 from deltaml.ml.labels import labelled_rows
@@ -105,11 +105,11 @@ def _log_profile(ctx: StepContext, data: DataFrame, scored_test: DataFrame, mode
         positive_probability().alias(column) if cfg.label.task == "binary" else F.col(column)
     )
     profile = reference_profile(cfg, data.where(F.col(SPLIT_COL) == TRAIN), predictions)
-    match = re.match(r"^runs:/([^/]+)/", model_uri)
-    if match is None:
-        LOG.warning("no reference profile stored: model %s is not a run artifact", model_uri)
+    run_id = model_run_id(model_uri)
+    if run_id is None:
+        LOG.warning("no reference profile stored: model %s was not logged by a run", model_uri)
         return
-    log_reference_profile(match.group(1), profile)
+    log_reference_profile(run_id, profile)
 
 
 def _unknown_class_rows(data: DataFrame, cfg: Any, classes: list[str]) -> dict[str, float]:
@@ -158,16 +158,17 @@ def _log_report(
     def importances() -> list[tuple[str, float]]:
         try:
             single = [s for s in model.stages if isinstance(s, SingleNodeModel)]
+            stage = single[-1] if single else classifier_stage(model)
+            if stage is not None and stage.getFeaturesCol() == TREE_FEATURES_COL:
+                names = tree_layout(cfg.features)[0]
+            else:
+                names = feature_names(model, cfg.features)
             if single:
                 values = permutation_importances(single[-1], scored_test, seed=cfg.seed)
-                if single[-1].getFeaturesCol() == TREE_FEATURES_COL:
-                    names = tree_layout(cfg.features)[0]
-                else:
-                    names = feature_names(model, cfg.features)
                 if values and len(values) != len(names):
                     raise ValueError(f"{len(values)} importances for {len(names)} feature names")
                 return sorted(zip(names, values, strict=False), key=lambda pair: -abs(pair[1]))
-            return feature_importances(classifier_stage(model), feature_names(model, cfg.features))
+            return feature_importances(stage, names)
         except (ValueError, StepInputError) as exc:
             LOG.warning("feature importances left out of the report: %s", exc)
             return []

@@ -25,15 +25,17 @@ from deltaml.io.models import log_spark_model, model_requirements, model_signatu
 from deltaml.io.session import default_parallelism
 from deltaml.io.tables import event_tables
 from deltaml.io.tracking import active_run_id, active_run_info, log_table
-from deltaml.ml.features import build_feature_stages, tree_layout
+from deltaml.ml.features import build_feature_stages, category_values, tree_layout
 from deltaml.ml.labels import _labelled_split, label_classes
 from deltaml.ml.models import (
+    SPARK_TREE_FAMILIES,
     class_weights,
     model_stages,
     positive_probability,
     supports_weights,
 )
 from deltaml.ml.single_node import (
+    FAMILY_PACKAGES,
     SINGLE_NODE_FAMILIES,
     ShippedData,
     executor_trial,
@@ -123,8 +125,8 @@ def run_fit(ctx: StepContext) -> StepResult:
         validation = _labelled_split(data, cfg, VALIDATION, classes=classes)
         # The window joins (nothing to fit) run once on train: their result feeds both the feature
         # fit and the train vectors.
-        # Tree families that split categories themselves read their own vector (ranks, not one-hot slots).
-        tree = any(c.family in SINGLE_NODE_FAMILIES for c in cfg.model.all_candidates)
+        # Tree families split categories themselves: they read their own vector (ranks, not one-hot slots).
+        tree = any(reads_tree_vector(c.family) for c in cfg.model.all_candidates)
         vector_cols = [FEATURES_COL, TREE_FEATURES_COL] if tree else [FEATURES_COL]
         stages = build_feature_stages(cfg.features, events=event_tables(cfg), tree_features=tree)
         windows, rest = leading_windows(stages)
@@ -152,13 +154,21 @@ def run_fit(ctx: StepContext) -> StepResult:
                 "step 'fit': the validation split has no labelled rows; set split.validation above 0 "
                 "(tuning, the choice of the winner and the decision threshold are measured on it)"
             )
-        shape = ModelShape(num_features, len(classes) if classes else 2, weighted, validation_rows, rows, tree_features)
+        shape = ModelShape(
+            num_features,
+            len(classes) if classes else 2,
+            weighted,
+            validation_rows,
+            rows,
+            tree_features,
+            category_values(features) if tree else None,
+        )
         results = _tune(ctx, train_vectors, validation_vectors, shape)
         winner = _winner(results, cfg.tuning_metric)
         threshold = _threshold(cfg, winner, validation_vectors)
         finish = finishing_stages(cfg, threshold, classes)
         feature_stages = features.stages
-        if winner.family not in SINGLE_NODE_FAMILIES:
+        if not reads_tree_vector(winner.family):
             feature_stages = [s for s in feature_stages if not _writes(s, TREE_FEATURES_COL)]
         final = PipelineModel(stages=[*feature_stages, *winner.model.stages, *finish])
         if cfg.tuning.refit_on == "train_validation":
@@ -172,9 +182,9 @@ def run_fit(ctx: StepContext) -> StepResult:
     with tempfile.TemporaryDirectory(prefix="deltaml-code-") as scratch:
         model_uri = log_spark_model(
             final,
-            signature=model_signature(data, cfg.features.columns),
+            signature=model_signature(data, cfg.features.columns, cfg.label.task),
             input_example=example,
-            pip_requirements=model_requirements(winner.family in SINGLE_NODE_FAMILIES),
+            pip_requirements=model_requirements(FAMILY_PACKAGES.get(winner.family, ())),
             # The pipeline's cleaning stages are deltaml classes: the model carries their code, so
             # it loads wherever MLflow does, with or without deltaml installed.
             code_paths=[str(package_folder(Path(scratch)))],
@@ -226,6 +236,11 @@ def trial_partitions(rows: int, cores: int, parallelism: int, rows_per_partition
     return max(1, min(cores // max(1, parallelism), math.ceil(rows / rows_per_partition)))
 
 
+def reads_tree_vector(family: str) -> bool:
+    """Whether the family reads the tree vector (categories as one slot each), not the one-hot ``features``."""
+    return family in SINGLE_NODE_FAMILIES or family in SPARK_TREE_FAMILIES
+
+
 def _writes(stage: Any, column: str) -> bool:
     """Whether ``stage`` is a vector assembler writing ``column``."""
     return isinstance(stage, VectorAssembler) and stage.getOutputCol() == column
@@ -241,6 +256,8 @@ class ModelShape:
     validation_rows: int
     train_rows: int
     tree_features: int = 0
+    # With the tree vector: the most values of its categorical slots (see model_stages' categories).
+    categories: int | None = None
 
 
 def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: ModelShape) -> list[FamilyResult]:
@@ -300,6 +317,7 @@ def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: Mode
                         weighted=shape.weighted,
                         task=task,
                         num_classes=shape.num_classes,
+                        categories=shape.categories,
                     )
                     model = Pipeline(stages=stages).fit(train)
                     scored = model.transform(validation)
@@ -434,7 +452,8 @@ def _refit(
         both = both.transform(class_weights())
     both = both.cache()
     single_node = winner.family in SINGLE_NODE_FAMILIES
-    features = build_feature_stages(cfg.features, events=event_tables(cfg), tree_features=single_node)
+    tree = reads_tree_vector(winner.family)
+    features = build_feature_stages(cfg.features, events=event_tables(cfg), tree_features=tree)
     try:
         # The features first: refitted on more rows, the vector can change size (mlp needs it).
         fitted = fit_pipeline(Pipeline(stages=features), both)
@@ -470,6 +489,7 @@ def _refit(
                 weighted=shape.weighted,
                 task=task,
                 num_classes=shape.num_classes,
+                categories=category_values(fitted) if tree else None,
             )
             model = Pipeline(stages=estimator).fit(vectors)
             return PipelineModel(stages=[*fitted.stages, *model.stages, *finish])
