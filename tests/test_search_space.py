@@ -15,7 +15,14 @@ from hyperopt.pyll.stochastic import sample
 from pydantic import ValidationError
 
 from deltaml.config.schema import CandidateConfig
-from deltaml.config.search_space import build_space, describe, params_from_sample, searched_params, validate_search
+from deltaml.config.search_space import (
+    DEFAULT_SPACES,
+    build_space,
+    describe,
+    params_from_sample,
+    searched_params,
+    validate_search,
+)
 
 N_SAMPLES = 200
 
@@ -371,3 +378,40 @@ def test_describe_is_one_readable_line() -> None:
         "stepSize~quniform[0, 0.3, 0.01], layers~choice{[16, 8] | [32]}, fitIntercept=true, maxIter=50"
     )
     assert describe({}) == "(empty search space)"
+
+
+@pytest.mark.parametrize(
+    ("family", "tasks"),
+    [
+        ("logistic_regression", ["binary", "multiclass"]),
+        ("linear_svc", ["binary"]),
+        ("mlp", ["binary", "multiclass"]),
+        ("random_forest", ["binary", "multiclass", "regression"]),
+        ("gbt", ["binary", "regression"]),
+        ("linear_regression", ["regression"]),
+        ("hist_gradient_boosting", ["binary", "multiclass", "regression"]),
+        ("lightgbm", ["binary", "multiclass", "regression"]),
+    ],
+)
+def test_search_default_is_a_space_whose_every_draw_builds_the_family(
+    spark: Any, family: str, tasks: list[str]
+) -> None:
+    """``search: default`` gives each family deltaml's space; params the candidate fixes stay fixed."""
+    from deltaml.ml.models import model_stages
+    from deltaml.ml.single_node import SINGLE_NODE_FAMILIES, single_node_estimator
+
+    candidate = CandidateConfig.model_validate({"family": family, "search": "default"})
+    assert candidate.search == DEFAULT_SPACES[family] and candidate.search
+    rng = np.random.default_rng(0)
+    space = build_space(candidate.search, family)
+    for _ in range(5):
+        params = params_from_sample(sample(space, rng=rng), candidate.search)
+        assert set(params) == set(DEFAULT_SPACES[family])
+        for task in tasks:
+            if family in SINGLE_NODE_FAMILIES:
+                single_node_estimator(family, task, params, seed=1)
+            else:
+                model_stages(family, params, seed=1, num_features=3, task=task, num_classes=3)
+    fixed = next(iter(DEFAULT_SPACES[family]))
+    pinned = CandidateConfig.model_validate({"family": family, "params": {fixed: 7}, "search": "default"})
+    assert fixed not in pinned.search and set(pinned.search) == set(DEFAULT_SPACES[family]) - {fixed}

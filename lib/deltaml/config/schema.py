@@ -916,9 +916,23 @@ class CandidateConfig(_Model):
     single-node families, ``hidden_layers`` for ``mlp``."""
     search: dict[str, Any] = Field(default_factory=dict)
     """Param -> Hyperopt distribution in YAML: ``uniform``, ``loguniform``, ``quniform``, ``qloguniform``,
-    ``randint`` or ``choice`` (options may be nested spaces)."""
+    ``randint`` or ``choice`` (options may be nested spaces); or ``default``: deltaml's space for the family
+    (see the models guide), less the params fixed in ``params``."""
     max_evals: int | None = Field(default=None, ge=1)
     """This family's own trial budget (default: ``tuning.max_evals``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_space(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("search") == "default":
+            from deltaml.config.search_space import default_search
+
+            params = data.get("params") or {}
+            data = {
+                **data,
+                "search": default_search(str(data.get("family")), params if isinstance(params, dict) else {}),
+            }
+        return data
 
     @field_validator("search")
     @classmethod

@@ -70,6 +70,52 @@ _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MULTIPLE_TOLERANCE = 1e-9
 
 
+# ``search: default``: a space per family over the params that matter most for it, with ranges that
+# hold up across tables (regularisation over orders of magnitude, tree size and leaf size, the
+# learning rate of boosted trees). Trees' sizes (numTrees, maxIter, max_iter, n_estimators) stay
+# params: they buy accuracy with time, which is the user's budget to set.
+DEFAULT_SPACES: dict[str, dict[str, Any]] = {
+    "logistic_regression": {"regParam": {"loguniform": [1e-4, 1.0]}, "elasticNetParam": {"uniform": [0.0, 1.0]}},
+    "linear_regression": {"regParam": {"loguniform": [1e-4, 1.0]}, "elasticNetParam": {"uniform": [0.0, 1.0]}},
+    "linear_svc": {"regParam": {"loguniform": [1e-4, 1.0]}},
+    "mlp": {"hidden_layers": {"choice": [[16], [32], [32, 16]]}},
+    "random_forest": {
+        "maxDepth": {"quniform": [4, 12, 1]},
+        "minInstancesPerNode": {"quniform": [1, 20, 1]},
+        "featureSubsetStrategy": {"choice": ["sqrt", "onethird", "0.5"]},
+        "subsamplingRate": {"uniform": [0.6, 1.0]},
+    },
+    "gbt": {
+        "maxDepth": {"quniform": [2, 6, 1]},
+        "stepSize": {"loguniform": [0.03, 0.3]},
+        "minInstancesPerNode": {"quniform": [1, 20, 1]},
+        "subsamplingRate": {"uniform": [0.6, 1.0]},
+    },
+    "hist_gradient_boosting": {
+        "learning_rate": {"loguniform": [0.02, 0.3]},
+        "max_leaf_nodes": {"quniform": [8, 64, 1]},
+        "min_samples_leaf": {"quniform": [5, 100, 1]},
+        "l2_regularization": {"loguniform": [1e-3, 10.0]},
+    },
+    "lightgbm": {
+        "learning_rate": {"loguniform": [0.02, 0.3]},
+        "num_leaves": {"quniform": [8, 128, 1]},
+        "min_child_samples": {"quniform": [5, 100, 1]},
+        "reg_lambda": {"loguniform": [1e-3, 10.0]},
+        "colsample_bytree": {"uniform": [0.5, 1.0]},
+    },
+}
+
+
+def default_search(family: str, fixed: Any = ()) -> dict[str, Any]:
+    """deltaml's search space of ``family`` (``search: default``), without the params in ``fixed``.
+
+    Params the candidate fixes keep their value: a param is set in one place only. An unknown family
+    gets an empty space (the family itself is then reported by the config's validation).
+    """
+    return {name: spec for name, spec in DEFAULT_SPACES.get(family, {}).items() if name not in set(fixed)}
+
+
 @dataclass(frozen=True)
 class _Fixed:
     """A fixed value: a scalar, or a list inside a choice."""
