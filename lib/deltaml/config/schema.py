@@ -480,7 +480,7 @@ class RareCategoriesConfig(_Model):
     """Group categories rarer than the thresholds (and unseen ones) into one ``other`` level, learned on train.
 
     ``max_categories`` (0: no cap) also caps each column at its most frequent levels, which
-    caps the one-hot slots per column.
+    caps the one-hot slots per column and the bins Spark's tree families need (``maxBins``).
     """
 
     min_frequency: float = Field(default=0.01, ge=0, lt=1)
@@ -710,7 +710,7 @@ class FeaturesConfig(_Model):
     """Numeric input columns: cast to double, imputed, optionally capped, and scaled if ``scale``."""
     categorical: list[str] = Field(default_factory=list)
     """Categorical input columns: optionally grouped (``rare_categories``), indexed (unseen and null values get their
-    own slot) and one-hot encoded."""
+    own slot) and one-hot encoded; the tree families read each as one slot split on groups of levels."""
     derived: list[DerivedFeature] = Field(default_factory=list)
     """Features computed from input columns inside the fitted pipeline."""
     windows: list[WindowFeaturesConfig] = Field(default_factory=list)
