@@ -35,10 +35,10 @@ from pyspark.sql import functions as F
 from deltaml.cli import main as deltaml_main
 from deltaml.columns import INGEST_BATCH_COL
 from deltaml.config.loader import load_config
+from deltaml.io.flavor import positive_probability
 from deltaml.io.session import get_spark
 from deltaml.io.tables import resolve_tables
 from deltaml.io.tracking import resolve_tracking_uri
-from deltaml.ml.models import positive_probability
 
 CONF = "conf/telco_churn.yml"
 

@@ -113,7 +113,8 @@ def default_search(family: str, fixed: Any = ()) -> dict[str, Any]:
     Params the candidate fixes keep their value: a param is set in one place only. An unknown family
     gets an empty space (the family itself is then reported by the config's validation).
     """
-    return {name: spec for name, spec in DEFAULT_SPACES.get(family, {}).items() if name not in set(fixed)}
+    fixed = set(fixed)
+    return {name: spec for name, spec in DEFAULT_SPACES.get(family, {}).items() if name not in fixed}
 
 
 @dataclass(frozen=True)

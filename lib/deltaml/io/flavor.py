@@ -11,25 +11,32 @@ pandas DataFrame with the columns deltaml's predictions table has (see :func:`sc
 
 The model's output signature names the same columns, so ``mlflow.pyfunc.spark_udf`` returns them
 as a struct. The module is loaded from the model's own ``code/`` folder where deltaml is not
-installed, so it imports only pyspark, mlflow and deltaml's ground layer.
+installed, so it imports only pyspark, mlflow and deltaml's ground layer; MLflow only where it is
+used, so the Spark ML stages that build their columns here (``positive_probability``) import no
+MLflow.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlflow.spark
-from mlflow.models import Model
-from mlflow.pyfunc import MAIN as LOADER_MODULE
-from mlflow.types.schema import ColSpec, Schema
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
 from deltaml.columns import PREDICTED_LABEL_COL, PREDICTION_COL, PROBABILITY_COL
 
+if TYPE_CHECKING:
+    from mlflow.models import Model
+    from mlflow.types.schema import Schema
+
 _PYFUNC = "python_function"
+
+
+def positive_probability(probability_col: str = PROBABILITY_COL) -> Column:
+    """The positive class's probability: slot 1 of a model's probability vector, as a double column."""
+    return vector_to_array(F.col(probability_col))[1]
 
 
 def score_columns(task: str) -> list[Column]:
@@ -42,11 +49,13 @@ def score_columns(task: str) -> list[Column]:
         ]
     if task == "regression":
         return [F.col(PREDICTION_COL)]
-    return [vector_to_array(F.col(PROBABILITY_COL))[1].alias(PROBABILITY_COL), F.col(PREDICTION_COL)]
+    return [positive_probability().alias(PROBABILITY_COL), F.col(PREDICTION_COL)]
 
 
 def score_schema(task: str) -> Schema:
     """The output signature: the columns :func:`score_columns` gives, with their MLflow types."""
+    from mlflow.types.schema import ColSpec, Schema
+
     specs = {
         "binary": [ColSpec("double", PROBABILITY_COL), ColSpec("double", PREDICTION_COL)],
         "multiclass": [
@@ -68,6 +77,10 @@ def task_of(columns: list[str]) -> str:
 
 def save_model(spark_model: Any, path: str, mlflow_model: Model | None = None, **kwargs: Any) -> None:
     """MLflow's ``save_model`` of this flavor: the Spark flavor's, with the pyfunc loader pointed here."""
+    import mlflow.spark
+    from mlflow.models import Model
+    from mlflow.pyfunc import MAIN as LOADER_MODULE
+
     mlflow_model = mlflow_model or Model()
     mlflow.spark.save_model(spark_model, path, mlflow_model=mlflow_model, **kwargs)
     mlflow_model.flavors[_PYFUNC][LOADER_MODULE] = __name__
@@ -90,4 +103,6 @@ class ScoresModel:
 
 def _load_pyfunc(path: str, model_config: Any = None) -> ScoresModel:
     """MLflow's pyfunc loader hook: ``path`` is the model's ``sparkml`` folder."""
+    import mlflow.spark
+
     return ScoresModel(mlflow.spark._load_pyfunc(path))

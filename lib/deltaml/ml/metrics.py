@@ -12,7 +12,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from deltaml.columns import LABEL_COL, PREDICTION_COL, PROBABILITY_COL, RAW_PREDICTION_COL
-from deltaml.ml.models import positive_probability
+from deltaml.io.flavor import positive_probability
 from deltaml.ml.single_node import arrow_matrix, validation_metrics
 from deltaml.tasks import LOG_LOSS_EPS
 

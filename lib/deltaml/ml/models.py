@@ -42,6 +42,7 @@ from deltaml.columns import (
 )
 from deltaml.config.schema import LabelConfig
 from deltaml.errors import StepInputError
+from deltaml.io.flavor import positive_probability
 
 _CLASSIFIERS: dict[str, Any] = {
     "logistic_regression": LogisticRegression,
@@ -67,11 +68,6 @@ SPARK_TREE_FAMILIES = frozenset({"random_forest", "gbt"})
 
 # Params deltaml sets itself: a config that sets them would silently be overridden.
 _RESERVED = {"featuresCol", "labelCol", "weightCol", "predictionCol", "probabilityCol", "rawPredictionCol", "layers"}
-
-
-def positive_probability(probability_col: str = PROBABILITY_COL) -> Column:
-    """The positive class's probability: slot 1 of a model's probability vector, as a double column."""
-    return vector_to_array(F.col(probability_col))[1]
 
 
 class DecisionThreshold(Transformer, DefaultParamsReadable["DecisionThreshold"], DefaultParamsWritable):

@@ -16,12 +16,13 @@ from pyspark.sql import functions as F
 from deltaml.columns import LABEL_COL, PREDICTION_COL, SPLIT_COL, TEST, TRAIN, TREE_FEATURES_COL, VALIDATION
 from deltaml.errors import StepInputError
 from deltaml.io.catalog import read_table
+from deltaml.io.flavor import positive_probability
 from deltaml.io.models import model_run_id
 from deltaml.io.tracking import active_run_id, log_folder
 from deltaml.ml.features import feature_names, tree_layout
 from deltaml.ml.labels import labelled_rows
 from deltaml.ml.metrics import task_metrics
-from deltaml.ml.models import DecisionThreshold, encode_label, model_classes, positive_probability
+from deltaml.ml.models import DecisionThreshold, encode_label, model_classes
 from deltaml.ml.single_node import SingleNodeModel, permutation_importances
 from deltaml.quality.contracts import check_columns
 from deltaml.quality.profile import log_reference_profile, prediction_column, reference_profile

@@ -21,6 +21,7 @@ from deltaml.columns import FEATURES_COL, LABEL_COL, SPLIT_COL, TRAIN, TREE_FEAT
 from deltaml.config.schema import PipelineConfig
 from deltaml.errors import StepInputError
 from deltaml.io.catalog import read_table
+from deltaml.io.flavor import positive_probability
 from deltaml.io.models import log_spark_model, model_requirements, model_signature, package_folder
 from deltaml.io.session import default_parallelism
 from deltaml.io.tables import event_tables
@@ -31,7 +32,6 @@ from deltaml.ml.models import (
     SPARK_TREE_FAMILIES,
     class_weights,
     model_stages,
-    positive_probability,
     supports_weights,
 )
 from deltaml.ml.single_node import (

@@ -33,13 +33,14 @@ from deltaml.columns import (
 )
 from deltaml.errors import DeltamlError, StepInputError, one_line
 from deltaml.io.catalog import read_table, table_version
+from deltaml.io.flavor import positive_probability
 from deltaml.io.models import load_spark_model, registered_model_uri
 from deltaml.io.registry import champion_version, promote, register_version, tag_version
 from deltaml.io.tables import event_tables
 from deltaml.io.tracking import latest_step_run, mlflow_client
 from deltaml.ml.features import bind_window_stages
 from deltaml.ml.labels import labelled_rows
-from deltaml.ml.models import model_classes, positive_probability
+from deltaml.ml.models import model_classes
 from deltaml.quality.contracts import check_columns
 from deltaml.quality.gate import GateDecision, gate_decision
 from deltaml.steps.base import Step, StepContext, StepResult, load_fitted_model
