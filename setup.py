@@ -23,7 +23,7 @@ setup(
     python_requires=">=3.11,<3.13",
     package_dir={"": "lib"},
     packages=find_packages("lib"),
-    package_data={"deltaml": ["py.typed"]},
+    package_data={"deltaml": ["py.typed", "config/env/*.yml"]},
     license="Apache-2.0",
     license_files=["LICENSE"],
     author="The deltaml developers",

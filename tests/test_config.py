@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from deltaml.config.loader import REDACTED_NOTE, load_config
+from deltaml.cli import main
+from deltaml.config.loader import PACKAGED_OVERLAYS, REDACTED_NOTE, load_config
 from deltaml.errors import ConfigError
+from deltaml.pipeline.runner import check_config, run_pipeline
 from tests.conftest import TELCO_CONF, telco_config_dict, write_config
 
 
@@ -217,6 +220,23 @@ def test_missing_file_invalid_yaml_and_unknown_overlay(tmp_path: Path) -> None:
         load_config(TELCO_CONF, env="moon")
 
 
+@pytest.mark.parametrize("env", ["local", "local-connect"])
+def test_a_config_outside_conf_gets_the_packaged_overlay(tmp_path: Path, env: str) -> None:
+    """Before, ``--env local`` (every README command) failed for a config outside the repo's conf/."""
+    path = write_config(tmp_path / "mine.yml", telco_config_dict())
+    loaded = load_config(path, env=env)
+    assert loaded.source_files == [str(path), str(PACKAGED_OVERLAYS / f"{env}.yml")]
+    # The packaged copies are the repository's: the docs and conf/ describe what a user gets.
+    assert (PACKAGED_OVERLAYS / f"{env}.yml").read_text() == (TELCO_CONF.parent / "env" / f"{env}.yml").read_text()
+    assert loaded.pipeline.spark.conf["spark.sql.shuffle.partitions"] == 4
+    # An overlay beside the config still wins.
+    (tmp_path / "env").mkdir()
+    write_config(tmp_path / "env" / f"{env}.yml", {"seed": 11})
+    assert load_config(path, env=env).pipeline.seed == 11
+    with pytest.raises(ConfigError, match=r"overlay 'cluster' not found .*available: \['local', 'local-connect'\]"):
+        load_config(tmp_path / "mine.yml", env="cluster")
+
+
 FLIGHTS_CONF = TELCO_CONF.parent / "flight_delays.yml"
 
 
@@ -287,6 +307,46 @@ def test_bad_candidate_is_one_config_line(tmp_path: Path, candidates: list[objec
     with pytest.raises(ConfigError, match=message) as caught:
         load_config(_bad(tmp_path, {"model.candidates": candidates}))
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("candidates", "message"),
+    [
+        # Fixed and searched, in nested choices too (a choice's own name, x, is no param): a Spark
+        # family's params are read from its class, with no JVM.
+        (
+            [{"family": "gbt", "params": {"maxDepht": 3}, "search": {"x": {"choice": [{"stepSise": 0.1}]}}}],
+            r"'model.candidates.0': \['maxDepht', 'stepSise'\] are not params of GBTClassifier \(gbt\); valid: ",
+        ),
+        (
+            [{"family": "logistic_regression"}, {"family": "lightgbm", "search": {"num_leafs": {"randint": [2, 9]}}}],
+            r"'model.candidates.1': \['num_leafs'\] are not params of LGBMClassifier .*LightGBM's own parameters",
+        ),
+        (
+            [{"family": "hist_gradient_boosting", "params": {"max_iter": 10.5}}],
+            r"'model.candidates.0': hist_gradient_boosting param max_iter must be a whole number, got 10.5",
+        ),
+    ],
+)
+def test_a_param_the_family_does_not_take_fails_check_config_with_exit_2(
+    tmp_path: Path, candidates: list[object], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, these failed only at fit, minutes into a run (exit 4); now check-config and run refuse them."""
+    conf = _bad(tmp_path, {"model.candidates": candidates})
+    assert main(["check-config", str(conf)]) == 2
+    error = capsys.readouterr().err
+    assert re.search(message, error), error
+    assert error.count("\n") == 1 and error.startswith("deltaml: error: invalid config (")
+    with pytest.raises(ConfigError, match=message):
+        run_pipeline(load_config(conf))  # before the tracking server check and the Spark session
+
+
+def test_lightgbm_keyword_params_and_default_spaces_pass_check_config(tmp_path: Path) -> None:
+    candidates = [
+        {"family": "lightgbm", "params": {"verbose": -1, "min_data_in_leaf": 5}, "search": "default"},
+        *({"family": f, "search": "default"} for f in ("logistic_regression", "random_forest", "gbt", "mlp")),
+    ]
+    check_config(load_config(_bad(tmp_path, {"model.candidates": candidates})))
 
 
 def test_demo_config_tunes_four_families_and_register_keeps_its_yaml_name() -> None:

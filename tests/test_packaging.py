@@ -149,3 +149,19 @@ def test_an_unreachable_tracking_server_fails_before_spark_starts_and_hides_the_
         ("start it, or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI", "else --conf's mlflow.tracking_uri)")
     )
     assert "s3cret" not in done.stderr + done.stdout
+
+
+def test_the_wheel_carries_the_overlays_deltaml_falls_back_to(tmp_path: Path) -> None:
+    """``--env local`` for a config outside conf/ reads the packaged overlay: the build must copy it.
+
+    ``build_py`` is the step of a wheel build that gathers the package's files (``package_data``);
+    it needs only setuptools, no download.
+    """
+    subprocess.run(
+        [sys.executable, "setup.py", "--quiet", "build_py", "--build-lib", str(tmp_path)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    built = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert {"deltaml/config/env/local.yml", "deltaml/config/env/local-connect.yml", "deltaml/py.typed"} <= built

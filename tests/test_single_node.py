@@ -196,6 +196,29 @@ def test_regression_trial_and_driver_fit(spark: SparkSession, tmp_path: Path) ->
     assert importances[0] > importances[1] > 0.3 > max(abs(importances[2]), abs(importances[3]))
 
 
+def test_permutation_importances_run_on_one_thread_within_their_time(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uncapped, the estimator's OpenMP threads fought the driver's JVM: 2,742 s of evaluate on 48k rows."""
+    import sklearn.inspection
+    from threadpoolctl import threadpool_info
+
+    train, validation = _regression(spark)
+    model = fit_single_node(spark, train, "hist_gradient_boosting", "regression", PARAMS, seed=3, max_rows=10_000)
+    threads: list[int] = []
+    real = sklearn.inspection.permutation_importance
+
+    def counting_threads(*args: Any, **kwargs: Any) -> Any:
+        threads.append(max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sklearn.inspection, "permutation_importance", counting_threads)
+    assert len(permutation_importances(model, validation, seed=3, max_seconds=60)) == 4
+    assert threads == [1]
+    with pytest.raises(StepInputError, match=r"above evaluate\.importances\.max_seconds 1e-09; raise it"):
+        permutation_importances(model, validation, seed=3, max_seconds=1e-9)
+
+
 def test_max_rows_samples_train_and_validation(spark: SparkSession, caplog: pytest.LogCaptureFixture) -> None:
     train, validation = _binary(spark)
     with caplog.at_level(logging.INFO, logger="deltaml.ml.single_node"):

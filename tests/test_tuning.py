@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import threading
@@ -15,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from deltaml.ml.tuning import SearchBudget, TrialLogger, TrialOutcome, search_family
+from deltaml.steps.fit import _log_leaderboard, leaderboard_rows
 
 SPACE = {"regParam": {"loguniform": [1e-5, 1.0]}, "maxIter": {"quniform": [10, 50, 10]}}
 
@@ -131,6 +133,26 @@ def test_early_stopping_and_deadline_end_the_search() -> None:
         "lr", SPACE, {}, sleepy, metric="auc_roc", budget=_budget(deadline=time.monotonic() + 0.5, parallelism=1)
     )
     assert late.stopped == "timeout" and 1 <= len(late.trials) < 12
+
+
+def test_the_leaderboard_says_how_many_trials_of_the_budget_ran(caplog: pytest.LogCaptureFixture) -> None:
+    """Before, a search cut by the timeout or early stopping showed "3 trial(s)", as if 3 were the budget."""
+
+    def sleepy(params: dict[str, Any]) -> tuple[None, dict[str, float]]:
+        time.sleep(0.3)
+        return None, {"auc_roc": 0.5}
+
+    late = search_family(
+        "lr", SPACE, {}, sleepy, metric="auc_roc", budget=_budget(deadline=time.monotonic() + 0.5, parallelism=1)
+    )
+    whole = search_family("gbt", SPACE, {}, _bowl, metric="auc_roc", budget=_budget(max_evals=4))
+    assert (late.max_evals, whole.max_evals, len(whole.trials)) == (12, 4, 4)
+    with caplog.at_level(logging.INFO, logger="deltaml.steps.fit"):
+        _log_leaderboard([late, whole], "auc_roc")
+    lines = caplog.text
+    assert f"{len(late.trials)} of 12 trials (timeout)" in lines, lines
+    assert "gbt" in lines and "4 trial(s)" in lines and "of 4" not in lines, lines
+    assert [row["max_evals"] for row in leaderboard_rows([late, whole], "auc_roc")] == [4, 12]
 
 
 def test_a_huge_trial_budget_builds_nothing_per_possible_trial() -> None:

@@ -334,6 +334,18 @@ def test_a_reused_validate_run_rechecks_freshness_against_the_clock(
         _validate(conf, spark)
 
 
+def test_the_summary_names_each_warning(spark: SparkSession, tmp_path: Path) -> None:
+    """Before, the summary ended with "warnings: 2" and the user had to find them in the log."""
+    rows = [(i, str(x), c, code, y, "n") for i, x, c, code, y in GOOD]
+    _write_source(spark, tmp_path, rows, schema="id long, x string, cat string, code string, y string, note string")
+    loaded = load_config(_config(tmp_path))
+    summary = run_pipeline(loaded, steps=["ingest", "validate"], spark=spark).results["validate"].summary
+    assert summary.endswith(
+        "; 2 warnings: column 'x' has type string, the contract says double; coerced, values that do not convert "
+        "break rule x.type | column(s) ['note'] are not in the contract (add them to contract.columns)"
+    ), summary
+
+
 def test_warn_rules_pass_rows_and_are_counted(spark: SparkSession, tmp_path: Path) -> None:
     contract = json.loads(json.dumps(CONTRACT))
     contract["columns"]["x"]["actions"] = {"max": "warn"}

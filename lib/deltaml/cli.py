@@ -240,6 +240,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, *(["score.mode=full"] if getattr(args, "full", False) else [])]
     loaded = load_config(args.config, env=args.env, overrides=overrides)
     if args.command == "check-config":
+        from deltaml.pipeline.runner import check_config
+
+        check_config(loaded)
         print(yaml.safe_dump(loaded.effective, sort_keys=False), end="")
         print(f"# config hash: {loaded.config_hash}")
         return 0

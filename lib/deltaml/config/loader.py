@@ -51,7 +51,8 @@ def load_config(
 
     Args:
         path: The pipeline YAML file.
-        env: Optional overlay name; ``conf/env/<env>.yml`` beside the file (or next to its folder).
+        env: Optional overlay name: ``env/<env>.yml`` beside the file (or next to its folder), else the
+            overlay of that name deltaml ships (``local``, ``local-connect``).
         overrides: ``key.path=value`` strings; values are parsed as YAML scalars.
 
     Returns:
@@ -101,14 +102,21 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return loaded
 
 
+# The overlays that suit any pipeline (``local``, ``local-connect``) ship with the package too, so
+# ``--env local`` works for a config kept outside a copy of the repository's conf/.
+PACKAGED_OVERLAYS = Path(__file__).with_name("env")
+
+
 def _find_overlay(base_path: Path, env: str) -> Path:
-    candidates = [base_path.parent / "env" / f"{env}.yml", base_path.parent.parent / "env" / f"{env}.yml"]
-    for candidate in candidates:
+    """``env/<env>.yml`` beside the config or beside its folder, else the packaged overlay of that name."""
+    beside = [base_path.parent / "env" / f"{env}.yml", base_path.parent.parent / "env" / f"{env}.yml"]
+    for candidate in [*beside, PACKAGED_OVERLAYS / f"{env}.yml"]:
         if candidate.is_file():
             return candidate
-    available = sorted({p.stem for c in candidates for p in c.parent.glob("*.yml")})
+    found = {p.stem for folder in [*(c.parent for c in beside), PACKAGED_OVERLAYS] for p in folder.glob("*.yml")}
     raise ConfigError(
-        f"environment overlay '{env}' not found (looked for {candidates[0]}); available: {available or 'none'}"
+        f"environment overlay '{env}' not found (looked for {beside[0]}, and deltaml ships none of that name); "
+        f"available: {sorted(found)}; write {beside[0]} or give another --env"
     )
 
 

@@ -1010,6 +1010,27 @@ class CostConfig(_Model):
     """The cost of a false negative."""
 
 
+class ImportancesConfig(_Model):
+    """The feature importances of the evaluation report.
+
+    Spark's tree and linear families carry their own (split gains, coefficients), free to read.
+    Single-node families (HistGradientBoosting, LightGBM) get permutation importances: the drop in
+    test AUC-ROC (accuracy, R²) when one feature slot is shuffled, computed on the driver, one
+    thread, on a sample of ``max_rows`` test rows, ``repeats`` shuffles per slot; the sample shrinks
+    so the work fits ``max_seconds``.
+    """
+
+    enabled: bool = True
+    """``false`` leaves importances out of the report (no permutation work at all)."""
+    max_rows: int = Field(default=5000, ge=500, le=1_000_000)
+    """Test rows permutation importances are computed on (a seeded sample)."""
+    repeats: int = Field(default=3, ge=1, le=100)
+    """Shuffles of each slot; the importance is their mean."""
+    max_seconds: float = Field(default=120.0, gt=0)
+    """The time permutation importances may take; the sample shrinks to fit it, and below 500 rows they are left
+    out with a warning."""
+
+
 class EvaluateConfig(_Model):
     """The decision threshold and the metrics reported on validation and test.
 
@@ -1024,6 +1045,8 @@ class EvaluateConfig(_Model):
     (binary labels only)."""
     cost: CostConfig = Field(default_factory=CostConfig)
     """The error costs ``threshold_rule: min_cost`` minimises."""
+    importances: ImportancesConfig = Field(default_factory=ImportancesConfig)
+    """Feature importances in the report: on or off, and the sample and time permutation importances get."""
 
 
 class GateConfig(_Model):

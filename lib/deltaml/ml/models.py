@@ -11,7 +11,7 @@ layering, still re-exported there): do not move or rename the stages.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Self
 
 from pyspark import keyword_only
@@ -117,6 +117,29 @@ class MarginToProbability(Transformer, DefaultParamsReadable["MarginToProbabilit
         return dataset.withColumn(PROBABILITY_COL, array_to_vector(F.array(F.lit(1.0) - positive, positive)))
 
 
+def spark_param_problem(family: str, task: str, names: Collection[str]) -> str | None:
+    """What is wrong with the param names a config gives a Spark family, or None; no JVM is needed.
+
+    The names are read from the estimator's class (pyspark declares each param as a class
+    attribute), so ``check-config`` can refuse a misspelt param before any Spark session starts.
+
+    Args:
+        family: A Spark ML family that can learn ``task``.
+        task: ``binary``, ``multiclass`` or ``regression``.
+        names: The params the config sets or searches (``hidden_layers`` is ``mlp``'s own).
+    """
+    estimators = _REGRESSORS if task == "regression" else _CLASSIFIERS
+    estimator = estimators[family]
+    valid = sorted(
+        name for name in dir(estimator) if isinstance(getattr(estimator, name), Param) and name not in _RESERVED
+    )
+    own = {"hidden_layers"} if family == "mlp" else set()
+    unknown = sorted(set(names) - set(valid) - own)
+    if unknown:
+        return f"{unknown} are not params of {estimator.__name__} ({family}); valid: {sorted([*valid, *own])}"
+    return None
+
+
 def model_stages(
     family: str,
     params: dict[str, Any],
@@ -170,12 +193,9 @@ def model_stages(
         estimator.set(estimator.getParam("layers"), [num_features, *sizes, num_classes])
     elif hidden is not None:
         raise StepInputError(f"step 'fit': hidden_layers is a param of mlp only, not of {family}")
-    valid = sorted(p.name for p in estimator.params if p.name not in _RESERVED)
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise StepInputError(
-            f"step 'fit': {unknown} are not params of {type(estimator).__name__} ({family}); valid: {valid}"
-        )
+    problem = spark_param_problem(family, task, params)
+    if problem:
+        raise StepInputError(f"step 'fit': {problem}")
     if estimator.hasParam("seed") and "seed" not in params:
         params["seed"] = seed
     for name, value in params.items():

@@ -37,7 +37,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -150,20 +150,36 @@ def single_node_estimator(family: str, task: str, params: dict[str, Any], *, see
             ) from None
         estimator = lightgbm.LGBMRegressor() if regression else lightgbm.LGBMClassifier()
         defaults.update(n_jobs=1, verbose=-1)
-    valid = sorted(estimator.get_params())
-    unknown = sorted(set(params) - set(valid))
-    if family == "lightgbm" and unknown:
-        keywords = _lightgbm_parameters()
-        unknown = [] if keywords is None else [name for name in unknown if name not in keywords]
-    if unknown:
-        also = " and LightGBM's own parameters (or their aliases), which it takes as keywords" * (family == "lightgbm")
-        raise StepInputError(
-            f"step 'fit': {unknown} are not params of {type(estimator).__name__} ({family}); valid: {valid}{also}"
-        )
+    problem = _param_problem(family, estimator, params)
+    if problem:
+        raise StepInputError(f"step 'fit': {problem}")
     values = {**defaults, **params}
     for name in _INTEGER_PARAMS[family] & set(values):
         values[name] = _as_int(family, name, values[name])
     return estimator.set_params(**values)
+
+
+def single_node_param_problem(family: str, task: str, names: Collection[str]) -> str | None:
+    """What is wrong with the param names a config gives a single-node family, or None.
+
+    The check :func:`single_node_estimator` makes, with no params set: ``check-config`` runs it.
+
+    Raises:
+        SetupError: ``lightgbm`` is asked for but not installed.
+    """
+    return _param_problem(family, single_node_estimator(family, task, {}, seed=0), names)
+
+
+def _param_problem(family: str, estimator: Any, names: Collection[str]) -> str | None:
+    valid = sorted(estimator.get_params())
+    unknown = sorted(set(names) - set(valid))
+    if family == "lightgbm" and unknown:
+        keywords = _lightgbm_parameters()
+        unknown = [] if keywords is None else [name for name in unknown if name not in keywords]
+    if not unknown:
+        return None
+    also = " and LightGBM's own parameters (or their aliases), which it takes as keywords" * (family == "lightgbm")
+    return f"{unknown} are not params of {type(estimator).__name__} ({family}); valid: {valid}{also}"
 
 
 def _lightgbm_parameters() -> set[str] | None:
@@ -1232,22 +1248,37 @@ def ship_package_to_executors(spark: SparkSession) -> bool:
 
 
 _PERMUTATION_SCORING = {"binary": "roc_auc", "multiclass": "accuracy", "regression": "r2"}
+# Fewer rows than this give importances too noisy to rank features by.
+_MIN_PERMUTATION_ROWS = 500
 
 
 def permutation_importances(
-    model: SingleNodeModel, scored: DataFrame, *, max_rows: int = 5000, repeats: int = 3, seed: int = 0
+    model: SingleNodeModel,
+    scored: DataFrame,
+    *,
+    max_rows: int = 5000,
+    repeats: int = 3,
+    seed: int = 0,
+    max_seconds: float | None = None,
 ) -> list[float]:
     """Permutation importance of each feature slot: the drop in score when the slot is shuffled.
 
     Single-node estimators such as HistGradientBoosting have no built-in importances, so this
     uses scikit-learn's ``permutation_importance`` on the driver, on a seeded sample of at most
     ``max_rows`` rows of ``scored`` (which needs ``features`` and ``_label``). The score is
-    AUC-ROC (binary), accuracy (multiclass) or R² (regression).
+    AUC-ROC (binary), accuracy (multiclass) or R² (regression). The estimator runs on one thread:
+    its OpenMP threads, uncapped, fought the driver's JVM for the cores (a 48,000-row table's
+    evaluate step took 2,742 s, and 52-138 s with one thread). With ``max_seconds``, one scoring of
+    the sample is timed first and the sample shrunk so the ``slots x repeats`` scorings fit.
 
     Returns:
         The mean importance per slot, in slot order.
+
+    Raises:
+        StepInputError: Even 500 rows would not fit ``max_seconds``.
     """
     from sklearn.inspection import permutation_importance
+    from sklearn.metrics import get_scorer
 
     x, y, _, _ = _collect_arrays(
         scored, "evaluation", max_rows=max_rows, seed=seed, with_weights=False, features_col=model.getFeaturesCol()
@@ -1258,13 +1289,32 @@ def permutation_importances(
     if task != "regression" and len(np.unique(y)) < 2:
         return []
     estimator = model.estimator()
-    result = permutation_importance(
-        estimator,
-        _model_input(estimator, x),
-        y,
-        scoring=_PERMUTATION_SCORING[task],
-        n_repeats=repeats,
-        random_state=seed,
-        n_jobs=1,
-    )
+    x = _model_input(estimator, x)
+    scoring = _PERMUTATION_SCORING[task]
+    with _thread_limit(1):
+        if max_seconds is not None:
+            started = time.monotonic()
+            get_scorer(scoring)(estimator, x, y)
+            needed = (time.monotonic() - started) * repeats * x.shape[1]
+            if needed > max_seconds:
+                rows = int(len(y) * max_seconds / needed)
+                if rows < _MIN_PERMUTATION_ROWS:
+                    raise StepInputError(
+                        f"permutation importances of {x.shape[1]} slots x {repeats} repeats would take about "
+                        f"{needed:.0f} s on {len(y)} rows, above evaluate.importances.max_seconds {max_seconds:g}; "
+                        "raise it, lower evaluate.importances.repeats, or set evaluate.importances.enabled: false"
+                    )
+                keep = np.sort(np.random.default_rng(seed).choice(len(y), size=rows, replace=False))
+                LOG.info(
+                    "permutation importances: %d rows would take about %.0f s, above evaluate.importances.max_seconds "
+                    "%g; using %d of them",
+                    len(y),
+                    needed,
+                    max_seconds,
+                    rows,
+                )
+                x, y = x[keep], y[keep]
+        result = permutation_importance(
+            estimator, x, y, scoring=scoring, n_repeats=repeats, random_state=seed, n_jobs=1
+        )
     return [float(v) for v in result.importances_mean]

@@ -75,7 +75,8 @@ class FamilyResult:
     trials: list[TrialOutcome]
     best: TrialOutcome | None
     seconds: float
-    stopped: str
+    stopped: str  # "max_evals", "timeout", "no improvement in N trials" or "single trial (no search space)"
+    max_evals: int = 1  # the trial budget it had
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ def search_family(
                     previous.model = None
                 elif not improved:
                     outcome.model = None
-    return FamilyResult(family, outcomes, best, time.monotonic() - started, stopped)
+    return FamilyResult(family, outcomes, best, time.monotonic() - started, stopped, max_evals)
 
 
 def _require_metric(outcome: TrialOutcome, metric: str) -> TrialOutcome:

@@ -34,7 +34,7 @@ from deltaml.columns import (
     TAG_VERSION,
 )
 from deltaml.config.loader import LoadedConfig
-from deltaml.errors import DeltamlError, StepFailedError, one_line, redacted
+from deltaml.errors import ConfigError, DeltamlError, StepFailedError, one_line, redacted
 from deltaml.io.failures import failure_clause
 from deltaml.io.recording import TableAccess, recording, step_lineage
 from deltaml.io.session import get_spark
@@ -84,6 +84,17 @@ class PipelineOutcome:
         return found if isinstance(found, kind) else None
 
 
+def check_config(loaded: LoadedConfig) -> None:
+    """Every step's own config checks (:attr:`Step.check`): what the schema cannot see, found with no Spark session.
+
+    Raises:
+        ConfigError: One line naming each problem's config key, like the schema's errors.
+    """
+    problems = [f"'{where}': {problem}" for step in STEPS for where, problem in step.check(loaded.pipeline)]
+    if problems:
+        raise ConfigError(f"invalid config ({' + '.join(loaded.source_files)}): " + "; ".join(problems))
+
+
 def run_pipeline(
     loaded: LoadedConfig,
     steps: Sequence[str] | None = None,
@@ -112,6 +123,7 @@ def run_pipeline(
         DeltamlError: A step's input broke its contract; the parent run is marked FAILED.
     """
     cfg = loaded.pipeline
+    check_config(loaded)
     if steps:
         chosen = [s for s in STEPS if s.name in set(steps)]
     else:

@@ -155,6 +155,10 @@ def _never_bypassed(cfg: PipelineConfig) -> str | None:
     return None
 
 
+def _nothing_to_check(cfg: PipelineConfig) -> list[tuple[str, str]]:
+    return []
+
+
 @dataclass(frozen=True)
 class Step:
     """One step, declared once in its module.
@@ -173,6 +177,8 @@ class Step:
         bypass_cache: Why this config must always run the step (None: it may be skipped).
         in_default_run: Whether ``deltaml run`` without ``--step`` includes it for this config.
         on_reuse: Called after a skipped run's output is restored (to recheck what time changes).
+        check: The config's problems that only the step's libraries can see (a model param a family does not
+            take), as ``(config key, problem)`` pairs; run with no Spark session, before any step runs.
     """
 
     name: str
@@ -187,6 +193,7 @@ class Step:
     bypass_cache: Callable[[PipelineConfig], str | None] = _never_bypassed
     in_default_run: Callable[[PipelineConfig], bool] = _always
     on_reuse: Callable[[StepContext, str], None] | None = None
+    check: Callable[[PipelineConfig], list[tuple[str, str]]] = _nothing_to_check
 
 
 def load_fitted_model(ctx: StepContext) -> tuple[PipelineModel, str]:

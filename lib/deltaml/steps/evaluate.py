@@ -157,6 +157,9 @@ def _log_report(
     leaderboard = fitted.leaderboard if fitted is not None and fitted.leaderboard else None
 
     def importances() -> list[tuple[str, float]]:
+        settings = cfg.evaluate.importances
+        if not settings.enabled:
+            return []
         try:
             single = [s for s in model.stages if isinstance(s, SingleNodeModel)]
             stage = single[-1] if single else classifier_stage(model)
@@ -165,7 +168,14 @@ def _log_report(
             else:
                 names = feature_names(model, cfg.features)
             if single:
-                values = permutation_importances(single[-1], scored_test, seed=cfg.seed)
+                values = permutation_importances(
+                    single[-1],
+                    scored_test,
+                    max_rows=settings.max_rows,
+                    repeats=settings.repeats,
+                    seed=cfg.seed,
+                    max_seconds=settings.max_seconds,
+                )
                 if values and len(values) != len(names):
                     raise ValueError(f"{len(values)} importances for {len(names)} feature names")
                 return sorted(zip(names, values, strict=False), key=lambda pair: -abs(pair[1]))

@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 
 from deltaml.columns import FEATURES_COL, LABEL_COL, SPLIT_COL, TRAIN, TREE_FEATURES_COL, VALIDATION
 from deltaml.config.schema import PipelineConfig
+from deltaml.config.search_space import searched_params
 from deltaml.errors import StepInputError
 from deltaml.io.catalog import read_table
 from deltaml.io.flavor import positive_probability
@@ -32,6 +33,7 @@ from deltaml.ml.models import (
     SPARK_TREE_FAMILIES,
     class_weights,
     model_stages,
+    spark_param_problem,
     supports_weights,
 )
 from deltaml.ml.single_node import (
@@ -43,6 +45,7 @@ from deltaml.ml.single_node import (
     fixed_rounds,
     ship_data,
     single_node_estimator,
+    single_node_param_problem,
 )
 from deltaml.ml.training import finishing_stages, fit_pipeline, leading_windows
 from deltaml.ml.tuning import FamilyResult, SearchBudget, TrialLogger, TrialOutcome, search_family
@@ -60,12 +63,40 @@ LOG = logging.getLogger(__name__)
 LOCAL_METRIC_ROWS = 100_000
 
 
+def config_problems(config: PipelineConfig) -> list[tuple[str, str]]:
+    """Model params the families do not take, fixed or searched: found from the config alone, with no JVM.
+
+    Returns:
+        ``(config key, problem)`` pairs; empty when every candidate's params are known to its family.
+
+    Raises:
+        SetupError: A single-node family's library is not installed.
+    """
+    problems = []
+    task = config.label.task
+    for i, candidate in enumerate(config.model.all_candidates):
+        where = f"model.candidates.{i}" if config.model.candidates else "model.params"
+        names = {*candidate.params, *searched_params(candidate.search)}
+        if candidate.family in SINGLE_NODE_FAMILIES:
+            problem = single_node_param_problem(candidate.family, task, names)
+            if problem is None:
+                try:  # the fixed values too: whole numbers for integer params
+                    single_node_estimator(candidate.family, task, candidate.params, seed=config.seed)
+                except StepInputError as exc:
+                    problem = str(exc).removeprefix("step 'fit': ")
+        else:
+            problem = spark_param_problem(candidate.family, task, names)
+        if problem:
+            problems.append((where, problem))
+    return problems
+
+
 def _check_candidates(config: PipelineConfig) -> None:
     """Build every candidate's estimator with its fixed params, so a bad param fails before Spark work."""
+    for where, problem in config_problems(config):
+        raise StepInputError(f"step 'fit': {where}: {problem}")
     for candidate in config.model.all_candidates:
-        if candidate.family in SINGLE_NODE_FAMILIES:
-            single_node_estimator(candidate.family, config.label.task, candidate.params, seed=config.seed)
-        else:
+        if candidate.family not in SINGLE_NODE_FAMILIES:  # Spark checks the values' types
             model_stages(candidate.family, candidate.params, seed=config.seed, num_features=1, task=config.label.task)
 
 
@@ -353,6 +384,14 @@ def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: Mode
             result = search_family(
                 family, candidate.search, candidate.params, train_trial, metric=metric, budget=budget, on_trial=progress
             )
+            if result.stopped == "timeout":
+                LOG.warning(
+                    "%s: tuning.timeout_seconds %d reached: %d of %d trials ran; raise it, or lower max_evals",
+                    family,
+                    tuning.timeout_seconds,
+                    len(result.trials),
+                    result.max_evals,
+                )
             if (
                 family in SINGLE_NODE_FAMILIES
                 and shipped is not None
@@ -511,6 +550,7 @@ def leaderboard_rows(results: list[FamilyResult], metric: str) -> list[dict[str,
                 "family": result.family,
                 f"validation_{metric}": round(best.metrics[metric], 6) if best is not None else None,
                 "trials": len(result.trials),
+                "max_evals": result.max_evals,
                 "failed": sum(not t.ok for t in result.trials),
                 "seconds": round(result.seconds, 1),
                 "stopped": result.stopped,
@@ -528,12 +568,17 @@ def _log_leaderboard(results: list[FamilyResult], metric: str) -> None:
         if row["rank"] is None:
             LOG.warning("  -  %-22s every trial failed", row["family"])
             continue
+        ran = (
+            f"{row['trials']} of {row['max_evals']} trials ({row['stopped']})"
+            if row["trials"] < row["max_evals"]
+            else f"{row['trials']} trial(s)"
+        )
         LOG.info(
-            "  %d. %-22s %.4f  %d trial(s), %.1fs  %s",
+            "  %d. %-22s %.4f  %s, %.1fs  %s",
             row["rank"],
             row["family"],
             row[f"validation_{metric}"],
-            row["trials"],
+            ran,
             row["seconds"],
             row["params"],
         )
@@ -545,7 +590,19 @@ STEP = Step(
     name="fit",
     run=run_fit,
     phase="train",
-    sections=("features", "label", "model", "tuning", "evaluate", "key", "seed"),
+    # The threshold settings only: the report's importances do not change the model.
+    sections=(
+        "features",
+        "label",
+        "model",
+        "tuning",
+        "evaluate.threshold",
+        "evaluate.threshold_rule",
+        "evaluate.cost",
+        "key",
+        "seed",
+    ),
     tables=lambda ctx: [ctx.tables.split],
     produces=FitOutput,
+    check=config_problems,
 )

@@ -149,9 +149,18 @@ def _validate(
         summary=(
             f"{rows} rows: {clean_write.rows_written} clean -> {ctx.tables.clean} v{clean_write.version}, "
             f"{quarantine_write.rows_written} quarantined -> {ctx.tables.quarantine} v{quarantine_write.version}"
-            + (f"; warnings: {len(schema_warnings) + len(table_warn)}" if schema_warnings or table_warn else "")
+            + _warnings_clause(schema_warnings + table_warn)
         ),
     )
+
+
+def _warnings_clause(warnings: list[str], shown: int = 3) -> str:
+    """The summary's warnings, each named (the first few; the report lists them all)."""
+    if not warnings:
+        return ""
+    named = " | ".join(w.removeprefix("step 'validate': ") for w in warnings[:shown])
+    more = f" (+{len(warnings) - shown} more in {REPORT_JSON})" if len(warnings) > shown else ""
+    return f"; {len(warnings)} warning{'s' * (len(warnings) > 1)}: {named}{more}"
 
 
 def _examples(annotated: DataFrame, rules: list[RowRule], key: str) -> dict[str, list[dict[str, Any]]]:
