@@ -17,10 +17,21 @@ from deltaml.config.schema import SourceConfig
 from deltaml.io import catalog
 from deltaml.io.catalog import Table, append_rows, source_state
 from deltaml.io.recording import TableAccess
-from deltaml.pipeline.cache import MAX_TAG, CacheRecord, _changed, code_version, commit_times, fingerprint, record_of
+from deltaml.pipeline.cache import (
+    MAX_TAG,
+    CacheRecord,
+    _changed,
+    code_version,
+    commit_times,
+    fingerprint,
+    record_of,
+    step_key,
+)
 from deltaml.pipeline.runner import PipelineOutcome, run_pipeline
+from deltaml.steps import step_named
+from deltaml.steps.base import StepContext
 from deltaml.steps.outputs import FitOutput
-from tests.conftest import telco_config_dict, write_config
+from tests.conftest import TELCO_CONF, telco_config_dict, write_config
 
 
 def test_the_source_listing_changes_with_a_new_or_rewritten_file_only(spark: SparkSession, tmp_path: Path) -> None:
@@ -145,3 +156,15 @@ def test_ingest_of_a_pinned_delta_source_is_reused_while_the_source_gains_versio
     assert ingest(0).reused == {"ingest": first.run_ids["ingest"]}
     moved = ingest(1)
     assert moved.reused == {} and moved.results["ingest"].metrics["rows_written"] == 4
+
+
+def test_the_report_settings_are_in_the_evaluate_key_only(spark: SparkSession) -> None:
+    """Turning permutation importances off must not refit: fit keys on the threshold settings, not all of evaluate."""
+
+    def key(name: str, *overrides: str) -> str:
+        return step_key(StepContext(spark, load_config(TELCO_CONF, overrides=list(overrides))), step_named(name), {})
+
+    off = "evaluate.importances.enabled=false"
+    assert key("fit") == key("fit", off) == key("fit", "evaluate.importances.max_rows=800")
+    assert key("evaluate") != key("evaluate", off)
+    assert key("fit") != key("fit", "evaluate.threshold=0.4") != key("fit", "evaluate.threshold_rule=max_f1")
