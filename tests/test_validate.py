@@ -177,10 +177,15 @@ def test_report_counts_rules_and_shows_examples(spark: SparkSession, tmp_path: P
 
 
 def _fails_and_writes_nothing(
-    spark: SparkSession, tmp_path: Path, bad_source: list[tuple[Any, ...]] | None, message: str, **config: Any
+    spark: SparkSession,
+    tmp_path: Path,
+    bad_source: list[tuple[Any, ...]] | None,
+    message: str,
+    good: list[tuple[Any, ...]] = GOOD,
+    **config: Any,
 ) -> None:
     """Run a good batch, then the bad input: the error names the problem and no table moves."""
-    _write_source(spark, tmp_path, GOOD)
+    _write_source(spark, tmp_path, good)
     conf = _config(tmp_path)
     ctx = _validate(conf, spark)
     before = {name: _table(spark, ctx, name) for name in ("clean", "quarantine")}
@@ -332,6 +337,20 @@ def test_a_reused_validate_run_rechecks_freshness_against_the_clock(
     monkeypatch.setattr(validate_step, "datetime", TwoDaysLater)
     with pytest.raises(ContractError, match=r"49\.0 h old; the contract allows 24 h \(rechecked for the reused"):
         _validate(conf, spark)
+
+
+def test_a_small_bad_batch_fails_on_its_own_fraction(spark: SparkSession, tmp_path: Path) -> None:
+    """Before, 2 bad rows in a new batch of 2 passed silently: 2 of 22 rows is under max_bad_fraction 10%."""
+    good = [(i, float(i), "a", f"AB-{i}", "Yes" if i % 2 else "No") for i in range(1, 21)]
+    _fails_and_writes_nothing(
+        spark,
+        tmp_path,
+        [(21, 1.0, "a", "AB-21", None), (22, 2.0, "b", "AB-22", None)],
+        r"^step 'validate': batch second: 2 of 2 rows \(100\.0%\) broke the contract, above max_bad_fraction 10\.0% "
+        r"\(the whole table: 2 of 22, 9\.1%; y\.not_null 2\); fix the source or raise contract\.max_bad_fraction$",
+        good=good,
+        contract={**CONTRACT, "max_bad_fraction": 0.1},
+    )
 
 
 def test_the_summary_names_each_warning(spark: SparkSession, tmp_path: Path) -> None:

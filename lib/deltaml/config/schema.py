@@ -389,8 +389,8 @@ class ContractConfig(_Model):
     """The data contract of the raw table, checked by the validate step before anything is trained."""
 
     max_bad_fraction: float = Field(default=0.05, ge=0, le=1)
-    """The largest share of bad rows (rows that broke a ``quarantine`` or ``fail`` rule); above it the run fails and
-    no table is written."""
+    """The largest share of bad rows (rows that broke a ``quarantine`` or ``fail`` rule), in the whole table and in
+    each ingest batch; above it the run fails and no table is written."""
     schema_policy: SchemaPolicy = Field(default_factory=SchemaPolicy)
     """What schema drift against the contract does."""
     columns: dict[str, ColumnContract] = Field(default_factory=dict)

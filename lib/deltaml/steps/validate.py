@@ -96,15 +96,24 @@ def _validate(
                 f"{summary['breaks'][rule.rule_id]} rows and its action is fail"
             )
     fraction = bad / rows if rows else 0.0
+    worst = sorted(
+        ((n, r.rule_id) for r in rules if r.action != "warn" and (n := summary["breaks"][r.rule_id])), reverse=True
+    )
+    broken = ", ".join(f"{rid} {n}" for n, rid in worst[:5])
     if fraction > contract.max_bad_fraction:
-        worst = sorted(
-            ((n, r.rule_id) for r in rules if r.action != "warn" and (n := summary["breaks"][r.rule_id])), reverse=True
-        )
         failures.append(
             f"step 'validate': {bad} of {rows} rows ({fraction:.1%}) broke the contract, above max_bad_fraction "
-            f"{contract.max_bad_fraction:.1%} ({', '.join(f'{rid} {n}' for n, rid in worst[:5])}); "
-            "fix the source or raise contract.max_bad_fraction"
+            f"{contract.max_bad_fraction:.1%} ({broken}); fix the source or raise contract.max_bad_fraction"
         )
+    elif bad and INGEST_BATCH_COL in annotated.columns:
+        # A small bad batch hides in a large table: each batch must keep under the limit on its own.
+        for batch, batch_rows, batch_bad in _bad_rows_per_batch(annotated):
+            if batch_bad > contract.max_bad_fraction * batch_rows:
+                failures.append(
+                    f"step 'validate': batch {batch}: {batch_bad} of {batch_rows} rows ({batch_bad / batch_rows:.1%}) "
+                    f"broke the contract, above max_bad_fraction {contract.max_bad_fraction:.1%} (the whole table: "
+                    f"{bad} of {rows}, {fraction:.1%}; {broken}); fix the source or raise contract.max_bad_fraction"
+                )
     examples = _examples(annotated, rules, cfg.key) if (bad or any(summary["breaks"].values())) else {}
     report = _report(ctx, contract, summary, rules, examples, failures, schema_warnings + table_warn, raw_version)
     log_dict(report, REPORT_JSON)
@@ -152,6 +161,17 @@ def _validate(
             + _warnings_clause(schema_warnings + table_warn)
         ),
     )
+
+
+def _bad_rows_per_batch(annotated: DataFrame) -> list[tuple[str, int, int]]:
+    """``(batch id, rows, bad rows)`` of each ingest batch with a bad row, most bad rows first."""
+    counts = (
+        annotated.groupBy(F.col(INGEST_BATCH_COL).alias("batch"))
+        .agg(F.count(F.lit(1)).alias("rows"), F.sum((F.size(VIOLATIONS_COL) > 0).cast("long")).alias("bad"))
+        .where(F.col("bad") > 0)
+        .collect()
+    )
+    return sorted(((str(r["batch"]), int(r["rows"]), int(r["bad"])) for r in counts), key=lambda t: (-t[2], t[0]))
 
 
 def _warnings_clause(warnings: list[str], shown: int = 3) -> str:
