@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -184,4 +185,51 @@ def test_the_line_of_a_spark_connect_error_is_the_last_cause_of_its_server_trace
     assert one_line(error) == "No space left on device (writing file:/data/split)"
     assert explain_table_failure(error, ["/data/split"]) == (
         "writing /data/split: No space left on device; nothing was committed to /data/split, its last version stands"
+    )
+
+
+# A search whose JVM dies in its second trial, in a process of its own (the suite's session must live on).
+_DEAD_JVM_SEARCH = """
+import os, signal, sys
+from pyspark.sql import SparkSession
+from deltaml.errors import SessionLostError
+from deltaml.ml.tuning import SearchBudget, search_family
+from deltaml.steps.fit import _stops_when_the_session_is_lost
+
+spark = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
+calls = []
+
+def train_trial(params):
+    calls.append(params)
+    if len(calls) == 2:  # what an out-of-memory death looks like from Python: the JVM is gone
+        os.kill(spark.sparkContext._gateway.proc.pid, signal.SIGKILL)
+        spark.sparkContext._gateway.proc.wait()
+    return None, {"auc_roc": spark.range(10 * len(calls)).count() / 1000}
+
+budget = SearchBudget(max_evals=8, parallelism=1, deadline=float("inf"), early_stop_rounds=0, seed=1)
+try:
+    search_family(
+        "gbt", {"maxDepth": {"randint": [2, 9]}}, {}, _stops_when_the_session_is_lost(spark, "gbt", train_trial),
+        metric="auc_roc", budget=budget,
+    )
+except SessionLostError as exc:
+    print(f"trials {len(calls)}: {exc}")
+    sys.exit(0)
+sys.exit(f"no SessionLostError after {len(calls)} trials")
+"""
+
+
+def test_a_dead_driver_jvm_stops_the_search_and_says_out_of_memory(tmp_path: Path) -> None:
+    """Before, each trial after the JVM died failed in a second with ConnectionRefusedError, and so did the step."""
+    done = subprocess.run(
+        [sys.executable, "-c", _DEAD_JVM_SEARCH], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = done.stdout.strip().splitlines()[-1]
+    assert line.startswith(
+        "trials 2: step 'fit': a gbt trial: the Spark driver JVM exited with code -9, most likely out of memory "
+        "(look for java.lang.OutOfMemoryError above; the work saw "
+    ), line
+    assert (
+        "spark.driver.memory" in line and "tuning.single_node_max_rows" in line and "features.rare_categories" in line
     )

@@ -42,6 +42,10 @@ class StepFailedError(DeltamlError):
     exit_code = 1
 
 
+class SessionLostError(StepFailedError):
+    """The Spark session's driver JVM is gone (most often out of memory): no later Spark work can succeed."""
+
+
 class ContractError(DeltamlError):
     """The data broke its data contract; nothing downstream was written."""
 

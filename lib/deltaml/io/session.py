@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from pyspark import SparkConf
 
 from deltaml.config.schema import PipelineConfig
-from deltaml.errors import SetupError
+from deltaml.errors import SessionLostError, SetupError
 
 LOG = logging.getLogger(__name__)
 
@@ -156,6 +156,54 @@ def connect_endpoint(master: str | None) -> str | None:
 def is_connect(spark: SparkSession) -> bool:
     """Whether ``spark`` is a Spark Connect client session (no SparkContext, no RDDs, no JVM gateway)."""
     return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+# What bounds the driver's memory in a deltaml run, for the line that says it ran out.
+MEMORY_SETTINGS = (
+    "give the driver more memory (spark.driver.memory, or a larger driver node), sample less for the single-node "
+    "families (tuning.single_node_max_rows, tuning.single_node_max_mb), or group rare categories "
+    "(features.rare_categories)"
+)
+
+
+def lost_session(spark: SparkSession) -> str | None:
+    """Why the session's driver JVM can no longer run anything, or None while it answers.
+
+    A JVM that runs out of heap usually dies, and every later call, in any thread, then fails with
+    ``ConnectionRefusedError``; this tells that apart from a failed job. A Spark Connect client has no
+    JVM of its own (the server's failures come back as errors), so it is never lost here.
+    """
+    if is_connect(spark):
+        return None
+    from py4j.protocol import Py4JError
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    process = getattr(gateway, "proc", None)  # set when pyspark launched the JVM itself
+    if process is not None and process.poll() is not None:
+        return f"the Spark driver JVM exited with code {process.returncode}"
+    try:
+        spark.sparkContext._jsc.sc().isStopped()
+    except (Py4JError, OSError) as exc:
+        return f"the Spark driver JVM stopped answering ({type(exc).__name__})"
+    return None
+
+
+def session_lost_error(spark: SparkSession, where: str, error: BaseException) -> SessionLostError | None:
+    """The one line for ``error`` when it came from a lost driver JVM (see :func:`lost_session`), else None.
+
+    Args:
+        spark: The session the failed work ran on.
+        where: What failed, as the line starts (``step 'fit'``).
+        error: What the failed work raised (``ConnectionRefusedError``, a Py4J error).
+    """
+    lost = lost_session(spark)
+    if lost is None:
+        return None
+    return SessionLostError(
+        f"{where}: {lost}, most likely out of memory (look for java.lang.OutOfMemoryError above; the work saw "
+        f"{type(error).__name__}); {MEMORY_SETTINGS}"
+    )
 
 
 def session_for_threads() -> Callable[[], None]:

@@ -38,7 +38,7 @@ from deltaml.columns import (
     TRIAL_STEP,
 )
 from deltaml.config.search_space import build_space, params_from_sample
-from deltaml.errors import one_line
+from deltaml.errors import SessionLostError, one_line
 from deltaml.io.session import session_for_threads
 from deltaml.io.tracking import log_finished_run
 from deltaml.tasks import loss_of
@@ -289,6 +289,8 @@ def _run_trial(
     started = time.monotonic()
     try:
         model, metrics = train_trial(params)
+    except SessionLostError:  # every later trial would fail too: the search stops
+        raise
     except Exception as exc:  # a failed trial is recorded, and the search goes on
         first = one_line(str(exc), 100_000)
         LOG.warning("trial %s-%03d failed: %s: %s", family, number, type(exc).__name__, first)

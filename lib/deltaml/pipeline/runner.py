@@ -37,7 +37,7 @@ from deltaml.config.loader import LoadedConfig
 from deltaml.errors import ConfigError, DeltamlError, StepFailedError, one_line, redacted
 from deltaml.io.failures import failure_clause
 from deltaml.io.recording import TableAccess, recording, step_lineage
-from deltaml.io.session import get_spark
+from deltaml.io.session import get_spark, session_lost_error
 from deltaml.io.tracking import (
     check_tracking_server,
     close_runs_of_dead_processes,
@@ -298,6 +298,9 @@ def _run_step(
         except Exception as exc:
             # Spark, Delta and MLflow errors run to pages of JVM trace; keep one line, chain the rest.
             LOG.debug("step %s failed", name, exc_info=True)
+            lost = session_lost_error(ctx.spark, f"step '{name}'", exc)
+            if lost is not None:
+                raise lost from exc
             raise StepFailedError(f"step '{name}' failed{failure_clause(exc, [a.table for a in accesses])}") from exc
         if step.produces is not None and not isinstance(result.output, step.produces):
             raise StepFailedError(

@@ -14,7 +14,7 @@ from typing import Any
 
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.feature import VectorAssembler
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from deltaml.columns import FEATURES_COL, LABEL_COL, SPLIT_COL, TRAIN, TREE_FEATURES_COL, VALIDATION
@@ -24,7 +24,7 @@ from deltaml.errors import StepInputError
 from deltaml.io.catalog import read_table
 from deltaml.io.flavor import positive_probability
 from deltaml.io.models import log_spark_model, model_requirements, model_signature, package_folder
-from deltaml.io.session import default_parallelism
+from deltaml.io.session import default_parallelism, lost_session, session_lost_error
 from deltaml.io.tables import event_tables
 from deltaml.io.tracking import active_run_id, active_run_info, log_table
 from deltaml.ml.features import build_feature_stages, category_values, tree_layout
@@ -382,7 +382,13 @@ def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: Mode
                 seed=cfg.seed + index,
             )
             result = search_family(
-                family, candidate.search, candidate.params, train_trial, metric=metric, budget=budget, on_trial=progress
+                family,
+                candidate.search,
+                candidate.params,
+                _stops_when_the_session_is_lost(ctx.spark, family, train_trial),
+                metric=metric,
+                budget=budget,
+                on_trial=progress,
             )
             if result.stopped == "timeout":
                 LOG.warning(
@@ -413,9 +419,31 @@ def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: Mode
                 )
             results.append(result)
     finally:
-        if shipped is not None:
+        if shipped is not None and lost_session(ctx.spark) is None:
             shipped.destroy()
     return results
+
+
+def _stops_when_the_session_is_lost(
+    spark: SparkSession, family: str, train_trial: Callable[[dict[str, Any]], tuple[Any, dict[str, float]]]
+) -> Callable[[dict[str, Any]], tuple[Any, dict[str, float]]]:
+    """``train_trial``, raising :class:`SessionLostError` when a trial fails because the driver JVM died.
+
+    Before, the trials after an out-of-memory death each failed in a second with
+    ``ConnectionRefusedError`` and the step ended with that line; now the search stops at once and
+    the line says what happened and which settings bound the memory.
+    """
+
+    def guarded(params: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+        try:
+            return train_trial(params)
+        except Exception as exc:
+            lost = session_lost_error(spark, f"step 'fit': a {family} trial", exc)
+            if lost is not None:
+                raise lost from exc
+            raise
+
+    return guarded
 
 
 def single_node_rows(max_rows: int, max_mb: int, num_features: int, splits: list[int]) -> int:
