@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import mlflow
@@ -154,12 +155,23 @@ def test_multiclass_penguins_train_register_and_score(spark: SparkSession, tmp_p
     assert pipeline.data.params["contract.columns.île _x20ac_.type"] == "string"
 
 
-def test_regression_diamonds_train_register_and_score(spark: SparkSession, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("restore_cli_logging")
+def test_regression_diamonds_train_register_and_score(
+    spark: SparkSession, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     conf = _conf(tmp_path, "diamond_prices.yml")
     data = yaml.safe_load(conf.read_text())
     data["source"]["filter"] = "diamond_id % 20 = 0"  # 2,697 diamonds keep the test small
+    data["tuning"]["refit_on"] = "train_validation"
     write_config(conf, data)
     assert main(["run", str(conf)]) == 0
+    # The refit saw the validation rows: the lines say so (before: "fitted on <train rows>" and a plain
+    # "validation RMSE", an in-sample score that read like an estimate).
+    log = capsys.readouterr().err
+    split_rows = spark.read.format("delta").load(str(tmp_path / "state" / "warehouse" / "silver/diamonds_split"))
+    counts = {r["split"]: r["count"] for r in split_rows.groupBy("split").count().collect()}
+    assert f"tuned on {counts['train']} train rows, refitted on {counts['train'] + counts['validation']} " in log, log
+    assert re.search(r"\[evaluate\] done in .*validation RMSE [0-9.]+ \(in-sample: the model was refitted", log), log
     state = tmp_path / "state" / "warehouse"
     client = MlflowClient()
     champion = client.get_model_version_by_alias("diamond_prices", "champion")

@@ -90,11 +90,14 @@ def run_evaluate(ctx: StepContext) -> StepResult:
             _log_profile(ctx, data, scored, model_uri)
         scored.unpersist()
     extra = {"decision_threshold": threshold} if task == "binary" else {}
+    refit = cfg.tuning.refit_on == "train_validation"
     return StepResult(
         output=EvaluateOutput(model_uri=model_uri, metrics=metrics),
         metrics={**metrics, "split_table_version": float(split_version), **extra},
         tags={"model_uri": model_uri, "report": ", ".join(report_files)},
-        summary=", ".join(f"{label} {metrics[key]:.4f}" for label, key in _SUMMARY[task] if key in metrics),
+        summary=", ".join(f"{label} {metrics[key]:.4f}" for label, key in _SUMMARY[task] if key in metrics)
+        # Refitted on train + validation, the model has seen the validation rows: their score is no estimate.
+        + (" (in-sample: the model was refitted on train + validation)" if refit else ""),
     )
 
 
@@ -285,7 +288,7 @@ STEP = Step(
     name="evaluate",
     run=run_evaluate,
     phase="train",
-    sections=("evaluate", "features", "label", "key", "seed", "monitor.top_k"),
+    sections=("evaluate", "features", "label", "key", "seed", "monitor.top_k", "tuning.refit_on"),
     tables=lambda ctx: [ctx.tables.split],
     consumes=(FitOutput,),
     produces=EvaluateOutput,

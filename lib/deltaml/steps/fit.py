@@ -222,6 +222,12 @@ def run_fit(ctx: StepContext) -> StepResult:
         )
     ctx.models[model_uri] = final  # evaluate and register in this run use it without reloading
     trials = sum(len(r.trials) for r in results)
+    refit = cfg.tuning.refit_on == "train_validation"
+    fitted_on = (
+        f"tuned on {rows} train rows, refitted on {rows + validation_rows} train + validation rows"
+        if refit
+        else f"fitted on {rows} train rows"
+    )
     label_stat, label_text_, threshold_text = {
         "binary": ("positives_train", f"{positives} positive", f", threshold {threshold:.3f}"),
         "multiclass": ("classes_train", f"{positives} of {len(classes or [])} classes", ""),
@@ -237,6 +243,7 @@ def run_fit(ctx: StepContext) -> StepResult:
         output=output,
         metrics={
             "rows_train": float(rows),
+            **({"rows_refit": float(rows + validation_rows)} if refit else {}),
             label_stat: float(positives),
             "split_table_version": float(split_version),
             "trials": float(trials),
@@ -250,7 +257,7 @@ def run_fit(ctx: StepContext) -> StepResult:
             "winner_params": json.dumps(winner.params, sort_keys=True, default=str),
         },
         summary=(
-            f"fitted on {rows} train rows ({label_text_}); {trials} trial(s) over "
+            f"{fitted_on} ({label_text_}); {trials} trial(s) over "
             f"{len(results)} famil{'y' if len(results) == 1 else 'ies'}; winner {winner.family} "
             f"(validation {metric} {winner.metrics[metric]:.4f}){threshold_text}, logged {model_uri}"
         ),
