@@ -93,8 +93,9 @@ def config_problems(config: PipelineConfig) -> list[tuple[str, str]]:
 
 def _check_candidates(config: PipelineConfig) -> None:
     """Build every candidate's estimator with its fixed params, so a bad param fails before Spark work."""
-    for where, problem in config_problems(config):
-        raise StepInputError(f"step 'fit': {where}: {problem}")
+    problems = config_problems(config)
+    if problems:
+        raise StepInputError("step 'fit': " + "; ".join(f"{where}: {problem}" for where, problem in problems))
     for candidate in config.model.all_candidates:
         if candidate.family not in SINGLE_NODE_FAMILIES:  # Spark checks the values' types
             model_stages(candidate.family, candidate.params, seed=config.seed, num_features=1, task=config.label.task)
