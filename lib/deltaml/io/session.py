@@ -182,8 +182,11 @@ def lost_session(spark: SparkSession) -> str | None:
     process = getattr(gateway, "proc", None)  # set when pyspark launched the JVM itself
     if process is not None and process.poll() is not None:
         return f"the Spark driver JVM exited with code {process.returncode}"
+    context = getattr(spark.sparkContext, "_jsc", None)
+    if context is None:  # stopped on purpose (SparkContext.stop): the original error says enough
+        return None
     try:
-        spark.sparkContext._jsc.sc().isStopped()
+        context.sc().isStopped()
     except (Py4JError, OSError) as exc:
         return f"the Spark driver JVM stopped answering ({type(exc).__name__})"
     return None
