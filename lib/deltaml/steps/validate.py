@@ -107,13 +107,12 @@ def _validate(
         )
     elif bad and INGEST_BATCH_COL in annotated.columns:
         # A small bad batch hides in a large table: each batch must keep under the limit on its own.
-        for batch, batch_rows, batch_bad in _bad_rows_per_batch(annotated):
-            if batch_bad > contract.max_bad_fraction * batch_rows:
-                failures.append(
-                    f"step 'validate': batch {batch}: {batch_bad} of {batch_rows} rows ({batch_bad / batch_rows:.1%}) "
-                    f"broke the contract, above max_bad_fraction {contract.max_bad_fraction:.1%} (the whole table: "
-                    f"{bad} of {rows}, {fraction:.1%}; {broken}); fix the source or raise contract.max_bad_fraction"
-                )
+        for batch, batch_rows, batch_bad in _batches_over(annotated, contract.max_bad_fraction):
+            failures.append(
+                f"step 'validate': batch {batch}: {batch_bad} of {batch_rows} rows ({batch_bad / batch_rows:.1%}) "
+                f"broke the contract, above max_bad_fraction {contract.max_bad_fraction:.1%} (the whole table: "
+                f"{bad} of {rows}, {fraction:.1%}; {broken}); fix the source or raise contract.max_bad_fraction"
+            )
     examples = _examples(annotated, rules, cfg.key) if (bad or any(summary["breaks"].values())) else {}
     report = _report(ctx, contract, summary, rules, examples, failures, schema_warnings + table_warn, raw_version)
     log_dict(report, REPORT_JSON)
@@ -163,12 +162,15 @@ def _validate(
     )
 
 
-def _bad_rows_per_batch(annotated: DataFrame) -> list[tuple[str, int, int]]:
-    """``(batch id, rows, bad rows)`` of each ingest batch with a bad row, most bad rows first."""
+def _batches_over(annotated: DataFrame, limit: float) -> list[tuple[str, int, int]]:
+    """``(batch id, rows, bad rows)`` of each ingest batch whose bad share is above ``limit``, most bad rows first.
+
+    Filtered in Spark: only the batches that fail reach the driver, however many batches the table has.
+    """
     counts = (
         annotated.groupBy(F.col(INGEST_BATCH_COL).alias("batch"))
         .agg(F.count(F.lit(1)).alias("rows"), F.sum((F.size(VIOLATIONS_COL) > 0).cast("long")).alias("bad"))
-        .where(F.col("bad") > 0)
+        .where(F.col("bad") > F.col("rows") * F.lit(limit))
         .collect()
     )
     return sorted(((str(r["batch"]), int(r["rows"]), int(r["bad"])) for r in counts), key=lambda t: (-t[2], t[0]))
