@@ -1,7 +1,8 @@
 # Databricks notebook source
 # MAGIC %md
 # MAGIC # deltaml: batch scoring
-# MAGIC Scores the configured input table with the registered `@champion` model (or the version
+# MAGIC Ingests what the source gained and validates it (skipped when nothing changed), then scores
+# MAGIC what is new in the configured input table with the registered `@champion` model (or the version
 # MAGIC pinned with `score.model_version=N`) and replaces its batches in the predictions table.
 
 # COMMAND ----------
@@ -12,7 +13,7 @@ dbutils.widgets.text("overrides", "", "Overrides (key=value; ...)")
 
 # COMMAND ----------
 
-from deltaml.widgets import run_from_widgets
+from deltaml.widgets import score_from_widgets
 
-outcome = run_from_widgets(dbutils.widgets, steps=["score"])
+outcome = score_from_widgets(dbutils.widgets)
 print(outcome.results["score"].summary)

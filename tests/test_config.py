@@ -111,6 +111,11 @@ def _bad(tmp_path: Path, edit: dict[str, object] | None = None, drop: str | None
         ({"source": {"kind": "csv"}}, None, r"kind 'csv' needs 'path'"),
         ({"name": "has spaces"}, None, r"'name': String should match pattern"),
         ({"evaluate.threshold": 1.5}, None, r"'evaluate.threshold': Input should be less than 1"),
+        (
+            {"ingest": {"mode": "append", "batch_id": "daily"}},
+            None,
+            r"'ingest': .*ingest.mode append makes a new batch of each run's new rows.*unset batch_id or use mode",
+        ),
         (None, "mlflow", r"missing key 'mlflow'"),
     ],
 )

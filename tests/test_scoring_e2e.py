@@ -217,7 +217,7 @@ def test_a_copied_state_folder_scores_nothing_again_and_keeps_one_prediction_per
     spark: SparkSession, tiny_state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     conf = _tiny_pipeline(spark, tiny_state, tmp_path / "before", {"b1": range(0, 4), "b2": range(4, 8)})
-    assert main(["score", str(conf)]) == 0
+    assert main(["score", str(conf), "--skip-ingest"]) == 0
     before = tmp_path / "before" / "state"
 
     # Restored from a backup, or a renamed checkout: every table now has another absolute path.
@@ -225,14 +225,14 @@ def test_a_copied_state_folder_scores_nothing_again_and_keeps_one_prediction_per
     shutil.copytree(before, after)
     moved = _tiny_config(after)
     capsys.readouterr()
-    assert main(["score", str(moved)]) == 0
+    assert main(["score", str(moved), "--skip-ingest"]) == 0
     assert f"nothing to score: {after / 'warehouse/raw'} v0 was already scored" in capsys.readouterr().err
     assertDataFrameEqual(_load(spark, after / "warehouse/predictions"), _load(spark, before / "warehouse/predictions"))
     assert _latest_version(spark, after / "warehouse/predictions") == 0
 
     # A new batch after the move: only it is scored, and each key still has one prediction.
     _add_batches(spark, after, {"b3": range(8, 10)})
-    assert main(["score", str(moved)]) == 0
+    assert main(["score", str(moved), "--skip-ingest"]) == 0
     assert "2 rows of " in capsys.readouterr().err
     predictions = _load(spark, after / "warehouse/predictions")
     assert sorted((r["id"], r["batch_id"]) for r in predictions.collect()) == [
@@ -246,7 +246,7 @@ def test_the_monitor_finds_the_scored_rows_in_a_moved_state_folder(
     spark: SparkSession, tiny_state: Path, tmp_path: Path
 ) -> None:
     conf = _tiny_pipeline(spark, tiny_state, tmp_path / "before", {"b1": range(0, 3)})
-    assert main(["score", str(conf)]) == 0
+    assert main(["score", str(conf), "--skip-ingest"]) == 0
     shutil.move(tmp_path / "before", tmp_path / "after")
     cfg = load_config(_tiny_config(tmp_path / "after" / "state")).pipeline
 
@@ -265,13 +265,13 @@ def test_a_moved_state_folder_loads_its_model_from_where_the_artifacts_are_now(
     configure_tracking(load_config(_tiny_config(before)).pipeline)
     register_tiny_model(spark, "tiny")
     _add_batches(spark, before, {"b1": range(0, 3)})
-    assert main(["score", str(_tiny_config(before))]) == 0
+    assert main(["score", str(_tiny_config(before)), "--skip-ingest"]) == 0
     # Moved, not copied: the absolute artifact paths MLflow's store recorded no longer exist.
     shutil.move(tmp_path / "before", tmp_path / "after")
     after = tmp_path / "after" / "state"
     capsys.readouterr()
 
-    assert main(["score", str(_tiny_config(after)), "--full"]) == 0
+    assert main(["score", str(_tiny_config(after)), "--full", "--skip-ingest"]) == 0
 
     err = capsys.readouterr().err
     assert f"moved or copied from {before} to {after}" in err, err[-2000:]
@@ -341,3 +341,61 @@ def test_two_score_runs_at_once_write_each_prediction_once(
         attempts_and_rows = sorted((r.metrics["write_attempts"], r.metrics["rows_scored"]) for r in runs)
         assert attempts_and_rows == [(1.0, float(rows)), (2.0, 0.0)]
         assert "planned again after another run's commit" in min(runs, key=lambda r: r.metrics["rows_scored"]).summary
+
+
+def test_the_scheduled_scoring_job_scores_exactly_the_rows_appended_to_the_source(
+    spark: SparkSession, tiny_state: Path, tmp_path: Path
+) -> None:
+    """The shipped entry point (jobs/score.py) on a growing source: ingest (append) before score, only new rows scored."""
+    state = tmp_path / "state"
+    shutil.copytree(tiny_state, state)
+    source = tmp_path / "source"
+    data = {
+        "name": "tiny",
+        "state_dir": str(state),
+        "key": "id",
+        "source": {"kind": "parquet", "path": str(source)},
+        "ingest": {"mode": "append"},
+        "tables": {"raw": {"path": "raw"}, "split": {"path": "split"}, "predictions": {"path": "predictions"}},
+        "label": {"column": "outcome", "positive": "yes"},
+        "features": {"numeric": ["x"]},
+        "score": {"model_version": 1},
+        "mlflow": {"experiment": "tiny", "registered_model": "tiny"},
+    }
+    conf = write_config(tmp_path / "tiny.yml", data)
+
+    def arrive(keys: range) -> None:
+        rows = [(i, float(i % 10), None) for i in keys]
+        spark.createDataFrame(rows, "id long, x double, outcome string").coalesce(1).write.mode("append").parquet(
+            str(source)
+        )
+
+    def scored() -> dict[int, datetime]:
+        predictions = _load(spark, state / "warehouse/predictions")
+        rows = predictions.select("id", "scored_at").collect()
+        assert len(rows) == len({r["id"] for r in rows}), "a key was scored twice"
+        return {int(r["id"]): r["scored_at"] for r in rows}
+
+    arrive(range(0, 20))
+    assert main(["score", str(conf)]) == 0
+    first = scored()
+    assert sorted(first) == list(range(20))
+
+    arrive(range(20, 27))  # a new file in the source folder, as a daily drop would be
+    job = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "jobs" / "score.py"), str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert "[ingest] done" in job.stderr and "7 new rows as batch src-" in job.stderr
+    second = scored()
+    assert sorted(second) == list(range(27))
+    assert {k for k in second if second[k] != first.get(k)} == set(range(20, 27))
+    raw = _load(spark, state / "warehouse/raw")
+    assert raw.count() == raw.select("id").distinct().count() == 27
+
+    # Nothing new: the source is unchanged, ingest is skipped and nothing is scored again.
+    assert main(["score", str(conf)]) == 0
+    assert scored() == second

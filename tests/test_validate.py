@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -351,6 +352,59 @@ def test_a_small_bad_batch_fails_on_its_own_fraction(spark: SparkSession, tmp_pa
         good=good,
         contract={**CONTRACT, "max_bad_fraction": 0.1},
     )
+
+
+def test_a_rejected_batch_is_quarantined_by_command_and_later_runs_pass(
+    spark: SparkSession, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, a batch that broke the contract stayed in the raw table and failed every later validate."""
+    from deltaml.cli import main
+
+    good = [(i, float(i), "a", f"AB-{i}", "Yes" if i % 2 else "No") for i in range(1, 21)]
+    conf = _config(tmp_path, {**CONTRACT, "max_bad_fraction": 0.1}, ingest={"mode": "append"})
+    _write_source(spark, tmp_path, good)
+    ctx = _validate(conf, spark)
+    arrived = [(21, 1.0, "a", "AB-21", None), (22, 2.0, "b", "AB-22", None)]
+    spark.createDataFrame(arrived, SCHEMA).coalesce(1).write.mode("append").parquet(str(tmp_path / "source"))
+    with pytest.raises(ContractError, match=r"^step 'validate': batch (src-[0-9a-f]{16}): 2 of 2 rows") as caught:
+        _validate(conf, spark)
+    bad_batch = re.search(r"batch (src-[0-9a-f]{16})", str(caught.value))
+    assert bad_batch is not None
+    batch = bad_batch.group(1)
+    raw = spark.read.format("delta").load(str(ctx.tables.raw.ref))
+    assert raw.where(F.col("_ingest_batch_id") == batch).count() == 2  # only the appended rows are the new batch
+
+    capsys.readouterr()
+    assert main(["batches", "list", str(conf)]) == 0
+    listed = capsys.readouterr().out
+    assert re.search(rf"^{batch} +\S+ \S+ +2 +0 +0$", listed, re.M), listed
+    assert main(["batches", "quarantine", str(conf), "--batch", "src-0000000000000000", "--reason", "x"]) == 4
+    assert "batch 'src-0000000000000000' is not in " in capsys.readouterr().err
+    assert main(["batches", "quarantine", str(conf), "--batch", batch]) == 2
+    assert "say why with --reason" in capsys.readouterr().err
+    assert main(["batches", "quarantine", str(conf), "--batch", batch, "--reason", "labels missing upstream"]) == 0
+    assert f"batch {batch}: 2 rows quarantined (labels missing upstream)" in capsys.readouterr().out
+
+    _validate(conf, spark)  # passes: the batch is out of the raw table
+    quarantine = spark.read.format("delta").load(str(ctx.tables.quarantine.ref))
+    held = quarantine.where(F.col("_ingest_batch_id") == batch).select("id", "_violations").collect()
+    assert sorted((r["id"], list(r["_violations"])) for r in held) == [
+        (21, ["batch.quarantined"]),
+        (22, ["batch.quarantined"]),
+    ]
+    clean = spark.read.format("delta").load(str(ctx.tables.clean.ref))
+    assert sorted(r["id"] for r in clean.select("id").collect()) == list(range(1, 21))
+    # The source still holds the rows: ingest does not bring them back.
+    _validate(conf, spark, force=True)
+    assert spark.read.format("delta").load(str(ctx.tables.raw.ref)).count() == 20
+    dropped = spark.read.format("delta").load(str(ctx.tables.dropped.ref))
+    assert {(r["_ingest_batch_id"], r["_drop_action"], r["_drop_reason"]) for r in dropped.collect()} == {
+        (batch, "quarantine", "labels missing upstream")
+    }
+    assert main(["batches", "list", str(conf)]) == 0
+    assert re.search(rf"^{batch} .* 0 +0 +2 +quarantine: labels missing upstream \(", capsys.readouterr().out, re.M)
+    runs = mlflow.search_runs(experiment_names=["tiny"], filter_string="tags.`deltaml.step` = 'batches'")
+    assert list(runs["tags.deltaml.batch_id"]) == [batch]
 
 
 def test_the_summary_names_each_warning(spark: SparkSession, tmp_path: Path) -> None:

@@ -7,10 +7,14 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from deltaml._version import __version__
 from deltaml.columns import MODEL_NAME_COL, MODEL_VERSION_COL
 from deltaml.errors import DeltamlError, SetupError, one_line, without_credentials
+
+if TYPE_CHECKING:
+    from deltaml.config.loader import LoadedConfig
 
 LOG = logging.getLogger("deltaml")
 
@@ -54,8 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = commands.add_parser(
         "score",
-        help="score what is new in the input table with the champion model (the score step)",
-        description="Score the rows of the input table that have no prediction yet (or all of them with --full).",
+        help="ingest and validate what the source gained, then score what is new with the champion model",
+        description=(
+            "Ingest what the source gained (and validate it, with a contract), then score the rows of the input "
+            "table that have no prediction yet (or all of them with --full). Ingest and validate are skipped when "
+            "the source and tables are unchanged; with score.table set, only scoring runs."
+        ),
     )
     score.add_argument("config", metavar="CONF")
     score.add_argument(
@@ -63,7 +71,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rescore every row and replace all predictions from the input table (same as --set score.mode=full)",
     )
+    score.add_argument(
+        "--skip-ingest",
+        action="store_true",
+        help="score the input table as it is, without ingesting and validating the source first",
+    )
     _add_config_options(score)
+
+    batches = commands.add_parser(
+        "batches",
+        help="list the ingest batches, or take a rejected one out of the raw table (drop or quarantine)",
+        description=(
+            "list: every batch with its rows in the raw, clean and quarantine tables, and the dropped ones. "
+            "drop: move a batch's rows to the dropped-batches table and out of the raw, clean and quarantine "
+            "tables, so later validates no longer see it; quarantine: the same, with its rows also in the "
+            "quarantine table. Ingest does not bring a dropped batch back; each action is an MLflow run."
+        ),
+    )
+    batches.add_argument("action", choices=["list", "drop", "quarantine"])
+    batches.add_argument("config", metavar="CONF")
+    batches.add_argument("--batch", metavar="ID", help="the batch id (drop, quarantine); `list` shows them")
+    batches.add_argument("--reason", default="", help="why the batch goes (drop, quarantine; recorded with it)")
+    _add_config_options(batches)
 
     monitor = commands.add_parser(
         "monitor",
@@ -261,11 +290,38 @@ def _dispatch(args: argparse.Namespace) -> int:
         decision = retrain(loaded, dry_run=args.dry_run)
         print(decision.summary)
         return 0
-    if args.command in ("score", "monitor"):
-        # The score command always scores: its own incremental plan finds what is new.
+    if args.command == "batches":
+        return _batches(args, loaded)
+    if args.command == "score":
+        from deltaml.pipeline.runner import scoring_steps
+
+        # The score step always runs (its own incremental plan finds what is new); ingest and validate are
+        # skipped as usual when the source and tables are unchanged.
+        run_pipeline(loaded, steps=scoring_steps(loaded.pipeline, args.skip_ingest), force={"score"})
+    elif args.command == "monitor":
         run_pipeline(loaded, steps=[args.command], force=True)
     else:
         run_pipeline(loaded, steps=args.step, force=True if args.force else args.force_step)
+    return 0
+
+
+def _batches(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    from deltaml.errors import ConfigError
+    from deltaml.io.session import get_spark
+    from deltaml.io.tables import resolve_tables
+    from deltaml.pipeline.batches import format_batches, list_batches, take_out_batch
+
+    if args.action != "list" and not args.batch:
+        raise ConfigError(
+            f"deltaml batches {args.action}: name the batch with --batch ID (`deltaml batches list CONF`)"
+        )
+    if args.action != "list" and not args.reason.strip():
+        raise ConfigError(f"deltaml batches {args.action}: say why with --reason TEXT (it is recorded with the batch)")
+    spark = get_spark(loaded.pipeline)
+    if args.action == "list":
+        print(format_batches(list_batches(spark, resolve_tables(loaded.pipeline))))
+    else:
+        print(take_out_batch(spark, loaded, args.batch, args.action, args.reason))
     return 0
 
 

@@ -9,7 +9,16 @@ from __future__ import annotations
 # -- columns deltaml adds to tables it owns ------------------------------------------------------------------
 INGEST_BATCH_COL = "_ingest_batch_id"
 INGESTED_AT_COL = "_ingested_at"
-INGEST_COLUMNS = (INGEST_BATCH_COL, INGESTED_AT_COL)
+# A 128-bit hash of a row's source columns (two 64-bit hashes, hex): how ``ingest.mode: append`` knows a source row is
+# already in the raw table (or was dropped with its batch).
+INGEST_ROW_HASH_COL = "_ingest_row_hash"
+INGEST_COLUMNS = (INGEST_BATCH_COL, INGESTED_AT_COL, INGEST_ROW_HASH_COL)
+# The dropped-batches table (``deltaml batches drop|quarantine``): when and why each batch left the raw table.
+DROPPED_AT_COL = "_dropped_at"
+DROP_REASON_COL = "_drop_reason"
+DROP_ACTION_COL = "_drop_action"
+# The violation a row of a batch quarantined whole (``deltaml batches quarantine``) carries in the quarantine table.
+BATCH_QUARANTINED = "batch.quarantined"
 # Where a CSV line that does not parse under the contract's types keeps its text.
 CORRUPT_RECORD = "_corrupt_record"
 VIOLATIONS_COL = "_violations"

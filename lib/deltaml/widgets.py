@@ -8,7 +8,7 @@ from typing import Protocol
 
 from deltaml.config.loader import LoadedConfig, load_config
 from deltaml.pipeline.retraining import RetrainDecision, retrain
-from deltaml.pipeline.runner import PipelineOutcome, run_pipeline
+from deltaml.pipeline.runner import PipelineOutcome, run_pipeline, scoring_steps
 
 
 class Widgets(Protocol):
@@ -33,6 +33,12 @@ def config_from_widgets(widgets: Widgets) -> LoadedConfig:
 def run_from_widgets(widgets: Widgets, steps: Sequence[str] | None = None) -> PipelineOutcome:
     """Run the pipeline (or ``steps``) configured by the notebook's widgets, on the active session."""
     return run_pipeline(config_from_widgets(widgets), steps=steps)
+
+
+def score_from_widgets(widgets: Widgets) -> PipelineOutcome:
+    """What ``deltaml score`` runs: ingest and validate what the source gained, then score what is new."""
+    loaded = config_from_widgets(widgets)
+    return run_pipeline(loaded, steps=scoring_steps(loaded.pipeline), force={"score"})
 
 
 def retrain_from_widgets(widgets: Widgets) -> RetrainDecision:

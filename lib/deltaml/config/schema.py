@@ -230,8 +230,8 @@ MONITOR_TABLES = ("monitoring", "retraining")
 class TablesConfig(_Model):
     """The Delta tables the pipeline reads and writes.
 
-    ``clean``, ``quarantine`` and ``quality`` (used when a contract is declared) default to
-    paths beside ``raw``: ``<raw>_clean``, ``<raw>_quarantine`` and ``<raw>_quality``.
+    ``clean``, ``quarantine`` and ``quality`` (used when a contract is declared) and ``dropped`` default to
+    paths beside ``raw``: ``<raw>_clean``, ``<raw>_quarantine``, ``<raw>_quality`` and ``<raw>_dropped``.
     """
 
     raw: TableRef
@@ -247,6 +247,9 @@ class TablesConfig(_Model):
     """The rows that broke the contract, with every rule each broke (default ``<raw>_quarantine``)."""
     quality: TableRef | None = None
     """One row per contract rule per validate run: rows broken, rows checked, action (default ``<raw>_quality``)."""
+    dropped: TableRef | None = None
+    """The batches ``deltaml batches drop|quarantine`` took out of the raw table, with when and why (default
+    ``<raw>_dropped``); ingest does not bring them back."""
     serving: TableRef | None = None
     """Optional: the latest prediction per key, merged from the new predictions after every score run."""
     monitoring: TableRef | None = None
@@ -256,7 +259,10 @@ class TablesConfig(_Model):
 
     @model_validator(mode="after")
     def _derive_contract_tables(self) -> TablesConfig:
-        for base, suffixes in ((self.raw, ("clean", "quarantine", "quality")), (self.predictions, MONITOR_TABLES)):
+        for base, suffixes in (
+            (self.raw, ("clean", "quarantine", "quality", "dropped")),
+            (self.predictions, MONITOR_TABLES),
+        ):
             for suffix in suffixes:
                 if getattr(self, suffix) is None:
                     derived = (
@@ -1078,11 +1084,27 @@ class RegisterConfig(_Model):
 
 
 class IngestConfig(_Model):
-    """Ingest into the raw (bronze) table; ``batch_id`` defaults to a fingerprint of the source."""
+    """Ingest into the raw (bronze) table; ``batch_id`` defaults to a fingerprint of what is ingested."""
 
+    mode: Literal["snapshot", "append"] = "snapshot"
+    """``snapshot``: the source is the whole data set; a changed source is ingested whole as a new batch (the same
+    content is the same batch, so a rerun replaces it). ``append``: the source grows (new files, appended rows); only
+    its rows not already in the raw table (nor in a dropped batch) are ingested, as one new batch, so a scheduled
+    ``deltaml score`` scores exactly what arrived. A row is matched by a hash of all its source columns: a corrected
+    row is a new row, and a row identical to one already ingested is not ingested again."""
     batch_id: str | None = None
-    """Pin the batch id (1-64 letters, digits or ``_ . : -``); default: a fingerprint of the source content (row
-    count and summed row hashes), so a rewritten or touched file with the same rows is the same batch."""
+    """Pin the batch id (1-64 letters, digits or ``_ . : -``); default: a fingerprint of the rows ingested (row count
+    and summed row hashes), so a rewritten or touched file with the same rows is the same batch. ``snapshot`` only:
+    in ``append`` mode each run's new rows are their own batch."""
+
+    @model_validator(mode="after")
+    def _append_has_own_ids(self) -> IngestConfig:
+        if self.mode == "append" and self.batch_id is not None:
+            raise ValueError(
+                "ingest.batch_id pins one batch, but ingest.mode append makes a new batch of each run's new rows "
+                "(a pinned id would replace the rows ingested before); unset batch_id or use mode snapshot"
+            )
+        return self
 
     @field_validator("batch_id")
     @classmethod

@@ -345,8 +345,12 @@ def replace_rows(
     writer = df.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
     if merge_schema:
         writer = writer.option("mergeSchema", "true")
+    before = table_version(spark, table) if table_exists(spark, table) else -1
     _writer_target(spark, df, writer, table)
-    return _last_write(spark, table)
+    written = _last_write(spark, table)
+    # Delta records no commit for a write that adds and removes nothing (skipRecordingEmptyCommits): the
+    # latest commit is then an earlier write's, not this one's.
+    return WriteResult(before, 0) if written.version == before else written
 
 
 # Delta's optimistic concurrency: a transaction that another writer's commit invalidated between its

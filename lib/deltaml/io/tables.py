@@ -20,6 +20,7 @@ class Tables:
     quality: Table
     monitoring: Table
     retraining: Table
+    dropped: Table
     serving: Table | None = None
 
 
@@ -27,7 +28,7 @@ def resolve_tables(cfg: PipelineConfig) -> Tables:
     """The pipeline's tables, resolved against its state dir."""
     refs = cfg.tables
     assert refs.clean is not None and refs.quarantine is not None and refs.quality is not None
-    assert refs.monitoring is not None and refs.retraining is not None
+    assert refs.monitoring is not None and refs.retraining is not None and refs.dropped is not None
     return Tables(
         raw=resolve_table(refs.raw, cfg.state_path),
         split=resolve_table(refs.split, cfg.state_path),
@@ -37,6 +38,7 @@ def resolve_tables(cfg: PipelineConfig) -> Tables:
         quality=resolve_table(refs.quality, cfg.state_path),
         monitoring=resolve_table(refs.monitoring, cfg.state_path),
         retraining=resolve_table(refs.retraining, cfg.state_path),
+        dropped=resolve_table(refs.dropped, cfg.state_path),
         serving=resolve_table(refs.serving, cfg.state_path) if refs.serving is not None else None,
     )
 

@@ -34,6 +34,7 @@ from deltaml.columns import (
     TAG_VERSION,
 )
 from deltaml.config.loader import LoadedConfig
+from deltaml.config.schema import PipelineConfig
 from deltaml.errors import ConfigError, DeltamlError, StepFailedError, one_line, redacted
 from deltaml.io.failures import failure_clause
 from deltaml.io.recording import TableAccess, recording, step_lineage
@@ -93,6 +94,24 @@ def check_config(loaded: LoadedConfig) -> None:
     problems = [f"'{where}': {problem}" for step in STEPS for where, problem in step.check(loaded.pipeline)]
     if problems:
         raise ConfigError(f"invalid config ({' + '.join(loaded.source_files)}): " + "; ".join(problems))
+
+
+def scoring_steps(cfg: PipelineConfig, skip_ingest: bool = False) -> list[str]:
+    """The steps a scheduled ``deltaml score`` runs: what brings new source rows to its input, then score.
+
+    Scoring the pipeline's own raw, clean or split table first ingests what the source gained and (with a
+    contract) validates it, so a scheduled job scores new data; each of those steps is skipped as usual when
+    its source and tables are unchanged. ``score.table`` (a table deltaml does not write) is scored as it is.
+    """
+    if skip_ingest or cfg.score.table is not None:
+        return ["score"]
+    choice = cfg.score.input or ("clean" if cfg.contract is not None else "raw")
+    steps = ["ingest"]
+    if cfg.contract is not None and choice != "raw":
+        steps.append("validate")
+    if choice == "split":
+        steps.append("split")
+    return [*steps, "score"]
 
 
 def run_pipeline(
