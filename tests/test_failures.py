@@ -233,3 +233,81 @@ def test_a_dead_driver_jvm_stops_the_search_and_says_out_of_memory(tmp_path: Pat
     assert (
         "spark.driver.memory" in line and "tuning.single_node_max_rows" in line and "features.rare_categories" in line
     )
+
+
+# A fit whose driver JVM dies in its third trial, in a process of its own (the suite's session must live on).
+_FIT_DIES_IN_ITS_THIRD_TRIAL = """
+import os, signal, sys, threading
+import deltaml.steps.fit as fit
+from deltaml.config.loader import load_config
+from deltaml.errors import SessionLostError
+from deltaml.io.session import get_spark
+from deltaml.pipeline.runner import run_pipeline
+
+loaded = load_config(sys.argv[1])
+spark = get_spark(loaded.pipeline)
+stages, calls = fit.model_stages, []
+
+def dies_in_the_third(*args, **kwargs):
+    if threading.current_thread().name.startswith("trial-"):
+        calls.append(1)
+    if len(calls) == 3:  # what an out-of-memory death looks like from Python: the JVM is gone
+        os.kill(spark.sparkContext._gateway.proc.pid, signal.SIGKILL)
+        spark.sparkContext._gateway.proc.wait()
+    return stages(*args, **kwargs)
+
+fit.model_stages = dies_in_the_third
+try:
+    run_pipeline(loaded, steps=["fit"], spark=spark)
+except SessionLostError as exc:
+    print(f"died after {len(calls)} trials: {exc}")
+    sys.exit(0)
+sys.exit(f"no SessionLostError after {len(calls)} trials")
+"""
+
+
+def test_a_fit_that_died_resumes_from_the_trials_it_logged(
+    spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, a fit that died after minutes of trials ran every trial again."""
+    import mlflow
+
+    from deltaml.config.loader import load_config
+    from deltaml.pipeline.runner import run_pipeline
+
+    conf = _config(tmp_path)
+    data = {**__import__("yaml").safe_load(conf.read_text())}
+    data["model"] = {
+        "candidates": [{"family": "logistic_regression", "search": {"regParam": {"loguniform": [1e-4, 1.0]}}}]
+    }
+    data["tuning"] = {"max_evals": 5, "parallelism": 1}
+    write_config(conf, data)
+    rows = [(i, float(i % 7), "ab"[i % 2], "Yes" if i % 7 + (i * 13) % 5 > 5 else "No") for i in range(60)]
+    append_rows(spark, spark.createDataFrame(rows, SCHEMA).coalesce(1), Table(str(tmp_path / "raw"), is_path=True))
+    run_pipeline(load_config(conf), steps=["split"], spark=spark)
+
+    died = subprocess.run(
+        [sys.executable, "-c", _FIT_DIES_IN_ITS_THIRD_TRIAL, str(conf)], capture_output=True, text=True, timeout=600
+    )
+    assert died.returncode == 0, died.stderr[-3000:]
+    assert died.stdout.strip().splitlines()[-1].startswith("died after 3 trials: step 'fit': "), died.stdout
+
+    with caplog.at_level("INFO", logger="deltaml"):
+        outcome = run_pipeline(load_config(conf), steps=["fit"], spark=spark)
+    failed = mlflow.search_runs(
+        experiment_names=["tiny"], filter_string="tags.`deltaml.step` = 'fit' and attributes.status = 'FAILED'"
+    )
+    assert len(failed) == 1
+    first = failed["run_id"][0]
+    assert (
+        f"fit: resuming the search of run {first}, which did not finish: 2 trials logged (logistic_regression 2)"
+        in (caplog.text)
+    )
+    trials = mlflow.search_runs(
+        experiment_names=["tiny"], filter_string=f"tags.mlflow.parentRunId = '{outcome.run_ids['fit']}'"
+    )
+    assert len(trials) == 5
+    assert sorted(trials["tags.mlflow.runName"][trials["tags.deltaml.resumed_from"] == first]) == [
+        "logistic_regression-001",
+        "logistic_regression-002",
+    ]

@@ -346,7 +346,7 @@ def test_two_score_runs_at_once_write_each_prediction_once(
 def test_the_scheduled_scoring_job_scores_exactly_the_rows_appended_to_the_source(
     spark: SparkSession, tiny_state: Path, tmp_path: Path
 ) -> None:
-    """The shipped entry point (jobs/score.py) on a growing source: ingest (append) before score, only new rows scored."""
+    """The shipped entry point (jobs/score.py) on a growing source: ingest (append), then only the new rows scored."""
     state = tmp_path / "state"
     shutil.copytree(tiny_state, state)
     source = tmp_path / "source"

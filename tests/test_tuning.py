@@ -15,7 +15,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from deltaml.ml.tuning import SearchBudget, TrialLogger, TrialOutcome, search_family
+from deltaml.columns import TAG_ATTEMPT_KEY
+from deltaml.errors import SessionLostError
+from deltaml.ml.tuning import SearchBudget, TrialLogger, TrialOutcome, died_attempt_trials, search_family
 from deltaml.steps.fit import _log_leaderboard, leaderboard_rows
 
 SPACE = {"regParam": {"loguniform": [1e-5, 1.0]}, "maxIter": {"quniform": [10, 50, 10]}}
@@ -206,6 +208,64 @@ def test_every_trial_is_a_nested_mlflow_run(tmp_path: Path) -> None:
     assert runs[0].data.params == {"maxDepth": "3"}
     assert runs[0].data.metrics == pytest.approx({"validation_auc_roc": 0.81, "seconds": 1.5})
     assert runs[1].data.tags["deltaml.error"] == "ValueError: boom"
+
+
+def test_a_search_that_died_resumes_from_its_logged_trials(tmp_path: Path) -> None:
+    """Before, a fit that died after minutes of trials started its search again from trial 1."""
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.set_experiment("resume-test")
+    whole = search_family("lr", SPACE, {}, _bowl, metric="auc_roc", budget=_budget(max_evals=10, seed=7))
+    calls: list[dict[str, Any]] = []
+
+    def dies_at_the_sixth(params: dict[str, Any]) -> tuple[str, dict[str, float]]:
+        calls.append(params)
+        if len(calls) == 6:
+            raise SessionLostError("the JVM is gone")
+        return _bowl(params)
+
+    def logged_search(train: Any) -> tuple[str, Any]:
+        with mlflow.start_run(tags={TAG_ATTEMPT_KEY: "key-1"}) as run:
+            logger = TrialLogger(run.info.run_id, experiment.experiment_id)
+            found = died_attempt_trials(run.info.run_id, experiment.experiment_id, "key-1")
+            logged = {t.number: t for t in found[1]} if found else None
+            result = search_family(
+                "lr",
+                SPACE,
+                {},
+                train,
+                metric="auc_roc",
+                budget=_budget(max_evals=10, seed=7),
+                on_trial=lambda trial, best: logger.log(trial, "auc_roc"),
+                logged=logged,
+            )
+            return run.info.run_id, result
+
+    with pytest.raises(SessionLostError):
+        logged_search(dies_at_the_sixth)
+    died = MlflowClient().search_runs([experiment.experiment_id], filter_string="attributes.status = 'FAILED'")
+    assert len(died) == 1
+    first_run = died[0].info.run_id
+    calls.clear()
+
+    def counted(params: dict[str, Any]) -> tuple[str, dict[str, float]]:
+        calls.append(params)
+        return _bowl(params)
+
+    second_run, resumed = logged_search(counted)
+
+    # The same ten trials as a search that never died, only the ones not logged were trained (and the best again
+    # if it was a logged one), and the logged ones say where they came from.
+    assert [t.params for t in resumed.trials] == [t.params for t in whole.trials]
+    assert [t.metrics for t in resumed.trials] == [t.metrics for t in whole.trials]
+    taken = [t for t in resumed.trials if t.resumed_from == first_run]
+    assert [t.number for t in taken] == [1, 2, 3, 4, 5]  # trial 6 died; trials are logged in order
+    assert len(calls) == 10 - len(taken) + (1 if resumed.best in taken else 0)
+    assert resumed.best is not None and resumed.best.model == "model"
+    children = MlflowClient().search_runs(
+        [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{second_run}'"
+    )
+    assert len(children) == 10
+    assert sum(c.data.tags.get("deltaml.resumed_from") == first_run for c in children) == len(taken)
 
 
 def test_every_metric_has_a_direction() -> None:

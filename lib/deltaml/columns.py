@@ -71,6 +71,9 @@ TAG_VERSION = "deltaml.version"
 TAG_CONFIG_FILES = "deltaml.config_files"
 TAG_MODEL_URI = "deltaml.model_uri"
 TAG_KEY = "deltaml.step_key"
+# The step's cache key, set when the step starts (TAG_KEY only when it finishes): a fit that dies is found by it, and
+# the next fit with the same key resumes from its logged trials.
+TAG_ATTEMPT_KEY = "deltaml.attempt_key"
 TAG_FINGERPRINT = "deltaml.fingerprint"
 TAG_RECORD = "deltaml.cache"
 TAG_CACHED_FROM = "deltaml.cached_from"
@@ -86,6 +89,8 @@ TRIAL_STEP = "trial"
 TAG_FAMILY = "deltaml.family"
 TAG_ERROR = "deltaml.error"
 TAG_TRIAL_METRIC = "deltaml.trial_metric"
+# A trial a resumed search took from the fit run that died (its id) instead of training it again.
+TAG_RESUMED_FROM = "deltaml.resumed_from"
 TAG_TRIAL_HOST = "deltaml.trial_host"
 TAG_TRIAL_PID = "deltaml.trial_pid"
 TAG_TRIAL_TASK_ATTEMPT = "deltaml.trial_task_attempt"

@@ -398,6 +398,35 @@ def log_dict_to(run_id: str, data: Any, artifact_file: str) -> None:
     MlflowClient().log_dict(run_id, data, artifact_file)
 
 
+def died_attempt_children(
+    current_run_id: str, experiment_id: str, tag: str, value: str, step: str
+) -> tuple[str, list[Run]] | None:
+    """The newest other run tagged ``tag=value`` that ended FAILED or KILLED, and its FINISHED ``step`` children."""
+    client = MlflowClient()
+    died = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{tag}` = '{value}' and attributes.status != 'FINISHED' "
+        "and attributes.status != 'RUNNING'",
+        order_by=["attributes.start_time DESC"],
+        max_results=5,
+    )
+    attempt = next((r.info.run_id for r in died if r.info.run_id != current_run_id), None)
+    if attempt is None:
+        return None
+    children = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{attempt}' and tags.`{TAG_STEP}` = '{step}' "
+        "and attributes.status = 'FINISHED'",
+        max_results=10_000,
+    )
+    return attempt, children
+
+
+def get_run_tags(run_id: str) -> dict[str, str]:
+    """The tags of a run as the store has them now (the active run's object does not see tags set after its start)."""
+    return dict(MlflowClient().get_run(run_id).data.tags)
+
+
 def active_run_id() -> str | None:
     """The id of the run being logged to, or None outside a run."""
     run = mlflow.active_run()

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -27,8 +27,10 @@ from hyperopt.base import Domain, spec_from_misc
 from hyperopt.fmin import space_eval
 
 from deltaml.columns import (
+    TAG_ATTEMPT_KEY,
     TAG_ERROR,
     TAG_FAMILY,
+    TAG_RESUMED_FROM,
     TAG_STEP,
     TAG_TRIAL_HOST,
     TAG_TRIAL_METRIC,
@@ -40,7 +42,7 @@ from deltaml.columns import (
 from deltaml.config.search_space import build_space, params_from_sample
 from deltaml.errors import SessionLostError, one_line
 from deltaml.io.session import session_for_threads
-from deltaml.io.tracking import log_finished_run
+from deltaml.io.tracking import died_attempt_children, log_finished_run
 from deltaml.tasks import loss_of
 
 LOG = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ class TrialOutcome:
     seconds: float = 0.0
     error: str | None = None
     model: Any = None
+    # The fit run whose logged trial this is, when a resumed search took it instead of training again.
+    resumed_from: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -110,6 +114,8 @@ class TrialLogger:
         }
         if trial.error:
             tags[TAG_ERROR] = trial.error[:4000]
+        if trial.resumed_from:
+            tags[TAG_RESUMED_FROM] = trial.resumed_from
         # A single-node trial knows where it ran (host and Python worker of its executor task).
         info = next((getattr(s, "trial_info", None) for s in getattr(trial.model, "stages", [])), None)
         if info is not None:
@@ -118,7 +124,7 @@ class TrialLogger:
             tags[TAG_TRIAL_TASK_ATTEMPT] = str(info.task_attempt_id)
             tags[TAG_TRIAL_WORKDIR] = str(info.workdir)
         metrics = {f"validation_{k}": v for k, v in trial.metrics.items() if math.isfinite(v)}
-        params = {k: str(v)[:6000] for k, v in trial.params.items()}
+        params = logged_params(trial.params)
         with self._lock:  # the tracking store is shared; one writer at a time keeps SQLite happy
             log_finished_run(
                 self._experiment,
@@ -127,6 +133,36 @@ class TrialLogger:
                 params,
                 ok=trial.ok,
             )
+
+
+def logged_params(params: dict[str, Any]) -> dict[str, str]:
+    """A trial's params as MLflow keeps them (strings): what a resumed search compares its proposals with."""
+    return {k: str(v)[:6000] for k, v in params.items()}
+
+
+def died_attempt_trials(current_run_id: str, experiment_id: str, key: str) -> tuple[str, list[TrialOutcome]] | None:
+    """The trials an earlier fit with the same cache key logged before it died (FAILED or KILLED), newest attempt.
+
+    Returns:
+        That fit run's id and its finished trials (params as logged, metrics without ``validation_``), or None.
+    """
+    found = died_attempt_children(current_run_id, experiment_id, TAG_ATTEMPT_KEY, key, TRIAL_STEP)
+    if found is None:
+        return None
+    attempt, runs = found
+    trials = []
+    for run in runs:
+        family, _, number = run.data.tags.get("mlflow.runName", "").rpartition("-")
+        if not number.isdigit() or family != run.data.tags.get(TAG_FAMILY):
+            continue
+        metrics = {k.removeprefix("validation_"): v for k, v in run.data.metrics.items() if k.startswith("validation_")}
+        seconds = run.data.metrics.get("seconds", 0.0)
+        trials.append(TrialOutcome(family, int(number), dict(run.data.params), metrics, seconds, resumed_from=attempt))
+    return attempt, trials
+
+
+def _taken(outcome: TrialOutcome) -> TrialOutcome:
+    return outcome
 
 
 def search_family(
@@ -138,6 +174,7 @@ def search_family(
     metric: str,
     budget: SearchBudget,
     on_trial: Callable[[TrialOutcome, TrialOutcome | None], None] = lambda trial, best: None,
+    logged: dict[int, TrialOutcome] | None = None,
 ) -> FamilyResult:
     """Tune one family: TPE proposals, ``budget.parallelism`` trials at a time on driver threads.
 
@@ -150,6 +187,10 @@ def search_family(
         metric: The validation metric to optimise (a key of what ``train_trial`` returns).
         budget: Trial count, concurrency, deadline, early stopping and seed.
         on_trial: Called after every trial with the trial and the family's best so far.
+        logged: Trials of an earlier attempt at the same search that died (same config, data and seed), by
+            number. A proposal equal to the logged trial of its number takes that outcome instead of training:
+            the proposals are a function of the seed and the earlier outcomes, so the resumed search proposes
+            what the first would have. The best trial's model is trained again if it was a logged one.
 
     Returns:
         Every trial, the best one (None if all failed), the wall time and why the search stopped.
@@ -210,7 +251,12 @@ def search_family(
                 (doc,) = suggest([number], domain, history, seed_of(number))
                 docs[number] = doc
                 point = {**fixed, **params_from_sample(space_eval(space, spec_from_misc(doc["misc"])), search)}
-                running[pool.submit(_run_trial, family, number, point, train_trial)] = number
+                earlier = (logged or {}).get(number)
+                if earlier is not None and logged_params(earlier.params) == logged_params(point):
+                    taken = replace(earlier, params=point, model=None)
+                    running[pool.submit(_taken, taken)] = number
+                else:
+                    running[pool.submit(_run_trial, family, number, point, train_trial)] = number
                 number += 1
             if not running:
                 break
@@ -232,6 +278,11 @@ def search_family(
                     previous.model = None
                 elif not improved:
                     outcome.model = None
+    if best is not None and best.resumed_from is not None:  # a logged trial won: its model is trained again
+        retrained = _run_trial(family, best.number, best.params, train_trial)
+        if not retrained.ok:
+            raise RuntimeError(f"{family}: retraining logged trial {best.number} failed: {retrained.error}")
+        best.model = retrained.model
     return FamilyResult(family, outcomes, best, time.monotonic() - started, stopped, max_evals)
 
 

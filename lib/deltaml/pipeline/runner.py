@@ -20,6 +20,7 @@ from deltaml._version import __version__
 from deltaml.columns import (
     MANIFEST_ARTIFACT,
     STEP_LINEAGE_ARTIFACT,
+    TAG_ATTEMPT_KEY,
     TAG_CACHED_FROM,
     TAG_CONFIG_FILES,
     TAG_CONFIG_HASH,
@@ -309,7 +310,8 @@ def _run_step(
     name = step.name
     LOG.info("[%s] started", name)
     started = time.perf_counter()
-    with tracked_run(run_name=name, nested=True, tags={**tags, TAG_STEP: name}) as run:
+    attempt = {TAG_ATTEMPT_KEY: key} if key is not None else {}
+    with tracked_run(run_name=name, nested=True, tags={**tags, TAG_STEP: name, **attempt}) as run:
         try:
             result = step.run(ctx.for_step(step))
         except DeltamlError:

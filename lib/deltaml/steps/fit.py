@@ -17,7 +17,7 @@ from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from deltaml.columns import FEATURES_COL, LABEL_COL, SPLIT_COL, TRAIN, TREE_FEATURES_COL, VALIDATION
+from deltaml.columns import FEATURES_COL, LABEL_COL, SPLIT_COL, TAG_ATTEMPT_KEY, TRAIN, TREE_FEATURES_COL, VALIDATION
 from deltaml.config.schema import PipelineConfig
 from deltaml.config.search_space import searched_params
 from deltaml.errors import StepInputError
@@ -26,7 +26,7 @@ from deltaml.io.flavor import positive_probability
 from deltaml.io.models import log_spark_model, model_requirements, model_signature, package_folder
 from deltaml.io.session import default_parallelism, lost_session, session_lost_error
 from deltaml.io.tables import event_tables
-from deltaml.io.tracking import active_run_id, active_run_info, log_table
+from deltaml.io.tracking import active_run_id, active_run_info, get_run_tags, log_table
 from deltaml.ml.features import build_feature_stages, category_values, tree_layout
 from deltaml.ml.labels import _labelled_split, label_classes
 from deltaml.ml.models import (
@@ -48,7 +48,14 @@ from deltaml.ml.single_node import (
     single_node_param_problem,
 )
 from deltaml.ml.training import finishing_stages, fit_pipeline, leading_windows
-from deltaml.ml.tuning import FamilyResult, SearchBudget, TrialLogger, TrialOutcome, search_family
+from deltaml.ml.tuning import (
+    FamilyResult,
+    SearchBudget,
+    TrialLogger,
+    TrialOutcome,
+    died_attempt_trials,
+    search_family,
+)
 from deltaml.quality.contracts import check_columns
 from deltaml.steps.base import Step, StepContext, StepResult
 from deltaml.steps.outputs import FitOutput
@@ -309,6 +316,7 @@ def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: Mode
     metric = cfg.tuning_metric
     active = active_run_info()
     logger = TrialLogger(active[0] if active else None, active[1] if active else None)
+    logged = _logged_trials(active)
     deadline = time.monotonic() + tuning.timeout_seconds
     started = time.monotonic()
     results: list[FamilyResult] = []
@@ -397,6 +405,7 @@ def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: Mode
                 metric=metric,
                 budget=budget,
                 on_trial=progress,
+                logged=logged.get(family, {}) if candidate.search else None,
             )
             if result.stopped == "timeout":
                 LOG.warning(
@@ -430,6 +439,28 @@ def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: Mode
         if shipped is not None and lost_session(ctx.spark) is None:
             shipped.destroy()
     return results
+
+
+def _logged_trials(active: tuple[str, str] | None) -> dict[str, dict[int, TrialOutcome]]:
+    """The finished trials of the last fit with this cache key that died, by family and number (see search_family)."""
+    if active is None:
+        return {}
+    key = get_run_tags(active[0]).get(TAG_ATTEMPT_KEY)
+    found = died_attempt_trials(active[0], active[1], key) if key else None
+    if not found:
+        return {}
+    run_id, trials = found
+    logged: dict[str, dict[int, TrialOutcome]] = {}
+    for trial in trials:
+        logged.setdefault(trial.family, {})[trial.number] = trial
+    LOG.info(
+        "fit: resuming the search of run %s, which did not finish: %d trials logged (%s) are taken where the "
+        "search proposes them again",
+        run_id,
+        len(trials),
+        ", ".join(f"{family} {len(numbers)}" for family, numbers in logged.items()),
+    )
+    return logged
 
 
 def _stops_when_the_session_is_lost(
