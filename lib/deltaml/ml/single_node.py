@@ -1314,7 +1314,15 @@ def permutation_importances(
                     rows,
                 )
                 x, y = x[keep], y[keep]
+        started = time.monotonic()
         result = permutation_importance(
             estimator, x, y, scoring=scoring, n_repeats=repeats, random_state=seed, n_jobs=1
         )
+    LOG.info(
+        "permutation importances: %d slots x %d repeats on %d rows in %.1f s (evaluate.importances)",
+        x.shape[1],
+        repeats,
+        len(y),
+        time.monotonic() - started,
+    )
     return [float(v) for v in result.importances_mean]

@@ -193,16 +193,14 @@ def take_out_batch(spark: SparkSession, loaded: LoadedConfig, batch_id: str, act
         log_dict(step_lineage(accesses), STEP_LINEAGE_ARTIFACT)
     where = ", ".join(f"{getattr(tables, name)} v{w.version}" for name, w in written.items())
     goes = "quarantined" if action == "quarantine" else "dropped"
-    summary = f"batch {batch_id}: {count} rows {goes} ({reason}); wrote {where}"
-    LOG.info("%s", summary)
-    return summary
+    return f"batch {batch_id}: {count} rows {goes} ({reason}); wrote {where}"
 
 
 def _delete_batch(spark: SparkSession, table: Table, batch_id: str) -> WriteResult | None:
-    """Delete the batch's rows from ``table`` in one commit (None when the table or column does not exist)."""
+    """Delete the batch's rows from ``table`` in one commit (None when the table holds none of them)."""
     if not table_exists(spark, table):
         return None
     df, _ = read_table(spark, table, BATCHES_STEP)
-    if INGEST_BATCH_COL not in df.columns:
+    if INGEST_BATCH_COL not in df.columns or df.where(F.col(INGEST_BATCH_COL) == batch_id).isEmpty():
         return None
     return replace_where(spark, df.limit(0), table, INGEST_BATCH_COL, [batch_id])
