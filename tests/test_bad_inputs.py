@@ -197,7 +197,8 @@ CASES = [
     Case("mlflow-unreachable", RUN, 1, r"did not answer.*fix mlflow.tracking_uri", prepare=_unreachable_mlflow),
     Case(
         "data-file-deleted",
-        ["score", "{conf}", "--full"],
+        # The score step's own read of a damaged input (without --skip-ingest, validate rewrites the clean table).
+        ["score", "{conf}", "--full", "--skip-ingest"],
         1,
         r"data file .*\.parquet is missing.*FSCK REPAIR TABLE",
         prepare=_delete_a_data_file,
@@ -205,7 +206,8 @@ CASES = [
     ),
     Case(
         "commit-file-corrupt",
-        ["score", "{conf}", "--full"],
+        # The score step's own read of a damaged input (without --skip-ingest, validate rewrites the clean table).
+        ["score", "{conf}", "--full", "--skip-ingest"],
         1,
         r"its log entry _delta_log/\d+\.json is corrupt",
         prepare=_corrupt_the_newest_commit,
