@@ -14,7 +14,6 @@ raw table, and rerunning the command finishes the move (each write replaces the 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -42,8 +41,6 @@ from deltaml.io.catalog import Table, WriteResult, read_table, replace_where, ta
 from deltaml.io.recording import recording, step_lineage
 from deltaml.io.tables import Tables, resolve_tables
 from deltaml.io.tracking import configure_tracking, log_dict, log_metrics, set_tags, tracked_run
-
-LOG = logging.getLogger(__name__)
 
 Action = Literal["drop", "quarantine"]
 BATCHES_STEP = "batches"
