@@ -127,3 +127,28 @@ def test_trial_partitions_share_cores_and_keep_partitions_useful(
     from deltaml.steps.fit import trial_partitions
 
     assert trial_partitions(rows, cores, parallelism) == expected
+
+
+def test_fit_caches_one_vector_column_at_a_time(spark: SparkSession) -> None:
+    """The one-hot and tree vectors are never cached side by side (at 10M rows that pushed both to disk)."""
+    from pyspark.ml.linalg import Vectors
+
+    from deltaml.columns import FEATURES_COL, TREE_FEATURES_COL
+    from deltaml.steps.fit import _Vectors
+
+    rows = [(Vectors.dense([1.0, 0.0, 2.0]), Vectors.dense([3.0, 4.0]), float(i % 2)) for i in range(6)]
+    data = spark.createDataFrame(rows, [FEATURES_COL, TREE_FEATURES_COL, LABEL_COL])
+    vectors = _Vectors(data, data.limit(4), [FEATURES_COL, TREE_FEATURES_COL])
+    one_hot = vectors.use(FEATURES_COL)
+    assert [df.columns for df in one_hot] == [[FEATURES_COL, LABEL_COL]] * 2
+    assert all(df.storageLevel.useMemory for df in one_hot)
+    assert (vectors.sizes, vectors.validation_rows) == ({FEATURES_COL: 3}, 4)
+    assert vectors.use(FEATURES_COL) is one_hot  # the cached pair is reused, not cached again
+    tree = vectors.use(TREE_FEATURES_COL)
+    assert [df.columns for df in tree] == [[TREE_FEATURES_COL, LABEL_COL]] * 2
+    assert not any(df.storageLevel.useMemory for df in one_hot)  # released before the next was cached
+    assert all(df.storageLevel.useMemory for df in tree)
+    assert vectors.sizes == {FEATURES_COL: 3, TREE_FEATURES_COL: 2}
+    assert not vectors.frames(FEATURES_COL)[0].storageLevel.useMemory  # the other vector, computed when read
+    vectors.release()
+    assert not any(df.storageLevel.useMemory for df in tree)

@@ -17,7 +17,16 @@ from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from deltaml.columns import FEATURES_COL, LABEL_COL, SPLIT_COL, TAG_ATTEMPT_KEY, TRAIN, TREE_FEATURES_COL, VALIDATION
+from deltaml.columns import (
+    FEATURES_COL,
+    LABEL_COL,
+    SPLIT_COL,
+    TAG_ATTEMPT_KEY,
+    TRAIN,
+    TREE_FEATURES_COL,
+    VALIDATION,
+    WEIGHT_COL,
+)
 from deltaml.config.schema import PipelineConfig
 from deltaml.config.search_space import searched_params
 from deltaml.errors import StepInputError
@@ -158,6 +167,7 @@ def run_fit(ctx: StepContext) -> StepResult:
         cached.append(df.cache())
         return cached[-1]
 
+    vectors: _Vectors | None = None
     try:
         train = cache(_labelled_split(data, cfg, TRAIN, classes=classes))
         rows, positives = _check_train_labels(cfg, train, classes)
@@ -179,32 +189,28 @@ def run_fit(ctx: StepContext) -> StepResult:
         validation_vectors = features.transform(validation).select(*vector_cols, LABEL_COL)
         # Coalescing never adds partitions: vectors already in fewer stay as they are.
         partitions = trial_partitions(rows, default_parallelism(ctx.spark), cfg.tuning.parallelism)
-        train_vectors, validation_vectors = train_vectors.coalesce(partitions), validation_vectors.coalesce(partitions)
-        train_vectors, validation_vectors = cache(train_vectors), cache(validation_vectors)
-        first = train_vectors.first()
-        assert first is not None
-        num_features = int(first[FEATURES_COL].size)
-        tree_features = int(first[TREE_FEATURES_COL].size) if tree else 0
-        if enriched is not train:
-            enriched.unpersist()  # the train vectors are cached and computed now
-        validation_rows = validation_vectors.count()
+        vectors = _Vectors(train_vectors.coalesce(partitions), validation_vectors.coalesce(partitions), vector_cols)
+        first_column = vector_column(cfg.model.all_candidates[0].family)
+        vectors.use(first_column)
+        for df in cached:  # the first vectors are cached and computed now; the others are computed from the table
+            df.unpersist()
+        cached.clear()
+        validation_rows = vectors.validation_rows
         if not validation_rows:
             raise StepInputError(
                 "step 'fit': the validation split has no labelled rows; set split.validation above 0 "
                 "(tuning, the choice of the winner and the decision threshold are measured on it)"
             )
         shape = ModelShape(
-            num_features,
             len(classes) if classes else 2,
             weighted,
             validation_rows,
             rows,
-            tree_features,
             category_values(features) if tree else None,
         )
-        results = _tune(ctx, train_vectors, validation_vectors, shape)
+        results = _tune(ctx, vectors, shape)
         winner = _winner(results, cfg.tuning_metric)
-        threshold = _threshold(cfg, winner, validation_vectors)
+        threshold = _threshold(cfg, winner, vectors.frames(vector_column(winner.family))[1])
         finish = finishing_stages(cfg, threshold, classes)
         feature_stages = features.stages
         if not reads_tree_vector(winner.family):
@@ -216,6 +222,8 @@ def run_fit(ctx: StepContext) -> StepResult:
     finally:
         for df in cached:
             df.unpersist()
+        if vectors is not None:
+            vectors.release()
     metric = cfg.tuning_metric
     _log_leaderboard(results, metric)
     with tempfile.TemporaryDirectory(prefix="deltaml-code-") as scratch:
@@ -292,22 +300,67 @@ def _writes(stage: Any, column: str) -> bool:
     return isinstance(stage, VectorAssembler) and stage.getOutputCol() == column
 
 
+def vector_column(family: str) -> str:
+    """The vector column the family reads."""
+    return TREE_FEATURES_COL if reads_tree_vector(family) else FEATURES_COL
+
+
+class _Vectors:
+    """The train and validation vectors, cached one vector column at a time.
+
+    The one-hot vector (linear models) and the tree vector (trees, single-node families) are not
+    needed at once: caching both side by side doubled the cache, and at 10,000,000 rows Spark kept
+    it on disk and the tree learners re-read it once per tree level. The families are tuned grouped
+    by the vector they read, and only that group's vector is cached; the next is computed from the
+    split table when its group starts.
+    """
+
+    def __init__(self, train: DataFrame, validation: DataFrame, columns: list[str]) -> None:
+        self._train, self._validation, self._columns = train, validation, columns
+        self._cached: dict[str, tuple[DataFrame, DataFrame]] = {}
+        self.sizes: dict[str, int] = {}
+        self.validation_rows = 0
+
+    def frames(self, column: str) -> tuple[DataFrame, DataFrame]:
+        """The train and validation frames with ``column`` (cached if it is the cached one)."""
+        if column in self._cached:
+            return self._cached[column]
+        others = [c for c in self._columns if c != column]
+        return self._train.drop(*others), self._validation.drop(*others)
+
+    def use(self, column: str) -> tuple[DataFrame, DataFrame]:
+        """Cache ``column``'s train and validation frames (releasing the other's) and return them."""
+        if column not in self._cached:
+            self.release()
+            train, validation = (df.cache() for df in self.frames(column))
+            self._cached[column] = (train, validation)
+            first = train.first()
+            assert first is not None
+            self.sizes[column] = int(first[column].size)
+            self.validation_rows = validation.count()
+        return self._cached[column]
+
+    def release(self) -> None:
+        for train, validation in self._cached.values():
+            train.unpersist()
+            validation.unpersist()
+        self._cached.clear()
+
+
 @dataclass(frozen=True)
 class ModelShape:
-    """What every candidate model is built for: the feature vector sizes, the classes, the weights."""
+    """What every candidate model is built for: the classes, the weights, the split sizes."""
 
-    num_features: int
     num_classes: int
     weighted: bool
     validation_rows: int
     train_rows: int
-    tree_features: int = 0
     # With the tree vector: the most values of its categorical slots (see model_stages' categories).
     categories: int | None = None
 
 
-def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: ModelShape) -> list[FamilyResult]:
-    """Tune every candidate family in turn on the cached train and validation vectors."""
+def _tune(ctx: StepContext, vectors: _Vectors, shape: ModelShape) -> list[FamilyResult]:
+    """Tune every candidate family, grouped by the vector it reads; the results come back in config order."""
     from deltaml.ml.metrics import collected_metrics, task_metrics
 
     cfg = ctx.config
@@ -319,18 +372,27 @@ def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: Mode
     logged = _logged_trials(active)
     deadline = time.monotonic() + tuning.timeout_seconds
     started = time.monotonic()
-    results: list[FamilyResult] = []
+    candidates = list(enumerate(cfg.model.all_candidates))
+    first = vector_column(candidates[0][1].family)
+    # The first family's vector is cached already: its group goes first, the others after it.
+    candidates.sort(key=lambda item: vector_column(item[1].family) != first)
+    results: dict[int, FamilyResult] = {}
     shipped: ShippedData | None = None
     try:
-        for index, candidate in enumerate(cfg.model.all_candidates):
+        for index, candidate in candidates:
             family = candidate.family
+            column = vector_column(family)
+            if column != TREE_FEATURES_COL and shipped is not None and lost_session(ctx.spark) is None:
+                shipped.destroy()
+                shipped = None
+            train, validation = vectors.use(column)
             train_trial: Callable[[dict[str, Any]], tuple[Any, dict[str, float]]]
             if family in SINGLE_NODE_FAMILIES:
                 if shipped is None:  # the vectors go to the executors once, for every single-node family
                     rows = single_node_rows(
                         tuning.single_node_max_rows,
                         tuning.single_node_max_mb,
-                        shape.tree_features,
+                        vectors.sizes[TREE_FEATURES_COL],
                         [shape.train_rows, shape.validation_rows],
                     )
                     shipped = ship_data(
@@ -355,12 +417,18 @@ def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: Mode
                 if shape.weighted and not supports_weights(family, task):
                     LOG.warning("model family %s does not support class weights; its trials are unweighted", family)
 
-                def train_trial(params: dict[str, Any], family: str = family) -> tuple[PipelineModel, dict[str, float]]:
+                def train_trial(
+                    params: dict[str, Any],
+                    family: str = family,
+                    train: DataFrame = train,
+                    validation: DataFrame = validation,
+                    num_features: int = vectors.sizes[column],
+                ) -> tuple[PipelineModel, dict[str, float]]:
                     stages = model_stages(
                         family,
                         params,
                         seed=cfg.seed,
-                        num_features=shape.num_features,
+                        num_features=num_features,
                         weighted=shape.weighted,
                         task=task,
                         num_classes=shape.num_classes,
@@ -434,11 +502,11 @@ def _tune(ctx: StepContext, train: DataFrame, validation: DataFrame, shape: Mode
                     result.best.metrics[metric],
                     shape.validation_rows,
                 )
-            results.append(result)
+            results[index] = result
     finally:
         if shipped is not None and lost_session(ctx.spark) is None:
             shipped.destroy()
-    return results
+    return [results[index] for index in sorted(results)]
 
 
 def _logged_trials(active: tuple[str, str] | None) -> dict[str, dict[int, TrialOutcome]]:
@@ -563,7 +631,9 @@ def _refit(
     try:
         # The features first: refitted on more rows, the vector can change size (mlp needs it).
         fitted = fit_pipeline(Pipeline(stages=features), both)
-        vectors = fitted.transform(both).cache()
+        # Only what the model reads is cached: the winner's vector, the label, the weights.
+        column = vector_column(winner.family)
+        vectors = fitted.transform(both).select(column, LABEL_COL, *([WEIGHT_COL] if shape.weighted else [])).cache()
         try:
             first = vectors.first()
             assert first is not None
@@ -571,7 +641,7 @@ def _refit(
                 rows = single_node_rows(
                     cfg.tuning.single_node_max_rows,
                     cfg.tuning.single_node_max_mb,
-                    int(first[TREE_FEATURES_COL].size),
+                    int(first[column].size),
                     [shape.train_rows + shape.validation_rows],
                 )
                 model: Any = fit_single_node(
@@ -591,7 +661,7 @@ def _refit(
                 winner.family,
                 winner.params,
                 seed=cfg.seed,
-                num_features=int(first[FEATURES_COL].size),
+                num_features=int(first[column].size),
                 weighted=shape.weighted,
                 task=task,
                 num_classes=shape.num_classes,
