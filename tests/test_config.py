@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -352,6 +353,19 @@ def test_lightgbm_keyword_params_and_default_spaces_pass_check_config(tmp_path: 
         *({"family": f, "search": "default"} for f in ("logistic_regression", "random_forest", "gbt", "mlp")),
     ]
     check_config(load_config(_bad(tmp_path, {"model.candidates": candidates})))
+
+
+def test_the_optuna_engine_is_checked_at_config_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check-config", str(_bad(tmp_path, {"tuning.engine": "skopt"}))]) == 2
+    assert "'tuning.engine': Input should be 'hyperopt' or 'optuna'" in capsys.readouterr().err
+    conf = _bad(tmp_path, {"tuning.engine": "optuna"})
+    assert main(["check-config", str(conf)]) == 0
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if it were not installed
+    assert main(["check-config", str(conf)]) == 3
+    err = capsys.readouterr().err
+    assert "tuning.engine optuna needs the optuna package" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_demo_config_tunes_four_families_and_register_keeps_its_yaml_name() -> None:

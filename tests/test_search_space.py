@@ -21,14 +21,29 @@ from deltaml.config.search_space import (
     describe,
     params_from_sample,
     searched_params,
+    suggest_sample,
     validate_search,
 )
 
 N_SAMPLES = 200
 
 
-def _draw(search: dict[str, Any], seed: int = 0, n: int = N_SAMPLES, label: str = "family") -> list[dict[str, Any]]:
-    """``n`` seeded samples of the space of ``search``, turned into Spark params."""
+@pytest.fixture(params=["hyperopt", "optuna"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """Both engines draw from the same YAML space: every shape test runs with each."""
+    return str(request.param)
+
+
+def _draw(
+    search: dict[str, Any], seed: int = 0, n: int = N_SAMPLES, label: str = "family", engine: str = "hyperopt"
+) -> list[dict[str, Any]]:
+    """``n`` seeded samples of the space of ``search`` (Hyperopt's or Optuna's), turned into Spark params."""
+    if engine == "optuna":
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        return [params_from_sample(suggest_sample(study.ask(), search, label), search) for _ in range(n)]
     space = build_space(search, label)
     rng = np.random.default_rng(seed)
     return [params_from_sample(sample(space, rng=rng), search) for _ in range(n)]
@@ -50,9 +65,9 @@ def _draw(search: dict[str, Any], seed: int = 0, n: int = N_SAMPLES, label: str 
     ],
 )
 def test_every_distribution_stays_in_bounds_with_the_right_type(
-    spec: dict[str, list[float]], kind: type, low: float, high: float
+    spec: dict[str, list[float]], kind: type, low: float, high: float, engine: str
 ) -> None:
-    values = [params["x"] for params in _draw({"x": spec})]
+    values = [params["x"] for params in _draw({"x": spec}, engine=engine)]
     assert all(type(v) is kind for v in values), {type(v) for v in values}
     slack = 1e-12 * max(1.0, abs(high))
     assert all(low - slack <= v <= high + slack for v in values), (min(values), max(values))
@@ -65,18 +80,18 @@ def test_every_distribution_stays_in_bounds_with_the_right_type(
         assert all(v == round(v, decimals) for v in values)
 
 
-def test_randint_excludes_high_and_draws_every_integer_below_it() -> None:
-    values = {params["maxDepth"] for params in _draw({"maxDepth": {"randint": [2, 6]}})}
+def test_randint_excludes_high_and_draws_every_integer_below_it(engine: str) -> None:
+    values = {params["maxDepth"] for params in _draw({"maxDepth": {"randint": [2, 6]}}, engine=engine)}
     assert values == {2, 3, 4, 5}
 
 
-def test_quniform_with_a_whole_q_reaches_both_bounds_as_ints() -> None:
-    values = {params["maxDepth"] for params in _draw({"maxDepth": {"quniform": [2, 6, 1]}})}
+def test_quniform_with_a_whole_q_reaches_both_bounds_as_ints(engine: str) -> None:
+    values = {params["maxDepth"] for params in _draw({"maxDepth": {"quniform": [2, 6, 1]}}, engine=engine)}
     assert values == {2, 3, 4, 5, 6}
 
 
-def test_loguniform_spans_orders_of_magnitude() -> None:
-    values = [params["regParam"] for params in _draw({"regParam": {"loguniform": [1.0e-6, 1]}})]
+def test_loguniform_spans_orders_of_magnitude(engine: str) -> None:
+    values = [params["regParam"] for params in _draw({"regParam": {"loguniform": [1.0e-6, 1]}}, engine=engine)]
     decades = {math.floor(math.log10(v)) for v in values}
     assert decades == {-6, -5, -4, -3, -2, -1}
     # Log-uniform: about a sixth of the draws per decade, where a uniform draw would put ~all above 0.1.
@@ -84,11 +99,11 @@ def test_loguniform_spans_orders_of_magnitude() -> None:
     assert 0.35 < below_milli < 0.65
 
 
-def test_numeric_strings_from_yaml_are_numbers() -> None:
+def test_numeric_strings_from_yaml_are_numbers(engine: str) -> None:
     # PyYAML reads 1e-4 (no dot) as a string; bounds accept it anyway.
     search = yaml.safe_load("regParam: {loguniform: [1e-4, 1e-1]}\nmaxIter: {quniform: ['10', '50', '10']}")
     assert search["regParam"]["loguniform"][0] == "1e-4"
-    draws = _draw(search, n=50)
+    draws = _draw(search, n=50, engine=engine)
     assert all(1.0e-4 <= d["regParam"] <= 1.0e-1 for d in draws)
     assert {d["maxIter"] for d in draws} <= {10, 20, 30, 40, 50}
     assert all(type(d["maxIter"]) is int for d in draws)
@@ -104,20 +119,20 @@ def test_numeric_strings_from_yaml_are_numbers() -> None:
         ([[16, 8], [32], [64, 32, 16]], list),
     ],
 )
-def test_choice_draws_each_option_with_its_own_type(options: list[Any], kind: type) -> None:
-    values = [params["x"] for params in _draw({"x": {"choice": options}})]
+def test_choice_draws_each_option_with_its_own_type(options: list[Any], kind: type, engine: str) -> None:
+    values = [params["x"] for params in _draw({"x": {"choice": options}}, engine=engine)]
     assert all(type(v) is kind for v in values)
     drawn = [tuple(v) if isinstance(v, list) else v for v in values]
     expected = [tuple(o) if isinstance(o, list) else o for o in options]
     assert set(drawn) == set(expected)
 
 
-def test_nested_choice_sets_its_params_only_when_its_branch_is_drawn() -> None:
+def test_nested_choice_sets_its_params_only_when_its_branch_is_drawn(engine: str) -> None:
     search = {
         "maxDepth": {"choice": [3, {"maxDepth": 8, "minInstancesPerNode": {"randint": [1, 20]}}]},
         "maxBins": 32,
     }
-    draws = _draw(search)
+    draws = _draw(search, engine=engine)
     shallow = [d for d in draws if d["maxDepth"] == 3]
     deep = [d for d in draws if d["maxDepth"] == 8]
     assert shallow and deep and len(shallow) + len(deep) == len(draws)
@@ -127,7 +142,7 @@ def test_nested_choice_sets_its_params_only_when_its_branch_is_drawn() -> None:
     assert len({d["minInstancesPerNode"] for d in deep}) > 5
 
 
-def test_a_group_key_of_mapping_options_is_not_a_spark_param() -> None:
+def test_a_group_key_of_mapping_options_is_not_a_spark_param(engine: str) -> None:
     search = {
         "regularization": {
             "choice": [
@@ -137,7 +152,7 @@ def test_a_group_key_of_mapping_options_is_not_a_spark_param() -> None:
         },
         "maxIter": 100,
     }
-    draws = _draw(search)
+    draws = _draw(search, engine=engine)
     plain = [d for d in draws if d["regParam"] == 0.0]
     elastic = [d for d in draws if "elasticNetParam" in d]
     assert plain and elastic and len(plain) + len(elastic) == len(draws)
@@ -147,7 +162,7 @@ def test_a_group_key_of_mapping_options_is_not_a_spark_param() -> None:
     assert searched_params(search) == {"regParam", "elasticNetParam", "maxIter"}
 
 
-def test_choices_nest_more_than_one_level() -> None:
+def test_choices_nest_more_than_one_level(engine: str) -> None:
     search = {
         "solver": {
             "choice": [
@@ -156,17 +171,17 @@ def test_choices_nest_more_than_one_level() -> None:
             ]
         }
     }
-    draws = _draw(search)
+    draws = _draw(search, engine=engine)
     assert {d["solver"] for d in draws} == {"l-bfgs", "gd"}
     gd_steps = [d["stepSize"] for d in draws if d["solver"] == "gd"]
     assert 0.5 in gd_steps and any(0.01 <= s <= 0.1 for s in gd_steps)
     assert all(set(d) == {"solver"} for d in draws if d["solver"] == "l-bfgs")
 
 
-def test_fixed_scalars_pass_through() -> None:
+def test_fixed_scalars_pass_through(engine: str) -> None:
     search = {"maxIter": 50, "family": "binomial", "fitIntercept": False, "tol": 1.0e-6}
     assert build_space(search, "lr") == search
-    assert _draw(search, n=3) == [search] * 3
+    assert _draw(search, n=3, engine=engine) == [search] * 3
 
 
 def test_params_from_sample_makes_numpy_scalars_python() -> None:
@@ -233,14 +248,14 @@ def test_labels_are_prefixed_with_the_family_and_the_param_path() -> None:
     assert labels == {"gbt.maxDepth", "gbt.maxDepth.1.minInstancesPerNode", "gbt.stepSize"}
 
 
-def test_same_seed_same_samples_different_seed_different_samples() -> None:
+def test_same_seed_same_samples_different_seed_different_samples(engine: str) -> None:
     search = {
         "regParam": {"loguniform": [1.0e-4, 1]},
         "maxDepth": {"choice": [3, {"maxDepth": 8, "minInstancesPerNode": {"randint": [1, 20]}}]},
         "numTrees": {"qloguniform": [10, 500, 10]},
     }
-    assert _draw(search, seed=7, n=30) == _draw(search, seed=7, n=30)
-    assert _draw(search, seed=7, n=30) != _draw(search, seed=8, n=30)
+    assert _draw(search, seed=7, n=30, engine=engine) == _draw(search, seed=7, n=30, engine=engine)
+    assert _draw(search, seed=7, n=30, engine=engine) != _draw(search, seed=8, n=30, engine=engine)
 
 
 def test_tpe_finds_the_minimum_and_argmin_reads_back_flat() -> None:

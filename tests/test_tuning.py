@@ -23,13 +23,23 @@ from deltaml.steps.fit import _log_leaderboard, leaderboard_rows
 SPACE = {"regParam": {"loguniform": [1e-5, 1.0]}, "maxIter": {"quniform": [10, 50, 10]}}
 
 
-def _budget(**changes: Any) -> SearchBudget:
+# Both engines pass every test of the search loop: only their proposals differ.
+ENGINES = ["hyperopt", "optuna"]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _budget(engine: str, **changes: Any) -> SearchBudget:
     values: dict[str, Any] = {
         "max_evals": 12,
         "parallelism": 2,
         "deadline": time.monotonic() + 600,
         "early_stop_rounds": 0,
         "seed": 3,
+        "engine": engine,
     }
     return SearchBudget(**{**values, **changes})
 
@@ -39,10 +49,12 @@ def _bowl(params: dict[str, Any]) -> tuple[str, dict[str, float]]:
     return "model", {"auc_roc": 1.0 - (math.log10(params["regParam"]) + 2) ** 2 / 100}
 
 
-def test_same_seed_proposes_the_same_trials_and_finds_the_peak() -> None:
-    first = search_family("lr", SPACE, {"tol": 1e-6}, _bowl, metric="auc_roc", budget=_budget(max_evals=30))
-    again = search_family("lr", SPACE, {"tol": 1e-6}, _bowl, metric="auc_roc", budget=_budget(max_evals=30))
-    other = search_family("lr", SPACE, {"tol": 1e-6}, _bowl, metric="auc_roc", budget=_budget(max_evals=30, seed=4))
+def test_same_seed_proposes_the_same_trials_and_finds_the_peak(engine: str) -> None:
+    first = search_family("lr", SPACE, {"tol": 1e-6}, _bowl, metric="auc_roc", budget=_budget(engine, max_evals=30))
+    again = search_family("lr", SPACE, {"tol": 1e-6}, _bowl, metric="auc_roc", budget=_budget(engine, max_evals=30))
+    other = search_family(
+        "lr", SPACE, {"tol": 1e-6}, _bowl, metric="auc_roc", budget=_budget(engine, max_evals=30, seed=4)
+    )
 
     assert [t.params for t in first.trials] == [t.params for t in again.trials]
     assert [t.params for t in first.trials] != [t.params for t in other.trials]
@@ -54,7 +66,7 @@ def test_same_seed_proposes_the_same_trials_and_finds_the_peak() -> None:
     assert sum(t.model is not None for t in first.trials) == 1
 
 
-def test_finishing_order_does_not_change_the_proposals_and_a_free_thread_does_not_wait() -> None:
+def test_finishing_order_does_not_change_the_proposals_and_a_free_thread_does_not_wait(engine: str) -> None:
     jitter = random.Random(5)
     lock = threading.Lock()
 
@@ -64,8 +76,8 @@ def test_finishing_order_does_not_change_the_proposals_and_a_free_thread_does_no
         time.sleep(pause)
         return _bowl(params)
 
-    calm = search_family("lr", SPACE, {}, _bowl, metric="auc_roc", budget=_budget(max_evals=12))
-    shaken = search_family("lr", SPACE, {}, uneven, metric="auc_roc", budget=_budget(max_evals=12))
+    calm = search_family("lr", SPACE, {}, _bowl, metric="auc_roc", budget=_budget(engine, max_evals=12))
+    shaken = search_family("lr", SPACE, {}, uneven, metric="auc_roc", budget=_budget(engine, max_evals=12))
     assert [t.params for t in calm.trials] == [t.params for t in shaken.trials]
 
     started: dict[int, float] = {}
@@ -79,12 +91,12 @@ def test_finishing_order_does_not_change_the_proposals_and_a_free_thread_does_no
         finished[number] = time.monotonic()
         return None, {"auc_roc": 0.5}
 
-    search_family("lr", SPACE, {}, second_is_slow, metric="auc_roc", budget=_budget(max_evals=4))
+    search_family("lr", SPACE, {}, second_is_slow, metric="auc_roc", budget=_budget(engine, max_evals=4))
     # Trial 3 needs only trial 1's result, so it starts while trial 2 is still running.
     assert started[3] < finished[2]
 
 
-def test_trials_run_concurrently_up_to_the_parallelism() -> None:
+def test_trials_run_concurrently_up_to_the_parallelism(engine: str) -> None:
     running, peak, lock = 0, 0, threading.Lock()
 
     def slow(params: dict[str, Any]) -> tuple[None, dict[str, float]]:
@@ -97,12 +109,12 @@ def test_trials_run_concurrently_up_to_the_parallelism() -> None:
             running -= 1
         return None, {"auc_roc": 0.5}
 
-    result = search_family("lr", SPACE, {}, slow, metric="auc_roc", budget=_budget(max_evals=6, parallelism=3))
+    result = search_family("lr", SPACE, {}, slow, metric="auc_roc", budget=_budget(engine, max_evals=6, parallelism=3))
     assert len(result.trials) == 6
     assert peak == 3
 
 
-def test_a_failed_trial_is_recorded_and_the_search_goes_on() -> None:
+def test_a_failed_trial_is_recorded_and_the_search_goes_on(engine: str) -> None:
     calls = 0
 
     def flaky(params: dict[str, Any]) -> tuple[None, dict[str, float]]:
@@ -112,16 +124,21 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on() -> None:
             raise ValueError("diverged\nsecond line")
         return None, {"auc_roc": 0.7}
 
-    result = search_family("lr", SPACE, {}, flaky, metric="auc_roc", budget=_budget(max_evals=10))
+    result = search_family("lr", SPACE, {}, flaky, metric="auc_roc", budget=_budget(engine, max_evals=10))
     failed = [t for t in result.trials if not t.ok]
     assert len(result.trials) == calls == 10
     assert failed and all(t.error == "ValueError: diverged" for t in failed)
     assert result.best is not None and result.best.ok
 
 
-def test_early_stopping_and_deadline_end_the_search() -> None:
+def test_early_stopping_and_deadline_end_the_search(engine: str) -> None:
     flat = search_family(
-        "lr", SPACE, {}, lambda p: (None, {"auc_roc": 0.5}), metric="auc_roc", budget=_budget(early_stop_rounds=3)
+        "lr",
+        SPACE,
+        {},
+        lambda p: (None, {"auc_roc": 0.5}),
+        metric="auc_roc",
+        budget=_budget(engine, early_stop_rounds=3),
     )
     # The first trial is the best. Trial k is proposed from trials 1..k-2 (parallelism 2): trial 5
     # still starts (trials 2 and 3 gave no improvement), trial 6 would follow three without one.
@@ -132,12 +149,17 @@ def test_early_stopping_and_deadline_end_the_search() -> None:
         return None, {"auc_roc": 0.5}
 
     late = search_family(
-        "lr", SPACE, {}, sleepy, metric="auc_roc", budget=_budget(deadline=time.monotonic() + 0.5, parallelism=1)
+        "lr",
+        SPACE,
+        {},
+        sleepy,
+        metric="auc_roc",
+        budget=_budget(engine, deadline=time.monotonic() + 0.5, parallelism=1),
     )
     assert late.stopped == "timeout" and 1 <= len(late.trials) < 12
 
 
-def test_the_leaderboard_says_how_many_trials_of_the_budget_ran(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_leaderboard_says_how_many_trials_of_the_budget_ran(caplog: pytest.LogCaptureFixture, engine: str) -> None:
     """Before, a search cut by the timeout or early stopping showed "3 trial(s)", as if 3 were the budget."""
 
     def sleepy(params: dict[str, Any]) -> tuple[None, dict[str, float]]:
@@ -145,9 +167,14 @@ def test_the_leaderboard_says_how_many_trials_of_the_budget_ran(caplog: pytest.L
         return None, {"auc_roc": 0.5}
 
     late = search_family(
-        "lr", SPACE, {}, sleepy, metric="auc_roc", budget=_budget(deadline=time.monotonic() + 0.5, parallelism=1)
+        "lr",
+        SPACE,
+        {},
+        sleepy,
+        metric="auc_roc",
+        budget=_budget(engine, deadline=time.monotonic() + 0.5, parallelism=1),
     )
-    whole = search_family("gbt", SPACE, {}, _bowl, metric="auc_roc", budget=_budget(max_evals=4))
+    whole = search_family("gbt", SPACE, {}, _bowl, metric="auc_roc", budget=_budget(engine, max_evals=4))
     assert (late.max_evals, whole.max_evals, len(whole.trials)) == (12, 4, 4)
     with caplog.at_level(logging.INFO, logger="deltaml.steps.fit"):
         _log_leaderboard([late, whole], "auc_roc")
@@ -157,7 +184,7 @@ def test_the_leaderboard_says_how_many_trials_of_the_budget_ran(caplog: pytest.L
     assert [row["max_evals"] for row in leaderboard_rows([late, whole], "auc_roc")] == [4, 12]
 
 
-def test_a_huge_trial_budget_builds_nothing_per_possible_trial() -> None:
+def test_a_huge_trial_budget_builds_nothing_per_possible_trial(engine: str) -> None:
     # Seeds for every possible trial were built up front: 3 million took 15 s and 117 MB, and with
     # max_evals 1e9 the timeout never applied (~38 GB). Now memory follows the trials run, not the budget.
     tracemalloc.start()
@@ -168,7 +195,7 @@ def test_a_huge_trial_budget_builds_nothing_per_possible_trial() -> None:
             {},
             _bowl,
             metric="auc_roc",
-            budget=_budget(max_evals=10_000_000, deadline=time.monotonic() + 1.0, parallelism=1),
+            budget=_budget(engine, max_evals=10_000_000, deadline=time.monotonic() + 1.0, parallelism=1),
         )
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -177,17 +204,17 @@ def test_a_huge_trial_budget_builds_nothing_per_possible_trial() -> None:
     assert peak < 50 * 1024**2, f"peak {peak / 1024**2:.0f} MB"
 
 
-def test_log_loss_is_minimised_and_an_empty_space_is_one_trial() -> None:
+def test_log_loss_is_minimised_and_an_empty_space_is_one_trial(engine: str) -> None:
     result = search_family(
         "lr",
         {"regParam": {"uniform": [0.0, 1.0]}},
         {},
         lambda p: (None, {"log_loss": abs(p["regParam"] - 0.3)}),
         metric="log_loss",
-        budget=_budget(max_evals=20),
+        budget=_budget(engine, max_evals=20),
     )
     assert result.best is not None and abs(result.best.params["regParam"] - 0.3) < 0.1
-    single = search_family("lr", {}, {"regParam": 0.1}, _bowl, metric="auc_roc", budget=_budget())
+    single = search_family("lr", {}, {"regParam": 0.1}, _bowl, metric="auc_roc", budget=_budget(engine))
     assert [t.params for t in single.trials] == [{"regParam": 0.1}]
 
 
@@ -210,11 +237,11 @@ def test_every_trial_is_a_nested_mlflow_run(tmp_path: Path) -> None:
     assert runs[1].data.tags["deltaml.error"] == "ValueError: boom"
 
 
-def test_a_search_that_died_resumes_from_its_logged_trials(tmp_path: Path) -> None:
+def test_a_search_that_died_resumes_from_its_logged_trials(tmp_path: Path, engine: str) -> None:
     """Before, a fit that died after minutes of trials started its search again from trial 1."""
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = mlflow.set_experiment("resume-test")
-    whole = search_family("lr", SPACE, {}, _bowl, metric="auc_roc", budget=_budget(max_evals=10, seed=7))
+    whole = search_family("lr", SPACE, {}, _bowl, metric="auc_roc", budget=_budget(engine, max_evals=10, seed=7))
     calls: list[dict[str, Any]] = []
 
     def dies_at_the_sixth(params: dict[str, Any]) -> tuple[str, dict[str, float]]:
@@ -234,7 +261,7 @@ def test_a_search_that_died_resumes_from_its_logged_trials(tmp_path: Path) -> No
                 {},
                 train,
                 metric="auc_roc",
-                budget=_budget(max_evals=10, seed=7),
+                budget=_budget(engine, max_evals=10, seed=7),
                 on_trial=lambda trial, best: logger.log(trial, "auc_roc"),
                 logged=logged,
             )
@@ -277,12 +304,12 @@ def test_every_metric_has_a_direction() -> None:
             assert loss_of(metric, 1.0) == (1.0 if metric in lower else -1.0), metric
 
 
-def test_a_trial_without_a_finite_metric_is_a_failed_trial() -> None:
+def test_a_trial_without_a_finite_metric_is_a_failed_trial(engine: str) -> None:
     def one_class(params: dict[str, Any]) -> tuple[str, dict[str, float]]:
         # What a validation split with a single class gives: no AUC, or NaN.
         return "model", ({"rows": 10.0} if params["regParam"] > 0.01 else {"rows": 10.0, "auc_roc": math.nan})
 
-    result = search_family("lr", SPACE, {}, one_class, metric="auc_roc", budget=_budget(max_evals=4))
+    result = search_family("lr", SPACE, {}, one_class, metric="auc_roc", budget=_budget(engine, max_evals=4))
     assert result.best is None and len(result.trials) == 4
     assert all(t.error and t.error.startswith("validation auc_roc is undefined on these rows") for t in result.trials)
     assert all(t.model is None for t in result.trials)

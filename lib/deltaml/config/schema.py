@@ -973,7 +973,7 @@ class ModelConfig(_Model):
 
 
 class TuningConfig(_Model):
-    """Hyperopt tuning budgets; the metric is measured on the validation split.
+    """Tuning budgets and engine; the metric is measured on the validation split.
 
     ``max_evals`` is per family (a candidate's own ``max_evals`` wins); ``parallelism`` trials
     run at once as separate Spark jobs; ``early_stop_rounds`` stops a family after that many
@@ -983,6 +983,10 @@ class TuningConfig(_Model):
     LightGBM) trains on and the memory their copy takes.
     """
 
+    engine: Literal["hyperopt", "optuna"] = "hyperopt"
+    """What proposes the trials: Hyperopt's TPE, or Optuna's (``TPESampler``, through its ask-and-tell API; needs
+    the ``optuna`` package, which Databricks ML runtimes ship). The trials, MLflow runs, budgets, early stopping and
+    resuming are the same for both; only the proposals differ."""
     metric: TuningMetric | None = None
     """The validation metric tuning optimises; binary: ``auc_roc`` (default), ``auc_pr``, ``log_loss``, ``accuracy``;
     multiclass: ``f1`` (default, weighted), ``accuracy``, ``log_loss``; regression: ``rmse`` (default), ``mae``,

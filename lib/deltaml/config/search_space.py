@@ -1,4 +1,4 @@
-"""Hyperopt search spaces written in YAML: validating them, building hp expressions, and reading samples back.
+"""Search spaces written in YAML: validating them, building Hyperopt expressions or Optuna samples, reading them back.
 
 A ``search`` mapping (one per model family in the config) maps a Spark ML param name to a
 distribution spec, a mapping with exactly one key:
@@ -20,9 +20,10 @@ A plain scalar instead of a spec is a fixed value. Numbers inside specs may be Y
 as ``1e-4`` (PyYAML reads that as text). Every param is set in one place only: a param set inside
 a nested choice may not also be a top-level key or set by another entry.
 
-Hyperopt labels are ``<label>.<param>`` and, inside a nested choice, ``<label>.<param>.<option
-index>.<param>``, e.g. ``gbt.maxDepth.1.minInstancesPerNode``: stable across runs, unique within
-a family, and distinct between families built with different labels.
+Hyperopt labels (and Optuna's param names) are ``<label>.<param>`` and, inside a nested choice,
+``<label>.<param>.<option index>.<param>``, e.g. ``gbt.maxDepth.1.minInstancesPerNode``: stable
+across runs, unique within a family, and distinct between families built with different labels.
+An Optuna choice is drawn as the option's index, so options may be lists or mappings.
 """
 
 from __future__ import annotations
@@ -181,6 +182,31 @@ def build_space(search: dict[str, Any], label: str) -> dict[str, Any]:
         raise ValueError(f"the search space label must be a non-empty string such as the family name, got {label!r}")
     tree = _parse(search)
     return {name: _build_node(node, f"{label}.{name}") for name, node in tree.items()}
+
+
+def suggest_sample(trial: Any, search: dict[str, Any], label: str) -> dict[str, Any]:
+    """Draw a point of the space from an Optuna trial (define-by-run), shaped like ``space_eval``'s result.
+
+    The distributions map to Optuna's: ``uniform`` and ``loguniform`` to ``suggest_float`` (with
+    ``log``), ``quniform`` to ``suggest_int``/``suggest_float`` with ``step=q``, ``randint [low,
+    high)`` to ``suggest_int(low, high - 1)``, ``qloguniform`` to a log-uniform draw rounded to a
+    multiple of ``q`` (Optuna has no quantised log distribution but for ``q`` 1), ``choice`` to
+    ``suggest_categorical`` over the option indexes.
+
+    Args:
+        trial: An ``optuna.Trial`` (from ``Study.ask``).
+        search: The search mapping as written in YAML.
+        label: Prefix of every param name, as in :func:`build_space`.
+
+    Returns:
+        Param name -> value (a nested dict for a drawn mapping option); :func:`params_from_sample` flattens it.
+
+    Raises:
+        ValueError: The search space or the label is invalid.
+    """
+    if not isinstance(label, str) or not label.strip():
+        raise ValueError(f"the search space label must be a non-empty string such as the family name, got {label!r}")
+    return {name: _suggest_node(trial, node, f"{label}.{name}") for name, node in _parse(search).items()}
 
 
 def params_from_sample(sample: dict[str, Any], search: dict[str, Any]) -> dict[str, SparkParamValue]:
@@ -437,6 +463,30 @@ def _build_distribution(node: _Distribution, label: str) -> Any:
     else:
         expression = hp.qloguniform(label, math.log(node.low), math.log(node.high), node.q)
     return scope.int(expression) if node.integral else expression
+
+
+def _suggest_node(trial: Any, node: _Node, label: str) -> Any:
+    if isinstance(node, _Fixed):
+        return list(node.value) if isinstance(node.value, list) else node.value
+    if isinstance(node, _Choice):
+        index = trial.suggest_categorical(label, list(range(len(node.options))))
+        option = node.options[index]
+        if isinstance(option, _Fixed):
+            return _suggest_node(trial, option, label)
+        return {name: _suggest_node(trial, sub, f"{label}.{index}.{name}") for name, sub in option.items()}
+    low, high, q = node.low, node.high, node.q
+    if node.name == "randint":
+        return trial.suggest_int(label, int(low), int(high) - 1)
+    if node.name in ("uniform", "loguniform"):
+        return trial.suggest_float(label, float(low), float(high), log=node.name == "loguniform")
+    assert q is not None
+    if node.name == "quniform" or q == 1:
+        if node.integral:
+            return trial.suggest_int(label, int(low), int(high), step=int(q), log=node.name == "qloguniform")
+        return trial.suggest_float(label, float(low), float(high), step=float(q))
+    drawn = trial.suggest_float(label, float(low), float(high), log=True)
+    value = min(max(round(drawn / q) * q, low), high)
+    return int(value) if node.integral else float(value)
 
 
 # -- reading samples back ----------------------------------------------------------------------------------------

@@ -1,12 +1,13 @@
-"""Hyperopt tuning: TPE proposes on the driver, trials run concurrently from driver threads.
+"""Tuning: TPE (Hyperopt's or Optuna's) proposes on the driver, trials run concurrently from driver threads.
 
-Spark ML cannot train inside a ``SparkTrials`` task, so the search is an ask-and-tell loop over
-Hyperopt's own ``Trials``: each proposed point is trained on its own driver thread (a Spark ML
-fit is an ordinary set of Spark jobs; a single-node fit is one task on an executor, see
-:mod:`deltaml.ml.single_node`), so the executors share the concurrent trials. Trial ``k`` is
-proposed from the results of trials ``1..k - parallelism``: a thread starts the next trial as
-soon as that history is complete, and with the same seed, data and parallelism the sequence of
-proposed points is the same whichever trial finishes first.
+Spark ML cannot train inside a ``SparkTrials`` task, so the search is an ask-and-tell loop: each
+proposed point is trained on its own driver thread (a Spark ML fit is an ordinary set of Spark
+jobs; a single-node fit is one task on an executor, see :mod:`deltaml.ml.single_node`), so the
+executors share the concurrent trials. Trial ``k`` is proposed from the results of trials
+``1..k - parallelism``, by a sampler seeded for trial ``k``: a thread starts the next trial as soon
+as that history is complete, and with the same seed, data and parallelism the sequence of
+proposed points is the same whichever trial finishes first. The engine (``tuning.engine``) only
+proposes: trials, MLflow runs, budgets, early stopping and resuming are the same for both.
 """
 
 from __future__ import annotations
@@ -19,12 +20,9 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import numpy as np
-from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, STATUS_FAIL, STATUS_OK, Trials, tpe
-from hyperopt.base import Domain, spec_from_misc
-from hyperopt.fmin import space_eval
 
 from deltaml.columns import (
     TAG_ATTEMPT_KEY,
@@ -39,7 +37,7 @@ from deltaml.columns import (
     TAG_TRIAL_WORKDIR,
     TRIAL_STEP,
 )
-from deltaml.config.search_space import build_space, params_from_sample
+from deltaml.config.search_space import build_space, params_from_sample, suggest_sample
 from deltaml.errors import SessionLostError, one_line
 from deltaml.io.session import session_for_threads
 from deltaml.io.tracking import died_attempt_children, log_finished_run
@@ -83,15 +81,19 @@ class FamilyResult:
     max_evals: int = 1  # the trial budget it had
 
 
+Engine = Literal["hyperopt", "optuna"]
+
+
 @dataclass(frozen=True)
 class SearchBudget:
-    """How much searching a family gets."""
+    """How much searching a family gets, and which engine proposes its trials."""
 
     max_evals: int
     parallelism: int
     deadline: float  # time.monotonic() after which no new batch starts
     early_stop_rounds: int
     seed: int
+    engine: Engine = "hyperopt"
 
 
 class TrialLogger:
@@ -204,8 +206,7 @@ def search_family(
         on_trial(outcome, only)
         return FamilyResult(family, [outcome], only, time.monotonic() - started, "single trial (no search space)")
     max_evals = budget.max_evals
-    space = build_space(search, family)
-    domain = Domain(lambda _: 0.0, space)
+    proposer = _proposer(budget.engine, search, family, startup_trials(max_evals))
     rng = np.random.default_rng(budget.seed)
     # One seed per trial, drawn in trial order as trials start (the same values as drawing all
     # first): a budget of a billion trials with a one-minute timeout must not build a billion seeds.
@@ -216,10 +217,7 @@ def search_family(
             seeds.append(int(rng.integers(2**31 - 1)))
         return seeds[number - 1]
 
-    # TPE starts modelling after a third of the budget (between 2 and 20 random trials first).
-    suggest = partial(tpe.suggest, n_startup_jobs=max(2, min(20, max_evals // 3)))
     lag = budget.parallelism
-    docs: dict[int, dict[str, Any]] = {}
     done: dict[int, TrialOutcome] = {}
     outcomes: list[TrialOutcome] = []
     best: TrialOutcome | None = None
@@ -243,14 +241,8 @@ def search_family(
                 if reason:
                     stopped = reason
                     break
-                history = Trials()
-                known = [docs[j] for j in range(1, number - lag + 1)]
-                if known:
-                    history.insert_trial_docs(known)
-                    history.refresh()
-                (doc,) = suggest([number], domain, history, seed_of(number))
-                docs[number] = doc
-                point = {**fixed, **params_from_sample(space_eval(space, spec_from_misc(doc["misc"])), search)}
+                sample = proposer.propose(number, max(0, number - lag), seed_of(number))
+                point = {**fixed, **params_from_sample(sample, search)}
                 earlier = (logged or {}).get(number)
                 if earlier is not None and logged_params(earlier.params) == logged_params(point):
                     taken = replace(earlier, params=point, model=None)
@@ -264,7 +256,8 @@ def search_family(
             for future in finished:
                 outcome = _require_metric(future.result(), metric)
                 done[running.pop(future)] = outcome
-                _record(docs[outcome.number], outcome, metric)
+                ok = outcome.ok and metric in outcome.metrics
+                proposer.tell(outcome.number, loss_of(metric, outcome.metrics[metric]) if ok else None)
             # Outcomes are taken in trial order: the best, early stopping and the callback do not
             # depend on which thread finished first.
             while len(outcomes) + 1 in done:
@@ -321,14 +314,94 @@ def _better(outcome: TrialOutcome, best: TrialOutcome | None, metric: str) -> bo
     return best is None or loss_of(metric, outcome.metrics[metric]) < loss_of(metric, best.metrics[metric])
 
 
-def _record(doc: dict[str, Any], outcome: TrialOutcome, metric: str) -> None:
-    """Tell Hyperopt's trial document the outcome: the loss, or a failure."""
-    if outcome.ok and metric in outcome.metrics:
-        doc["result"] = {"loss": loss_of(metric, outcome.metrics[metric]), "status": STATUS_OK}
-        doc["state"] = JOB_STATE_DONE
-    else:
-        doc["result"] = {"status": STATUS_FAIL}
-        doc["state"] = JOB_STATE_ERROR
+def startup_trials(max_evals: int) -> int:
+    """Random trials before TPE starts modelling: a third of the budget, between 2 and 20."""
+    return max(2, min(20, max_evals // 3))
+
+
+class _Proposer(Protocol):
+    def propose(self, number: int, known: int, seed: int) -> dict[str, Any]:
+        """Trial ``number``'s point (shaped like ``space_eval``'s), from the outcomes of trials ``1..known``."""
+
+    def tell(self, number: int, loss: float | None) -> None:
+        """Trial ``number``'s loss, or None if it failed."""
+
+
+def _proposer(engine: Engine, search: dict[str, Any], family: str, startup: int) -> _Proposer:
+    if engine == "optuna":
+        return _OptunaProposer(search, family, startup)
+    return _HyperoptProposer(search, family, startup)
+
+
+class _HyperoptProposer:
+    """Hyperopt's TPE through its public API: ``Domain``, ``Trials`` documents, ``tpe.suggest``, ``space_eval``."""
+
+    def __init__(self, search: dict[str, Any], family: str, startup: int) -> None:
+        from hyperopt import Domain, tpe
+
+        self._space = build_space(search, family)
+        self._domain = Domain(lambda _: 0.0, self._space)
+        self._suggest = partial(tpe.suggest, n_startup_jobs=startup)
+        self._docs: dict[int, dict[str, Any]] = {}
+
+    def propose(self, number: int, known: int, seed: int) -> dict[str, Any]:
+        from hyperopt import Trials, space_eval
+
+        history = Trials()
+        if known:
+            history.insert_trial_docs([self._docs[j] for j in range(1, known + 1)])
+            history.refresh()
+        (doc,) = self._suggest([number], self._domain, history, seed)
+        self._docs[number] = doc
+        # A document's misc.vals holds each label's drawn value (an empty list for a label not drawn).
+        drawn = {label: values[0] for label, values in doc["misc"]["vals"].items() if values}
+        return dict(space_eval(self._space, drawn))
+
+    def tell(self, number: int, loss: float | None) -> None:
+        from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, STATUS_FAIL, STATUS_OK
+
+        doc = self._docs[number]
+        if loss is None:
+            doc["result"], doc["state"] = {"status": STATUS_FAIL}, JOB_STATE_ERROR
+        else:
+            doc["result"], doc["state"] = {"loss": loss, "status": STATUS_OK}, JOB_STATE_DONE
+
+
+class _OptunaProposer:
+    """Optuna's TPE through its ask-and-tell API: a study of the known trials, a seeded sampler, one ``ask``."""
+
+    def __init__(self, search: dict[str, Any], family: str, startup: int) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line per proposal
+        self._search, self._family, self._startup = search, family, startup
+        self._asked: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._losses: dict[int, float | None] = {}
+
+    def propose(self, number: int, known: int, seed: int) -> dict[str, Any]:
+        import optuna
+        from optuna.trial import TrialState, create_trial
+
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self._startup)
+        study = optuna.create_study(direction="minimize", sampler=sampler)
+        study.add_trials(
+            [
+                create_trial(
+                    params=self._asked[j][0],
+                    distributions=self._asked[j][1],
+                    value=self._losses[j],
+                    state=TrialState.FAIL if self._losses[j] is None else TrialState.COMPLETE,
+                )
+                for j in range(1, known + 1)
+            ]
+        )
+        trial = study.ask()
+        sample = suggest_sample(trial, self._search, self._family)
+        self._asked[number] = (dict(trial.params), dict(trial.distributions))
+        return sample
+
+    def tell(self, number: int, loss: float | None) -> None:
+        self._losses[number] = loss
 
 
 def _run_trial(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ from deltaml.columns import (
 )
 from deltaml.config.schema import PipelineConfig
 from deltaml.config.search_space import searched_params
-from deltaml.errors import StepInputError
+from deltaml.errors import SetupError, StepInputError
 from deltaml.io.catalog import read_table
 from deltaml.io.flavor import positive_probability
 from deltaml.io.models import log_spark_model, model_requirements, model_signature, package_folder
@@ -90,6 +91,11 @@ def config_problems(config: PipelineConfig) -> list[tuple[str, str]]:
     """
     problems = []
     task = config.label.task
+    if config.tuning.engine == "optuna" and importlib.util.find_spec("optuna") is None:
+        raise SetupError(
+            "tuning.engine optuna needs the optuna package; install it (pip install 'deltaml[optuna]') "
+            "or set tuning.engine: hyperopt"
+        )
     for i, candidate in enumerate(config.model.all_candidates):
         where = f"model.candidates.{i}" if config.model.candidates else "model.params"
         names = {*candidate.params, *searched_params(candidate.search)}
@@ -464,6 +470,7 @@ def _tune(ctx: StepContext, vectors: _Vectors, shape: ModelShape) -> list[Family
                 deadline=deadline,
                 early_stop_rounds=tuning.early_stop_rounds,
                 seed=cfg.seed + index,
+                engine=tuning.engine,
             )
             result = search_family(
                 family,
