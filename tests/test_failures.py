@@ -307,6 +307,11 @@ def test_a_fit_that_died_resumes_from_the_trials_it_logged(
         experiment_names=["tiny"], filter_string=f"tags.mlflow.parentRunId = '{outcome.run_ids['fit']}'"
     )
     assert len(trials) == 5
+    # Each trial's record carries the search's progress (a terminal shows it as one live line).
+    progress = [r.progress for r in caplog.records if hasattr(r, "progress")]
+    assert [(p.done, p.total, p.family_done) for p in progress] == [(i, 5, i) for i in range(1, 6)]
+    assert progress[-1].left == 0 and progress[-1].best is not None
+    assert progress[-1].text().startswith("tuning 5/5 trials (logistic_regression 5/5), best validation auc_roc ")
     assert sorted(trials["tags.mlflow.runName"][trials["tags.deltaml.resumed_from"] == first]) == [
         "logistic_regression-001",
         "logistic_regression-002",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from deltaml._version import __version__
 from deltaml.columns import MODEL_NAME_COL, MODEL_VERSION_COL
 from deltaml.errors import DeltamlError, SetupError, one_line, without_credentials
+from deltaml.report.console import ConsoleHandler
 
 if TYPE_CHECKING:
     from deltaml.config.loader import LoadedConfig
@@ -432,7 +433,7 @@ def _registry_uri(args: argparse.Namespace) -> str:
 
 
 def _configure_logging(quiet: bool, verbose: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = ConsoleHandler(sys.stderr)  # on a terminal, tuning shows one live progress line
     handler.setFormatter(logging.Formatter("%(asctime)s deltaml %(message)s", datefmt="%H:%M:%S"))
     LOG.handlers[:] = [handler]
     LOG.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)

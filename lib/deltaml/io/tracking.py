@@ -483,9 +483,10 @@ def log_file(local_path: str, artifact_path: str | None = None) -> None:
     mlflow.log_artifact(local_path, artifact_path)
 
 
-def log_folder(local_dir: str, artifact_path: str | None = None) -> None:
-    """Log a local folder's files to the active run."""
+def log_folder(local_dir: str, artifact_path: str | None = None) -> str:
+    """Log a local folder's files to the active run; return where they are (the artifact URI)."""
     mlflow.log_artifacts(local_dir, artifact_path)
+    return str(mlflow.get_artifact_uri(artifact_path))
 
 
 def log_table(data: Any, artifact_file: str) -> None:

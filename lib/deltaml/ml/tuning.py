@@ -96,6 +96,50 @@ class SearchBudget:
     engine: Engine = "hyperopt"
 
 
+@dataclass(frozen=True)
+class TuningProgress:
+    """Where a fit's search is, after a trial: what a terminal's live progress line shows.
+
+    It rides on the trial's log record (``extra={"progress": ...}``): :mod:`deltaml.report.console`
+    rewrites one line in place on a terminal, and elsewhere the record prints as its plain line.
+    """
+
+    done: int  # trials finished, all families
+    total: int  # the trial budget of all families (fewer run if early stopping or the timeout ends a search)
+    family: str
+    family_done: int
+    family_total: int
+    metric: str
+    best: float | None  # the best validation metric so far, all families
+    best_family: str | None
+    elapsed: float
+    left: float | None  # estimated seconds until the last trial ends (None before the first)
+
+    def text(self) -> str:
+        """The live line, e.g. ``tuning 7/48 trials (gbt 3/12), best validation auc_roc 0.8462 (lightgbm), 45s
+        elapsed, about 3m 10s left``."""
+        best = (
+            f"best validation {self.metric} {self.best:.4f} ({self.best_family})"
+            if self.best is not None
+            else "no finished trial yet"
+        )
+        left = f", about {duration_text(self.left)} left" if self.left is not None else ""
+        return (
+            f"tuning {self.done}/{self.total} trials ({self.family} {self.family_done}/{self.family_total}), "
+            f"{best}, {duration_text(self.elapsed)} elapsed{left}"
+        )
+
+
+def duration_text(seconds: float) -> str:
+    """``45s``, ``3m 10s``, ``2h 05m``."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+
+
 class TrialLogger:
     """Records every trial as a nested MLflow run under the tuning run, from any thread."""
 

@@ -334,7 +334,7 @@ def _write_report_files(
     html_path = out_dir / "report.html"
     html_path.write_text(page, encoding="utf-8")
     written.append(html_path)
-    LOG.info("wrote the %s evaluation report (%d files) to %s", kind, len(written), out_dir)
+    LOG.debug("wrote the %s evaluation report (%d files) to %s", kind, len(written), out_dir)
     return written
 
 

@@ -201,7 +201,8 @@ def _log_report(
             LOG.warning("no evaluation report: %s", exc)
             return []
         if files and active_run_id() is not None:
-            log_folder(tmp, artifact_path="report")
+            where = log_folder(tmp, artifact_path="report")
+            LOG.info("logged the evaluation report (%d files) to %s", len(files), where)
         return [f"report/{f.name}" for f in files]
 
 

@@ -63,6 +63,7 @@ from deltaml.ml.tuning import (
     SearchBudget,
     TrialLogger,
     TrialOutcome,
+    TuningProgress,
     died_attempt_trials,
     search_family,
 )
@@ -379,6 +380,8 @@ def _tune(ctx: StepContext, vectors: _Vectors, shape: ModelShape) -> list[Family
     deadline = time.monotonic() + tuning.timeout_seconds
     started = time.monotonic()
     candidates = list(enumerate(cfg.model.all_candidates))
+    budgets = [(c.max_evals or tuning.max_evals) if c.search else 1 for _, c in candidates]
+    overall: dict[str, Any] = {"done": 0, "best": None}  # across families, for the progress line
     first = vector_column(candidates[0][1].family)
     # The first family's vector is cached already: its group goes first, the others after it.
     candidates.sort(key=lambda item: vector_column(item[1].family) != first)
@@ -446,12 +449,21 @@ def _tune(ctx: StepContext, vectors: _Vectors, shape: ModelShape) -> list[Family
                         return model, collected_metrics(scored, task, shape.num_classes)
                     return model, task_metrics(scored, task)
 
-            max_evals = (candidate.max_evals or tuning.max_evals) if candidate.search else 1
+            max_evals = budgets[index]
 
             def progress(trial: TrialOutcome, best: TrialOutcome | None, max_evals: int = max_evals) -> None:
                 logger.log(trial, metric)
                 value = f"{trial.metrics[metric]:.4f}" if trial.ok else f"failed ({trial.error})"
                 best_text = f"{best.metrics[metric]:.4f}" if best else "-"
+                elapsed = time.monotonic() - started
+                overall["done"] += 1
+                if best is not None and (
+                    overall["best"] is None
+                    or loss_of(metric, best.metrics[metric]) < loss_of(metric, overall["best"].metrics[metric])
+                ):
+                    overall["best"] = best
+                done, total, leader = overall["done"], sum(budgets), overall["best"]
+                left = min(elapsed / done * (total - done), max(0.0, deadline - time.monotonic()))
                 LOG.info(
                     "trial %s %d/%d: validation %s %s (best %s) in %.1fs, elapsed %.0fs",
                     trial.family,
@@ -461,7 +473,21 @@ def _tune(ctx: StepContext, vectors: _Vectors, shape: ModelShape) -> list[Family
                     value,
                     best_text,
                     trial.seconds,
-                    time.monotonic() - started,
+                    elapsed,
+                    extra={
+                        "progress": TuningProgress(
+                            done,
+                            total,
+                            trial.family,
+                            trial.number,
+                            max_evals,
+                            metric,
+                            leader.metrics[metric] if leader else None,
+                            leader.family if leader else None,
+                            elapsed,
+                            left,
+                        )
+                    },
                 )
 
             budget = SearchBudget(
