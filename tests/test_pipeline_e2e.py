@@ -168,6 +168,23 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     assert {"report/report.html", "report/roc.png", "report/feature_importance.png"} <= report
     assert steps["register"].data.tags["deltaml.gate_decision"] == "promoted"
 
+    # The pipeline's own run carries what the run table compares pipelines on (before: only seconds_* metrics),
+    # and the registry page shows a description with the metrics and lineage.
+    winner = steps["fit"].data.tags["deltaml.winner_family"]
+    headline = parent.data.metrics
+    assert headline["test_auc_roc"] == steps["evaluate"].data.metrics["test_auc_roc"] > 0.82
+    assert headline["validation_auc_roc"] == steps["evaluate"].data.metrics["validation_auc_roc"]
+    assert headline["winner_validation_auc_roc"] == steps["fit"].data.metrics["winner_validation_auc_roc"]
+    assert (headline["model_version"], headline["trials"], headline["rows_scored"]) == (1, 8, 7043)
+    assert parent.data.tags["deltaml.winner_family"] == winner
+    assert (parent.data.tags["deltaml.model_version"], parent.data.tags["deltaml.gate_decision"]) == ("1", "promoted")
+    description = client.get_model_version("telco_churn", "1").description or ""
+    assert description.startswith(f"{winner} binary model of 'churn' (pipeline telco_churn). ")
+    assert f"test auc_roc {headline['test_auc_roc']:.4f}" in description
+    assert f"Trained on {state / SPLIT} v0; config {load_config(telco_conf).config_hash}" in description
+    assert f"fit run {fit_run}. Gate: first version: no @champion yet" in description
+    assert "binary model of 'churn', trained on" in (client.get_registered_model("telco_churn").description or "")
+
     # Lineage: the version names the tables and versions every step read and wrote, and its config.
     capsys.readouterr()
     assert main(["lineage", "telco_churn", "--version", "1", "--conf", str(telco_conf)]) == 0
@@ -180,6 +197,10 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     # Second run, through the Databricks train notebook: nothing changed, so every step is reused.
     outcome = run_notebook("train.py", conf=str(telco_conf), env="", overrides="")["outcome"]
     assert outcome.reused == {name: run.info.run_id for name, run in steps.items()}
+    # A pipeline run of reused steps still carries the metrics of the runs it stands for.
+    reused = client.get_run(outcome.run_id).data
+    assert reused.metrics["test_auc_roc"] == headline["test_auc_roc"]
+    assert reused.tags["deltaml.winner_family"] == winner
     assert client.get_model_version_by_alias("telco_churn", "champion").version == 1
 
     # Forcing training: ingest, validate and split are still reused; the refit model is version 2,

@@ -64,6 +64,17 @@ def register_version(client: MlflowClient, model_uri: str, name: str, tags: dict
     return version
 
 
+def describe_version(client: MlflowClient, name: str, version: int, text: str) -> None:
+    """Set a registered version's description (what the registry page shows first); the model's too if it has none."""
+    client.update_model_version(name, str(version), description=text[:5000])
+
+
+def describe_model(client: MlflowClient, name: str, text: str) -> None:
+    """Set the registered model's description, unless someone wrote one (theirs is kept)."""
+    if not (client.get_registered_model(name).description or "").strip():
+        client.update_registered_model(name, description=text[:5000])
+
+
 def tag_version(client: MlflowClient, name: str, version: int, key: str, value: str) -> None:
     """Set one tag of a registered version."""
     client.set_model_version_tag(name, str(version), key, value)

@@ -190,10 +190,15 @@ def _run_steps(
                 outcome.results[name] = _reuse(step, reusable, ctx, tags, key)
                 outcome.seconds[name] = time.perf_counter() - started
                 outcome.reused[name] = reusable.run_id
+                if step.headline:  # the reused run's values: the pipeline run still shows what it stands for
+                    data = client.get_run(reusable.run_id).data
+                    tags_of = {k.removeprefix(TAG_PREFIX): v for k, v in data.tags.items() if k.startswith(TAG_PREFIX)}
+                    _log_headline(step, dict(data.metrics), tags_of)
                 _log_manifest(loaded, accessed, packages, sha)
                 continue
             with recording() as accesses:
                 outcome.results[name], outcome.seconds[name] = _run_step(step, ctx, tags, accesses, key)
+            _log_headline(step, outcome.results[name].metrics, outcome.results[name].tags)
             accessed[name] = accesses
             _log_manifest(loaded, accessed, packages, sha)
         log_metrics({f"seconds_{k}": v for k, v in outcome.seconds.items()})
@@ -205,6 +210,12 @@ def _run_steps(
     skipped = f", {len(outcome.reused)} of {len(chosen)} steps reused" if outcome.reused else ""
     LOG.info("pipeline %s finished in %.1fs%s (MLflow run %s)", cfg.name, total, skipped, outcome.run_id)
     return outcome
+
+
+def _log_headline(step: Step, metrics: dict[str, float], tags: dict[str, str]) -> None:
+    """Put the step's headline metrics and tags on the pipeline's run (the active run between steps)."""
+    log_metrics(step.headline_of(metrics))
+    set_tags({f"{TAG_PREFIX}{k}": v for k, v in step.headline_of(tags).items()})
 
 
 def _log_manifest(

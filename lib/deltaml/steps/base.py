@@ -179,6 +179,8 @@ class Step:
         on_reuse: Called after a skipped run's output is restored (to recheck what time changes).
         check: The config's problems that only the step's libraries can see (a model param a family does not
             take), as ``(config key, problem)`` pairs; run with no Spark session, before any step runs.
+        headline: Metrics and tags of its result (names, or prefixes ending in ``_``) that also go on the
+            pipeline's parent run, so the MLflow run table compares whole pipelines on quality.
     """
 
     name: str
@@ -194,6 +196,13 @@ class Step:
     in_default_run: Callable[[PipelineConfig], bool] = _always
     on_reuse: Callable[[StepContext, str], None] | None = None
     check: Callable[[PipelineConfig], list[tuple[str, str]]] = _nothing_to_check
+    headline: tuple[str, ...] = ()
+
+    def headline_of(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The entries of ``values`` (metrics or tags) named by :attr:`headline`."""
+        named = [h for h in self.headline if not h.endswith("_")]
+        prefixes = tuple(h for h in self.headline if h.endswith("_"))
+        return {k: v for k, v in values.items() if k in named or (prefixes and k.startswith(prefixes))}
 
 
 def load_fitted_model(ctx: StepContext) -> tuple[PipelineModel, str]:

@@ -293,4 +293,5 @@ STEP = Step(
     tables=lambda ctx: [ctx.tables.split],
     consumes=(FitOutput,),
     produces=EvaluateOutput,
+    headline=("test_", "validation_", "decision_threshold"),
 )

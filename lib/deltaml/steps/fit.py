@@ -775,4 +775,5 @@ STEP = Step(
     tables=lambda ctx: [ctx.tables.split],
     produces=FitOutput,
     check=config_problems,
+    headline=("winner_validation_", "trials", "rows_train", "winner_family"),
 )

@@ -35,7 +35,14 @@ from deltaml.errors import DeltamlError, StepInputError, one_line
 from deltaml.io.catalog import read_table, table_version
 from deltaml.io.flavor import positive_probability
 from deltaml.io.models import load_spark_model, registered_model_uri
-from deltaml.io.registry import champion_version, promote, register_version, tag_version
+from deltaml.io.registry import (
+    champion_version,
+    describe_model,
+    describe_version,
+    promote,
+    register_version,
+    tag_version,
+)
 from deltaml.io.tables import event_tables
 from deltaml.io.tracking import latest_step_run, mlflow_client
 from deltaml.ml.features import bind_window_stages
@@ -99,6 +106,15 @@ def run_register(ctx: StepContext) -> StepResult:
         promoted, reason = decision.promote, decision.reason
         previous = promote(client, name, version, f"gate: {reason}") if promoted else decision.champion_version
     tag_version(client, name, version, TAG_GATE, f"{'promoted' if promoted else 'kept'}: {reason}")
+    family = fitted.leaderboard[0].get("family") if fitted is not None and fitted.leaderboard else None
+    describe_version(client, name, version, version_description(ctx, family, metrics, int(split_version), reason))
+    describe_model(
+        client,
+        name,
+        f"deltaml pipeline {cfg.name}: {cfg.label.task} model of {cfg.label.column!r}, trained on {ctx.tables.split} "
+        f"(from {ctx.tables.raw}). Each version's description has its metrics and lineage; @{CHAMPION} is the one "
+        "batch scoring uses.",
+    )
 
     outcome = f"promoted to @{CHAMPION}" if promoted else f"kept version {previous} as @{CHAMPION}"
     gate_metrics = decision.as_metrics() if decision else {"gate_promoted": 1.0}
@@ -108,6 +124,21 @@ def run_register(ctx: StepContext) -> StepResult:
         metrics={"model_version": float(version), **gate_metrics},
         tags={"registered_model": name, "model_version": str(version), **gate_tags},
         summary=f"{name} version {version} @{CHALLENGER}; {outcome} ({reason})",
+    )
+
+
+def version_description(
+    ctx: StepContext, family: str | None, metrics: dict[str, float], split_version: int, reason: str
+) -> str:
+    """A version's description: the model, its test and validation metrics, its lineage and the gate's reason."""
+    cfg = ctx.config
+    shown = [k for k in sorted(metrics) if k.startswith(("test_", "validation_")) and not k.endswith("_rows")]
+    values = ", ".join(f"{k.replace('_', ' ', 1)} {metrics[k]:.4f}" for k in shown)
+    what = f"{family} " if family else ""
+    return (
+        f"{what}{cfg.label.task} model of {cfg.label.column!r} (pipeline {cfg.name}). {values}. "
+        f"Trained on {ctx.tables.split} v{split_version}; config {ctx.loaded.config_hash}, deltaml {__version__}, "
+        f"git {ctx.git_sha[:12]}; fit run {ctx.run_ids.get('fit', 'not in this run')}. Gate: {reason}."
     )
 
 
@@ -256,4 +287,5 @@ STEP = Step(
     tables=lambda ctx: [ctx.tables.split],
     consumes=(FitOutput, EvaluateOutput),
     produces=RegisterOutput,
+    headline=("model_version", "gate_promoted", "registered_model", "gate_decision"),
 )

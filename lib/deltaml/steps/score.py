@@ -402,4 +402,5 @@ STEP = Step(
     ],
     key_inputs=_scoring_model_version,
     bypass_cache=_windows_now,
+    headline=("rows_scored",),
 )
