@@ -86,6 +86,8 @@ setup(
             "types-PyYAML",
             # The optuna engine's tests.
             "optuna>=4.0,<6",
+            # tests/test_json_schema.py validates the shipped configs against the published schema.
+            "jsonschema>=4.18",
             # Databricks' typed models of bundle jobs: tests/test_bundle.py checks resources/*.yml against them.
             "databricks-bundles==1.22.1",
         ],

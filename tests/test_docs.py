@@ -81,7 +81,7 @@ def _broken_links(path: Path) -> list[str]:
     return broken
 
 
-@pytest.mark.parametrize("name", ["configuration.md", "cli.md"])
+@pytest.mark.parametrize("name", ["configuration.md", "cli.md", "deltaml.schema.json"])
 def test_reference_page_matches_what_the_code_generates(generated: dict[Path, str], name: str) -> None:
     path = ROOT / "docs" / "reference" / name
     expected = generated[path]
@@ -145,6 +145,7 @@ def test_check_names_a_stale_page_and_exits_1(
     monkeypatch.setattr(generator, "ROOT", tmp_path)
     monkeypatch.setattr(generator, "CONFIG_REFERENCE", tmp_path / "configuration.md")
     monkeypatch.setattr(generator, "CLI_REFERENCE", tmp_path / "cli.md")
+    monkeypatch.setattr(generator, "CONFIG_SCHEMA", tmp_path / "deltaml.schema.json")
     assert generator.main([]) == 0
     (tmp_path / "cli.md").write_text("old\n", encoding="utf-8")
 

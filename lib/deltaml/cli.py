@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deltaml._version import __version__
@@ -158,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="print only the comma-separated jar paths, for spark-submit --jars",
     )
 
+    schema = commands.add_parser(
+        "schema",
+        help="print the config's JSON Schema, for editors that validate and complete YAML",
+        description="Print the JSON Schema of a pipeline config (or write it to a file). Name it on a config's "
+        "first line, `# yaml-language-server: $schema=deltaml.schema.json`, or map it in the editor's settings.",
+    )
+    schema.add_argument("--output", metavar="FILE", help="write the schema to FILE instead of printing it")
+
     check = commands.add_parser("check-config", help="validate a config and print its effective form and hash")
     check.add_argument("config", metavar="CONF")
     _add_config_options(check)
@@ -250,6 +259,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     from deltaml.config.loader import load_config
 
+    if args.command == "schema":
+        from deltaml.config.json_schema import config_json_schema_text
+
+        if args.output:
+            Path(args.output).write_text(config_json_schema_text(), encoding="utf-8")
+            print(f"wrote {args.output}")
+        else:
+            print(config_json_schema_text(), end="")
+        return 0
     if args.command == "setup-jars":
         from deltaml.io.session import install_delta_jars
 

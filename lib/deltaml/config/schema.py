@@ -906,7 +906,7 @@ TASK_FAMILIES: dict[str, tuple[str, ...]] = {
 
 
 class CandidateConfig(_Model):
-    """One model family to try: fixed Spark ML ``params`` and a Hyperopt ``search`` space over others.
+    """One model family to try: fixed Spark ML ``params`` and a ``search`` space over others.
 
     ``search`` maps a param to a distribution written in YAML: ``{uniform: [low, high]}``,
     ``{loguniform: [low, high]}``, ``{quniform: [low, high, q]}``, ``{qloguniform: [low, high, q]}``,
@@ -921,9 +921,9 @@ class CandidateConfig(_Model):
     """Fixed params: Spark ML params in Spark's camelCase (``regParam``), scikit-learn or LightGBM params for
     single-node families, ``hidden_layers`` for ``mlp``."""
     search: dict[str, Any] = Field(default_factory=dict)
-    """Param -> Hyperopt distribution in YAML: ``uniform``, ``loguniform``, ``quniform``, ``qloguniform``,
-    ``randint`` or ``choice`` (options may be nested spaces); or ``default``: deltaml's space for the family
-    (see the models guide), less the params fixed in ``params``."""
+    """Param -> distribution in YAML (for Hyperopt or Optuna): ``uniform``, ``loguniform``, ``quniform``,
+    ``qloguniform``, ``randint`` or ``choice`` (options may be nested spaces); or ``default``: deltaml's space for
+    the family (see the models guide), less the params fixed in ``params``."""
     max_evals: int | None = Field(default=None, ge=1)
     """This family's own trial budget (default: ``tuning.max_evals``)."""
 
