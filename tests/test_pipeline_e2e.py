@@ -61,7 +61,17 @@ def run_notebook(name: str, **widgets: str) -> dict[str, Any]:
     """Execute a Databricks source-format notebook cell by cell, as the workspace would."""
     source = (ROOT / "notebooks" / name).read_text()
     assert source.startswith("# Databricks notebook source\n")
-    namespace: dict[str, Any] = {"dbutils": SimpleNamespace(widgets=_Widgets(widgets))}
+    # What a Databricks notebook has built in beyond widgets, recorded: display, displayHTML, task values.
+    shown: list[tuple[str, Any]] = []
+    task_values: dict[str, Any] = {}
+    jobs = SimpleNamespace(taskValues=SimpleNamespace(set=lambda key, value: task_values.__setitem__(key, value)))
+    namespace: dict[str, Any] = {
+        "dbutils": SimpleNamespace(widgets=_Widgets(widgets), jobs=jobs),
+        "display": lambda data: shown.append(("display", data)),
+        "displayHTML": lambda html: shown.append(("displayHTML", html)),
+        "shown": shown,
+        "task_values": task_values,
+    }
     for cell in source.split("# COMMAND ----------"):
         exec(compile(cell, str(ROOT / "notebooks" / name), "exec"), namespace)
     return namespace
@@ -195,8 +205,20 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     assert client.get_model_version_by_alias("telco_churn", "challenger").version == 1
 
     # Second run, through the Databricks train notebook: nothing changed, so every step is reused.
-    outcome = run_notebook("train.py", conf=str(telco_conf), env="", overrides="")["outcome"]
+    notebook = run_notebook("train.py", conf=str(telco_conf), env="", overrides="")
+    outcome = notebook["outcome"]
     assert outcome.reused == {name: run.info.run_id for name, run in steps.items()}
+    # It shows the report, the leaderboard and a sample of predictions, and hands the version to later job tasks.
+    kinds = [kind for kind, _ in notebook["shown"]]
+    assert kinds == ["displayHTML", "display", "display"], kinds
+    html, leaderboard, predictions = (data for _, data in notebook["shown"])
+    assert "<html" in html and "telco_churn" in html and "data:image/png;base64," in html
+    assert leaderboard["family"].iloc[0] == winner and len(leaderboard) == 4
+    assert predictions.count() == 20 and "prediction" in predictions.columns
+    values = notebook["task_values"]
+    assert (values["model_version"], values["promoted"], values["winner_family"]) == (1, True, winner)
+    assert values["run_id"] == outcome.run_id and values["test_auc_roc"] == round(headline["test_auc_roc"], 6)
+    assert notebook["results"].summary.startswith(f"MLflow run {outcome.run_id}, winner {winner}, test_auc_roc ")
     # A pipeline run of reused steps still carries the metrics of the runs it stands for.
     reused = client.get_run(outcome.run_id).data
     assert reused.metrics["test_auc_roc"] == headline["test_auc_roc"]

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from deltaml.config.loader import LoadedConfig, load_config
+from deltaml.io.catalog import read_table
+from deltaml.io.session import get_spark
+from deltaml.io.tables import resolve_tables
+from deltaml.io.tracking import artifact_text, load_run_table
 from deltaml.pipeline.retraining import RetrainDecision, retrain
 from deltaml.pipeline.runner import PipelineOutcome, run_pipeline, scoring_steps
+from deltaml.steps.outputs import EvaluateOutput, FitOutput, RegisterOutput
+
+# The sample of predictions a notebook displays.
+PREDICTION_SAMPLE_ROWS = 20
 
 
 class Widgets(Protocol):
@@ -45,3 +54,62 @@ def retrain_from_widgets(widgets: Widgets) -> RetrainDecision:
     """Evaluate the retraining policy configured by the widgets (``dry_run`` = ``true`` trains nothing)."""
     dry_run = widgets.get("dry_run").strip().lower() in ("true", "yes", "1")
     return retrain(config_from_widgets(widgets), dry_run=dry_run)
+
+
+@dataclass
+class TrainingResults:
+    """What the train notebook shows after a run, and what it hands to the job's later tasks.
+
+    Attributes:
+        summary: One line: the run, the winner, the test metric, the version and the gate's decision.
+        report_html: The evaluation report (self-contained HTML: ``displayHTML`` shows it), if evaluate ran.
+        leaderboard: Every family's best trial (pandas), if fit ran or was reused.
+        predictions: A sample of the predictions table (a Spark DataFrame for ``display``), if it exists.
+        task_values: For ``dbutils.jobs.taskValues.set``: ``run_id``, ``model_version``, ``promoted``,
+            ``decision`` and the test metrics, as later tasks of a Databricks job read them.
+    """
+
+    summary: str
+    report_html: str | None = None
+    leaderboard: Any = None
+    predictions: Any = None
+    task_values: dict[str, Any] = field(default_factory=dict)
+
+
+def training_results(loaded: LoadedConfig, outcome: PipelineOutcome) -> TrainingResults:
+    """Gather what a notebook shows of a training run: report, leaderboard, predictions, task values."""
+    cfg = loaded.pipeline
+    values: dict[str, Any] = {"run_id": outcome.run_id}
+    parts = [f"MLflow run {outcome.run_id}"]
+    fitted = outcome.output(FitOutput)
+    leaderboard = None
+    if fitted is not None and fitted.leaderboard:
+        import pandas as pd
+
+        leaderboard = pd.DataFrame(fitted.leaderboard)
+    elif "fit" in outcome.run_ids:
+        leaderboard = load_run_table(outcome.run_ids["fit"], "leaderboard.json")
+    if leaderboard is not None and len(leaderboard):
+        values["winner_family"] = str(leaderboard.iloc[0]["family"])
+        parts.append(f"winner {values['winner_family']}")
+    evaluated = outcome.output(EvaluateOutput)
+    if evaluated is not None:
+        tests = {k: round(v, 6) for k, v in sorted(evaluated.metrics.items()) if k.startswith("test_")}
+        values.update(tests)
+        metric = f"test_{cfg.gate_metric}"
+        if metric in tests:
+            parts.append(f"{metric} {tests[metric]:.4f}")
+    registered = outcome.output(RegisterOutput)
+    if registered is not None:
+        values.update(model_version=registered.model_version, promoted=registered.promoted)
+        register = outcome.results.get("register")
+        decision = register.summary if register is not None else ""
+        values["decision"] = decision
+        parts.append(f"{cfg.mlflow.registered_model} version {registered.model_version}")
+        parts.append("promoted to @champion" if registered.promoted else "not promoted")
+    report = artifact_text(outcome.run_ids["evaluate"], "report/report.html") if "evaluate" in outcome.run_ids else None
+    predictions = None
+    if "score" in outcome.run_ids:  # the session the run used (get_spark returns the active one)
+        predictions = read_table(get_spark(cfg), resolve_tables(cfg).predictions, "notebook")[0]
+        predictions = predictions.limit(PREDICTION_SAMPLE_ROWS)
+    return TrainingResults(", ".join(parts), report, leaderboard, predictions, values)

@@ -28,6 +28,7 @@ from mlflow.data.dataset import Dataset
 from mlflow.data.delta_dataset_source import DeltaDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric, Param, Run, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.fluent import ActiveRun
@@ -487,6 +488,22 @@ def log_folder(local_dir: str, artifact_path: str | None = None) -> str:
     """Log a local folder's files to the active run; return where they are (the artifact URI)."""
     mlflow.log_artifacts(local_dir, artifact_path)
     return str(mlflow.get_artifact_uri(artifact_path))
+
+
+def artifact_text(run_id: str, path: str) -> str | None:
+    """A text artifact of a run (a report's HTML, say); None when the run has no such file."""
+    try:
+        return str(mlflow.artifacts.load_text(f"runs:/{run_id}/{path}"))
+    except (MlflowException, OSError):
+        return None
+
+
+def load_run_table(run_id: str, artifact_file: str) -> Any:
+    """A table logged with :func:`log_table`, as a pandas DataFrame (None when the run has none)."""
+    try:
+        return mlflow.load_table(artifact_file, run_ids=[run_id])
+    except (MlflowException, OSError):
+        return None
 
 
 def log_table(data: Any, artifact_file: str) -> None:
