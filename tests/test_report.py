@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -35,6 +36,7 @@ from deltaml.report.statistics import (
     choose_threshold,
     confusion_matrix,
     feature_importances,
+    lift_table,
     multiclass_confusion,
     per_class_metrics,
     pr_points,
@@ -285,6 +287,34 @@ def test_feature_importances_of_real_models(tiny_training: DataFrame) -> None:
     assert feature_importances(mlp, names) == []
 
 
+def test_lift_table_matches_ranking_the_rows_by_hand(
+    histogram: ScoreHistogram, data: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]
+) -> None:
+    y, p = data
+    lift = lift_table(histogram)
+    # By hand: rank the rows by p, highest first, cut into ten groups of 200.
+    ranked = y[np.argsort(-p, kind="stable")]
+    groups = ranked.reshape(10, -1)
+    rate = y.mean()
+    assert [row.group for row in lift] == list(range(1, 11)) and all(row.rows == ROWS / 10 for row in lift)
+    # Scores within a bin (1/1000 wide) count as tied, so a group edge can split a bin: within one row.
+    assert np.allclose([row.positives for row in lift], groups.sum(axis=1), atol=1.0)
+    assert np.allclose([row.lift for row in lift], groups.mean(axis=1) / rate, atol=0.03)
+    assert np.allclose([row.gain for row in lift], np.cumsum(groups.sum(axis=1)) / y.sum(), atol=0.005)
+    assert lift[-1].gain == pytest.approx(1.0) and lift[-1].cumulative_lift == pytest.approx(1.0)
+    assert lift[0].lift > 2 and lift[-1].lift < 0.5  # a model with signal: the top decile is rich
+    assert all(a.score_low >= b.score_high - 1 / BINS - 1e-9 for a, b in itertools.pairwise(lift))
+    # No positives: no table; a single score for every row: every group is the average (lift 1).
+    empty = ScoreHistogram(np.zeros(10, np.int64), np.full(10, 5, np.int64), np.zeros(10))
+    assert lift_table(empty) == []
+    tied = ScoreHistogram(
+        np.array([0, 0, 30, 0], np.int64), np.array([0, 0, 70, 0], np.int64), np.array([0.0, 0.0, 60.0, 0.0])
+    )
+    assert [round(row.lift, 9) for row in lift_table(tied, groups=4)] == [1.0] * 4
+    with pytest.raises(ValueError, match="groups must be an integer from 2 to 100"):
+        lift_table(histogram, groups=1)
+
+
 def test_write_report_writes_a_self_contained_html(
     tmp_path: Path, histogram: ScoreHistogram, scored: DataFrame
 ) -> None:
@@ -323,10 +353,12 @@ def test_write_report_writes_a_self_contained_html(
     assert "Churn &lt;test&gt; &amp; report" in page
     assert "tenure_months" not in page  # top_features=2 keeps the two largest
     assert "random_forest" in page and "maxDepth" in page
+    assert "<h2>Lift and gains by decile</h2>" in page and "1 (top 10%)" in page and "10 (top 100%)" in page
 
     document = json.loads((out / "metrics.json").read_text())
     assert document["metrics"] == {"test_auc_roc": metrics["test_auc_roc"], "test_rows": 2000.0, "test_log_loss": None}
     assert document["threshold"] == threshold
+    assert [row["group"] for row in document["lift"]] == list(range(1, 11))
     assert document["confusion_matrix"] == confusion
     assert [CalibrationPoint(**point) for point in document["calibration"]] == calibration
     assert [tuple(pair) for pair in document["feature_importances"]] == importances

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from deltaml.report.plots import _rate
-from deltaml.report.statistics import _CONFUSION_KEYS, CalibrationPoint, ScoreHistogram
+from deltaml.report.statistics import _CONFUSION_KEYS, CalibrationPoint, LiftRow, ScoreHistogram
 
 
 def _jsonable(value: Any) -> Any:
@@ -87,6 +87,7 @@ def _render_html(
     top: list[tuple[str, float]],
     leaderboard: list[dict[str, object]] | None,
     plots: dict[str, bytes],
+    lift: list[LiftRow] | None = None,
 ) -> str:
     tp, fp, tn, fn = (int(confusion[k]) for k in _CONFUSION_KEYS)
     precision, recall = _rate(tp, tp + fp), _rate(tp, tp + fn)
@@ -99,6 +100,7 @@ def _render_html(
         f"<p>Predict positive when p &gt;= <strong>{html.escape(f'{threshold:.6g}')}</strong>.</p>",
         _table(["", "predicted 0", "predicted 1"], [["actual 0", tn, fp], ["actual 1", fn, tp]]),
         _table(["at the threshold", "value"], [["precision", precision], ["recall", recall], ["F1", f1]]),
+        *_lift_section(lift or []),
         *_leaderboard_section(leaderboard),
     ]
     parts.append("<h2>Plots</h2>")
@@ -118,6 +120,33 @@ def _render_html(
     parts += _importance_section(top)
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _lift_section(lift: list[LiftRow]) -> list[str]:
+    """The lift and gains table: who to contact first, and how many of the positives that finds."""
+    if not lift:
+        return []
+    rows = [
+        [
+            f"{row.group} (top {row.group * 100 // len(lift)}%)",
+            f"{row.score_low:.3f} to {row.score_high:.3f}",
+            round(row.rows),
+            round(row.positives),
+            f"{row.positive_rate:.1%}",
+            f"{row.lift:.2f}",
+            f"{row.gain:.1%}",
+            f"{row.cumulative_lift:.2f}",
+        ]
+        for row in lift
+    ]
+    header = ["group", "p range", "rows", "positives", "positive rate", "lift", "positives found", "cumulative lift"]
+    return [
+        f"<h2>Lift and gains by {'decile' if len(lift) == 10 else 'group'}</h2>",
+        "<p>The rows ranked by predicted probability, highest first, in groups of equal size. Lift is a group's "
+        "positive rate over the rate of all rows; positives found is the share of all positives in the groups "
+        "so far (the gains curve).</p>",
+        _table(header, rows),
+    ]
 
 
 def _page_head(title: str) -> list[str]:

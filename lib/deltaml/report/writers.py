@@ -66,6 +66,7 @@ from deltaml.report.statistics import (
     ResidualHistogram,
     ScoreHistogram,
     _confusion_cells,
+    lift_table,
     per_class_metrics,
 )
 
@@ -136,9 +137,11 @@ def write_report(
         "calibration.png": _png(_plot_calibration(calibration)),
     }
     _add_importance_plot(plots, top, out_dir)
+    lift = lift_table(histogram)
     document = {
         "title": title,
         "threshold": threshold,
+        "lift": [asdict(row) for row in lift],
         "metrics": metrics,
         "confusion_matrix": {key: int(confusion[key]) for key in _CONFUSION_KEYS},
         "calibration": [asdict(point) for point in calibration],
@@ -146,7 +149,7 @@ def write_report(
         "leaderboard": leaderboard,
         "histogram_bins": histogram.bins,
     }
-    page = _render_html(title, metrics, histogram, confusion, threshold, calibration, top, leaderboard, plots)
+    page = _render_html(title, metrics, histogram, confusion, threshold, calibration, top, leaderboard, plots, lift)
     return _write_report_files(out_dir, plots, document, page, "binary")
 
 
