@@ -213,6 +213,12 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     assert kinds == ["displayHTML", "display", "display"], kinds
     html, leaderboard, predictions = (data for _, data in notebook["shown"])
     assert "<html" in html and "telco_churn" in html and "data:image/png;base64," in html
+    # The report says which model, runs, data and config it is about, and has the lift table.
+    assert "<h1>telco_churn: evaluation on the test split</h1>" in html
+    assert f'<th class="name">fit run</th><td>{fit_run}</td>' in html
+    assert f"{state / SPLIT} version 0: validation and test splits" in html
+    assert f"hash {load_config(telco_conf).config_hash}, seed 42" in html
+    assert "<h2>Lift and gains by decile</h2>" in html
     assert leaderboard["family"].iloc[0] == winner and len(leaderboard) == 4
     assert predictions.count() == 20 and "prediction" in predictions.columns
     values = notebook["task_values"]

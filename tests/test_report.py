@@ -331,7 +331,8 @@ def test_write_report_writes_a_self_contained_html(
     written = write_report(
         out,
         title="Churn <test> & report",
-        metrics=metrics,
+        header=[("model", "lightgbm: models:/m-1"), ("data", "silver/split <v3>")],
+        metrics={**metrics, "validation_auc_roc": 0.8123456},
         histogram=histogram,
         confusion=confusion,
         threshold=threshold,
@@ -353,10 +354,23 @@ def test_write_report_writes_a_self_contained_html(
     assert "Churn &lt;test&gt; &amp; report" in page
     assert "tenure_months" not in page  # top_features=2 keeps the two largest
     assert "random_forest" in page and "maxDepth" in page
+    # The header says what the report is about; validation sits beside test, under readable names.
+    assert '<tr><th class="name">data</th><td>silver/split &lt;v3&gt;</td></tr>' in page
+    assert "<th>validation</th><th>test</th>" in page
+    auc_row = f'<tr><td class="name">AUC-ROC</td><td>0.8123</td><td>{metrics["test_auc_roc"]:.4f}</td></tr>'
+    assert auc_row in page
+    assert '<tr><td class="name">log-loss</td><td></td><td>n/a</td></tr>' in page
+    assert '<tr><td class="name">rows</td><td></td><td>2,000</td></tr>' in page
     assert "<h2>Lift and gains by decile</h2>" in page and "1 (top 10%)" in page and "10 (top 100%)" in page
 
     document = json.loads((out / "metrics.json").read_text())
-    assert document["metrics"] == {"test_auc_roc": metrics["test_auc_roc"], "test_rows": 2000.0, "test_log_loss": None}
+    assert document["metrics"] == {
+        "test_auc_roc": metrics["test_auc_roc"],
+        "test_rows": 2000.0,
+        "test_log_loss": None,
+        "validation_auc_roc": 0.8123456,
+    }
+    assert document["header"] == {"model": "lightgbm: models:/m-1", "data": "silver/split <v3>"}
     assert document["threshold"] == threshold
     assert [row["group"] for row in document["lift"]] == list(range(1, 11))
     assert document["confusion_matrix"] == confusion
@@ -609,7 +623,7 @@ def test_write_regression_report(tmp_path: Path, residuals: ResidualHistogram, g
     page = (out / "report.html").read_text(encoding="utf-8")
     assert page.count('<img src="data:image/png;base64,') == len(plots)
     assert "Delay &amp; minutes" in page and "&lt;hour&gt;" in page and "<hour>" not in page
-    assert '<td class="name">quantile 0.5</td>' in page and "test_rmse" in page and "gbt" in page
+    assert '<td class="name">quantile 0.5</td>' in page and '<td class="name">RMSE</td>' in page and "gbt" in page
 
     document = json.loads((out / "metrics.json").read_text())
     assert document["task"] == "regression"

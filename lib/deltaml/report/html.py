@@ -63,6 +63,49 @@ def _bin_label(point: CalibrationPoint) -> str:
     return f"[{point.lower:.3g}, {point.upper:.3g}{closing}"
 
 
+def _metrics_table(metrics: dict[str, float]) -> str:
+    """Validation beside test, one row per metric under its readable name (``AUC-ROC``), 4 decimals."""
+    from deltaml.tasks import METRICS
+
+    labels = {m.name: m.label for m in METRICS}
+    splits = ("validation", "test")
+    names: list[str] = []
+    values: dict[tuple[str, str], float] = {}
+    others: list[tuple[str, float]] = []
+    for key, value in metrics.items():
+        split, _, name = key.partition("_")
+        if split not in splits or not name:
+            others.append((key, value))
+            continue
+        if name not in names:
+            names.append(name)
+        values[(split, name)] = value
+    order = [m.name for m in METRICS]
+    names.sort(key=lambda n: (order.index(n) if n in order else len(order), n))
+
+    def shown(name: str, split: str) -> str:
+        if (split, name) not in values:
+            return ""
+        value = values[(split, name)]
+        if name == "rows" and float(value).is_integer():
+            return f"{int(value):,}"
+        return "n/a" if value != value else f"{value:.4f}"  # NaN: undefined on these rows
+
+    rows = [[labels.get(n, n.replace("_", " ")), *(shown(n, s) for s in splits)] for n in names]
+    rows += [[k.replace("_", " "), "", f"{v:.6g}"] for k, v in sorted(others)]
+    return _table(["metric", *splits], rows)
+
+
+def _header_table(header: Sequence[tuple[str, str]]) -> list[str]:
+    """What the report is about (model, runs, data, date, config): a two-column table under the title."""
+    if not header:
+        return []
+    body = "".join(
+        f'<tr><th class="name">{html.escape(name)}</th><td>{html.escape(value)}</td></tr>' for name, value in header
+    )
+    return [f'<table class="header"><tbody>{body}</tbody></table>']
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     head = "".join(
         f'<th class="name">{html.escape(h)}</th>' if i == 0 else f"<th>{html.escape(h)}</th>"
@@ -88,14 +131,15 @@ def _render_html(
     leaderboard: list[dict[str, object]] | None,
     plots: dict[str, bytes],
     lift: list[LiftRow] | None = None,
+    header: Sequence[tuple[str, str]] = (),
 ) -> str:
     tp, fp, tn, fn = (int(confusion[k]) for k in _CONFUSION_KEYS)
     precision, recall = _rate(tp, tp + fp), _rate(tp, tp + fn)
     f1 = _rate(2 * tp, 2 * tp + fp + fn)
     parts = [
-        *_page_head(title),
+        *_page_head(title, header),
         "<h2>Metrics</h2>",
-        _table(["metric", "value"], sorted(metrics.items())),
+        _metrics_table(metrics),
         "<h2>Decision threshold</h2>",
         f"<p>Predict positive when p &gt;= <strong>{html.escape(f'{threshold:.6g}')}</strong>.</p>",
         _table(["", "predicted 0", "predicted 1"], [["actual 0", tn, fp], ["actual 1", fn, tp]]),
@@ -149,17 +193,18 @@ def _lift_section(lift: list[LiftRow]) -> list[str]:
     ]
 
 
-def _page_head(title: str) -> list[str]:
+def _page_head(title: str, header: Sequence[tuple[str, str]] = ()) -> list[str]:
     return [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        *_header_table(header),
     ]
 
 
-def _html_page(title: str, sections: list[str]) -> str:
-    return "\n".join([*_page_head(title), *sections, "</body></html>"]) + "\n"
+def _html_page(title: str, sections: list[str], header: Sequence[tuple[str, str]] = ()) -> str:
+    return "\n".join([*_page_head(title, header), *sections, "</body></html>"]) + "\n"
 
 
 def _leaderboard_section(leaderboard: list[dict[str, object]] | None) -> list[str]:

@@ -43,6 +43,7 @@ from deltaml.report.html import (
     _importance_section,
     _jsonable,
     _leaderboard_section,
+    _metrics_table,
     _render_html,
     _table,
 )
@@ -94,6 +95,7 @@ def write_report(
     importances: list[tuple[str, float]],
     leaderboard: list[dict[str, object]] | None = None,
     top_features: int = 25,
+    header: Sequence[tuple[str, str]] = (),
 ) -> list[Path]:
     """Write the report's plots, ``metrics.json`` and one self-contained ``report.html`` into ``out_dir``.
 
@@ -114,6 +116,7 @@ def write_report(
         importances: ``(name, value)`` pairs from :func:`feature_importances`, sorted.
         leaderboard: Optional rows of the tuning leaderboard (one dict per candidate).
         top_features: How many features the importance plot and table show.
+        header: What the report is about (``(name, value)`` pairs: model, runs, data, date, config), under the title.
 
     Returns:
         The written files: the PNGs, ``metrics.json`` and ``report.html``.
@@ -140,6 +143,7 @@ def write_report(
     lift = lift_table(histogram)
     document = {
         "title": title,
+        "header": dict(header),
         "threshold": threshold,
         "lift": [asdict(row) for row in lift],
         "metrics": metrics,
@@ -149,7 +153,9 @@ def write_report(
         "leaderboard": leaderboard,
         "histogram_bins": histogram.bins,
     }
-    page = _render_html(title, metrics, histogram, confusion, threshold, calibration, top, leaderboard, plots, lift)
+    page = _render_html(
+        title, metrics, histogram, confusion, threshold, calibration, top, leaderboard, plots, lift, header
+    )
     return _write_report_files(out_dir, plots, document, page, "binary")
 
 
@@ -163,6 +169,7 @@ def write_multiclass_report(
     importances: list[tuple[str, float]],
     leaderboard: list[dict[str, object]] | None = None,
     top_features: int = 25,
+    header: Sequence[tuple[str, str]] = (),
 ) -> list[Path]:
     """Write a multiclass classifier's plots, ``metrics.json`` and one self-contained ``report.html``.
 
@@ -183,6 +190,7 @@ def write_multiclass_report(
         importances: ``(name, value)`` pairs from :func:`feature_importances`, sorted.
         leaderboard: Optional rows of the tuning leaderboard (one dict per candidate).
         top_features: How many features the importance plot and table show.
+        header: What the report is about (``(name, value)`` pairs: model, runs, data, date, config), under the title.
 
     Returns:
         The written files: the PNGs, ``metrics.json`` and ``report.html``.
@@ -207,6 +215,7 @@ def write_multiclass_report(
     _add_importance_plot(plots, top, out_dir)
     document = {
         "title": title,
+        "header": dict(header),
         "task": "multiclass",
         "metrics": metrics,
         "labels": names,
@@ -218,7 +227,7 @@ def write_multiclass_report(
     rows = [[name, *(int(count) for count in row)] for name, row in zip(names, confusion, strict=True)]
     sections = [
         "<h2>Metrics</h2>",
-        _table(["metric", "value"], sorted(metrics.items())),
+        _metrics_table(metrics),
         "<h2>Per class</h2>",
         _table(
             ["class", "precision", "recall", "F1", "support"],
@@ -233,7 +242,7 @@ def write_multiclass_report(
         *_figures_section(plots),
         *_importance_section(top),
     ]
-    return _write_report_files(out_dir, plots, document, _html_page(title, sections), "multiclass")
+    return _write_report_files(out_dir, plots, document, _html_page(title, sections, header), "multiclass")
 
 
 def write_regression_report(
@@ -246,6 +255,7 @@ def write_regression_report(
     importances: list[tuple[str, float]],
     leaderboard: list[dict[str, object]] | None = None,
     top_features: int = 25,
+    header: Sequence[tuple[str, str]] = (),
 ) -> list[Path]:
     """Write a regressor's plots, ``metrics.json`` and one self-contained ``report.html`` into ``out_dir``.
 
@@ -265,6 +275,7 @@ def write_regression_report(
         importances: ``(name, value)`` pairs from :func:`feature_importances`, sorted.
         leaderboard: Optional rows of the tuning leaderboard (one dict per candidate).
         top_features: How many features the importance plot and table show.
+        header: What the report is about (``(name, value)`` pairs: model, runs, data, date, config), under the title.
 
     Returns:
         The written files: the PNGs, ``metrics.json`` and ``report.html``.
@@ -284,6 +295,7 @@ def write_regression_report(
     _add_importance_plot(plots, top, out_dir)
     document = {
         "title": title,
+        "header": dict(header),
         "task": "regression",
         "metrics": metrics,
         "residuals": {
@@ -301,7 +313,7 @@ def write_regression_report(
     summary += [[f"quantile {q:g}", value] for q, value in residuals.quantiles.items()]
     sections = [
         "<h2>Metrics</h2>",
-        _table(["metric", "value"], sorted(metrics.items())),
+        _metrics_table(metrics),
         "<h2>Residuals (prediction - actual)</h2>",
         _table(["residual", "value"], summary),
         *_leaderboard_section(leaderboard),
@@ -311,7 +323,7 @@ def write_regression_report(
         *_figures_section(plots),
         *_importance_section(top),
     ]
-    return _write_report_files(out_dir, plots, document, _html_page(title, sections), "regression")
+    return _write_report_files(out_dir, plots, document, _html_page(title, sections, header), "regression")
 
 
 def _add_importance_plot(plots: dict[str, bytes], top: list[tuple[str, float]], out_dir: Path) -> None:

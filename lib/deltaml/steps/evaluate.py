@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from pyspark.ml.base import PredictionModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from deltaml._version import __version__
 from deltaml.columns import LABEL_COL, PREDICTION_COL, SPLIT_COL, TEST, TRAIN, TREE_FEATURES_COL, VALIDATION
 from deltaml.errors import StepInputError
 from deltaml.io.catalog import read_table
@@ -86,7 +88,9 @@ def run_evaluate(ctx: StepContext) -> StepResult:
         for name, value in task_metrics(scored, task).items():
             metrics[f"{split_name}_{name}"] = value
         if split_name == TEST:
-            report_files = _log_report(ctx, model, scored, metrics, threshold)
+            report_files = _log_report(
+                ctx, model, scored, metrics, threshold, _report_header(ctx, model_uri, split_version)
+            )
             _log_profile(ctx, data, scored, model_uri)
         scored.unpersist()
     extra = {"decision_threshold": threshold} if task == "binary" else {}
@@ -149,13 +153,36 @@ def classifier_stage(model: PipelineModel) -> Any:
     return found[-1] if found else None
 
 
+def _report_header(ctx: StepContext, model_uri: str, split_version: int) -> list[tuple[str, str]]:
+    """The report's header: which model, which runs, which data, when, and with which config."""
+    cfg = ctx.config
+    fitted = ctx.output(FitOutput)
+    winner = fitted.leaderboard[0].get("family") if fitted is not None and fitted.leaderboard else None
+    refit = " (refitted on train + validation)" if cfg.tuning.refit_on == "train_validation" else ""
+    return [
+        ("pipeline", cfg.name),
+        ("model", f"{winner or 'the fitted model'}{refit}: {model_uri}"),
+        ("registered as", f"{cfg.mlflow.registered_model} (the version and the gate's decision: the register step)"),
+        ("label", f"{cfg.label.column} ({cfg.label.task})"),
+        ("evaluated", f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, MLflow run {active_run_id() or '(none)'}"),
+        ("fit run", ctx.run_ids.get("fit", "(not in this pipeline run)")),
+        ("data", f"{ctx.tables.split} version {split_version}: validation and test splits"),
+        ("config", f"hash {ctx.loaded.config_hash}, seed {cfg.seed}, deltaml {__version__}, git {ctx.git_sha[:12]}"),
+    ]
+
+
 def _log_report(
-    ctx: StepContext, model: PipelineModel, scored_test: DataFrame, metrics: dict[str, float], threshold: float
+    ctx: StepContext,
+    model: PipelineModel,
+    scored_test: DataFrame,
+    metrics: dict[str, float],
+    threshold: float,
+    header: list[tuple[str, str]],
 ) -> list[str]:
     """Write the test split's evaluation report (plots, metrics, one HTML page) to the step's MLflow run."""
     cfg = ctx.config
-    title = f"{cfg.name}: test split"
-    test_metrics = {k: v for k, v in metrics.items() if k.startswith("test_")}
+    title = f"{cfg.name}: evaluation on the test split"
+    test_metrics = {k: v for k, v in metrics.items() if k.startswith(("test_", "validation_"))}
     fitted = ctx.output(FitOutput)
     leaderboard = fitted.leaderboard if fitted is not None and fitted.leaderboard else None
 
@@ -191,12 +218,16 @@ def _log_report(
         try:
             if cfg.label.task == "multiclass":
                 files = _multiclass_report(
-                    Path(tmp), model, scored_test, importances(), title, test_metrics, leaderboard
+                    Path(tmp), model, scored_test, importances(), (title, header), test_metrics, leaderboard
                 )
             elif cfg.label.task == "regression":
-                files = _regression_report(Path(tmp), scored_test, importances(), title, test_metrics, leaderboard)
+                files = _regression_report(
+                    Path(tmp), scored_test, importances(), (title, header), test_metrics, leaderboard
+                )
             else:
-                files = _binary_report(Path(tmp), scored_test, importances, title, test_metrics, threshold, leaderboard)
+                files = _binary_report(
+                    Path(tmp), scored_test, importances, (title, header), test_metrics, threshold, leaderboard
+                )
         except StepInputError as exc:
             LOG.warning("no evaluation report: %s", exc)
             return []
@@ -210,7 +241,7 @@ def _binary_report(
     out: Path,
     scored_test: DataFrame,
     importances: Callable[[], list[tuple[str, float]]],
-    title: str,
+    about: tuple[str, list[tuple[str, str]]],
     metrics: dict[str, float],
     threshold: float,
     leaderboard: Any,
@@ -226,7 +257,8 @@ def _binary_report(
         scored.unpersist()
     return write_report(
         out,
-        title=title,
+        title=about[0],
+        header=about[1],
         metrics=metrics,
         histogram=histogram,
         confusion=confusion,
@@ -242,7 +274,7 @@ def _multiclass_report(
     model: PipelineModel,
     scored_test: DataFrame,
     importances: list[tuple[str, float]],
-    title: str,
+    about: tuple[str, list[tuple[str, str]]],
     metrics: dict[str, float],
     leaderboard: Any,
 ) -> list[Path]:
@@ -251,7 +283,8 @@ def _multiclass_report(
     confusion = multiclass_confusion(scored, len(labels))
     return write_multiclass_report(
         out,
-        title=title,
+        title=about[0],
+        header=about[1],
         metrics=metrics,
         labels=labels,
         confusion=confusion,
@@ -264,7 +297,7 @@ def _regression_report(
     out: Path,
     scored_test: DataFrame,
     importances: list[tuple[str, float]],
-    title: str,
+    about: tuple[str, list[tuple[str, str]]],
     metrics: dict[str, float],
     leaderboard: Any,
 ) -> list[Path]:
@@ -276,7 +309,8 @@ def _regression_report(
         scored.unpersist()
     return write_regression_report(
         out,
-        title=title,
+        title=about[0],
+        header=about[1],
         metrics=metrics,
         residuals=residuals,
         grid=grid,
