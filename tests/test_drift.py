@@ -376,3 +376,44 @@ def test_spark_jobs_do_not_grow_with_the_columns(spark: SparkSession) -> None:
 
     assert narrow_jobs == wide_jobs
     assert max(wide_jobs) <= 12
+
+
+def test_the_drift_report_reads_one_row_per_feature_with_its_limit_in_view(tmp_path: Any) -> None:
+    """Before: ~80 long rows, a PSI chart that auto-scaled (a PSI far below its limit filled the width), and the
+    predictions overlay labelled "reference (train)" though their reference is the test split."""
+    from deltaml.report.plots import _plot_drift_bars, _plot_overlay
+    from deltaml.report.writers import write_drift_report
+
+    def row(
+        feature: str, kind: str, metric: str, value: float, threshold: float | None, drifted: bool
+    ) -> dict[str, Any]:
+        return {
+            "feature": feature,
+            "kind": kind,
+            "metric": metric,
+            "value": value,
+            "threshold": threshold,
+            "drifted": drifted,
+        }
+
+    rows = [
+        row("tenure", "numeric", "psi", 0.0044, 0.2, False),
+        row("tenure", "numeric", "ks", 0.03, 0.1, False),
+        row("contract", "categorical", "psi", 0.31, 0.2, True),
+        row("contract", "categorical", "chi2_pvalue", 0.0001, 0.01, True),
+    ]
+    overlays = [("predictions (probability)", "reference (test)", ["[0, 0.5)", "[0.5, 1]"], [0.7, 0.3], [0.6, 0.4])]
+    write_drift_report(tmp_path, title="t", rows=rows, share=0.5, overlays=overlays)
+    page = (tmp_path / "report.html").read_text()
+    header = "<th>drifted</th><th>psi</th><th>ks</th><th>chi2_pvalue</th>"
+    assert header in page
+    # Drifted features first; a value past its limit shows the limit.
+    assert page.index('<td class="name">contract</td>') < page.index('<td class="name">tenure</td>')
+    assert "<td>0.31 (limit 0.2)</td>" in page and "<td>0.0044</td>" in page
+    assert page.count('<td class="name">') == 2
+
+    small = _plot_drift_bars({"tenure": 0.0044}, set(), 0.2)
+    axes = small.axes[0]
+    assert axes.get_xlim()[1] >= 0.2 and [list(np.asarray(line.get_xdata())) for line in axes.lines] == [[0.2, 0.2]]
+    legend = _plot_overlay("predictions", ["a"], [1.0], [1.0], "reference (test)").axes[0].get_legend()
+    assert legend is not None and [t.get_text() for t in legend.get_texts()] == ["reference (test)", "current"]

@@ -197,21 +197,32 @@ def _plot_predicted_vs_actual(grid: PredictedVsActualGrid) -> Figure:
     return figure
 
 
-def _plot_drift_bars(psi: dict[str, float], drifted: set[str]) -> Figure:
+def _plot_drift_bars(psi: dict[str, float], drifted: set[str], threshold: float | None = None) -> Figure:
     names = sorted(psi, key=lambda n: psi[n])
     figure, axes = _new_axes(7.0, max(3.0, 0.28 * len(names) + 1.0))
     colours = ["#c0392b" if n in drifted else "#7f8c8d" for n in names]
     axes.barh(range(len(names)), [psi[n] for n in names], color=colours)
     axes.set_yticks(range(len(names)), labels=names, fontsize=8)
+    if threshold is not None:
+        # The limit is drawn and always in view: a PSI far below it must look small, not fill the width.
+        axes.axvline(threshold, color="#c0392b", linestyle="--", linewidth=1, label=f"limit {threshold:g}")
+        axes.set_xlim(0, max([threshold * 1.25, *(v * 1.05 for v in psi.values())]))
+        axes.legend(fontsize=8, loc="lower right")
     axes.set_xlabel("PSI against the training profile (red: drifted on some metric)")
     figure.tight_layout()
     return figure
 
 
-def _plot_overlay(name: str, bins: Sequence[str], reference: Sequence[float], current: Sequence[float]) -> Figure:
+def _plot_overlay(
+    name: str,
+    bins: Sequence[str],
+    reference: Sequence[float],
+    current: Sequence[float],
+    reference_label: str = "reference (train)",
+) -> Figure:
     figure, axes = _new_axes(6.0, 3.8)
     positions = np.arange(len(bins))
-    axes.bar(positions - 0.2, reference, width=0.4, label="reference (train)", color="#2980b9")
+    axes.bar(positions - 0.2, reference, width=0.4, label=reference_label, color="#2980b9")
     axes.bar(positions + 0.2, current, width=0.4, label="current", color="#e67e22")
     axes.set_xticks(positions, labels=[str(b)[:18] for b in bins], rotation=60, ha="right", fontsize=7)
     axes.set_ylabel("share of rows")

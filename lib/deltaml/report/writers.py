@@ -334,6 +334,33 @@ def _add_importance_plot(plots: dict[str, bytes], top: list[tuple[str, float]], 
         (out_dir / "feature_importance.png").unlink(missing_ok=True)
 
 
+def _drift_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The monitor's long rows as one row per feature with a column per metric."""
+    metrics: list[str] = []
+    by_feature: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        metric = str(row["metric"])
+        if metric not in metrics:
+            metrics.append(metric)
+        by_feature.setdefault((str(row["feature"]), str(row["kind"])), {})[metric] = row
+
+    def cell(row: dict[str, Any] | None) -> str:
+        if row is None:
+            return ""
+        value = row["value"]
+        text = f"{value:.4g}" if isinstance(value, float | int) and value == value else str(value)
+        return f"{text} (limit {row['threshold']:g})" if row["drifted"] and row["threshold"] is not None else text
+
+    drifted = {key for key, cells in by_feature.items() if any(r["drifted"] for r in cells.values())}
+    ordered = sorted(by_feature, key=lambda key: (key not in drifted, key[0]))
+    table = [
+        [name, kind, "yes" if key in drifted else "", *(cell(by_feature[key].get(m)) for m in metrics)]
+        for key in ordered
+        for name, kind in [key]
+    ]
+    return _table(["feature", "kind", "drifted", *metrics], table)
+
+
 def _write_report_files(
     out_dir: Path, plots: dict[str, bytes], document: dict[str, Any], page: str, kind: str
 ) -> list[Path]:
@@ -355,7 +382,8 @@ def _write_report_files(
 
 # ---- drift report --------------------------------------------------------------------------
 
-Overlay = tuple[str, Sequence[str], Sequence[float], Sequence[float]]
+# (name, reference label, bin labels, reference shares, current shares)
+Overlay = tuple[str, str, Sequence[str], Sequence[float], Sequence[float]]
 
 
 def write_drift_report(
@@ -368,8 +396,8 @@ def write_drift_report(
         title: The report's title.
         rows: The monitor's rows (``feature``, ``kind``, ``metric``, ``value``, ``threshold``, ``drifted``).
         share: The drifted share of the features.
-        overlays: ``(name, bin labels, reference shares, current shares)`` for the top drifted features
-            and the predictions.
+        overlays: ``(name, reference label, bin labels, reference shares, current shares)`` for the top
+            drifted features (their reference is the train split) and the predictions (the test split).
 
     Returns:
         The written files: the PNGs, ``metrics.json`` and ``report.html``.
@@ -379,27 +407,19 @@ def write_drift_report(
     features = [r for r in rows if r["kind"] in ("numeric", "categorical")]
     drifted = {r["feature"] for r in features if r["drifted"]}
     psi = {r["feature"]: float(r["value"]) for r in features if r["metric"] == "psi"}
-    plots: dict[str, bytes] = {"drift_psi.png": _png(_plot_drift_bars(psi, drifted))}
-    for i, (name, bins, reference, current) in enumerate(overlays):
-        plots[f"overlay_{i + 1}.png"] = _png(_plot_overlay(name, bins, reference, current))
-    table = [
-        [
-            r["feature"],
-            r["kind"],
-            r["metric"],
-            r["value"],
-            "" if r["threshold"] is None else r["threshold"],
-            "yes" if r["drifted"] else "",
-        ]
-        for r in sorted(rows, key=lambda r: (not r["drifted"], str(r["feature"]), str(r["metric"])))
-    ]
+    limits = {float(r["threshold"]) for r in features if r["metric"] == "psi" and r["threshold"] is not None}
+    limit = min(limits) if limits else None
+    plots: dict[str, bytes] = {"drift_psi.png": _png(_plot_drift_bars(psi, drifted, limit))}
+    for i, (name, reference_label, bins, reference, current) in enumerate(overlays):
+        plots[f"overlay_{i + 1}.png"] = _png(_plot_overlay(name, bins, reference, current, reference_label))
     sections = [
         f"<p>Drifted share of features: <strong>{share:.0%}</strong>; drifted: "
         f"{html.escape(', '.join(sorted(drifted)) or 'none')}.</p>",
         "<h2>Plots</h2>",
         *_figures_section(plots),
         "<h2>Metrics</h2>",
-        _table(["feature", "kind", "metric", "value", "threshold", "drifted"], table),
+        "<p>One row per feature, drifted first; a value past its limit is marked with its limit.</p>",
+        _drift_table(rows),
     ]
     document = {"title": title, "drifted_share": share, "rows": list(rows)}
     return _write_report_files(out_dir, plots, document, _html_page(title, sections), "drift")

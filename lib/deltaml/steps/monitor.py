@@ -408,12 +408,17 @@ def _log_to_mlflow(
         (f for f, d in drifted.items() if d and f != PREDICTIONS_FEATURE),
         key=lambda f: -max((r["value"] for r in rows if r["feature"] == f and r["metric"] == "psi"), default=0.0),
     )[:4]
-    chosen = [(f, features_ref.columns[f], inputs.select(f)) for f in top if f in features_ref.columns]
-    chosen.append((f"predictions ({column})", predictions_ref.columns[column], window.rows.select(column)))
+    # The features' reference is the train split; the predictions' is the test split, as evaluate scored it.
+    chosen = [
+        (f, "reference (train)", features_ref.columns[f], inputs.select(f)) for f in top if f in features_ref.columns
+    ]
+    chosen.append(
+        (f"predictions ({column})", "reference (test)", predictions_ref.columns[column], window.rows.select(column))
+    )
     overlays = []
-    for label, profile, current in chosen:
+    for label, reference_label, profile, current in chosen:
         bins, shares = current_shares(profile, current)
-        overlays.append((label, bins, reference_shares(profile, len(bins)), shares))
+        overlays.append((label, reference_label, bins, reference_shares(profile, len(bins)), shares))
     title = f"{cfg.name}: drift of {window.description} against its training profile"
     with tempfile.TemporaryDirectory() as tmp:
         write_drift_report(Path(tmp), title=title, rows=rows, share=share, overlays=overlays)
