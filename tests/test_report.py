@@ -323,9 +323,15 @@ def test_write_report_writes_a_self_contained_html(
     metrics = {"test_auc_roc": auc(histogram), "test_rows": float(ROWS), "test_log_loss": float("nan")}
     calibration = calibration_points(histogram)
     importances = [("<b>x</b>", -2.0), ("price_$usd$", 1.5), ("tenure_months", 0.25)]
-    leaderboard: list[dict[str, object]] = [
-        {"family": "logistic_regression", "auc_roc": 0.81},
-        {"family": "random_forest", "auc_roc": 0.79, "maxDepth": 5},
+    leaderboard: list[dict[str, object]] = [  # keys sorted, as a fit restored from an earlier run has them
+        {
+            "family": "logistic_regression",
+            "params": '{"regParam": 0.001234567, "maxIter": 100}',
+            "rank": 1,
+            "trials": 2,
+            "validation_auc_roc": 0.81,
+        },
+        {"family": "random_forest", "maxDepth": 5, "rank": 2, "validation_auc_roc": 0.79},
     ]
     out = tmp_path / "report"
     written = write_report(
@@ -354,6 +360,11 @@ def test_write_report_writes_a_self_contained_html(
     assert "Churn &lt;test&gt; &amp; report" in page
     assert "tenure_months" not in page  # top_features=2 keeps the two largest
     assert "random_forest" in page and "maxDepth" in page
+    # A fixed column order whatever order the rows come in; params as name=value, not a JSON blob.
+    assert (
+        '<th class="name">rank</th><th>family</th><th>validation_auc_roc</th><th>maxDepth</th><th>trials</th>' in page
+    )
+    assert "<td>maxIter=100, regParam=0.001235</td>" in page
     # The header says what the report is about; validation sits beside test, under readable names.
     assert '<tr><th class="name">data</th><td>silver/split &lt;v3&gt;</td></tr>' in page
     assert "<th>validation</th><th>test</th>" in page

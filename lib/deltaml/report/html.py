@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -207,14 +208,37 @@ def _html_page(title: str, sections: list[str], header: Sequence[tuple[str, str]
     return "\n".join([*_page_head(title, header), *sections, "</body></html>"]) + "\n"
 
 
+# The leaderboard's columns in this order whatever order its rows arrive in (a fit restored from an earlier
+# run's record lists them sorted); the validation metric goes after the family, other columns before params.
+_LEADERBOARD_FIRST = ("rank", "family")
+_LEADERBOARD_LAST = ("trials", "max_evals", "failed", "seconds", "stopped", "params")
+
+
 def _leaderboard_section(leaderboard: list[dict[str, object]] | None) -> list[str]:
     if not leaderboard:
         return []
-    columns: list[str] = []
+    seen: list[str] = []
     for entry in leaderboard:
-        columns += [str(key) for key in entry if str(key) not in columns]
-    rows = [[entry.get(c, "") for c in columns] for entry in leaderboard]
+        seen += [str(key) for key in entry if str(key) not in seen]
+    middle = sorted(c for c in seen if c not in _LEADERBOARD_FIRST + _LEADERBOARD_LAST)
+    middle.sort(key=lambda c: not c.startswith("validation_"))
+    columns = [c for c in _LEADERBOARD_FIRST if c in seen] + middle + [c for c in _LEADERBOARD_LAST if c in seen]
+    rows = [[_params_text(e.get(c, "")) if c == "params" else e.get(c, "") for c in columns] for e in leaderboard]
     return ["<h2>Leaderboard</h2>", _table(columns, rows)]
+
+
+def _params_text(params: object) -> str:
+    """A trial's params as ``name=value`` pairs (numbers to 4 significant digits), not a JSON blob."""
+    if isinstance(params, str):
+        text = params
+        try:
+            params = json.loads(text) if text.strip() else {}
+        except ValueError:
+            return text
+    if not isinstance(params, dict):
+        return str(params)
+    shown = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
+    return ", ".join(shown)
 
 
 def _figures_section(plots: dict[str, bytes]) -> list[str]:
