@@ -36,6 +36,7 @@ from deltaml.report.statistics import (
     choose_threshold,
     confusion_matrix,
     feature_importances,
+    importance_kind,
     lift_table,
     multiclass_confusion,
     per_class_metrics,
@@ -285,6 +286,10 @@ def test_feature_importances_of_real_models(tiny_training: DataFrame) -> None:
 
     mlp = MultilayerPerceptronClassifier(layers=[3, 2], maxIter=3, seed=1).fit(tiny_training)
     assert feature_importances(mlp, names) == []
+    # What each kind of weight is, for the report's axis: coefficients, split importances, or none.
+    assert importance_kind(logistic).startswith("coefficient: the change in log-odds")
+    assert importance_kind(forest).startswith("split importance: Spark's featureImportances")
+    assert importance_kind(mlp) == ""
 
 
 def test_lift_table_matches_ranking_the_rows_by_hand(
@@ -346,6 +351,7 @@ def test_write_report_writes_a_self_contained_html(
         importances=importances,
         leaderboard=leaderboard,
         top_features=2,
+        importance_kind="coefficient: the change in log-odds per unit of the feature",
     )
     names = ["roc.png", "pr.png", "confusion_matrix.png", "calibration.png", "feature_importance.png"]
     assert written == [out / n for n in [*names, "metrics.json", "report.html"]]
@@ -365,6 +371,8 @@ def test_write_report_writes_a_self_contained_html(
         '<th class="name">rank</th><th>family</th><th>validation_auc_roc</th><th>maxDepth</th><th>trials</th>' in page
     )
     assert "<td>maxIter=100, regParam=0.001235</td>" in page
+    assert "<p>Coefficient: the change in log-odds per unit of the feature.</p>" in page
+    assert '<th class="name">feature</th><th>coefficient</th>' in page
     # The header says what the report is about; validation sits beside test, under readable names.
     assert '<tr><th class="name">data</th><td>silver/split &lt;v3&gt;</td></tr>' in page
     assert "<th>validation</th><th>test</th>" in page

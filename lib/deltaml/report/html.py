@@ -133,6 +133,7 @@ def _render_html(
     plots: dict[str, bytes],
     lift: list[LiftRow] | None = None,
     header: Sequence[tuple[str, str]] = (),
+    importance_kind: str = "",
 ) -> str:
     tp, fp, tn, fn = (int(confusion[k]) for k in _CONFUSION_KEYS)
     precision, recall = _rate(tp, tp + fp), _rate(tp, tp + fn)
@@ -162,7 +163,7 @@ def _render_html(
                 [[_bin_label(c), c.rows, c.mean_predicted, c.observed_rate] for c in calibration],
             ),
         ]
-    parts += _importance_section(top)
+    parts += _importance_section(top, importance_kind)
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -254,7 +255,8 @@ def _figures_section(plots: dict[str, bytes]) -> list[str]:
     return parts
 
 
-def _importance_section(top: list[tuple[str, float]]) -> list[str]:
+def _importance_section(top: list[tuple[str, float]], kind: str = "") -> list[str]:
     if not top:
         return []
-    return [f"<h2>Top {len(top)} features</h2>", _table(["feature", "weight"], top)]
+    about = [f"<p>{html.escape(kind[:1].upper() + kind[1:])}.</p>"] if kind else []
+    return [f"<h2>Top {len(top)} features</h2>", *about, _table(["feature", kind.split(":")[0] or "weight"], top)]

@@ -118,7 +118,7 @@ def _plot_calibration(calibration: list[CalibrationPoint]) -> Figure:
     return figure
 
 
-def _plot_importances(top: list[tuple[str, float]]) -> Figure:
+def _plot_importances(top: list[tuple[str, float]], kind: str = "") -> Figure:
     names = [name for name, _ in top][::-1]
     values = [value for _, value in top][::-1]
     figure, ax = _new_axes(7.0, max(2.5, 0.3 * len(top) + 1.2))
@@ -127,7 +127,7 @@ def _plot_importances(top: list[tuple[str, float]]) -> Figure:
     # parse_math=False: a feature name with '$' must not be read as mathtext.
     ax.set_yticks(range(len(names)), names, parse_math=False, fontsize=8)
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set(xlabel="weight (coefficient or importance)", title=f"Top {len(top)} features")
+    ax.set(xlabel=kind or "weight (coefficient or importance)", title=f"Top {len(top)} features")
     figure.tight_layout()
     return figure
 

@@ -502,6 +502,18 @@ def choose_threshold(
     return chosen / h.bins
 
 
+def importance_kind(model_stage: Any) -> str:
+    """What :func:`feature_importances` gives for this model: the report's axis label and table header."""
+    name = type(model_stage.stages[-1] if hasattr(model_stage, "stages") else model_stage).__name__
+    if name.startswith(("RandomForest", "GBT")):
+        return "split importance: Spark's featureImportances, the share of the trees' gain from the feature"
+    if name == "LogisticRegressionModel":
+        return "coefficient: the change in log-odds per unit of the feature (as the model sees it)"
+    if name.startswith(("LinearSVC", "LinearRegression")):
+        return "coefficient: the model's weight of the feature (as the model sees it)"
+    return ""
+
+
 def feature_importances(model_stage: Any, names: Sequence[str]) -> list[tuple[str, float]]:
     """Per-feature weights of a fitted Spark ML classifier or regressor, largest absolute value first.
 

@@ -96,6 +96,7 @@ def write_report(
     leaderboard: list[dict[str, object]] | None = None,
     top_features: int = 25,
     header: Sequence[tuple[str, str]] = (),
+    importance_kind: str = "",
 ) -> list[Path]:
     """Write the report's plots, ``metrics.json`` and one self-contained ``report.html`` into ``out_dir``.
 
@@ -117,6 +118,7 @@ def write_report(
         leaderboard: Optional rows of the tuning leaderboard (one dict per candidate).
         top_features: How many features the importance plot and table show.
         header: What the report is about (``(name, value)`` pairs: model, runs, data, date, config), under the title.
+        importance_kind: What the importances are (coefficients, split gains, permutation drops), for the axis.
 
     Returns:
         The written files: the PNGs, ``metrics.json`` and ``report.html``.
@@ -139,7 +141,7 @@ def write_report(
         "confusion_matrix.png": _png(_plot_confusion(confusion, threshold)),
         "calibration.png": _png(_plot_calibration(calibration)),
     }
-    _add_importance_plot(plots, top, out_dir)
+    _add_importance_plot(plots, top, out_dir, importance_kind)
     lift = lift_table(histogram)
     document = {
         "title": title,
@@ -150,11 +152,23 @@ def write_report(
         "confusion_matrix": {key: int(confusion[key]) for key in _CONFUSION_KEYS},
         "calibration": [asdict(point) for point in calibration],
         "feature_importances": [[name, value] for name, value in importances],
+        "importance_kind": importance_kind,
         "leaderboard": leaderboard,
         "histogram_bins": histogram.bins,
     }
     page = _render_html(
-        title, metrics, histogram, confusion, threshold, calibration, top, leaderboard, plots, lift, header
+        title,
+        metrics,
+        histogram,
+        confusion,
+        threshold,
+        calibration,
+        top,
+        leaderboard,
+        plots,
+        lift,
+        header,
+        importance_kind,
     )
     return _write_report_files(out_dir, plots, document, page, "binary")
 
@@ -170,6 +184,7 @@ def write_multiclass_report(
     leaderboard: list[dict[str, object]] | None = None,
     top_features: int = 25,
     header: Sequence[tuple[str, str]] = (),
+    importance_kind: str = "",
 ) -> list[Path]:
     """Write a multiclass classifier's plots, ``metrics.json`` and one self-contained ``report.html``.
 
@@ -191,6 +206,7 @@ def write_multiclass_report(
         leaderboard: Optional rows of the tuning leaderboard (one dict per candidate).
         top_features: How many features the importance plot and table show.
         header: What the report is about (``(name, value)`` pairs: model, runs, data, date, config), under the title.
+        importance_kind: What the importances are (coefficients, split gains, permutation drops), for the axis.
 
     Returns:
         The written files: the PNGs, ``metrics.json`` and ``report.html``.
@@ -212,7 +228,7 @@ def write_multiclass_report(
         "confusion_matrix.png": _png(_plot_multiclass_confusion(cells, names, normalized=False)),
         "confusion_matrix_normalized.png": _png(_plot_multiclass_confusion(normalized, names, normalized=True)),
     }
-    _add_importance_plot(plots, top, out_dir)
+    _add_importance_plot(plots, top, out_dir, importance_kind)
     document = {
         "title": title,
         "header": dict(header),
@@ -222,6 +238,7 @@ def write_multiclass_report(
         "confusion_matrix": [[int(count) for count in row] for row in confusion],
         "per_class": per_class,
         "feature_importances": [[name, value] for name, value in importances],
+        "importance_kind": importance_kind,
         "leaderboard": leaderboard,
     }
     rows = [[name, *(int(count) for count in row)] for name, row in zip(names, confusion, strict=True)]
@@ -240,7 +257,7 @@ def write_multiclass_report(
         "<h2>Plots</h2>",
         f"<p>Computed in Spark over all {int(cells.sum()):,} rows.</p>",
         *_figures_section(plots),
-        *_importance_section(top),
+        *_importance_section(top, importance_kind),
     ]
     return _write_report_files(out_dir, plots, document, _html_page(title, sections, header), "multiclass")
 
@@ -256,6 +273,7 @@ def write_regression_report(
     leaderboard: list[dict[str, object]] | None = None,
     top_features: int = 25,
     header: Sequence[tuple[str, str]] = (),
+    importance_kind: str = "",
 ) -> list[Path]:
     """Write a regressor's plots, ``metrics.json`` and one self-contained ``report.html`` into ``out_dir``.
 
@@ -276,6 +294,7 @@ def write_regression_report(
         leaderboard: Optional rows of the tuning leaderboard (one dict per candidate).
         top_features: How many features the importance plot and table show.
         header: What the report is about (``(name, value)`` pairs: model, runs, data, date, config), under the title.
+        importance_kind: What the importances are (coefficients, split gains, permutation drops), for the axis.
 
     Returns:
         The written files: the PNGs, ``metrics.json`` and ``report.html``.
@@ -292,7 +311,7 @@ def write_regression_report(
         "residuals.png": _png(_plot_residuals(residuals)),
         "predicted_vs_actual.png": _png(_plot_predicted_vs_actual(grid)),
     }
-    _add_importance_plot(plots, top, out_dir)
+    _add_importance_plot(plots, top, out_dir, importance_kind)
     document = {
         "title": title,
         "header": dict(header),
@@ -307,6 +326,7 @@ def write_regression_report(
         },
         "predicted_vs_actual": asdict(grid),
         "feature_importances": [[name, value] for name, value in importances],
+        "importance_kind": importance_kind,
         "leaderboard": leaderboard,
     }
     summary: list[list[object]] = [["rows", residuals.rows], ["mean (bias)", residuals.mean]]
@@ -321,15 +341,15 @@ def write_regression_report(
         f"<p>Computed in Spark over all {residuals.rows:,} rows: the residuals in {residuals.bins} bins, "
         f"predicted vs actual in {grid.bins} x {grid.bins} bins.</p>",
         *_figures_section(plots),
-        *_importance_section(top),
+        *_importance_section(top, importance_kind),
     ]
     return _write_report_files(out_dir, plots, document, _html_page(title, sections, header), "regression")
 
 
-def _add_importance_plot(plots: dict[str, bytes], top: list[tuple[str, float]], out_dir: Path) -> None:
+def _add_importance_plot(plots: dict[str, bytes], top: list[tuple[str, float]], out_dir: Path, kind: str) -> None:
     """Add ``feature_importance.png`` when there are importances; else remove a stale one from ``out_dir``."""
     if top:
-        plots["feature_importance.png"] = _png(_plot_importances(top))
+        plots["feature_importance.png"] = _png(_plot_importances(top, kind))
     else:
         (out_dir / "feature_importance.png").unlink(missing_ok=True)
 

@@ -32,6 +32,7 @@ from deltaml.report.statistics import (
     calibration_points,
     confusion_matrix,
     feature_importances,
+    importance_kind,
     multiclass_confusion,
     predicted_vs_actual,
     residual_histogram,
@@ -186,10 +187,11 @@ def _log_report(
     fitted = ctx.output(FitOutput)
     leaderboard = fitted.leaderboard if fitted is not None and fitted.leaderboard else None
 
-    def importances() -> list[tuple[str, float]]:
+    def importances() -> tuple[list[tuple[str, float]], str]:
+        """The importances, and what they are (for the report's axis and table)."""
         settings = cfg.evaluate.importances
         if not settings.enabled:
-            return []
+            return [], ""
         try:
             single = [s for s in model.stages if isinstance(s, SingleNodeModel)]
             stage = single[-1] if single else classifier_stage(model)
@@ -208,11 +210,13 @@ def _log_report(
                 )
                 if values and len(values) != len(names):
                     raise ValueError(f"{len(values)} importances for {len(names)} feature names")
-                return sorted(zip(names, values, strict=False), key=lambda pair: -abs(pair[1]))
-            return feature_importances(stage, names)
+                measure = {"binary": "AUC-ROC", "multiclass": "accuracy", "regression": "R²"}[cfg.label.task]
+                kind = f"permutation importance: the drop in test {measure} when the feature is shuffled"
+                return sorted(zip(names, values, strict=False), key=lambda pair: -abs(pair[1])), kind
+            return feature_importances(stage, names), importance_kind(stage)
         except (ValueError, StepInputError) as exc:
             LOG.warning("feature importances left out of the report: %s", exc)
-            return []
+            return [], ""
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -240,7 +244,7 @@ def _log_report(
 def _binary_report(
     out: Path,
     scored_test: DataFrame,
-    importances: Callable[[], list[tuple[str, float]]],
+    importances: Callable[[], tuple[list[tuple[str, float]], str]],
     about: tuple[str, list[tuple[str, str]]],
     metrics: dict[str, float],
     threshold: float,
@@ -255,6 +259,7 @@ def _binary_report(
         confusion = confusion_matrix(scored, threshold)
     finally:
         scored.unpersist()
+    top, kind = importances()
     return write_report(
         out,
         title=about[0],
@@ -264,7 +269,8 @@ def _binary_report(
         confusion=confusion,
         threshold=threshold,
         calibration=calibration_points(histogram),
-        importances=importances(),
+        importances=top,
+        importance_kind=kind,
         leaderboard=leaderboard,
     )
 
@@ -273,7 +279,7 @@ def _multiclass_report(
     out: Path,
     model: PipelineModel,
     scored_test: DataFrame,
-    importances: list[tuple[str, float]],
+    importances: tuple[list[tuple[str, float]], str],
     about: tuple[str, list[tuple[str, str]]],
     metrics: dict[str, float],
     leaderboard: Any,
@@ -288,7 +294,8 @@ def _multiclass_report(
         metrics=metrics,
         labels=labels,
         confusion=confusion,
-        importances=importances,
+        importances=importances[0],
+        importance_kind=importances[1],
         leaderboard=leaderboard,
     )
 
@@ -296,7 +303,7 @@ def _multiclass_report(
 def _regression_report(
     out: Path,
     scored_test: DataFrame,
-    importances: list[tuple[str, float]],
+    importances: tuple[list[tuple[str, float]], str],
     about: tuple[str, list[tuple[str, str]]],
     metrics: dict[str, float],
     leaderboard: Any,
@@ -314,7 +321,8 @@ def _regression_report(
         metrics=metrics,
         residuals=residuals,
         grid=grid,
-        importances=importances,
+        importances=importances[0],
+        importance_kind=importances[1],
         leaderboard=leaderboard,
     )
 
