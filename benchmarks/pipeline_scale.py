@@ -102,7 +102,9 @@ def config(source: Path, families: list[str], max_evals: int) -> dict[str, Any]:
         },
         "split": {"strategy": "random", "train": 0.7, "validation": 0.15, "test": 0.15},
         "model": {"candidates": [{"family": f, **SPACES[f]} for f in families]},
-        "tuning": {"max_evals": max_evals, "parallelism": 2},
+        # Every family gets its trials at every size: at 10,000,000 rows the default 30-minute search budget
+        # ran out before the single-node families started (2026-12-06).
+        "tuning": {"max_evals": max_evals, "parallelism": 2, "timeout_seconds": 6 * 3600},
         "register": {"gate": {"enabled": False}},
         "mlflow": {"experiment": "deltaml-scale", "registered_model": "scale"},
     }

@@ -182,6 +182,15 @@ def test_the_leaderboard_says_how_many_trials_of_the_budget_ran(caplog: pytest.L
     assert f"{len(late.trials)} of 12 trials (timeout)" in lines, lines
     assert "gbt" in lines and "4 trial(s)" in lines and "of 4" not in lines, lines
     assert [row["max_evals"] for row in leaderboard_rows([late, whole], "auc_roc")] == [4, 12]
+    # A family whose search the timeout cut before its first trial: nothing failed (before: "every trial failed").
+    never = search_family(
+        "lightgbm", SPACE, {}, _bowl, metric="auc_roc", budget=_budget(engine, deadline=time.monotonic() - 1)
+    )
+    assert (never.trials, never.stopped) == ([], "timeout")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="deltaml.steps.fit"):
+        _log_leaderboard([whole, never], "auc_roc")
+    assert "lightgbm               no trial ran (timeout)" in caplog.text and "failed" not in caplog.text
 
 
 def test_a_huge_trial_budget_builds_nothing_per_possible_trial(engine: str) -> None:

@@ -736,7 +736,10 @@ def _log_leaderboard(results: list[FamilyResult], metric: str) -> None:
     LOG.info("leaderboard (validation %s):", metric)
     for row in rows:
         if row["rank"] is None:
-            LOG.warning("  -  %-22s every trial failed", row["family"])
+            if row["trials"]:
+                LOG.warning("  -  %-22s every trial failed", row["family"])
+            else:  # the search was cut before its first trial: nothing failed
+                LOG.warning("  -  %-22s no trial ran (%s)", row["family"], row["stopped"])
             continue
         ran = (
             f"{row['trials']} of {row['max_evals']} trials ({row['stopped']})"
