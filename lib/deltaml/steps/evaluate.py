@@ -163,7 +163,6 @@ def _report_header(ctx: StepContext, model_uri: str, split_version: int) -> list
     return [
         ("pipeline", cfg.name),
         ("model", f"{winner or 'the fitted model'}{refit}: {model_uri}"),
-        ("registered as", f"{cfg.mlflow.registered_model} (the version and the gate's decision: the register step)"),
         ("label", f"{cfg.label.column} ({cfg.label.task})"),
         ("evaluated", f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, MLflow run {active_run_id() or '(none)'}"),
         ("fit run", ctx.run_ids.get("fit", "(not in this pipeline run)")),
