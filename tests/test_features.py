@@ -107,14 +107,15 @@ def test_feature_names_follow_the_vector_slots(spark: SparkSession) -> None:
         "contract=Month",
         "contract=Year",
         "contract=<unseen or null>",
-        "tenure_q=0.0",
-        "tenure_q=1.0",
+        # A bucket's levels read as its ranges of the source column (before: tenure_q=0.0, tenure_q=1.0).
+        "tenure_q=<10",
+        "tenure_q=>=10",
         "tenure_q=<unseen or null>",
     ]
     vectors = [r[0] for r in model.transform(data).orderBy("id").select("features").collect()]
     assert len(names) == vectors[0].size
-    # Row 1: tenure 5 (standardised), not missing, contract=Month, tenure_q=0.0 (5 < 10).
-    assert [names[i] for i in vectors[0].indices if i > 0] == ["contract=Month", "tenure_q=0.0"]
+    # Row 1: tenure 5 (standardised), not missing, contract=Month, tenure_q below 10.
+    assert [names[i] for i in vectors[0].indices if i > 0] == ["contract=Month", "tenure_q=<10"]
 
 
 def test_the_tree_vector_holds_numbers_unscaled_and_each_category_as_its_frequency_rank(spark: SparkSession) -> None:

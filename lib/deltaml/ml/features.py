@@ -292,11 +292,13 @@ def feature_names(model: PipelineModel, features: FeaturesConfig) -> list[str]:
     if features.impute.indicator:
         names += [f"missing({c})" for c in features.model_numeric]
     indexers = [s for s in model.stages if isinstance(s, StringIndexerModel)]
+    buckets = {s.getOutputCol(): list(s.getSplits()) for s in model.stages if isinstance(s, Bucketizer)}
     if features.model_categorical and indexers:
         for column, labels in zip(features.model_categorical, indexers[0].labelsArray, strict=True):
             # StringIndexer(handleInvalid="keep") adds one index for unseen and null values, and
             # the encoder keeps its slot (dropLast drops the encoder's own invalid slot).
-            names += [*(f"{column}={label}" for label in labels), f"{column}=<unseen or null>"]
+            names += [*(_level_name(column, label, buckets.get(column)) for label in labels)]
+            names.append(f"{column}=<unseen or null>")
     if features.hashing is not None:
         hashed = f"hash({','.join(features.hashing.columns)})"
         names += [f"{hashed}[{i}]" for i in range(features.hashing.num_features)]
@@ -304,6 +306,24 @@ def feature_names(model: PipelineModel, features: FeaturesConfig) -> list[str]:
     if slicers:
         names = [names[i] for i in slicers[0].getIndices()]
     return names
+
+
+def _level_name(column: str, label: str, splits: list[float] | None) -> str:
+    """``column=level``; a bucket's level is its range of the source column (``tenure_band=[6, 15)``, not ``=1.0``)."""
+    try:
+        index = int(float(label)) if splits is not None else -1
+    except ValueError:
+        index = -1
+    if splits is None or not 0 <= index <= len(splits) - 1 or str(float(index)) != label:
+        return f"{column}={label}"
+    if index == len(splits) - 1:  # Bucketizer(handleInvalid="keep") puts NaN and null in one more bucket
+        return f"{column}=<missing>"
+    low, high = splits[index], splits[index + 1]
+    if low == float("-inf"):
+        return f"{column}=<{high:.4g}"
+    if high == float("inf"):
+        return f"{column}=>={low:.4g}"
+    return f"{column}=[{low:.4g}, {high:.4g})"
 
 
 def tree_layout(features: FeaturesConfig) -> tuple[list[str], list[int]]:
