@@ -20,6 +20,7 @@ from deltaml.io.catalog import table_exists
 from deltaml.pipeline.runner import run_pipeline
 from deltaml.steps import validate as validate_step
 from deltaml.steps.base import StepContext
+from tests.browser import rendered_text
 from tests.conftest import write_config
 
 SCHEMA = "id long, x double, cat string, code string, y string"
@@ -173,8 +174,26 @@ def test_report_counts_rules_and_shows_examples(spark: SparkSession, tmp_path: P
     assert by_rule["x.min"]["examples"] == [{"key": "10", "value": "-5.0"}, {"key": "11", "value": "-7.0"}]
     assert by_rule["cat.allowed"]["examples"] == [{"key": "11", "value": "zzz"}]
     assert by_rule["y.allowed"]["rows_broken"] == 0
-    page = Path(mlflow.artifacts.download_artifacts(f"runs:/{child.info.run_id}/validation/report.html")).read_text()
-    assert "x.min" in page and "11: -7.0" in page
+    # Every table rule is listed, passed or not, and each contract column has a profile over all rows.
+    assert [(r["rule"], r["status"]) for r in report["table_rules"]] == [
+        ("schema", "passed"),
+        ("min_rows", "passed"),
+        ("max_bad_fraction", "passed"),
+        ("columns have values", "passed"),
+        ("labels_present", "passed"),
+    ]
+    columns = {c["column"]: c for c in report["columns"]}
+    assert (columns["x"]["min"], columns["x"]["max"], columns["x"]["null_fraction"]) == (-7.0, 4.0, 0.0)
+    assert (columns["cat"]["distinct"], columns["cat"]["min"], columns["cat"]["type"]) == (3, "a", "string")
+    html = Path(mlflow.artifacts.download_artifacts(f"runs:/{child.info.run_id}/validation/report.html"))
+    page = html.read_text()
+    assert page.count("<tr class=fail>") == 2  # x.min and cat.allowed, broken; the rest are not highlighted
+    text = rendered_text(html)
+    assert "Validation of " in text and "Table rules" in text and "Columns" in text
+    assert "min_rows\tat least 1 rows\t6 rows\tpassed" in text
+    assert "labels_present\tYes, No\tYes: 2 rows, No: 4 rows\tpassed" in text
+    assert "x\tdouble\t0.00%\t-7\t4\t6" in text
+    assert "x.min" in text and "11: -7.0" in text
 
 
 def _fails_and_writes_nothing(

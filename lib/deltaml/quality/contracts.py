@@ -246,7 +246,9 @@ def summarize(annotated: DataFrame, rules: list[RowRule], contract: ContractConf
 
     Returns:
         A small dict: ``rows``, ``bad_rows``, ``breaks`` per rule id, ``non_null`` per contract
-        column, ``newest`` freshness value, ``label_counts`` per expected label value.
+        column, ``newest`` freshness value, ``label_counts`` per expected label value, and
+        ``profile``: per contract column its ``min``, ``max`` (None for types without an order)
+        and approximate ``distinct`` count (HyperLogLog++, within about 1%), in the same pass.
     """
     aggregations: list[Column] = [
         F.count(F.lit(1)).alias("rows"),
@@ -261,8 +263,14 @@ def summarize(annotated: DataFrame, rules: list[RowRule], contract: ContractConf
             ).alias(f"r{i}")
         )
     columns = [c for c in contract.columns if c in annotated.columns]
+    types = dict(annotated.dtypes)
+    ordered = [c for c in columns if not types[c].startswith(("array", "map", "struct", "binary", "variant"))]
     for i, column in enumerate(columns):
         aggregations.append(F.count(F.col(f"`{column}`")).alias(f"nn{i}"))
+        if column in ordered:
+            values = F.col(f"`{column}`")
+            aggregations += [F.min(values).alias(f"lo{i}"), F.max(values).alias(f"hi{i}")]
+            aggregations.append(F.approx_count_distinct(values, rsd=0.01).alias(f"nd{i}"))
     if contract.freshness is not None and contract.freshness.column in annotated.columns:
         aggregations.append(F.max(F.col(f"`{contract.freshness.column}`")).alias("newest"))
     labels = contract.labels_present if label in annotated.columns else None
@@ -277,6 +285,15 @@ def summarize(annotated: DataFrame, rules: list[RowRule], contract: ContractConf
         "non_null": {column: int(row[f"nn{i}"]) for i, column in enumerate(columns)},
         "newest": row["newest"] if "newest" in row.asDict() else None,
         "label_counts": {str(v): int(row[f"l{i}"] or 0) for i, v in enumerate(labels or [])},
+        "profile": {
+            column: {
+                "type": types[column],
+                "min": row[f"lo{i}"] if column in ordered else None,
+                "max": row[f"hi{i}"] if column in ordered else None,
+                "distinct": int(row[f"nd{i}"]) if column in ordered else None,
+            }
+            for i, column in enumerate(columns)
+        },
     }
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import html
 import logging
+import math
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +34,7 @@ from deltaml.quality.contracts import (
     summarize,
     table_failures,
 )
+from deltaml.report.validation import validation_page
 from deltaml.steps.base import Step, StepContext, StepResult
 from deltaml.steps.outputs import ValidateOutput
 
@@ -115,8 +116,9 @@ def _validate(
             )
     examples = _examples(annotated, rules, cfg.key) if (bad or any(summary["breaks"].values())) else {}
     report = _report(ctx, contract, summary, rules, examples, failures, schema_warnings + table_warn, raw_version)
+    report["table_rules"] = _table_rules(summary, contract, (schema_failures, schema_warnings), failures, table_warn)
     log_dict(report, REPORT_JSON)
-    log_text(_render_html(report), REPORT_HTML)
+    log_text(validation_page(report), REPORT_HTML)
     log_metrics({"rows_in": float(rows), "rows_bad": float(bad), "bad_fraction": fraction})
     for warning in schema_warnings + table_warn:
         LOG.warning("%s", warning)
@@ -231,6 +233,17 @@ def _report(
         "max_bad_fraction": contract.max_bad_fraction,
         "failures": failures,
         "warnings": warnings,
+        "columns": [
+            {
+                "column": column,
+                "type": found["type"],
+                "null_fraction": 1 - summary["non_null"][column] / rows if rows else 0.0,
+                "min": _plain(found["min"]),
+                "max": _plain(found["max"]),
+                "distinct": found["distinct"],
+            }
+            for column, found in summary["profile"].items()
+        ],
         "rules": [
             {
                 "rule": r.rule_id,
@@ -245,6 +258,82 @@ def _report(
             for r in rules
         ],
     }
+
+
+def _table_rules(
+    summary: dict[str, Any],
+    contract: ContractConfig,
+    schema: tuple[list[str], list[str]],
+    failures: list[str],
+    warnings: list[str],
+) -> list[dict[str, str]]:
+    """Every table-level rule with what it expects, what the table has and its status, broken or not."""
+    rows, bad = summary["rows"], summary["bad_rows"]
+
+    def status(failed: bool, warned: bool = False) -> str:
+        return "failed" if failed else "warned" if warned else "passed"
+
+    policy = contract.schema_policy
+    found = [
+        {
+            "rule": "schema",
+            "expected": f"missing column: {policy.missing_column}, extra column: {policy.extra_column}, "
+            f"type mismatch: {policy.type_mismatch}",
+            "observed": " | ".join(m.removeprefix("step 'validate': ") for m in schema[0] + schema[1])
+            or "the columns and types of the contract",
+            "status": status(bool(schema[0]), bool(schema[1])),
+        },
+        {
+            "rule": "min_rows",
+            "expected": f"at least {contract.min_rows if contract.min_rows is not None else 1:,} rows",
+            "observed": f"{rows:,} rows",
+            "status": status(rows < (contract.min_rows if contract.min_rows is not None else 1)),
+        },
+        {
+            "rule": "max_bad_fraction",
+            "expected": f"at most {contract.max_bad_fraction:.2%} of rows break a quarantine rule, in each batch",
+            "observed": f"{bad:,} rows ({bad / rows if rows else 0.0:.2%})",
+            "status": status(any("max_bad_fraction" in m for m in failures)),
+        },
+    ]
+    empty = [c for c, n in summary["non_null"].items() if rows > 0 and n == 0]
+    found.append(
+        {
+            "rule": "columns have values",
+            "expected": "no contract column null in every row",
+            "observed": f"null in every row: {', '.join(empty)}" if empty else "every column has values",
+            "status": status(bool(empty)),
+        }
+    )
+    if contract.labels_present:
+        counts = summary["label_counts"]
+        found.append(
+            {
+                "rule": "labels_present",
+                "expected": ", ".join(map(str, contract.labels_present)),
+                "observed": ", ".join(f"{value}: {count:,} rows" for value, count in counts.items()),
+                "status": status(any(count == 0 for count in counts.values()) and rows > 0),
+            }
+        )
+    if contract.freshness is not None:
+        stale = [m for m in failures + warnings if "freshness" in m or f"'{contract.freshness.column}'" in m]
+        newest = summary["newest"]
+        found.append(
+            {
+                "rule": "freshness",
+                "expected": f"newest {contract.freshness.column} at most {contract.freshness.max_age_hours:g} h old",
+                "observed": f"newest {newest:%Y-%m-%d %H:%M}" if newest is not None else "no values",
+                "status": status(any(m in failures for m in stale), bool(stale)),
+            }
+        )
+    return found
+
+
+def _plain(value: Any) -> Any:
+    """A profile's min or max as JSON holds it: numbers and booleans as they are, anything else as text."""
+    if value is None or isinstance(value, bool | int) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    return str(value)
 
 
 def _quality_rows(ctx: StepContext, report: dict[str, Any], checked_at: datetime) -> DataFrame:
@@ -270,35 +359,6 @@ def _quality_rows(ctx: StepContext, report: dict[str, Any], checked_at: datetime
         "column string, kind string, action string, rows_broken long, rows_checked long"
     )
     return ctx.spark.createDataFrame(rows, schema)
-
-
-def _render_html(report: dict[str, Any]) -> str:
-    def cell(value: Any) -> str:
-        return f"<td>{html.escape(str(value))}</td>"
-
-    rule_rows = "\n".join(
-        "<tr>"
-        + "".join(cell(r[k]) for k in ("rule", "action", "detail", "rows_broken", "rows_passed"))
-        + cell("; ".join(f"{e['key']}: {e['value']}" for e in r["examples"]))
-        + "</tr>"
-        for r in report["rules"]
-    )
-    problems = "".join(f"<li class=fail>{html.escape(m)}</li>" for m in report["failures"]) + "".join(
-        f"<li>{html.escape(m)}</li>" for m in report["warnings"]
-    )
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>deltaml validation: {html.escape(report["pipeline"])}</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:4px 8px}}
-table{{border-collapse:collapse}}.fail{{color:#b00}}</style></head><body>
-<h1>Validation of {html.escape(report["table"])} v{report["table_version"]}: {report["status"]}</h1>
-<p>{report["rows_in"]} rows in, {report["rows_passed"]} passed, {report["rows_quarantined"]} quarantined
-({report["bad_fraction"]:.2%} bad; maximum {report["max_bad_fraction"]:.2%}).</p>
-<ul>{problems}</ul>
-<table><tr><th>rule</th><th>action</th><th>broken when the value</th><th>rows broken</th><th>rows passed</th>
-<th>examples (key: value)</th></tr>
-{rule_rows}
-</table></body></html>
-"""
 
 
 def recheck_freshness(ctx: StepContext, run_id: str) -> None:
