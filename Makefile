@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.deltaml-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-monitor demo-flights demo-penguins demo-diamonds test test-fast lint docs zip clean cluster-up cluster-down connect-up connect-down
+.PHONY: browser setup demo demo-monitor demo-flights demo-penguins demo-diamonds test test-fast lint docs zip clean cluster-up cluster-down connect-up connect-down
 
 setup: $(STAMP)
 	$(BIN)/deltaml setup-jars
@@ -66,7 +66,13 @@ demo-penguins: setup
 demo-diamonds: setup
 	$(BIN)/deltaml run conf/diamond_prices.yml --env local
 
-test: setup lint
+# The tests render the HTML reports in Debian's headless Chromium (tests/browser.py): installed once, with apt-get.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+
+test: setup lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Skips the tests marked slow (cluster and end-to-end runs); CI runs everything.

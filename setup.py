@@ -88,6 +88,8 @@ setup(
             "optuna>=4.0,<6",
             # tests/test_json_schema.py validates the shipped configs against the published schema.
             "jsonschema>=4.18",
+            # Drives Debian's Chromium (make browser) to render the HTML reports in tests/test_pipeline_e2e.py.
+            "selenium>=4.20",
             # Databricks' typed models of bundle jobs: tests/test_bundle.py checks resources/*.yml against them.
             "databricks-bundles==1.22.1",
         ],

@@ -18,6 +18,7 @@ from sklearn.metrics import roc_auc_score
 from deltaml.cli import main
 from deltaml.config.loader import load_config
 from deltaml.pipeline.retraining import retrain
+from tests.browser import rendered_text
 from tests.conftest import telco_config_dict, write_config
 from tests.test_pipeline_e2e import run_notebook
 
@@ -132,6 +133,13 @@ def test_monitor_flags_exactly_the_shifted_features_and_retraining_follows(
     )[0]
     files = {a.path for a in MlflowClient().list_artifacts(monitor_run.info.run_id, "drift")}
     assert {"drift/report.html", "drift/drift_psi.png", "drift/overlay_1.png"} <= files
+    # As Chromium shows it: the drifted share, then one row per feature, the drifted ones first and marked.
+    page = mlflow.artifacts.download_artifacts(f"runs:/{monitor_run.info.run_id}/drift/report.html")
+    text = rendered_text(Path(page))
+    assert f"Drifted share of features: {len(SHIFTED) / len(features):.0%}" in text
+    table = text.split("feature\tkind\tdrifted\t", 1)[1].splitlines()[1:]
+    marked = [row.split("\t")[0] for row in table if row.split("\t")[2:3] == ["yes"]]
+    assert set(marked) >= SHIFTED and table[: len(marked)] == [r for r in table if r.split("\t")[2:3] == ["yes"]]
 
     # The policy: a dry run records and trains nothing; then it retrains; then the cooldown holds it.
     dry = retrain(load_config(trained), dry_run=True, spark=spark)

@@ -20,6 +20,7 @@ from pyspark.sql import SparkSession
 from deltaml.cli import main
 from deltaml.config.loader import load_config
 from deltaml.io.session import check_delta_jars
+from tests.browser import rendered_text
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -219,6 +220,9 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     assert f"{state / SPLIT} version 0: validation and test splits" in html
     assert f"hash {load_config(telco_conf).config_hash}, seed 42" in html
     assert "<h2>Lift and gains by decile</h2>" in html
+    # The register step wrote its decision into the report the evaluate step had logged.
+    assert '<td class="pass">promoted: version 1 is the new @champion</td>' in html
+    assert "none yet: this is the first version" in html and "Not decided yet" not in html
     assert leaderboard["family"].iloc[0] == winner and len(leaderboard) == 4
     assert predictions.count() == 20 and "prediction" in predictions.columns
     values = notebook["task_values"]
@@ -240,6 +244,39 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     predictions = spark.read.format("delta").load(str(state / PREDICTIONS))
     assert {r["model_version"] for r in predictions.select("model_version").distinct().collect()} == {1}
     assert {r["source_version"] for r in predictions.select("source_version").distinct().collect()} == {0}
+
+    # That run's evaluation report as a reader sees it, rendered by Chromium: which model, data and config it
+    # is about, the gate's comparison of version 2 with champion 1 on the same test rows, and the lift table.
+    latest = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="tags.`deltaml.step` = 'pipeline'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
+    forced = _step_runs(latest.info.run_id)
+    evaluate_run = forced["evaluate"].info.run_id
+    text = rendered_text(Path(mlflow.artifacts.download_artifacts(f"runs:/{evaluate_run}/report/report.html")))
+    fit_again = forced["fit"].info.run_id
+    for line in (
+        "telco_churn: evaluation on the test split",
+        "pipeline\ttelco_churn",
+        "label\tchurn (binary)",
+        f"fit run\t{fit_again}",
+        f"data\t{state / SPLIT} version 0: validation and test splits",
+        f"config\thash {load_config(telco_conf).config_hash}, seed 42, deltaml ",
+        "Champion vs challenger",
+        "decision\tpromoted: version 2 is the new @champion",
+        f"compared on\tauc_roc, the test rows of {state / SPLIT} v0",
+        "@champion\tversion 1: 0.",
+        "@challenger\tversion 2: 0.",
+        "difference\t",
+        "Lift and gains by decile",
+        "group\tp range\trows\tpositives\tpositive rate\tlift\tpositives found\tcumulative lift",
+        "1 (top 10%)\t",
+        "10 (top 100%)\t",
+    ):
+        assert line in text, f"{line!r} is not in the rendered report:\n{text[:3000]}"
+    assert f"MLflow run {evaluate_run}" in text and "Not decided yet" not in text
 
     # The score step alone, through the spark-submit job's main(): --full rescores every row with the champion.
     spec = importlib.util.spec_from_file_location("score_job", ROOT / "jobs" / "score.py")

@@ -22,6 +22,7 @@ from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_sc
 from deltaml.cli import main
 from deltaml.columns import FEATURES_COL, TREE_FEATURES_COL
 from deltaml.ml.single_node import SingleNodeModel
+from tests.browser import rendered_text
 from tests.conftest import ROOT, write_config
 
 pytestmark = pytest.mark.slow
@@ -46,6 +47,21 @@ def _test_rows_with_predictions(
 
 def _report_files(client: MlflowClient, run_id: str) -> set[str]:
     return {Path(f.path).name for f in client.list_artifacts(run_id, "report")}
+
+
+def _assert_the_rendered_report(run_id: str, title: str, label: str, metric: str) -> None:
+    """The evaluation report as Chromium shows it: the header, the metrics and the gate's comparison."""
+    text = rendered_text(Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/report/report.html")))
+    for line in (
+        f"{title}: evaluation on the test split",
+        f"label\t{label}",
+        f"MLflow run {run_id}",
+        "Champion vs challenger",
+        "decision\tpromoted: version 1 is the new @champion",
+        "@champion\tnone yet: this is the first version",
+        f"compared on\t{metric}, the test rows of ",
+    ):
+        assert line in text, f"{line!r} is not in the rendered report:\n{text[:3000]}"
 
 
 def _assert_the_winner_reads_its_own_vector(model_uri: str, features: int, categorical: int) -> str:
@@ -146,6 +162,7 @@ def test_multiclass_penguins_train_register_and_score(spark: SparkSession, tmp_p
     )
     report = _report_files(client, evaluate.info.run_id)
     assert {"confusion_matrix.png", "report.html", "metrics.json"} <= report
+    _assert_the_rendered_report(evaluate.info.run_id, "penguin_species", "species (multiclass)", "accuracy")
     winner = _assert_the_winner_reads_its_own_vector(f"models:/penguin_species/{champion.version}", 4, 2)
     _assert_pyfunc_gives_the_stored_scores(
         f"models:/penguin_species/{champion.version}", joined, ["probability", "prediction", "predicted_label"]
@@ -189,8 +206,10 @@ def test_regression_diamonds_train_register_and_score(
         r2_score(joined["price"], joined["prediction"]), abs=TAG
     )
     assert float(champion.tags["metric.test_r2"]) > 0.9
-    report = _report_files(client, _evaluate_run(client, "deltaml-diamond-prices").info.run_id)
+    evaluate_run = _evaluate_run(client, "deltaml-diamond-prices").info.run_id
+    report = _report_files(client, evaluate_run)
     assert {"residuals.png", "predicted_vs_actual.png", "report.html"} <= report
+    _assert_the_rendered_report(evaluate_run, "diamond_prices", "price (regression)", "rmse")
     # Seven numeric features (log_carat derived) and cut, color and clarity as one slot each.
     winner = _assert_the_winner_reads_its_own_vector(f"models:/diamond_prices/{champion.version}", 10, 3)
     _assert_pyfunc_gives_the_stored_scores(f"models:/diamond_prices/{champion.version}", joined, ["prediction"])

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from deltaml.columns import TAG_PREFIX
 from deltaml.config.loader import LoadedConfig, load_config
 from deltaml.io.catalog import read_table
 from deltaml.io.session import get_spark
 from deltaml.io.tables import resolve_tables
-from deltaml.io.tracking import artifact_text, load_run_table
+from deltaml.io.tracking import artifact_text, get_run_tags, load_run_table
 from deltaml.pipeline.retraining import RetrainDecision, retrain
 from deltaml.pipeline.runner import PipelineOutcome, run_pipeline, scoring_steps
 from deltaml.steps.outputs import EvaluateOutput, FitOutput, RegisterOutput
@@ -66,7 +67,8 @@ class TrainingResults:
         leaderboard: Every family's best trial (pandas), if fit ran or was reused.
         predictions: A sample of the predictions table (a Spark DataFrame for ``display``), if it exists.
         task_values: For ``dbutils.jobs.taskValues.set``: ``run_id``, ``model_version``, ``promoted``,
-            ``decision`` and the test metrics, as later tasks of a Databricks job read them.
+            ``decision`` (``promoted`` or ``kept``), ``gate_reason`` and the test metrics, as a job's later
+            tasks read them.
     """
 
     summary: str
@@ -102,9 +104,10 @@ def training_results(loaded: LoadedConfig, outcome: PipelineOutcome) -> Training
     registered = outcome.output(RegisterOutput)
     if registered is not None:
         values.update(model_version=registered.model_version, promoted=registered.promoted)
-        register = outcome.results.get("register")
-        decision = register.summary if register is not None else ""
-        values["decision"] = decision
+        # From the register run's tags: a register step reused from an earlier run has no summary in this one.
+        tags = get_run_tags(outcome.run_ids["register"]) if "register" in outcome.run_ids else {}
+        values["decision"] = tags.get(f"{TAG_PREFIX}gate_decision", "")
+        values["gate_reason"] = tags.get(f"{TAG_PREFIX}gate_reason", "")
         parts.append(f"{cfg.mlflow.registered_model} version {registered.model_version}")
         parts.append("promoted to @champion" if registered.promoted else "not promoted")
     report = artifact_text(outcome.run_ids["evaluate"], "report/report.html") if "evaluate" in outcome.run_ids else None

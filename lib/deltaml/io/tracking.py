@@ -399,6 +399,11 @@ def log_dict_to(run_id: str, data: Any, artifact_file: str) -> None:
     MlflowClient().log_dict(run_id, data, artifact_file)
 
 
+def log_text_to(run_id: str, text: str, artifact_file: str) -> None:
+    """Log a text artifact to a given run (not necessarily the active one), replacing a file of that name."""
+    MlflowClient().log_text(run_id, text, artifact_file)
+
+
 def died_attempt_children(
     current_run_id: str, experiment_id: str, tag: str, value: str, step: str
 ) -> tuple[str, list[Run]] | None:

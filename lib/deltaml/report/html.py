@@ -38,6 +38,7 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.7em; text-align: right; }
 th { background: #f3f3f3; } td.name, th.name { text-align: left; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; }
 figure { margin: 0; } figcaption { color: #555; font-size: 0.9em; }
+td.pass { background: #e6f4ea; } td.fail, tr.fail td { background: #fce8e6; font-weight: 600; }
 """
 
 
@@ -142,6 +143,7 @@ def _render_html(
         *_page_head(title, header),
         "<h2>Metrics</h2>",
         _metrics_table(metrics),
+        *_gate_placeholder(),
         "<h2>Decision threshold</h2>",
         f"<p>Predict positive when p &gt;= <strong>{html.escape(f'{threshold:.6g}')}</strong>.</p>",
         _table(["", "predicted 0", "predicted 1"], [["actual 0", tn, fp], ["actual 1", fn, tp]]),
@@ -193,6 +195,42 @@ def _lift_section(lift: list[LiftRow]) -> list[str]:
         "so far (the gains curve).</p>",
         _table(header, rows),
     ]
+
+
+# The evaluation report is written before the register step decides; register fills the part between these.
+GATE_START = "<!-- deltaml:gate -->"
+GATE_END = "<!-- /deltaml:gate -->"
+
+
+def _gate_placeholder() -> list[str]:
+    """Where the champion-vs-challenger comparison goes once the register step has decided."""
+    return [
+        "<h2>Champion vs challenger</h2>",
+        GATE_START,
+        "<p>Not decided yet: the register step compares this model with the current @champion on the same "
+        "test rows and writes its decision here.</p>",
+        GATE_END,
+    ]
+
+
+def gate_comparison(rows: Sequence[tuple[str, str]], promoted: bool) -> str:
+    """The champion-vs-challenger table (``(name, value)`` rows); the first row, the decision, is highlighted."""
+    mark = "pass" if promoted else "fail"
+    body = "".join(
+        f'<tr><th class="name">{html.escape(name)}</th>'
+        f"<td{f' class={mark!r}' if i == 0 else ''}>{html.escape(value)}</td></tr>"
+        for i, (name, value) in enumerate(rows)
+    )
+    return f'<table class="header"><tbody>{body}</tbody></table>'
+
+
+def with_gate_comparison(page: str, comparison: str) -> str:
+    """``page`` with its gate part replaced by ``comparison`` (appended when the page has no gate part)."""
+    start, end = page.find(GATE_START), page.find(GATE_END)
+    if start < 0 or end < start:
+        section = f"<h2>Champion vs challenger</h2>\n{GATE_START}\n{comparison}\n{GATE_END}\n</body>"
+        return page.replace("</body>", section, 1)
+    return f"{page[: start + len(GATE_START)]}\n{comparison}\n{page[end:]}"
 
 
 def _page_head(title: str, header: Sequence[tuple[str, str]] = ()) -> list[str]:

@@ -39,6 +39,7 @@ import numpy as np
 
 from deltaml.report.html import (
     _figures_section,
+    _gate_placeholder,
     _html_page,
     _importance_section,
     _jsonable,
@@ -245,6 +246,7 @@ def write_multiclass_report(
     sections = [
         "<h2>Metrics</h2>",
         _metrics_table(metrics),
+        *_gate_placeholder(),
         "<h2>Per class</h2>",
         _table(
             ["class", "precision", "recall", "F1", "support"],
@@ -334,6 +336,7 @@ def write_regression_report(
     sections = [
         "<h2>Metrics</h2>",
         _metrics_table(metrics),
+        *_gate_placeholder(),
         "<h2>Residuals (prediction - actual)</h2>",
         _table(["residual", "value"], summary),
         *_leaderboard_section(leaderboard),

@@ -44,12 +44,13 @@ from deltaml.io.registry import (
     tag_version,
 )
 from deltaml.io.tables import event_tables
-from deltaml.io.tracking import latest_step_run, mlflow_client
+from deltaml.io.tracking import artifact_text, latest_step_run, log_text_to, mlflow_client
 from deltaml.ml.features import bind_window_stages
 from deltaml.ml.labels import labelled_rows
 from deltaml.ml.models import model_classes
 from deltaml.quality.contracts import check_columns
 from deltaml.quality.gate import GateDecision, gate_decision
+from deltaml.report.html import gate_comparison, with_gate_comparison
 from deltaml.steps.base import Step, StepContext, StepResult, load_fitted_model
 from deltaml.steps.outputs import EvaluateOutput, FitOutput, RegisterOutput
 
@@ -70,11 +71,13 @@ def run_register(ctx: StepContext) -> StepResult:
     _, model_uri = load_fitted_model(ctx)
     evaluated = ctx.output(EvaluateOutput)
     evaluated_uri: str | None
+    evaluate_run = ctx.run_ids.get("evaluate")
     if evaluated is not None:
         metrics, evaluated_uri = evaluated.metrics, evaluated.model_uri
     else:
         run = latest_step_run(ctx.loaded.pipeline, "evaluate")
         metrics, evaluated_uri = dict(run.data.metrics), run.data.tags.get(TAG_MODEL_URI)
+        evaluate_run = run.info.run_id
     if evaluated_uri != model_uri:
         raise StepInputError(
             f"step 'register': the latest evaluate run scored {evaluated_uri}, "
@@ -117,6 +120,9 @@ def run_register(ctx: StepContext) -> StepResult:
     )
 
     outcome = f"promoted to @{CHAMPION}" if promoted else f"kept version {previous} as @{CHAMPION}"
+    if evaluate_run is not None:
+        rows = gate_rows(decision, version, previous, reason, f"{ctx.tables.split} v{split_version}", gate.confidence)
+        _add_to_report(evaluate_run, gate_comparison(rows, promoted))
     gate_metrics = decision.as_metrics() if decision else {"gate_promoted": 1.0}
     gate_tags = decision.as_tags() if decision else {"gate_decision": "promoted", "gate_reason": reason}
     return StepResult(
@@ -125,6 +131,51 @@ def run_register(ctx: StepContext) -> StepResult:
         tags={"registered_model": name, "model_version": str(version), **gate_tags},
         summary=f"{name} version {version} @{CHALLENGER}; {outcome} ({reason})",
     )
+
+
+def gate_rows(
+    decision: GateDecision | None, version: int, previous: int | None, reason: str, rows: str, confidence: float
+) -> list[tuple[str, str]]:
+    """The champion-vs-challenger comparison as ``(name, value)`` rows, the decision first."""
+    if decision is None:
+        return [("decision", f"promoted: version {version} is @{CHAMPION}"), ("reason", reason)]
+    if decision.promote:
+        outcome = f"promoted: version {version} is the new @{CHAMPION}"
+    else:
+        outcome = f"kept: version {previous} stays @{CHAMPION}; version {version} is @{CHALLENGER}"
+    champion = (
+        f"version {decision.champion_version}: {decision.champion_value:.4f}"
+        if decision.champion_version is not None and decision.champion_value is not None
+        else f"version {decision.champion_version}: cannot score these rows"
+        if decision.champion_version is not None
+        else "none yet: this is the first version"
+    )
+    found = [
+        ("decision", outcome),
+        ("reason", reason),
+        ("compared on", f"{decision.metric}, the test rows of {rows}"),
+        (f"@{CHAMPION}", champion),
+        (f"@{CHALLENGER}", f"version {version}: {decision.challenger_value:.4f}"),
+    ]
+    if decision.difference is not None:
+        difference = f"{decision.difference:+.4f} (challenger minus champion; positive means the challenger is better)"
+        if decision.ci_low is not None and decision.ci_high is not None:
+            difference += (
+                f"; {confidence:.0%} interval {decision.ci_low:+.4f} to {decision.ci_high:+.4f} "
+                f"over {decision.resamples} bootstrap resamples"
+            )
+        found.append(("difference", difference))
+    return found
+
+
+def _add_to_report(run_id: str, comparison: str) -> None:
+    """Write the gate's comparison into the evaluation report of the evaluate run (when it has one)."""
+    page = artifact_text(run_id, "report/report.html")
+    if page is None:
+        LOG.info("evaluate run %s has no report to add the gate's decision to", run_id)
+        return
+    log_text_to(run_id, with_gate_comparison(page, comparison), "report/report.html")
+    LOG.info("added the gate's decision to the evaluation report of run %s", run_id)
 
 
 def version_description(
