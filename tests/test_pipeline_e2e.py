@@ -20,6 +20,7 @@ from pyspark.sql import SparkSession
 from deltaml.cli import main
 from deltaml.config.loader import load_config
 from deltaml.io.session import check_delta_jars
+from deltaml.io.tracking import load_run_table
 from tests.browser import rendered_text
 from tests.conftest import ROOT
 
@@ -177,6 +178,10 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     assert {t.key: t.value for t in trained_on.tags}["mlflow.data.context"] == "fit"
     report = {a.path for a in client.list_artifacts(steps["evaluate"].info.run_id, "report")}
     assert {"report/report.html", "report/roc.png", "report/feature_importance.png"} <= report
+    # The lift table is also an MLflow table (the run's artifact view shows it as one): ten deciles, all rows.
+    lift = load_run_table(steps["evaluate"].info.run_id, "report/lift_table.json")
+    assert list(lift["group"]) == list(range(1, 11)) and lift["gain"].iloc[-1] == pytest.approx(1.0)
+    assert lift["rows"].sum() == pytest.approx(steps["split"].data.metrics["rows_test"])
     assert steps["register"].data.tags["deltaml.gate_decision"] == "promoted"
 
     # The pipeline's own run carries what the run table compares pipelines on (before: only seconds_* metrics),
@@ -192,7 +197,7 @@ def test_run_twice_registers_champions_and_never_duplicates_predictions(
     description = client.get_model_version("telco_churn", "1").description or ""
     assert description.startswith(f"{winner} binary model of 'churn' (pipeline telco_churn). ")
     assert f"test auc_roc {headline['test_auc_roc']:.4f}" in description
-    assert f"Trained on {state / SPLIT} v0; config {load_config(telco_conf).config_hash}" in description
+    assert f"Trained on {state / SPLIT} v0; config hash {load_config(telco_conf).config_hash}, seed 42" in description
     assert f"fit run {fit_run}. Gate: first version: no @champion yet" in description
     assert "binary model of 'churn', trained on" in (client.get_registered_model("telco_churn").description or "")
 

@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar, cast
 from pyspark.ml import PipelineModel
 from pyspark.sql import SparkSession
 
+from deltaml._version import __version__
 from deltaml.columns import MODEL_ARTIFACT, TAG_MODEL_URI
 from deltaml.config.loader import LoadedConfig
 from deltaml.config.schema import PipelineConfig
@@ -95,6 +96,13 @@ class StepContext:
     def training_source(self) -> Table:
         """The table the split step reads: the contract's clean table, or raw without a contract."""
         return self.tables.clean if self.loaded.pipeline.contract is not None else self.tables.raw
+
+    def provenance(self) -> str:
+        """Which config and code a result comes from, as reports and descriptions print it."""
+        return (
+            f"config hash {self.loaded.config_hash}, seed {self.loaded.pipeline.seed}, deltaml {__version__}, "
+            f"git {self.git_sha[:12]}"
+        )
 
     def output(self, kind: type[OutputT]) -> OutputT | None:
         """What an earlier step of this run produced of this type, if it ran (or was reused)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Callable
@@ -14,13 +15,12 @@ from pyspark.ml.base import PredictionModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from deltaml._version import __version__
 from deltaml.columns import LABEL_COL, PREDICTION_COL, SPLIT_COL, TEST, TRAIN, TREE_FEATURES_COL, VALIDATION
 from deltaml.errors import StepInputError
 from deltaml.io.catalog import read_table
 from deltaml.io.flavor import positive_probability
 from deltaml.io.models import model_run_id
-from deltaml.io.tracking import active_run_id, log_folder
+from deltaml.io.tracking import active_run_id, log_folder, log_table
 from deltaml.ml.features import feature_names, tree_layout
 from deltaml.ml.labels import labelled_rows
 from deltaml.ml.metrics import task_metrics
@@ -167,7 +167,7 @@ def _report_header(ctx: StepContext, model_uri: str, split_version: int) -> list
         ("evaluated", f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, MLflow run {active_run_id() or '(none)'}"),
         ("fit run", ctx.run_ids.get("fit", "(not in this pipeline run)")),
         ("data", f"{ctx.tables.split} version {split_version}: validation and test splits"),
-        ("config", f"hash {ctx.loaded.config_hash}, seed {cfg.seed}, deltaml {__version__}, git {ctx.git_sha[:12]}"),
+        ("config", ctx.provenance().removeprefix("config ")),
     ]
 
 
@@ -236,8 +236,22 @@ def _log_report(
             return []
         if files and active_run_id() is not None:
             where = log_folder(tmp, artifact_path="report")
+            _log_report_tables(Path(tmp) / "metrics.json")
             LOG.info("logged the evaluation report (%d files) to %s", len(files), where)
         return [f"report/{f.name}" for f in files]
+
+
+# The report's tables the MLflow UI shows as tables too (beside report.html): lift and gains, per class.
+REPORT_TABLES = ("lift", "per_class")
+
+
+def _log_report_tables(document: Path) -> None:
+    """Log the report's row tables with ``mlflow.log_table``, so the run's artifact view shows them as tables."""
+    found = json.loads(document.read_text())
+    for name in REPORT_TABLES:
+        rows = found.get(name) or []
+        if rows:
+            log_table({key: [row[key] for row in rows] for key in rows[0]}, f"report/{name}_table.json")
 
 
 def _binary_report(

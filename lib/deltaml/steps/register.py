@@ -188,8 +188,8 @@ def version_description(
     what = f"{family} " if family else ""
     return (
         f"{what}{cfg.label.task} model of {cfg.label.column!r} (pipeline {cfg.name}). {values}. "
-        f"Trained on {ctx.tables.split} v{split_version}; config {ctx.loaded.config_hash}, deltaml {__version__}, "
-        f"git {ctx.git_sha[:12]}; fit run {ctx.run_ids.get('fit', 'not in this run')}. Gate: {reason}."
+        f"Trained on {ctx.tables.split} v{split_version}; {ctx.provenance()}; "
+        f"fit run {ctx.run_ids.get('fit', 'not in this run')}. Gate: {reason}."
     )
 
 
