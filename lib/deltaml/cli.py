@@ -167,6 +167,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("--output", metavar="FILE", help="write the schema to FILE instead of printing it")
 
+    init = commands.add_parser(
+        "init",
+        help="write a starter pipeline config inferred from a sample of a CSV, Parquet or Delta data set",
+        description=(
+            "Profile up to --sample-rows rows of the data (Spark, small aggregates only) and write a pipeline "
+            "YAML: the source, tables, key, label task, numeric and categorical features (and the columns left "
+            "out, with why), a data contract from what the sample held, candidate models and tuning. Every "
+            "inferred choice is explained in a comment; the file is checked with the config loader before it is "
+            "written, and an existing file is kept unless --force."
+        ),
+    )
+    init.add_argument(
+        "target", metavar="TABLE_OR_FILE", help="a CSV or Parquet file or folder, or a Delta table's folder"
+    )
+    init.add_argument("--label", required=True, metavar="COL", help="the column to predict")
+    init.add_argument("--output", metavar="PATH", help="where to write the YAML (default conf/NAME.yml)")
+    init.add_argument("--name", metavar="NAME", help="the pipeline's name (default: the file or folder name)")
+    init.add_argument(
+        "--sample-rows",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="profile at most this many rows (default 100000)",
+    )
+    init.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
+
     check = commands.add_parser("check-config", help="validate a config and print its effective form and hash")
     check.add_argument("config", metavar="CONF")
     _add_config_options(check)
@@ -277,6 +303,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             for path in paths:
                 print(f"Delta jar ready: {path}")
+        return 0
+    if args.command == "init":
+        from deltaml.pipeline.scaffold import init_config
+
+        result = init_config(
+            args.target, args.label, args.output, args.name, sample_rows=args.sample_rows, force=args.force
+        )
+        print(result.summary())
         return 0
     if args.command == "reproduce":
         return _reproduce(args)

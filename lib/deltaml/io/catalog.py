@@ -22,7 +22,7 @@ from pyspark.sql.types import StructType
 
 from deltaml.columns import CORRUPT_RECORD
 from deltaml.config.schema import SourceConfig, TableRef
-from deltaml.errors import ConcurrentWriteError, SetupError, StepInputError, one_line
+from deltaml.errors import ConcurrentWriteError, ConfigError, SetupError, StepInputError, one_line
 from deltaml.io.recording import pinned, record
 
 LOG = logging.getLogger(__name__)
@@ -529,7 +529,9 @@ def content_fingerprint(df: DataFrame) -> str:
     return hashlib.sha256(f"{row['n']}:{row['h']}:{df.schema.simpleString()}".encode()).hexdigest()[:16]
 
 
-def read_source(spark: SparkSession, source: SourceConfig, types: dict[str, str] | None = None) -> SourceData:
+def read_source(
+    spark: SparkSession, source: SourceConfig, types: dict[str, str] | None = None, fingerprint: bool = True
+) -> SourceData:
     """Read the configured source and fingerprint its content (one Spark pass, see :func:`content_fingerprint`).
 
     Args:
@@ -539,6 +541,7 @@ def read_source(spark: SparkSession, source: SourceConfig, types: dict[str, str]
             A CSV source is then read with them, and a line that does not parse keeps its text
             in ``_corrupt_record`` (for the validate step to quarantine) instead of failing
             the read or turning silently into nulls.
+        fingerprint: False leaves the fingerprint empty and skips its pass over the data.
 
     Raises:
         StepInputError: The path or data set does not exist.
@@ -558,7 +561,7 @@ def read_source(spark: SparkSession, source: SourceConfig, types: dict[str, str]
             )
         df = df.withColumnRenamed(old, new)
     df = _derive_and_filter(df, source)
-    return SourceData(df, content_fingerprint(df), data.description)
+    return SourceData(df, content_fingerprint(df) if fingerprint else "", data.description)
 
 
 def _derive_and_filter(df: DataFrame, source: SourceConfig) -> DataFrame:
@@ -668,6 +671,67 @@ def _check_csv_header(header: list[str], source: SourceConfig) -> None:
             f"step 'ingest': the header of CSV {source.path} was read as one column ({header[0][:80]!r}): it is "
             f"separated by '{found}', not '{_CSV_SEPARATORS.get(sep, sep)}'; set source.options.sep: '{found}'"
         )
+
+
+def source_for(target: str) -> SourceConfig:
+    """The ``source`` section that reads ``target``: a CSV or Parquet file or folder, or a Delta table's folder.
+
+    A local path is made absolute. A folder with a ``_delta_log`` is a Delta table; otherwise the files'
+    extension (``.csv``, ``.parquet``) names the format. A URI (``s3://...``) is judged by its extension alone;
+    without one it is taken for a Delta table.
+
+    Raises:
+        ConfigError: The path does not exist, is a catalog table name, or holds no CSV or Parquet files.
+    """
+    suffix = Path(target.rstrip("/")).suffix.lower()
+    kinds = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+    if "://" in target:
+        kind = kinds.get(suffix, "delta")
+        return SourceConfig(kind=kind, path=target)  # type: ignore[arg-type]
+    path = Path(target).expanduser()
+    if not path.exists():
+        if re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*){1,2}", target) and suffix not in kinds:
+            raise ConfigError(
+                f"deltaml init: {target} is no file or folder; a catalog table cannot be a source (source kind "
+                "delta reads a path): give the table's location, or export it to Parquet"
+            )
+        raise ConfigError(
+            f"deltaml init: no such file or folder: {target}; give a CSV or Parquet file (or folder of them), "
+            "or a Delta table's folder"
+        )
+    # The config is run from anywhere (a relative source path reads from the current folder): make it absolute.
+    target = str(path.resolve())
+    if path.is_dir():
+        if (path / "_delta_log").is_dir():
+            return SourceConfig(kind="delta", path=target)
+        found = {p.suffix.lower() for p in path.rglob("*") if p.is_file() and not p.name.startswith(("_", "."))}
+        for ext, kind in kinds.items():
+            if ext in found:
+                return SourceConfig(kind=kind, path=target)  # type: ignore[arg-type]
+        raise ConfigError(
+            f"deltaml init: the folder {target} holds no .csv or .parquet files and no Delta table (_delta_log); "
+            "give a CSV or Parquet file or folder, or a Delta table's folder"
+        )
+    if suffix not in kinds:
+        raise ConfigError(
+            f"deltaml init: cannot tell the format of {target} from its extension; give a .csv or .parquet file, "
+            "or a Delta table's folder"
+        )
+    return SourceConfig(kind=kinds[suffix], path=target)  # type: ignore[arg-type]
+
+
+def csv_separator(spark: SparkSession, path: str) -> str | None:
+    """The field separator of a CSV whose header reads as one column with ``,``: ``;``, a tab or ``|``; else None.
+
+    Returns:
+        The separator as a YAML value spells it (``\\t`` for a tab), or None when ``,`` splits the header.
+    """
+    header = spark.read.option("header", "true").option("inferSchema", "false").csv(path).columns
+    if len(header) != 1:
+        return None
+    counts = {shown: header[0].count(char) for char, shown in _CSV_SEPARATORS.items() if char != ","}
+    found = max(counts, key=lambda shown: counts[shown])
+    return found if counts[found] else None
 
 
 def distinct_values(df: DataFrame, column: str, limit: int = 10_000) -> list[str]:
