@@ -25,6 +25,8 @@ from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
 from deltaml.config.schema import CostConfig
 from deltaml.errors import StepInputError
+from deltaml.report.effects import EffectRow
+from deltaml.report.html import gate_comparison, with_gate_comparison
 from deltaml.report.statistics import (
     RESIDUAL_QUANTILES,
     CalibrationPoint,
@@ -352,6 +354,7 @@ def test_write_report_writes_a_self_contained_html(
         leaderboard=leaderboard,
         top_features=2,
         importance_kind="coefficient: the change in log-odds per unit of the feature",
+        effects=[EffectRow("x_tenure", "[6, 20)", 120, 0.2512345, 0.25), EffectRow("city", "<x>", 7, 0.5, None)],
     )
     names = ["roc.png", "pr.png", "confusion_matrix.png", "calibration.png", "feature_importance.png"]
     assert written == [out / n for n in [*names, "metrics.json", "report.html"]]
@@ -381,6 +384,15 @@ def test_write_report_writes_a_self_contained_html(
     assert '<tr><td class="name">log-loss</td><td></td><td>n/a</td></tr>' in page
     assert '<tr><td class="name">rows</td><td></td><td>2,000</td></tr>' in page
     assert "<h2>Lift and gains by decile</h2>" in page and "1 (top 10%)" in page and "10 (top 100%)" in page
+    # Until the register step writes the gate's decision into it, the report says it is not decided.
+    assert "<h2>Champion vs challenger</h2>" in page and "Not decided yet" in page
+    decided = with_gate_comparison(page, gate_comparison([("decision", "kept: version 3 <stays>")], False))
+    assert '<td class="fail">kept: version 3 &lt;stays&gt;</td>' in decided and "Not decided yet" not in decided
+    assert with_gate_comparison(decided, "<p>again</p>").count("Champion vs challenger") == 1
+    # How the predictions vary with the top features: each group's rows, mean prediction and actual rate.
+    assert "<h2>How the predictions vary with the top 2 features</h2>" in page
+    effect_row = '<td class="name">x_tenure</td><td>[6, 20)</td><td>120</td><td>0.2512</td><td>0.25</td>'
+    assert effect_row in page and "<td>&lt;x&gt;</td><td>7</td><td>0.5</td><td></td>" in page
 
     document = json.loads((out / "metrics.json").read_text())
     assert document["metrics"] == {

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from deltaml.report.effects import EffectRow
 from deltaml.report.plots import _rate
 from deltaml.report.statistics import _CONFUSION_KEYS, CalibrationPoint, LiftRow, ScoreHistogram
 
@@ -135,6 +136,7 @@ def _render_html(
     lift: list[LiftRow] | None = None,
     header: Sequence[tuple[str, str]] = (),
     importance_kind: str = "",
+    effects: Sequence[EffectRow] = (),
 ) -> str:
     tp, fp, tn, fn = (int(confusion[k]) for k in _CONFUSION_KEYS)
     precision, recall = _rate(tp, tp + fp), _rate(tp, tp + fn)
@@ -166,6 +168,7 @@ def _render_html(
             ),
         ]
     parts += _importance_section(top, importance_kind)
+    parts += _effects_section(effects, "binary")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -215,10 +218,9 @@ def _gate_placeholder() -> list[str]:
 
 def gate_comparison(rows: Sequence[tuple[str, str]], promoted: bool) -> str:
     """The champion-vs-challenger table (``(name, value)`` rows); the first row, the decision, is highlighted."""
-    mark = "pass" if promoted else "fail"
+    mark = ' class="pass"' if promoted else ' class="fail"'
     body = "".join(
-        f'<tr><th class="name">{html.escape(name)}</th>'
-        f"<td{f' class={mark!r}' if i == 0 else ''}>{html.escape(value)}</td></tr>"
+        f'<tr><th class="name">{html.escape(name)}</th><td{mark if i == 0 else ""}>{html.escape(value)}</td></tr>'
         for i, (name, value) in enumerate(rows)
     )
     return f'<table class="header"><tbody>{body}</tbody></table>'
@@ -291,6 +293,40 @@ def _figures_section(plots: dict[str, bytes]) -> list[str]:
         )
     parts.append("</div>")
     return parts
+
+
+_EFFECT_COLUMNS = {
+    "binary": ("mean predicted p", "positive rate"),
+    "multiclass": ("accuracy", ""),
+    "regression": ("mean prediction", "mean actual"),
+}
+
+
+def _effects_section(effects: Sequence[EffectRow], task: str) -> list[str]:
+    """How the predictions vary with each top feature: one table, a feature's groups together."""
+    if not effects:
+        return []
+    predicted, actual = _EFFECT_COLUMNS[task]
+    header = ["feature", "value", "rows", predicted, *([actual] if actual else [])]
+    rows = [
+        [
+            e.feature,
+            e.level,
+            e.rows,
+            f"{e.predicted:.4g}",
+            *([f"{e.actual:.4g}" if e.actual is not None else ""] if actual else []),
+        ]
+        for e in effects
+    ]
+    shown = len({e.feature for e in effects})
+    return [
+        f"<h2>How the predictions vary with the top {shown} features</h2>",
+        "<p>The test rows grouped by each feature (numeric features by quintile, categorical ones by level), "
+        f"with the group's mean prediction{' beside its actual' if actual else ''}: where the model follows the "
+        "data and where it is off. Features move together in real rows, so this is the model on the data as it "
+        "is, not the effect of one feature alone.</p>",
+        _table(header, rows),
+    ]
 
 
 def _importance_section(top: list[tuple[str, float]], kind: str = "") -> list[str]:

@@ -37,7 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from deltaml.report.effects import EffectRow
 from deltaml.report.html import (
+    _effects_section,
     _figures_section,
     _gate_placeholder,
     _html_page,
@@ -98,6 +100,7 @@ def write_report(
     top_features: int = 25,
     header: Sequence[tuple[str, str]] = (),
     importance_kind: str = "",
+    effects: Sequence[EffectRow] = (),
 ) -> list[Path]:
     """Write the report's plots, ``metrics.json`` and one self-contained ``report.html`` into ``out_dir``.
 
@@ -120,6 +123,7 @@ def write_report(
         top_features: How many features the importance plot and table show.
         header: What the report is about (``(name, value)`` pairs: model, runs, data, date, config), under the title.
         importance_kind: What the importances are (coefficients, split gains, permutation drops), for the axis.
+        effects: How the predictions vary with the top features (:func:`deltaml.report.effects.feature_effects`).
 
     Returns:
         The written files: the PNGs, ``metrics.json`` and ``report.html``.
@@ -154,6 +158,7 @@ def write_report(
         "calibration": [asdict(point) for point in calibration],
         "feature_importances": [[name, value] for name, value in importances],
         "importance_kind": importance_kind,
+        "feature_effects": [asdict(row) for row in effects],
         "leaderboard": leaderboard,
         "histogram_bins": histogram.bins,
     }
@@ -170,6 +175,7 @@ def write_report(
         lift,
         header,
         importance_kind,
+        effects,
     )
     return _write_report_files(out_dir, plots, document, page, "binary")
 
@@ -186,6 +192,7 @@ def write_multiclass_report(
     top_features: int = 25,
     header: Sequence[tuple[str, str]] = (),
     importance_kind: str = "",
+    effects: Sequence[EffectRow] = (),
 ) -> list[Path]:
     """Write a multiclass classifier's plots, ``metrics.json`` and one self-contained ``report.html``.
 
@@ -208,6 +215,7 @@ def write_multiclass_report(
         top_features: How many features the importance plot and table show.
         header: What the report is about (``(name, value)`` pairs: model, runs, data, date, config), under the title.
         importance_kind: What the importances are (coefficients, split gains, permutation drops), for the axis.
+        effects: How the predictions vary with the top features (:func:`deltaml.report.effects.feature_effects`).
 
     Returns:
         The written files: the PNGs, ``metrics.json`` and ``report.html``.
@@ -240,6 +248,7 @@ def write_multiclass_report(
         "per_class": per_class,
         "feature_importances": [[name, value] for name, value in importances],
         "importance_kind": importance_kind,
+        "feature_effects": [asdict(row) for row in effects],
         "leaderboard": leaderboard,
     }
     rows = [[name, *(int(count) for count in row)] for name, row in zip(names, confusion, strict=True)]
@@ -260,6 +269,7 @@ def write_multiclass_report(
         f"<p>Computed in Spark over all {int(cells.sum()):,} rows.</p>",
         *_figures_section(plots),
         *_importance_section(top, importance_kind),
+        *_effects_section(effects, "multiclass"),
     ]
     return _write_report_files(out_dir, plots, document, _html_page(title, sections, header), "multiclass")
 
@@ -276,6 +286,7 @@ def write_regression_report(
     top_features: int = 25,
     header: Sequence[tuple[str, str]] = (),
     importance_kind: str = "",
+    effects: Sequence[EffectRow] = (),
 ) -> list[Path]:
     """Write a regressor's plots, ``metrics.json`` and one self-contained ``report.html`` into ``out_dir``.
 
@@ -297,6 +308,7 @@ def write_regression_report(
         top_features: How many features the importance plot and table show.
         header: What the report is about (``(name, value)`` pairs: model, runs, data, date, config), under the title.
         importance_kind: What the importances are (coefficients, split gains, permutation drops), for the axis.
+        effects: How the predictions vary with the top features (:func:`deltaml.report.effects.feature_effects`).
 
     Returns:
         The written files: the PNGs, ``metrics.json`` and ``report.html``.
@@ -329,6 +341,7 @@ def write_regression_report(
         "predicted_vs_actual": asdict(grid),
         "feature_importances": [[name, value] for name, value in importances],
         "importance_kind": importance_kind,
+        "feature_effects": [asdict(row) for row in effects],
         "leaderboard": leaderboard,
     }
     summary: list[list[object]] = [["rows", residuals.rows], ["mean (bias)", residuals.mean]]
@@ -345,6 +358,7 @@ def write_regression_report(
         f"predicted vs actual in {grid.bins} x {grid.bins} bins.</p>",
         *_figures_section(plots),
         *_importance_section(top, importance_kind),
+        *_effects_section(effects, "regression"),
     ]
     return _write_report_files(out_dir, plots, document, _html_page(title, sections, header), "regression")
 

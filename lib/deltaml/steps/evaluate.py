@@ -10,13 +10,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pyspark.errors import PySparkException
 from pyspark.ml import PipelineModel
 from pyspark.ml.base import PredictionModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from deltaml.columns import LABEL_COL, PREDICTION_COL, SPLIT_COL, TEST, TRAIN, TREE_FEATURES_COL, VALIDATION
-from deltaml.errors import StepInputError
+from deltaml.errors import StepInputError, one_line
 from deltaml.io.catalog import read_table
 from deltaml.io.flavor import positive_probability
 from deltaml.io.models import model_run_id
@@ -28,6 +29,7 @@ from deltaml.ml.models import DecisionThreshold, encode_label, model_classes
 from deltaml.ml.single_node import SingleNodeModel, permutation_importances
 from deltaml.quality.contracts import check_columns
 from deltaml.quality.profile import log_reference_profile, prediction_column, reference_profile
+from deltaml.report.effects import EffectRow, feature_effects, source_columns
 from deltaml.report.statistics import (
     calibration_points,
     confusion_matrix,
@@ -43,6 +45,9 @@ from deltaml.steps.base import Step, StepContext, StepResult, load_fitted_model
 from deltaml.steps.outputs import EvaluateOutput, FitOutput
 
 LOG = logging.getLogger(__name__)
+
+# How many of the most important features the report explains (how the predictions vary with each).
+EFFECT_FEATURES = 5
 
 
 _SUMMARY = {
@@ -217,19 +222,23 @@ def _log_report(
             LOG.warning("feature importances left out of the report: %s", exc)
             return [], ""
 
+    def explained() -> Explained:
+        top, kind = importances()
+        return top, kind, _effects(cfg.label.task, scored_test, top)
+
     with tempfile.TemporaryDirectory() as tmp:
         try:
             if cfg.label.task == "multiclass":
                 files = _multiclass_report(
-                    Path(tmp), model, scored_test, importances(), (title, header), test_metrics, leaderboard
+                    Path(tmp), model, scored_test, explained(), (title, header), test_metrics, leaderboard
                 )
             elif cfg.label.task == "regression":
                 files = _regression_report(
-                    Path(tmp), scored_test, importances(), (title, header), test_metrics, leaderboard
+                    Path(tmp), scored_test, explained(), (title, header), test_metrics, leaderboard
                 )
             else:
                 files = _binary_report(
-                    Path(tmp), scored_test, importances, (title, header), test_metrics, threshold, leaderboard
+                    Path(tmp), scored_test, explained, (title, header), test_metrics, threshold, leaderboard
                 )
         except StepInputError as exc:
             LOG.warning("no evaluation report: %s", exc)
@@ -242,7 +251,27 @@ def _log_report(
 
 
 # The report's tables the MLflow UI shows as tables too (beside report.html): lift and gains, per class.
-REPORT_TABLES = ("lift", "per_class")
+REPORT_TABLES = ("lift", "per_class", "feature_effects")
+
+# The importances, what they are, and how the predictions vary with the top features.
+Explained = tuple[list[tuple[str, float]], str, list[EffectRow]]
+
+
+def _effects(task: str, scored_test: DataFrame, importances: list[tuple[str, float]]) -> list[EffectRow]:
+    """How the predictions vary with the features behind the top importances (none without importances)."""
+    columns = source_columns([name for name, _ in importances], scored_test.columns, EFFECT_FEATURES)
+    label = F.col(LABEL_COL).cast("double")
+    if task == "binary":
+        predicted, actual = positive_probability(), label
+    elif task == "regression":
+        predicted, actual = F.col(PREDICTION_COL), label
+    else:
+        predicted, actual = (F.col(PREDICTION_COL) == label).cast("double"), None
+    try:
+        return feature_effects(scored_test, columns, predicted=predicted, actual=actual)
+    except (ValueError, PySparkException) as exc:
+        LOG.warning("the features' effects left out of the report: %s", one_line(exc, 300))
+        return []
 
 
 def _log_report_tables(document: Path) -> None:
@@ -257,7 +286,7 @@ def _log_report_tables(document: Path) -> None:
 def _binary_report(
     out: Path,
     scored_test: DataFrame,
-    importances: Callable[[], tuple[list[tuple[str, float]], str]],
+    importances: Callable[[], Explained],
     about: tuple[str, list[tuple[str, str]]],
     metrics: dict[str, float],
     threshold: float,
@@ -272,7 +301,7 @@ def _binary_report(
         confusion = confusion_matrix(scored, threshold)
     finally:
         scored.unpersist()
-    top, kind = importances()
+    top, kind, effects = importances()
     return write_report(
         out,
         title=about[0],
@@ -284,6 +313,7 @@ def _binary_report(
         calibration=calibration_points(histogram),
         importances=top,
         importance_kind=kind,
+        effects=effects,
         leaderboard=leaderboard,
     )
 
@@ -292,7 +322,7 @@ def _multiclass_report(
     out: Path,
     model: PipelineModel,
     scored_test: DataFrame,
-    importances: tuple[list[tuple[str, float]], str],
+    importances: Explained,
     about: tuple[str, list[tuple[str, str]]],
     metrics: dict[str, float],
     leaderboard: Any,
@@ -309,6 +339,7 @@ def _multiclass_report(
         confusion=confusion,
         importances=importances[0],
         importance_kind=importances[1],
+        effects=importances[2],
         leaderboard=leaderboard,
     )
 
@@ -316,7 +347,7 @@ def _multiclass_report(
 def _regression_report(
     out: Path,
     scored_test: DataFrame,
-    importances: tuple[list[tuple[str, float]], str],
+    importances: Explained,
     about: tuple[str, list[tuple[str, str]]],
     metrics: dict[str, float],
     leaderboard: Any,
@@ -336,6 +367,7 @@ def _regression_report(
         grid=grid,
         importances=importances[0],
         importance_kind=importances[1],
+        effects=importances[2],
         leaderboard=leaderboard,
     )
 
