@@ -19,27 +19,29 @@ def rendered_text(page: Path) -> str:
 
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
         pytest.fail(f"{CHROMIUM} or {CHROMEDRIVER} is missing: run `make browser` (Debian's chromium, chromium-driver)")
-    profile = tempfile.mkdtemp(prefix="deltaml-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    # This machine's network is closed: without the background-networking flags Chromium keeps dialling out.
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    profile = tempfile.mkdtemp(prefix="deltaml-chromium-")
     try:
-        driver.get(page.resolve().as_uri())
-        return str(driver.execute_script("return document.body.innerText"))
+        # This machine's network is closed: without the background-networking flags Chromium keeps dialling out.
+        for flag in (
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+        ):
+            options.add_argument(flag)
+        driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+        try:
+            driver.get(page.resolve().as_uri())
+            return str(driver.execute_script("return document.body.innerText"))
+        finally:
+            driver.quit()
     finally:
-        driver.quit()
         shutil.rmtree(profile, ignore_errors=True)

@@ -74,3 +74,15 @@ def test_without_an_actual_only_the_prediction_is_averaged(spark: SparkSession) 
         ("missing", 1, 0.0, None),
     ]
     assert feature_effects(data, [], predicted=F.col("right"), actual=None) == []
+
+
+def test_a_dotted_name_and_a_mostly_zero_feature(spark: SparkSession) -> None:
+    # 70% of the rows spend 0: one quantile inside the range still gives two ordered groups, not 300 values.
+    rows = [(float(i) if i % 10 >= 7 else 0.0, i % 3, float(i % 2)) for i in range(300)]
+    data = spark.createDataFrame(rows, "`spend.total` double, `odd``name` int, y double")
+    effects = feature_effects(data, ["spend.total", "odd`name"], predicted=F.col("y"), actual=F.col("y"))
+    spend = [(e.level, e.rows) for e in effects if e.feature == "spend.total"]
+    assert len(spend) == 2 and spend[0][0].startswith("<") and spend[1][0].startswith(">=")
+    assert sum(n for _, n in spend) == 300
+    # Few values: grouped by value, in order of value.
+    assert [(e.level, e.rows) for e in effects if e.feature == "odd`name"] == [("0", 100), ("1", 100), ("2", 100)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import random
 from datetime import date, timedelta
 from pathlib import Path
@@ -59,6 +60,13 @@ def test_numeric_ranges_are_widened_by_their_span_and_rounded_outward(
     assert (contract["min"], contract["max"]) == expected
 
 
+def test_an_infinite_value_gives_no_range_rule() -> None:
+    column = ColumnProfile("x", "double", 0, 500, min=0.0, max=math.inf)
+    label = ColumnProfile("y", "string", 0, 2, values=[("a", 600), ("b", 400)])
+    contract = _plan(_profile(1000, _id(), column, label), "y")["contract"]["columns"]["x"]
+    assert contract == {"type": "double", "nullable": False}
+
+
 @pytest.mark.parametrize(
     ("label", "task", "positive", "classes"),
     [
@@ -85,6 +93,15 @@ def test_numeric_ranges_are_widened_by_their_span_and_rounded_outward(
             None,
         ),
         (ColumnProfile("y", "double", 0, 950, min=326, max=18823), "regression", None, None),
+        # Whole-number doubles: the classes are the label's text as Spark casts it ("1.0"), or no row would match.
+        (
+            ColumnProfile(
+                "y", "double", 0, 3, min=1, max=3, integral=True, values=[(1.0, 400), (2.0, 300), (3.0, 300)]
+            ),
+            "multiclass",
+            None,
+            ["1.0", "2.0", "3.0"],
+        ),
     ],
 )
 def test_the_label_task_and_positive_value(label: ColumnProfile, task: str, positive: Any, classes: Any) -> None:
@@ -272,6 +289,8 @@ def test_the_source_kind_follows_the_path(tmp_path: Path, monkeypatch: pytest.Mo
     assert source_for(str(tmp_path / "events")).kind == "delta"
     assert source_for(str(tmp_path / "parts")).kind == "parquet"
     assert source_for(str(tmp_path / "a.csv")).kind == "csv"
+    (tmp_path / "b.csv.gz").write_bytes(b"")  # Spark reads compressed CSV: judged by the format's extension
+    assert source_for(str(tmp_path / "b.csv.gz")).kind == "csv"
     # A relative path is written absolute: the config runs from any folder, not only the one init ran in.
     monkeypatch.chdir(tmp_path)
     assert source_for("a.csv").path == str(tmp_path.resolve() / "a.csv")

@@ -280,6 +280,9 @@ def _plan_label(profile: DataProfile, column: ColumnProfile) -> LabelPlan:
         )
     if column.is_numeric:
         values = [int(v) if isinstance(v, float) else v for v in values]
+    if column.distinct > 2 and column.type in FLOAT_TYPES:
+        # Classes are matched on the label's text as Spark casts it: a double 1.0 reads "1.0", not "1".
+        values = [repr(float(v)) for v in values]
     if column.distinct == 2:
         counts = dict(zip(values, (n for _, n in column.values), strict=True))
         yes = [v for v in values if str(v).lower() in _YES]
@@ -395,6 +398,8 @@ def _label_values(column: ColumnProfile) -> list[Value]:
     values = [v for v, _ in column.values or []]
     if column.is_numeric:
         values = [int(v) if isinstance(v, float) else v for v in values]
+    if len(values) > 2 and column.type in FLOAT_TYPES:
+        values = [repr(float(v)) for v in values]
     return sorted(values, key=lambda v: (str(type(v)), v))
 
 
@@ -415,8 +420,8 @@ def _allowed_values(column: ColumnProfile, present: int) -> list[Value] | None:
 
 def _widened_range(column: ColumnProfile) -> tuple[float | None, float | None]:
     """The observed range widened by its span on each side, rounded outward (a never-negative column keeps floor 0)."""
-    if column.min is None or column.max is None:
-        return None, None
+    if column.min is None or column.max is None or not math.isfinite(column.min) or not math.isfinite(column.max):
+        return None, None  # an infinite value seen: no range rule (the contract's finite rule says more)
     low, high = column.min, column.max
     span = high - low
     if span <= 0:

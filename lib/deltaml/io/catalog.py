@@ -673,6 +673,17 @@ def _check_csv_header(header: list[str], source: SourceConfig) -> None:
         )
 
 
+_COMPRESSED = frozenset({".gz", ".bz2", ".zst", ".lz4", ".deflate", ".snappy", ".xz"})
+
+
+def _format_suffix(path: Path) -> str:
+    """The extension that names a file's format, past a compression one (``x.csv.gz`` -> ``.csv``)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if len(suffixes) > 1 and suffixes[-1] in _COMPRESSED:
+        return suffixes[-2]
+    return suffixes[-1] if suffixes else ""
+
+
 def source_for(target: str) -> SourceConfig:
     """The ``source`` section that reads ``target``: a CSV or Parquet file or folder, or a Delta table's folder.
 
@@ -683,7 +694,7 @@ def source_for(target: str) -> SourceConfig:
     Raises:
         ConfigError: The path does not exist, is a catalog table name, or holds no CSV or Parquet files.
     """
-    suffix = Path(target.rstrip("/")).suffix.lower()
+    suffix = _format_suffix(Path(target.rstrip("/")))
     kinds = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
     if "://" in target:
         kind = kinds.get(suffix, "delta")
@@ -704,7 +715,7 @@ def source_for(target: str) -> SourceConfig:
     if path.is_dir():
         if (path / "_delta_log").is_dir():
             return SourceConfig(kind="delta", path=target)
-        found = {p.suffix.lower() for p in path.rglob("*") if p.is_file() and not p.name.startswith(("_", "."))}
+        found = {_format_suffix(p) for p in path.rglob("*") if p.is_file() and not p.name.startswith(("_", "."))}
         for ext, kind in kinds.items():
             if ext in found:
                 return SourceConfig(kind=kind, path=target)  # type: ignore[arg-type]

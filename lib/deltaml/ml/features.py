@@ -292,7 +292,7 @@ def feature_names(model: PipelineModel, features: FeaturesConfig) -> list[str]:
     if features.impute.indicator:
         names += [f"missing({c})" for c in features.model_numeric]
     indexers = [s for s in model.stages if isinstance(s, StringIndexerModel)]
-    buckets = {s.getOutputCol(): list(s.getSplits()) for s in model.stages if isinstance(s, Bucketizer)}
+    buckets = bucket_splits(model)
     if features.model_categorical and indexers:
         for column, labels in zip(features.model_categorical, indexers[0].labelsArray, strict=True):
             # StringIndexer(handleInvalid="keep") adds one index for unseen and null values, and
@@ -308,22 +308,37 @@ def feature_names(model: PipelineModel, features: FeaturesConfig) -> list[str]:
     return names
 
 
-def _level_name(column: str, label: str, splits: list[float] | None) -> str:
-    """``column=level``; a bucket's level is its range of the source column (``tenure_band=[6, 15)``, not ``=1.0``)."""
+def bucket_splits(model: PipelineModel) -> dict[str, list[float]]:
+    """The splits of each fitted bucket feature of a model, by the bucket's column."""
+    return {s.getOutputCol(): list(s.getSplits()) for s in model.stages if isinstance(s, Bucketizer)}
+
+
+def bucket_range(label: str, splits: list[float]) -> str | None:
+    """A bucket's index as text (``"1.0"``) as the range of the source column it stands for (``[6, 15)``).
+
+    ``<missing>`` for the extra bucket of ``Bucketizer(handleInvalid="keep")`` (NaN and null); None when
+    ``label`` is no bucket index of these splits.
+    """
     try:
-        index = int(float(label)) if splits is not None else -1
+        index = int(float(label))
     except ValueError:
-        index = -1
-    if splits is None or not 0 <= index <= len(splits) - 1 or str(float(index)) != label:
-        return f"{column}={label}"
-    if index == len(splits) - 1:  # Bucketizer(handleInvalid="keep") puts NaN and null in one more bucket
-        return f"{column}=<missing>"
+        return None
+    if not 0 <= index <= len(splits) - 1 or str(float(index)) != label:
+        return None
+    if index == len(splits) - 1:
+        return "<missing>"
     low, high = splits[index], splits[index + 1]
     if low == float("-inf"):
-        return f"{column}=<{high:.4g}"
+        return f"<{high:.4g}"
     if high == float("inf"):
-        return f"{column}=>={low:.4g}"
-    return f"{column}=[{low:.4g}, {high:.4g})"
+        return f">={low:.4g}"
+    return f"[{low:.4g}, {high:.4g})"
+
+
+def _level_name(column: str, label: str, splits: list[float] | None) -> str:
+    """``column=level``; a bucket's level is its range of the source column (``tenure_band=[6, 15)``, not ``=1.0``)."""
+    shown = bucket_range(label, splits) if splits is not None else None
+    return f"{column}={shown if shown is not None else label}"
 
 
 def tree_layout(features: FeaturesConfig) -> tuple[list[str], list[int]]:

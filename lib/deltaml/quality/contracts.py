@@ -235,6 +235,13 @@ def annotate(df: DataFrame, rules: list[RowRule]) -> DataFrame:
     return df.withColumn(VIOLATIONS_COL, names(blocking)).withColumn(WARNINGS_COL, names(warning))
 
 
+# The types summarize() takes min, max and an approximate distinct count of (by simpleString, without parameters).
+_ORDERED_TYPES = frozenset(
+    {"tinyint", "smallint", "int", "bigint", "float", "double", "decimal", "string", "varchar", "char", "boolean"}
+    | {"date", "timestamp", "timestamp_ntz"}
+)
+
+
 def summarize(annotated: DataFrame, rules: list[RowRule], contract: ContractConfig, label: str) -> dict[str, Any]:
     """One aggregation pass: rows, bad rows, breaks per rule and the inputs of the table rules.
 
@@ -264,7 +271,8 @@ def summarize(annotated: DataFrame, rules: list[RowRule], contract: ContractConf
         )
     columns = [c for c in contract.columns if c in annotated.columns]
     types = dict(annotated.dtypes)
-    ordered = [c for c in columns if not types[c].startswith(("array", "map", "struct", "binary", "variant"))]
+    # min, max and distinct for the types that have an order (not arrays, maps, structs, binary, variant, geometry).
+    ordered = [c for c in columns if types[c].split("(")[0] in _ORDERED_TYPES]
     for i, column in enumerate(columns):
         aggregations.append(F.count(F.col(f"`{column}`")).alias(f"nn{i}"))
         if column in ordered:
@@ -290,7 +298,8 @@ def summarize(annotated: DataFrame, rules: list[RowRule], contract: ContractConf
                 "type": types[column],
                 "min": row[f"lo{i}"] if column in ordered else None,
                 "max": row[f"hi{i}"] if column in ordered else None,
-                "distinct": int(row[f"nd{i}"]) if column in ordered else None,
+                # HyperLogLog can overshoot: never more distinct values than values (a key reads as unique).
+                "distinct": min(int(row[f"nd{i}"]), int(row[f"nn{i}"])) if column in ordered else None,
             }
             for i, column in enumerate(columns)
         },

@@ -83,44 +83,56 @@ def feature_effects(
         features: Columns of ``scored``, most important first.
         predicted: The prediction as a double column (averaged per group).
         actual: The label as a double column, or None.
-        bins: Quantile bins of a numeric feature. One with fewer than two distinct quantiles inside its
-            range (a 0/1 flag, a count that is mostly 0) is grouped by value instead.
+        bins: Quantile bins of a numeric feature. One with no quantile strictly inside its range (a 0/1
+            flag) or whose quantiles are whole numbers less than ``levels`` apart (a code, a small count) is
+            grouped by value instead, in order of value.
         levels: The most frequent groups a feature shows; the others are summed as one group.
 
     Returns:
-        The groups, feature by feature in the order given; numeric bins in order of value, levels by rows.
+        The groups, feature by feature in the order given; numeric groups in order of value, levels by rows,
+        ``missing`` and ``other`` last.
     """
     if not features:
         return []
+    # Plain aliases first: a column named "a.b" or with a backtick is then no nested field or broken quote.
     types = {field.name: field.dataType for field in scored.schema.fields}
+    alias = {feature: f"_effect_{i}" for i, feature in enumerate(features)}
+    rows = scored.select(
+        *(F.col("`" + f.replace("`", "``") + "`").alias(alias[f]) for f in features),
+        predicted.cast("double").alias("_p"),
+        (actual.cast("double") if actual is not None else F.lit(None).cast("double")).alias("_y"),
+    )
     numeric = [f for f in features if isinstance(types[f], NumericType) and not isinstance(types[f], BooleanType)]
     probabilities = [i / bins for i in range(bins + 1)]
-    quantiles = scored.approxQuantile(numeric, probabilities, QUANTILE_ERROR) if numeric else []
+    quantiles = rows.approxQuantile([alias[f] for f in numeric], probabilities, QUANTILE_ERROR) if numeric else []
     edges: dict[str, list[float]] = {}
     for name, values in zip(numeric, quantiles, strict=True):
         if len(values) == len(probabilities):
             low, high = values[0], values[-1]
             inside = sorted({v for v in values[1:-1] if low < v < high and math.isfinite(v)})
-            if len(inside) >= 2:
+            # Whole numbers over a short range (a code, a count of a few) read best value by value.
+            few = all(math.isfinite(v) and v == int(v) for v in values) and high - low < levels
+            if inside and not few:  # one edge inside the range is two groups (a feature that is mostly 0, say)
                 edges[name] = inside
 
     parts = []
     for feature in features:
-        value = F.col(f"`{feature}`")
+        value = F.col(alias[feature])
         if feature in edges:
             level, order = _binned(value, edges[feature])
-        elif feature in numeric:
+        elif feature in numeric:  # few values: each its own group, in order of value
             missing = value.isNull() | F.isnan(value.cast("double"))
-            level, order = F.when(missing, F.lit("missing")).otherwise(value.cast("string")), F.lit(0)
+            level = F.when(missing, F.lit("missing")).otherwise(value.cast("string"))
+            order = F.when(missing, F.lit(math.inf)).otherwise(value.cast("double"))
         else:
-            level, order = F.coalesce(value.cast("string"), F.lit("missing")), F.lit(0)
+            level, order = F.coalesce(value.cast("string"), F.lit("missing")), F.lit(0.0)
         parts.append(
-            scored.select(
+            rows.select(
                 F.lit(feature).alias("feature"),
                 level.alias("level"),
-                order.alias("order"),
-                predicted.cast("double").alias("p"),
-                (actual.cast("double") if actual is not None else F.lit(None).cast("double")).alias("y"),
+                order.cast("double").alias("order"),
+                F.col("_p").alias("p"),
+                F.col("_y").alias("y"),
             )
         )
     groups = (
@@ -134,7 +146,7 @@ def feature_effects(
     merged = ranked.groupBy(
         "feature",
         F.when(kept, F.col("level")).otherwise(F.lit(None)).alias("level"),
-        F.when(kept, F.col("order")).otherwise(F.lit(1 << 30)).alias("order"),
+        F.when(kept, F.col("order")).otherwise(F.lit(math.inf)).alias("order"),
     ).agg(
         F.sum("rows").alias("rows"),
         F.sum("p").alias("p"),
@@ -145,8 +157,8 @@ def feature_effects(
     found: list[EffectRow] = []
     collected = merged.collect()
     for feature in features:
-        rows = sorted((r for r in collected if r["feature"] == feature), key=lambda r: (r["order"], r["rank"]))
-        for r in rows:
+        groups_of = sorted((r for r in collected if r["feature"] == feature), key=lambda r: (r["order"], r["rank"]))
+        for r in groups_of:
             found.append(
                 EffectRow(
                     feature=feature,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -22,7 +23,7 @@ from deltaml.io.catalog import read_table
 from deltaml.io.flavor import positive_probability
 from deltaml.io.models import model_run_id
 from deltaml.io.tracking import active_run_id, log_folder, log_table
-from deltaml.ml.features import feature_names, tree_layout
+from deltaml.ml.features import bucket_range, bucket_splits, feature_names, tree_layout
 from deltaml.ml.labels import labelled_rows
 from deltaml.ml.metrics import task_metrics
 from deltaml.ml.models import DecisionThreshold, encode_label, model_classes
@@ -224,7 +225,7 @@ def _log_report(
 
     def explained() -> Explained:
         top, kind = importances()
-        return top, kind, _effects(cfg.label.task, scored_test, top)
+        return top, kind, _effects(cfg.label.task, model, scored_test, top)
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -257,7 +258,9 @@ REPORT_TABLES = ("lift", "per_class", "feature_effects")
 Explained = tuple[list[tuple[str, float]], str, list[EffectRow]]
 
 
-def _effects(task: str, scored_test: DataFrame, importances: list[tuple[str, float]]) -> list[EffectRow]:
+def _effects(
+    task: str, model: PipelineModel, scored_test: DataFrame, importances: list[tuple[str, float]]
+) -> list[EffectRow]:
     """How the predictions vary with the features behind the top importances (none without importances)."""
     columns = source_columns([name for name, _ in importances], scored_test.columns, EFFECT_FEATURES)
     label = F.col(LABEL_COL).cast("double")
@@ -268,10 +271,15 @@ def _effects(task: str, scored_test: DataFrame, importances: list[tuple[str, flo
     else:
         predicted, actual = (F.col(PREDICTION_COL) == label).cast("double"), None
     try:
-        return feature_effects(scored_test, columns, predicted=predicted, actual=actual)
+        found = feature_effects(scored_test, columns, predicted=predicted, actual=actual)
     except (ValueError, PySparkException) as exc:
         LOG.warning("the features' effects left out of the report: %s", one_line(exc, 300))
         return []
+    splits = bucket_splits(model)  # a bucket feature's groups read as ranges of its source column
+    return [
+        dataclasses.replace(e, level=bucket_range(e.level, splits[e.feature]) or e.level) if e.feature in splits else e
+        for e in found
+    ]
 
 
 def _log_report_tables(document: Path) -> None:

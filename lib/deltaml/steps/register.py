@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from datetime import UTC, datetime
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pyspark.ml import PipelineModel
 from pyspark.ml.functions import vector_to_array
@@ -44,7 +46,7 @@ from deltaml.io.registry import (
     tag_version,
 )
 from deltaml.io.tables import event_tables
-from deltaml.io.tracking import artifact_text, latest_step_run, log_text_to, mlflow_client
+from deltaml.io.tracking import active_run_id, artifact_text, latest_step_run, log_text_to, mlflow_client
 from deltaml.ml.features import bind_window_stages
 from deltaml.ml.labels import labelled_rows
 from deltaml.ml.models import model_classes
@@ -122,7 +124,8 @@ def run_register(ctx: StepContext) -> StepResult:
     outcome = f"promoted to @{CHAMPION}" if promoted else f"kept version {previous} as @{CHAMPION}"
     if evaluate_run is not None:
         rows = gate_rows(decision, version, previous, reason, f"{ctx.tables.split} v{split_version}", gate.confidence)
-        _add_to_report(evaluate_run, gate_comparison(rows, promoted))
+        decided = f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, register run {active_run_id() or '(none)'}"
+        _add_to_report(evaluate_run, gate_comparison([*rows, ("decided", decided)], promoted))
     gate_metrics = decision.as_metrics() if decision else {"gate_promoted": 1.0}
     gate_tags = decision.as_tags() if decision else {"gate_decision": "promoted", "gate_reason": reason}
     return StepResult(
@@ -158,7 +161,7 @@ def gate_rows(
         (f"@{CHALLENGER}", f"version {version}: {decision.challenger_value:.4f}"),
     ]
     if decision.difference is not None:
-        difference = f"{decision.difference:+.4f} (challenger minus champion; positive means the challenger is better)"
+        difference = f"{decision.difference:+.4f} (the challenger's improvement: positive means it is better)"
         if decision.ci_low is not None and decision.ci_high is not None:
             difference += (
                 f"; {confidence:.0%} interval {decision.ci_low:+.4f} to {decision.ci_high:+.4f} "
@@ -174,7 +177,12 @@ def _add_to_report(run_id: str, comparison: str) -> None:
     if page is None:
         LOG.info("evaluate run %s has no report to add the gate's decision to", run_id)
         return
-    log_text_to(run_id, with_gate_comparison(page, comparison), "report/report.html")
+    # The version is registered and the aliases are set by now: a failed write must not fail the step.
+    try:
+        log_text_to(run_id, with_gate_comparison(page, comparison), "report/report.html")
+    except (MlflowException, OSError) as exc:
+        LOG.warning("the gate's decision is not in the report of run %s: %s", run_id, one_line(exc, 300))
+        return
     LOG.info("added the gate's decision to the evaluation report of run %s", run_id)
 
 
