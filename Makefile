@@ -66,11 +66,13 @@ demo-penguins: setup
 demo-diamonds: setup
 	$(BIN)/deltaml run conf/diamond_prices.yml --env local
 
-# The tests render the HTML reports in Debian's headless Chromium (tests/browser.py): installed once, with apt-get.
+# The tests render the HTML reports in headless Chromium (tests/browser.py): Debian's packages, installed once
+# with apt-get; elsewhere install Chromium and its chromedriver yourself (the report tests say so if they are missing).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 browser:
-	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
-		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ command -v apt-get >/dev/null || { echo "no apt-get: install Chromium and chromedriver for the report tests"; exit 0; }; \
+		  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 
 test: setup lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+# Debian's packages (make browser); elsewhere the first Chromium or Chrome and chromedriver on the PATH.
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), "/usr/bin/chromium")
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 def rendered_text(page: Path) -> str:
@@ -18,7 +19,10 @@ def rendered_text(page: Path) -> str:
     from selenium.webdriver.chrome.service import Service
 
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail(f"{CHROMIUM} or {CHROMEDRIVER} is missing: run `make browser` (Debian's chromium, chromium-driver)")
+        pytest.fail(
+            f"{CHROMIUM} or {CHROMEDRIVER} is missing: run `make browser` (Debian's chromium and chromium-driver), "
+            "or install Chromium and chromedriver on the PATH"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     profile = tempfile.mkdtemp(prefix="deltaml-chromium-")
