@@ -271,7 +271,13 @@ def test_init_on_the_demo_data_runs_end_to_end_unedited(spark: SparkSession, tmp
     assert main(["check-config", str(conf)]) == 0
     # The file as written; only the state folder and (for time) the trial budget are set from outside.
     state = tmp_path / "state"
-    assert main(["run", str(conf), "--env", "local", "--set", f"state_dir={state}", "--set", "tuning.max_evals=1"]) == 0
+    # --env local sets its shuffle partitions on the suite's one session: put them back for the tests after this.
+    partitions = spark.conf.get("spark.sql.shuffle.partitions")
+    try:
+        run = ["run", str(conf), "--env", "local", "--set", f"state_dir={state}", "--set", "tuning.max_evals=1"]
+        assert main(run) == 0
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", partitions)
     predictions = spark.read.format("delta").load(str(state / "warehouse" / "gold" / "wa_churn_predictions"))
     assert predictions.count() == 7043  # nothing quarantined: the inferred contract holds for the data it came from
     champion = MlflowClient().get_model_version_by_alias("wa_churn", "champion")
