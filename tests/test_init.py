@@ -272,7 +272,7 @@ def test_init_on_the_demo_data_runs_end_to_end_unedited(spark: SparkSession, tmp
     # The file as written; only the state folder and (for time) the trial budget are set from outside.
     state = tmp_path / "state"
     # --env local sets its shuffle partitions on the suite's one session: put them back for the tests after this.
-    partitions = spark.conf.get("spark.sql.shuffle.partitions")
+    partitions = str(spark.conf.get("spark.sql.shuffle.partitions"))
     try:
         run = ["run", str(conf), "--env", "local", "--set", f"state_dir={state}", "--set", "tuning.max_evals=1"]
         assert main(run) == 0
