@@ -99,26 +99,35 @@ def _metrics_table(metrics: dict[str, float]) -> str:
     return _table(["metric", *splits], rows)
 
 
-def _header_table(header: Sequence[tuple[str, str]]) -> list[str]:
-    """What the report is about (model, runs, data, date, config): a two-column table under the title."""
+def _header_table(header: Sequence[tuple[str, str]], first: str = "") -> list[str]:
+    """``(name, value)`` rows as a two-column table (the report's header, the gate's comparison); ``first`` is a
+    class for the first value (the gate's decision: ``pass`` or ``fail``)."""
     if not header:
         return []
+    mark = f' class="{first}"' if first else ""
     body = "".join(
-        f'<tr><th class="name">{html.escape(name)}</th><td>{html.escape(value)}</td></tr>' for name, value in header
+        f'<tr><th class="name">{html.escape(name)}</th><td{mark if i == 0 else ""}>{html.escape(value)}</td></tr>'
+        for i, (name, value) in enumerate(header)
     )
     return [f'<table class="header"><tbody>{body}</tbody></table>']
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    head = "".join(
-        f'<th class="name">{html.escape(h)}</th>' if i == 0 else f"<th>{html.escape(h)}</th>"
-        for i, h in enumerate(header)
-    )
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[object]], broken: Sequence[bool] = (), text: bool = False
+) -> str:
+    """A table: the first column left-aligned (``text``: every column, for tables of words); the rows whose
+    ``broken`` is true are highlighted (``tr class="fail"``)."""
+    name, fail = ' class="name"', ' class="fail"'
+
+    def cell(tag: str, i: int) -> str:
+        return f"<{tag}{name if text or i == 0 else ''}>"
+
+    head = "".join(f"{cell('th', i)}{html.escape(h)}</th>" for i, h in enumerate(header))
     body = "".join(
-        "<tr>"
-        + "".join(f'<td class="name">{_cell(v)}</td>' if i == 0 else f"<td>{_cell(v)}</td>" for i, v in enumerate(row))
+        f"<tr{fail if i < len(broken) and broken[i] else ''}>"
+        + "".join(f"{cell('td', j)}{_cell(v)}</td>" for j, v in enumerate(row))
         + "</tr>"
-        for row in rows
+        for i, row in enumerate(rows)
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -218,12 +227,7 @@ def _gate_placeholder() -> list[str]:
 
 def gate_comparison(rows: Sequence[tuple[str, str]], promoted: bool) -> str:
     """The champion-vs-challenger table (``(name, value)`` rows); the first row, the decision, is highlighted."""
-    mark = ' class="pass"' if promoted else ' class="fail"'
-    body = "".join(
-        f'<tr><th class="name">{html.escape(name)}</th><td{mark if i == 0 else ""}>{html.escape(value)}</td></tr>'
-        for i, (name, value) in enumerate(rows)
-    )
-    return f'<table class="header"><tbody>{body}</tbody></table>'
+    return "".join(_header_table(rows, first="pass" if promoted else "fail"))
 
 
 def with_gate_comparison(page: str, comparison: str) -> str:

@@ -6,19 +6,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from deltaml.report.html import _html_page
-
-
-def _rows_table(header: Sequence[str], rows: Sequence[tuple[Sequence[object], bool]]) -> str:
-    """A table whose rows marked True (a broken rule) are highlighted."""
-    head = "".join(f'<th class="name">{html.escape(h)}</th>' for h in header)
-    body = "".join(
-        f"<tr{' class=fail' if broken else ''}>"
-        + "".join(f'<td class="name">{html.escape(_text(value))}</td>' for value in cells)
-        + "</tr>"
-        for cells, broken in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+from deltaml.report.html import _html_page, _table
 
 
 def _text(value: object) -> str:
@@ -27,6 +15,11 @@ def _text(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return "" if value is None else str(value)
+
+
+def _marked_table(header: Sequence[str], rows: Sequence[tuple[Sequence[object], bool]]) -> str:
+    """A table of words (every column left-aligned), broken rules highlighted, cells as :func:`_text` writes them."""
+    return _table(header, [[_text(v) for v in cells] for cells, _ in rows], [broken for _, broken in rows], text=True)
 
 
 def validation_page(report: dict[str, Any]) -> str:
@@ -65,14 +58,14 @@ def validation_page(report: dict[str, Any]) -> str:
         "Broken rules are highlighted.</p>",
         *([f"<ul>{''.join(problems)}</ul>"] if problems else []),
         "<h2>Table rules</h2>",
-        _rows_table(["rule", "expected", "observed", "status"], table_rules),
+        _marked_table(["rule", "expected", "observed", "status"], table_rules),
         "<h2>Row rules</h2>",
-        _rows_table(
+        _marked_table(
             ["rule", "action", "broken when the value", "rows broken", "rows passed", "examples (key: value)"],
             row_rules,
         ),
         "<h2>Columns</h2>",
         "<p>Each contract column over all rows in one pass; distinct counts are approximate (within about 1%).</p>",
-        _rows_table(["column", "type", "null rate", "min", "max", "distinct"], profile),
+        _marked_table(["column", "type", "null rate", "min", "max", "distinct"], profile),
     ]
     return _html_page(title, sections, [("pipeline", str(report["pipeline"]))])
