@@ -10,10 +10,9 @@ unique get an exact count, so a key is only ever a column whose sampled values a
 from __future__ import annotations
 
 import datetime
-import decimal
 from typing import Any
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -76,11 +75,14 @@ def _profile(sample: DataFrame, sample_rows: int) -> DataProfile:
         counted = sample.agg(*[F.count_distinct(_col(name)).alias(f"e{i}") for i, name in maybe_unique]).first()
         assert counted is not None
         exact = {i: int(counted[f"e{i}"]) for i, _ in maybe_unique}
+    counts = {i: exact.get(i, min(int(stats[f"d{i}"]), int(stats[f"n{i}"]))) for i in range(len(fields))}
+    few = [i for i in range(len(fields)) if counts[i] <= TOP_VALUES * 1.1 and stats[f"n{i}"]]
+    top = _top_values(sample, few)
     columns = []
     for i, f in enumerate(fields):
         present = int(stats[f"n{i}"])
-        distinct = exact.get(i, min(int(stats[f"d{i}"]), present))
-        values = _top_values(sample, f.name) if distinct <= TOP_VALUES * 1.1 and present else None
+        distinct = counts[i]
+        values = top.get(i) if i in few else None
         if values is not None:
             distinct = len(values)
         columns.append(
@@ -103,29 +105,38 @@ def _profile(sample: DataFrame, sample_rows: int) -> DataProfile:
     return DataProfile(rows=rows, sample_rows=sample_rows, columns=columns)
 
 
-def _top_values(sample: DataFrame, name: str) -> list[tuple[Value, int]] | None:
-    """The column's values with their counts, most frequent first; None when it has more than TOP_VALUES."""
-    found = (
-        sample.where(_col(name).isNotNull())
-        .groupBy(_col(name).alias("v"))
-        .count()
-        .orderBy(F.desc("count"), F.asc("v"))
-        .limit(TOP_VALUES + 1)
-        .collect()
+def _top_values(sample: DataFrame, columns: list[int]) -> dict[int, list[tuple[Value, int]] | None]:
+    """For each column (by position), its values with their counts, most frequent first; None for a column with
+    more than TOP_VALUES. One Spark job for all of them: the values as text, counted per column, at most
+    ``TOP_VALUES + 1`` per column collected, then read back as the column's type."""
+    if not columns:
+        return {}
+    fields = sample.schema.fields
+    pairs = F.explode(
+        F.array(*[F.struct(F.lit(i).alias("c"), _col(fields[i].name).cast("string").alias("v")) for i in columns])
     )
-    if len(found) > TOP_VALUES:
-        return None
-    return [(_value(r["v"]), int(r["count"])) for r in found]
+    counted = sample.select(pairs.alias("p")).where(F.col("p.v").isNotNull()).groupBy("p.c", "p.v").count()
+    rank = F.row_number().over(Window.partitionBy("c").orderBy(F.desc("count"), F.asc("v")))
+    found: dict[int, list[tuple[Value, int]]] = {i: [] for i in columns}
+    for row in counted.withColumn("rank", rank).where(F.col("rank") <= TOP_VALUES + 1).collect():
+        found[int(row["c"])].append((_typed(row["v"], fields[int(row["c"])].dataType), int(row["count"])))
+    return {
+        i: sorted(values, key=lambda pair: (-pair[1], pair[0])) if len(values) <= TOP_VALUES else None
+        for i, values in found.items()
+    }
 
 
-def _value(value: Any) -> Value:
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, datetime.date | datetime.datetime):
-        return value.isoformat()
-    if isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
+def _typed(text: str, kind: T.DataType) -> Value:
+    """A value as Spark's cast to string wrote it, read back as the column's type (a date or time as ISO text)."""
+    if isinstance(kind, T.BooleanType):
+        return text == "true"
+    if isinstance(kind, T.ByteType | T.ShortType | T.IntegerType | T.LongType):
+        return int(text)
+    if isinstance(kind, T.FloatType | T.DoubleType | T.DecimalType):
+        return float(text)
+    if isinstance(kind, T.TimestampType | T.TimestampNTZType):
+        return datetime.datetime.fromisoformat(text).isoformat()
+    return text
 
 
 def _float(value: Any) -> float | None:
