@@ -223,11 +223,27 @@ def _fails_and_writes_nothing(
     assert not table_exists(spark, ctx.tables.split)
 
 
+def _table_rule_status(rule: str) -> str:
+    """The status of a table rule in the newest validate run's report (a failed run logs its report too)."""
+    run = mlflow.search_runs(
+        experiment_names=["tiny"],
+        filter_string="tags.`deltaml.step` = 'validate'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )[0]
+    report = json.loads(
+        Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/validation/report.json")).read_text()
+    )
+    return str({r["rule"]: r["status"] for r in report["table_rules"]}[rule])
+
+
 def test_too_many_bad_rows_fail_before_writing(spark: SparkSession, tmp_path: Path) -> None:
     bad = [(10 + i, -1.0, "a", "AB-1", "No") for i in range(6)]
     _fails_and_writes_nothing(
         spark, tmp_path, bad, r"6 of 10 rows \(60.0%\) broke the contract, above max_bad_fraction 50.0% \(x.min 6\)"
     )
+    assert _table_rule_status("max_bad_fraction") == "failed"
 
 
 def test_missing_label_column_fails(spark: SparkSession, tmp_path: Path) -> None:
@@ -334,6 +350,7 @@ def test_stale_table_fails_on_freshness(spark: SparkSession, tmp_path: Path) -> 
         schema=f"{SCHEMA}, updated_at timestamp",
         contract=contract,
     )
+    assert _table_rule_status("freshness") == "failed"
 
 
 def test_a_reused_validate_run_rechecks_freshness_against_the_clock(
@@ -371,6 +388,7 @@ def test_a_small_bad_batch_fails_on_its_own_fraction(spark: SparkSession, tmp_pa
         good=good,
         contract={**CONTRACT, "max_bad_fraction": 0.1},
     )
+    assert _table_rule_status("max_bad_fraction") == "failed"  # the table's 9.1% passes; the batch's 100% does not
 
 
 def test_a_rejected_batch_is_quarantined_by_command_and_later_runs_pass(

@@ -101,22 +101,26 @@ def _validate(
         ((n, r.rule_id) for r in rules if r.action != "warn" and (n := summary["breaks"][r.rule_id])), reverse=True
     )
     broken = ", ".join(f"{rid} {n}" for n, rid in worst[:5])
+    # A small bad batch hides in a large table: each batch must keep under the limit on its own.
+    per_batch = fraction <= contract.max_bad_fraction and bad and INGEST_BATCH_COL in annotated.columns
+    over = _batches_over(annotated, contract.max_bad_fraction) if per_batch else []
+    too_many_bad = fraction > contract.max_bad_fraction or bool(over)
     if fraction > contract.max_bad_fraction:
         failures.append(
             f"step 'validate': {bad} of {rows} rows ({fraction:.1%}) broke the contract, above max_bad_fraction "
             f"{contract.max_bad_fraction:.1%} ({broken}); fix the source or raise contract.max_bad_fraction"
         )
-    elif bad and INGEST_BATCH_COL in annotated.columns:
-        # A small bad batch hides in a large table: each batch must keep under the limit on its own.
-        for batch, batch_rows, batch_bad in _batches_over(annotated, contract.max_bad_fraction):
-            failures.append(
-                f"step 'validate': batch {batch}: {batch_bad} of {batch_rows} rows ({batch_bad / batch_rows:.1%}) "
-                f"broke the contract, above max_bad_fraction {contract.max_bad_fraction:.1%} (the whole table: "
-                f"{bad} of {rows}, {fraction:.1%}; {broken}); fix the source or raise contract.max_bad_fraction"
-            )
+    for batch, batch_rows, batch_bad in over:
+        failures.append(
+            f"step 'validate': batch {batch}: {batch_bad} of {batch_rows} rows ({batch_bad / batch_rows:.1%}) "
+            f"broke the contract, above max_bad_fraction {contract.max_bad_fraction:.1%} (the whole table: "
+            f"{bad} of {rows}, {fraction:.1%}; {broken}); fix the source or raise contract.max_bad_fraction"
+        )
     examples = _examples(annotated, rules, cfg.key) if (bad or any(summary["breaks"].values())) else {}
     report = _report(ctx, contract, summary, rules, examples, failures, schema_warnings + table_warn, raw_version)
-    report["table_rules"] = _table_rules(summary, contract, (schema_failures, schema_warnings), failures, table_warn)
+    report["table_rules"] = _table_rules(
+        summary, contract, (schema_failures, schema_warnings), too_many_bad, checked_at
+    )
     log_dict(report, REPORT_JSON)
     log_text(validation_page(report), REPORT_HTML)
     log_metrics({"rows_in": float(rows), "rows_bad": float(bad), "bad_fraction": fraction})
@@ -264,10 +268,14 @@ def _table_rules(
     summary: dict[str, Any],
     contract: ContractConfig,
     schema: tuple[list[str], list[str]],
-    failures: list[str],
-    warnings: list[str],
+    too_many_bad: bool,
+    now: datetime,
 ) -> list[dict[str, str]]:
-    """Every table-level rule with what it expects, what the table has and its status, broken or not."""
+    """Every table-level rule with what it expects, what the table has and its status, broken or not.
+
+    ``schema`` is the schema check's failures and warnings; ``too_many_bad`` whether the table or a batch
+    broke ``max_bad_fraction``; ``now`` the time freshness is judged at (as :func:`table_failures` judged it).
+    """
     rows, bad = summary["rows"], summary["bad_rows"]
 
     def status(failed: bool, warned: bool = False) -> str:
@@ -293,7 +301,7 @@ def _table_rules(
             "rule": "max_bad_fraction",
             "expected": f"at most {contract.max_bad_fraction:.2%} of rows break a quarantine rule, in each batch",
             "observed": f"{bad:,} rows ({bad / rows if rows else 0.0:.2%})",
-            "status": status(any("max_bad_fraction" in m for m in failures)),
+            "status": status(too_many_bad),
         },
     ]
     empty = [c for c, n in summary["non_null"].items() if rows > 0 and n == 0]
@@ -316,14 +324,14 @@ def _table_rules(
             }
         )
     if contract.freshness is not None:
-        stale = [m for m in failures + warnings if "freshness" in m or f"'{contract.freshness.column}'" in m]
         newest = summary["newest"]
+        stale = bool(stale_message(contract, newest, "validate", now))
         found.append(
             {
                 "rule": "freshness",
                 "expected": f"newest {contract.freshness.column} at most {contract.freshness.max_age_hours:g} h old",
                 "observed": f"newest {newest:%Y-%m-%d %H:%M}" if newest is not None else "no values",
-                "status": status(any(m in failures for m in stale), bool(stale)),
+                "status": status(stale and contract.freshness.action == "fail", stale),
             }
         )
     return found
